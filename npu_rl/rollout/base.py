@@ -1,0 +1,61 @@
+"""The rollout interface every generation backend implements (transformers, vLLM / vllm-ascend)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample; temperature 0 means greedy decoding."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1: off
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+
+@dataclass
+class RolloutOutput:
+    """Responses for B prompts x n samples, prompt-major: row i*n + j is sample j of prompt i.
+
+    `response_ids` is right-padded with `pad_token_id`; `logprobs` holds, per generated token, the
+    log-probability the engine sampled it with (of the temperature-scaled distribution; 0 past the end).
+    `finish_reasons` is "stop" (EOS or a stop token) or "length" (hit max_new_tokens).
+    """
+
+    response_ids: torch.Tensor  # [B*n, T] long
+    logprobs: torch.Tensor  # [B*n, T] float32
+    lengths: torch.Tensor  # [B*n] long, number of real tokens (EOS included when emitted)
+    finish_reasons: list[str]
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        steps = torch.arange(self.response_ids.shape[1], device=self.lengths.device)
+        return (steps[None, :] < self.lengths[:, None]).to(torch.float32)
+
+
+class RolloutEngine(Protocol):
+    """A generation engine colocated with the trainer."""
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutOutput:
+        """Sample `params.n` responses for each prompt (token ids, no padding)."""
+        ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load the trainer's current weights; a backend sharing the trainer's module does nothing."""
+        ...
+
+    def sleep(self) -> None:
+        """Release generation memory (KV cache) while the trainer updates; may be a no-op."""
+        ...
+
+    def wake_up(self) -> None:
+        """Reacquire what `sleep` released before the next generate."""
+        ...
