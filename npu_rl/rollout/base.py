@@ -18,7 +18,6 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = -1  # -1: off
     max_new_tokens: int = 256
-    seed: int | None = None
 
 
 @dataclass
@@ -44,8 +43,14 @@ class RolloutOutput:
 class RolloutEngine(Protocol):
     """A generation engine colocated with the trainer."""
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> RolloutOutput:
-        """Sample `params.n` responses for each prompt (token ids, no padding)."""
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
+    ) -> RolloutOutput:
+        """Sample `params.n` responses for each prompt (token ids, no padding).
+
+        `seeds` (one per prompt) make each prompt's samples reproducible whatever else is in the
+        batch, on any number of ranks and across a resume; None draws from the global RNG.
+        """
         ...
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -1,0 +1,39 @@
+"""Rollout engines behind one interface; `build_rollout` picks one from `rollout.name`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from npu_rl.config import Config
+from npu_rl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams
+
+__all__ = ["RolloutEngine", "RolloutOutput", "SamplingParams", "build_rollout", "eos_and_pad_ids"]
+
+
+def eos_and_pad_ids(tokenizer: Any, model: nn.Module | None = None) -> tuple[list[int], int]:
+    """EOS ids (tokenizer's plus the generation config's, e.g. Qwen's <|im_end|> and <|endoftext|>) and pad id."""
+    eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_cfg = getattr(model, "generation_config", None)
+    extra = getattr(gen_cfg, "eos_token_id", None)
+    if isinstance(extra, int):
+        eos.add(extra)
+    elif extra:
+        eos.update(extra)
+    if not eos:
+        raise ValueError("the tokenizer has no eos_token_id: generation could never stop")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    return sorted(eos), pad
+
+
+def build_rollout(cfg: Config, model: nn.Module, tokenizer: Any, acc: Any, dist: Any) -> RolloutEngine:
+    """The configured engine; `model` is the trainer's module (shared by the hf backend)."""
+    if cfg.rollout.name == "hf":
+        from npu_rl.rollout.hf import HFRollout
+
+        eos, pad = eos_and_pad_ids(tokenizer, model)
+        return HFRollout(model, eos, pad, micro_batch_size=cfg.rollout.micro_batch_size)
+    from npu_rl.rollout.vllm import VLLMRollout
+
+    return VLLMRollout(cfg.rollout, cfg.model.path, tokenizer, acc, dist, cfg.model.dtype)

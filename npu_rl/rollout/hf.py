@@ -1,0 +1,190 @@
+"""Transformers rollout backend: batched sampling with a KV cache, colocated with the trainer.
+
+It generates with the trainer's own module, so there is nothing to sync between steps. Two
+choices make it faster than `model.generate` for GRPO: each prompt is prefilled once and its KV
+cache is shared by its n samples, and finished sequences are dropped from the decode batch so
+the tail of a long response does not pay for the short ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from npu_rl.rollout.base import RolloutOutput, SamplingParams
+
+
+def sample_next(
+    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row by inverse-CDF with the given uniforms; return it and its logprob.
+
+    Taking the uniforms as input (one per row) makes a row's sample depend only on its own seed,
+    not on which other prompts share the batch or the rank: the same seeds give the same rollouts
+    on one process or many, and after a resume.
+    The logprob ignores top-k/top-p truncation on purpose: it is the quantity the trainer recomputes
+    (log_softmax of logits / T), so the two can be compared directly.
+    """
+    logits = logits.float()
+    if params.temperature <= 0:
+        tokens = logits.argmax(dim=-1)
+        return tokens, torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    scaled = logits / params.temperature
+    logprobs = torch.log_softmax(scaled, dim=-1)
+    filtered = scaled
+    if 0 < params.top_k < filtered.shape[-1]:
+        kth = torch.topk(filtered, params.top_k, dim=-1).values[:, -1:]
+        filtered = filtered.masked_fill(filtered < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(filtered, descending=True, dim=-1)
+        sorted_probs = torch.softmax(sorted_logits, dim=-1)
+        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= params.top_p  # keeps the token crossing top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        filtered = filtered.masked_fill(drop, float("-inf"))
+    cdf = torch.softmax(filtered, dim=-1).cumsum(dim=-1)
+    target = (uniforms * cdf[:, -1]).unsqueeze(-1)
+    tokens = torch.searchsorted(cdf, target).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+    return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+class HFRollout:
+    """Generates with a Hugging Face causal LM (any module with the `generate`-style forward)."""
+
+    def __init__(
+        self, model: nn.Module, eos_token_ids: Iterable[int], pad_token_id: int, micro_batch_size: int = 64
+    ) -> None:
+        self.model = model
+        self.eos_token_ids = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
+        self.pad_token_id = pad_token_id
+        self.micro_batch_size = micro_batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Nothing to do: this backend samples from the trainer's live module."""
+
+    def sleep(self) -> None:
+        """Nothing to release: the KV cache lives only inside `generate`."""
+
+    def wake_up(self) -> None:
+        """Counterpart of `sleep`; nothing to reacquire."""
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
+    ) -> RolloutOutput:
+        uniforms = _uniforms(len(prompts), params, seeds)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            chunks = [
+                self._generate_chunk(
+                    prompts[i : i + self.micro_batch_size],
+                    params,
+                    uniforms[i * params.n : (i + self.micro_batch_size) * params.n],
+                )
+                for i in range(0, len(prompts), self.micro_batch_size)
+            ]
+        finally:
+            self.model.train(was_training)
+        width = max(c.response_ids.shape[1] for c in chunks)
+        return RolloutOutput(
+            response_ids=torch.cat([_pad_to(c.response_ids, width, self.pad_token_id) for c in chunks]),
+            logprobs=torch.cat([_pad_to(c.logprobs, width, 0.0) for c in chunks]),
+            lengths=torch.cat([c.lengths for c in chunks]),
+            finish_reasons=[r for c in chunks for r in c.finish_reasons],
+        )
+
+    def _generate_chunk(
+        self, prompts: list[list[int]], params: SamplingParams, uniforms: torch.Tensor
+    ) -> RolloutOutput:
+        device = self.device
+        uniforms = uniforms.to(device)
+        n, batch = params.n, len(prompts)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((batch, width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):  # left padding: every prompt ends at the same column
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention[row, width - len(prompt) :] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+
+        cache = DynamicCache()
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        # One prefill per prompt; its cache is shared by the prompt's n samples (prompt-major rows).
+        last_logits = out.logits[:, -1].repeat_interleave(n, dim=0)
+        cache = out.past_key_values
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        attention = attention.repeat_interleave(n, dim=0)
+        next_pos = positions[:, -1:].repeat_interleave(n, dim=0) + 1
+
+        total = batch * n
+        eos = self.eos_token_ids.to(device)
+        tokens_out = torch.full((total, params.max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
+        logprobs_out = torch.zeros((total, params.max_new_tokens), dtype=torch.float32, device=device)
+        lengths = torch.full((total,), params.max_new_tokens, dtype=torch.long, device=device)
+        finished = torch.zeros(total, dtype=torch.bool, device=device)
+        active = torch.arange(total, device=device)  # rows of the output still being decoded
+
+        for step in range(params.max_new_tokens):
+            token, logprob = sample_next(last_logits, params, uniforms[active, step])
+            tokens_out[active, step] = token
+            logprobs_out[active, step] = logprob
+            done = torch.isin(token, eos)
+            if done.any():
+                lengths[active[done]] = step + 1
+                finished[active[done]] = True
+            if step + 1 == params.max_new_tokens or bool(done.all()):
+                break
+            if done.any():  # drop finished rows from the decode batch
+                keep = (~done).nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                active, token, attention, next_pos = active[keep], token[keep], attention[keep], next_pos[keep]
+            attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
+            out = self.model(
+                input_ids=token[:, None],
+                attention_mask=attention,
+                position_ids=next_pos,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            last_logits = out.logits[:, -1]
+            next_pos = next_pos + 1
+
+        width = int(lengths.max())
+        return RolloutOutput(
+            response_ids=tokens_out[:, :width].cpu(),
+            logprobs=logprobs_out[:, :width].cpu(),
+            lengths=lengths.cpu(),
+            finish_reasons=["stop" if f else "length" for f in finished.tolist()],
+        )
+
+
+def _uniforms(num_prompts: int, params: SamplingParams, seeds: list[int] | None) -> torch.Tensor:
+    """[num_prompts * n, max_new_tokens] uniforms, prompt-major; from each prompt's seed when given."""
+    if seeds is None:
+        return torch.rand(num_prompts * params.n, params.max_new_tokens)
+    if len(seeds) != num_prompts:
+        raise ValueError(f"got {len(seeds)} seeds for {num_prompts} prompts")
+    gen = torch.Generator()
+    return torch.cat([torch.rand(params.n, params.max_new_tokens, generator=gen.manual_seed(s)) for s in seeds])
+
+
+def _pad_to(t: torch.Tensor, width: int, value: float) -> torch.Tensor:
+    if t.shape[1] == width:
+        return t
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
