@@ -1,0 +1,57 @@
+"""Shared session fixtures: a tiny tokenizer, a tiny random Qwen2 model and synthetic parquet files.
+
+They are built with the same code as the demo assets (tools/), so tests exercise the real
+tokenizer pipeline, chat template and parquet schema. Everything is offline, seeded and takes a
+few seconds per session.
+
+Fixtures
+- ``tiny_tokenizer_dir``: HF tokenizer folder (byte-level BPE, ~500 vocab, one token per digit,
+  ChatML template, eos ``<|im_end|>``, pad ``<|endoftext|>``).
+- ``tiny_tokenizer``: that tokenizer loaded with ``AutoTokenizer``.
+- ``tiny_model_dir``: HF model folder (random-init Qwen2ForCausalLM, hidden 64, 2 layers, fp32,
+  tied embeddings, seed 0) holding the same tokenizer and a generation config.
+- ``synthetic_parquet``: ``{"train": Path, "test": Path}``, 48 / 16 rows in verl's row schema.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOLS_DIR = Path(__file__).resolve().parents[1] / "tools"
+if str(TOOLS_DIR) not in sys.path:
+    sys.path.insert(0, str(TOOLS_DIR))
+
+import make_synthetic_math  # noqa: E402
+import make_tiny_model  # noqa: E402
+from _tiny_tokenizer import save_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def _tiny_tokenizer_obj():
+    return make_tiny_model.build_tokenizer(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory, _tiny_tokenizer_obj) -> Path:
+    return save_tokenizer(_tiny_tokenizer_obj, tmp_path_factory.mktemp("tiny_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, _tiny_tokenizer_obj) -> Path:
+    model = make_tiny_model.random_model(_tiny_tokenizer_obj, size="test", seed=0)
+    return make_tiny_model.save_model_dir(model, _tiny_tokenizer_obj, tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_parquet(tmp_path_factory) -> dict[str, Path]:
+    return make_synthetic_math.write_splits(tmp_path_factory.mktemp("synthetic"), n_train=48, n_test=16, seed=0)

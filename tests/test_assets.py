@@ -1,0 +1,108 @@
+"""The offline assets: synthetic parquet, tiny tokenizer and tiny model, as the fixtures build them."""
+
+from __future__ import annotations
+
+import operator
+import re
+
+import make_synthetic_math as msm
+import make_tiny_model
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from reward import compute_score
+
+EQUATION = re.compile(r"^(\d+) ([-+*]) (\d+) = (\d+)$")
+OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}  # independent of the generator's own
+
+
+def test_parquet_rows_follow_verl_schema(synthetic_parquet):
+    for split, n in (("train", 48), ("test", 16)):
+        rows = pq.read_table(synthetic_parquet[split]).to_pylist()
+        assert len(rows) == n
+        for i, row in enumerate(rows):
+            assert row["data_source"] == "synthetic/arith"
+            assert row["ability"] == "math"
+            assert len(row["prompt"]) == 1 and row["prompt"][0]["role"] == "user"
+            assert row["prompt"][0]["content"].endswith(msm.INSTRUCTION)
+            assert row["reward_model"]["style"] == "rule"
+            assert re.fullmatch(r"\d+", row["reward_model"]["ground_truth"])
+            assert row["extra_info"]["split"] == split and row["extra_info"]["index"] == i
+            assert row["extra_info"]["kind"] in msm.KINDS and row["extra_info"]["level"] == 2
+
+
+def test_splits_are_disjoint_and_deterministic():
+    train, test = msm.make_splits(300, 100, seed=3)
+    assert not {p.key for p in train} & {p.key for p in test}
+    assert len({p.key for p in train}) == 300
+    assert msm.make_splits(300, 100, seed=3) == (train, test)
+    assert msm.make_splits(300, 100, seed=4)[1] != test
+    test_keys = {p.key for p in test}
+    stream = msm.iter_problems(seed=5, exclude=test_keys)
+    assert all(next(stream).key not in test_keys for _ in range(2000))
+
+
+def test_worked_solutions_are_correct_and_graded_right():
+    for problem, _ in zip(msm.iter_problems(seed=1), range(500), strict=False):
+        value = problem.numbers[0]
+        for step in problem.steps:
+            a, op, b, c = EQUATION.match(step).groups()
+            assert int(a) == value and OPS[op](int(a), int(b)) == int(c)
+            value = int(c)
+        assert value == problem.answer >= 0
+        for text in (problem.worked(), problem.shortcut()):
+            assert compute_score(msm.DATA_SOURCE, text, str(problem.answer))["score"] == 1.0
+        assert compute_score(msm.DATA_SOURCE, problem.shortcut(), str(problem.answer + 1))["score"] == 0.0
+
+
+def test_tokenizer_splits_digits_and_round_trips(tiny_tokenizer):
+    assert 400 <= len(tiny_tokenizer) <= 512
+    assert tiny_tokenizer.eos_token == "<|im_end|>" and tiny_tokenizer.pad_token == "<|endoftext|>"
+    ids = tiny_tokenizer("x 12345 = 9876")["input_ids"]
+    pieces = [tiny_tokenizer.decode([i]) for i in ids]
+    assert [p for p in pieces if p.strip().isdigit()] == list("123459876")
+    text = "Ünïcode and emoji 🙂 survive byte-level BPE: \\boxed{42}."
+    assert tiny_tokenizer.decode(tiny_tokenizer(text)["input_ids"]) == text
+    for special in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
+        assert len(tiny_tokenizer(special)["input_ids"]) == 1
+
+
+def test_chat_template_is_chatml(tiny_tokenizer):
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    rendered = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered == "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
+    plain = tiny_tokenizer.apply_chat_template(messages, tokenize=False)
+    assert plain == "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n"
+
+
+def test_tiny_model_loads_offline_and_runs(tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert model.config.model_type == "qwen2" and model.dtype == torch.float32
+    assert model.config.tie_word_embeddings
+    assert model.get_input_embeddings().weight.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+    assert model.config.vocab_size >= len(tiny_tokenizer)
+    assert AutoTokenizer.from_pretrained(tiny_model_dir)("7 + 8")["input_ids"] == tiny_tokenizer("7 + 8")["input_ids"]
+    gen = GenerationConfig.from_pretrained(tiny_model_dir)
+    assert tiny_tokenizer.eos_token_id in gen.eos_token_id and gen.pad_token_id == tiny_tokenizer.pad_token_id
+    ids = torch.tensor([tiny_tokenizer("1 + 1 =")["input_ids"]])
+    logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], model.config.vocab_size) and torch.isfinite(logits).all()
+
+
+def test_random_model_is_seeded(tiny_tokenizer):
+    a = make_tiny_model.random_model(tiny_tokenizer, size="test", seed=0).state_dict()
+    b = make_tiny_model.random_model(tiny_tokenizer, size="test", seed=0).state_dict()
+    c = make_tiny_model.random_model(tiny_tokenizer, size="test", seed=1).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["model.embed_tokens.weight"], c["model.embed_tokens.weight"])
+
+
+@pytest.mark.parametrize("size", sorted(make_tiny_model.SIZES))
+def test_sizes_are_valid_qwen2_configs(tiny_tokenizer, size):
+    config = make_tiny_model.qwen2_config(tiny_tokenizer, size)
+    assert config.hidden_size % config.num_attention_heads == 0
+    assert config.num_attention_heads % config.num_key_value_heads == 0
+    assert config.vocab_size % 64 == 0

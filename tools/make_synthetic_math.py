@@ -1,0 +1,245 @@
+"""Synthetic two-step arithmetic word problems, written from our own templates, in verl's parquet schema.
+
+One module produces everything the offline demo needs from the same problems: the RL prompts
+(train/test parquet), the worked step-by-step solutions and the bare shortcut answers used to
+pre-train the tiny base model, and the text the tokenizer is trained on. Keeping them in one place
+means the model is pre-trained on exactly the answer format the reward later grades.
+
+Everything is deterministic from a seed. The test split is disjoint from the train split (and from
+every pre-training example) by problem identity: the template kind plus its operands.
+
+Usage: python tools/make_synthetic_math.py --out-dir assets/data/synthetic [--n-train 2000 --n-test 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DATA_SOURCE = "synthetic/arith"
+INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
+
+NAMES = [
+    ("Ana", "She"),
+    ("Ben", "He"),
+    ("Cleo", "She"),
+    ("Dev", "He"),
+    ("Eva", "She"),
+    ("Finn", "He"),
+    ("Gia", "She"),
+    ("Hugo", "He"),
+    ("Ines", "She"),
+    ("Jon", "He"),
+    ("Kira", "She"),
+    ("Leo", "He"),
+]
+ITEMS = ["apples", "pencils", "stickers", "marbles", "cookies", "books", "shells", "cards", "coins", "stamps"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One word problem with its exact solution path.
+
+    `steps` are the equations a careful solver writes ("12 + 7 = 19"); the worked solution is those
+    steps followed by the boxed answer, the shortcut is the boxed answer alone.
+    """
+
+    kind: str
+    numbers: tuple[int, ...]
+    question: str
+    steps: tuple[str, ...]
+    answer: int
+
+    @property
+    def key(self) -> tuple[str, tuple[int, ...]]:
+        """Identity used to keep splits disjoint: same template kind and operands = same problem."""
+        return (self.kind, self.numbers)
+
+    @property
+    def level(self) -> int:
+        return len(self.steps)
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.question} {INSTRUCTION}"
+
+    def worked(self) -> str:
+        return " ".join(f"{s}." for s in self.steps) + f" {self.shortcut()}"
+
+    def shortcut(self) -> str:
+        return f"The answer is \\boxed{{{self.answer}}}."
+
+
+OPS: dict[str, Callable[[int, int], int]] = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y}
+
+
+@dataclass(frozen=True)
+class Template:
+    """A two-step problem family: (a op1 b) op2 c, an operand sampler and its story wordings.
+
+    The sampler keeps every intermediate value and the answer non-negative.
+    """
+
+    ops: tuple[str, str]
+    sample: Callable[[random.Random], tuple[int, int, int]]
+    questions: tuple[str, ...]  # str.format fields: name, pron, item, a, b, c
+
+
+def _add_then_sub(rng: random.Random) -> tuple[int, int, int]:
+    a, b = rng.randint(2, 20), rng.randint(1, 20)
+    return a, b, rng.randint(1, a + b)
+
+
+def _sub_then_add(rng: random.Random) -> tuple[int, int, int]:
+    a = rng.randint(2, 20)
+    return a, rng.randint(1, a), rng.randint(1, 20)
+
+
+def _mul_then_add(rng: random.Random) -> tuple[int, int, int]:
+    return rng.randint(2, 9), rng.randint(2, 20), rng.randint(1, 20)
+
+
+def _mul_then_sub(rng: random.Random) -> tuple[int, int, int]:
+    k, b = rng.randint(2, 9), rng.randint(2, 20)
+    return k, b, rng.randint(1, k * b)
+
+
+KINDS: dict[str, Template] = {
+    "add_sub": Template(
+        ("+", "-"),
+        _add_then_sub,
+        (
+            "{name} has {a} {item}. {pron} gets {b} more and then gives away {c}. "
+            "How many {item} does {name} have now?",
+            "A box holds {a} {item}. {name} puts in {b} more and later takes out {c}. How many {item} are in the box?",
+        ),
+    ),
+    "sub_add": Template(
+        ("-", "+"),
+        _sub_then_add,
+        (
+            "{name} has {a} {item}. {pron} loses {b} of them and then finds {c} more. "
+            "How many {item} does {name} have now?",
+            "There are {a} {item} on a table. {name} takes {b} away and then adds {c}. "
+            "How many {item} are on the table?",
+        ),
+    ),
+    "mul_add": Template(
+        ("*", "+"),
+        _mul_then_add,
+        (
+            "{name} buys {a} bags with {b} {item} in each. {pron} already had {c} {item}. "
+            "How many {item} does {name} have in total?",
+            "There are {a} rows of {b} {item}, and {c} more {item} lie beside them. "
+            "How many {item} are there altogether?",
+        ),
+    ),
+    "mul_sub": Template(
+        ("*", "-"),
+        _mul_then_sub,
+        (
+            "{name} fills {a} boxes with {b} {item} each. {pron} then gives away {c} {item}. How many {item} are left?",
+            "A shop has {a} packs of {b} {item}. It sells {c} {item}. How many {item} remain?",
+        ),
+    ),
+}
+
+
+def sample_problem(rng: random.Random) -> Problem:
+    kind = rng.choice(sorted(KINDS))
+    template = KINDS[kind]
+    a, b, c = template.sample(rng)
+    name, pron = rng.choice(NAMES)
+    question = rng.choice(template.questions).format(name=name, pron=pron, item=rng.choice(ITEMS), a=a, b=b, c=c)
+    op1, op2 = template.ops
+    mid = OPS[op1](a, b)
+    answer = OPS[op2](mid, c)
+    steps = (f"{a} {op1} {b} = {mid}", f"{mid} {op2} {c} = {answer}")
+    return Problem(kind=kind, numbers=(a, b, c), question=question, steps=steps, answer=answer)
+
+
+def iter_problems(seed: int, exclude: set[tuple[str, tuple[int, ...]]] = frozenset()) -> Iterator[Problem]:
+    """Endless stream of problems whose key is not in `exclude` (repeats among themselves allowed)."""
+    rng = random.Random(seed)
+    while True:
+        problem = sample_problem(rng)
+        if problem.key not in exclude:
+            yield problem
+
+
+def make_splits(n_train: int, n_test: int, seed: int) -> tuple[list[Problem], list[Problem]]:
+    """Distinct problems; the test split first, then train problems none of which shares a test key."""
+    rng = random.Random(seed)
+    seen: set[tuple[str, tuple[int, ...]]] = set()
+    picked: list[Problem] = []
+    while len(picked) < n_train + n_test:
+        problem = sample_problem(rng)
+        if problem.key not in seen:
+            seen.add(problem.key)
+            picked.append(problem)
+    return picked[n_test:], picked[:n_test]
+
+
+def to_row(problem: Problem, split: str, index: int) -> dict:
+    """One row in verl's schema; the ground truth is the integer answer as a string."""
+    return {
+        "data_source": DATA_SOURCE,
+        "prompt": [{"role": "user", "content": problem.prompt}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": str(problem.answer)},
+        "extra_info": {
+            "split": split,
+            "index": index,
+            "kind": problem.kind,
+            "level": problem.level,
+            "question": problem.question,
+        },
+    }
+
+
+def write_parquet(problems: list[Problem], split: str, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([to_row(p, split, i) for i, p in enumerate(problems)])
+    pq.write_table(table, path)
+    return path
+
+
+def write_splits(out_dir: str | Path, n_train: int, n_test: int, seed: int) -> dict[str, Path]:
+    """Write `train.parquet` and `test.parquet` under `out_dir`; returns their paths by split."""
+    train, test = make_splits(n_train, n_test, seed)
+    out_dir = Path(out_dir)
+    return {
+        "train": write_parquet(train, "train", out_dir / "train.parquet"),
+        "test": write_parquet(test, "test", out_dir / "test.parquet"),
+    }
+
+
+def tokenizer_corpus(seed: int, n: int) -> list[str]:
+    """Plain texts covering every template, the instruction and both answer styles, for BPE training."""
+    texts = ["system", "user", "assistant", INSTRUCTION]
+    for problem, _ in zip(iter_problems(seed), range(n), strict=False):
+        texts += ["user", "assistant", problem.prompt, problem.worked(), problem.shortcut()]
+    return texts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out-dir", default="assets/data/synthetic")
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--n-test", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    paths = write_splits(args.out_dir, args.n_train, args.n_test, args.seed)
+    for split, path in paths.items():
+        print(f"{split}: {path} ({pq.read_metadata(path).num_rows} rows)")
+
+
+if __name__ == "__main__":
+    main()
