@@ -1,0 +1,51 @@
+"""Loading the policy and reference models and their tokenizer from a Hugging Face folder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from npu_rl.config import ModelConfig
+from npu_rl.device import Accelerator
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, acc: Accelerator) -> torch.dtype:
+    """`auto` is bf16 on accelerators (FSDP keeps fp32 reduction) and fp32 on the CPU."""
+    return acc.default_dtype() if name == "auto" else _DTYPES[name]
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path or cfg.path, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"the tokenizer in {cfg.tokenizer_path or cfg.path} has no chat template; prompts are chat "
+            "messages, so use an instruct model's tokenizer (or set one with tokenizer.chat_template)"
+        )
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, acc: Accelerator, *, trainable: bool) -> nn.Module:
+    """The causal LM on the chosen device; a frozen copy (`trainable=False`) is put in eval mode."""
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.path,
+        dtype=resolve_dtype(cfg.dtype, acc),
+        trust_remote_code=cfg.trust_remote_code,
+        attn_implementation="sdpa",
+    )
+    model.config.use_cache = False
+    if trainable and cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not trainable:
+        model.requires_grad_(False)
+        model.eval()
+    return model
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Parameter count of the whole model (each tied weight once), for MFU."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
