@@ -30,9 +30,7 @@ class ModelConfig:
 
     path: str = ""
     tokenizer_path: str | None = None  # defaults to `path`
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = (
-        "auto"  # auto: bf16 on accelerators, fp32 on CPU
-    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on accelerators, fp32 on CPU
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
 
@@ -84,9 +82,9 @@ class ActorConfig:
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.2  # > clip_ratio_low is DAPO's clip-higher
     clip_ratio_c: float = 3.0  # dual-clip bound for negative advantages
-    loss_agg_mode: Literal[
-        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
-    ] = "token-mean"
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = (
+        "token-mean"
+    )
     entropy_coeff: float = 0.0
     use_kl_loss: bool = False
     kl_loss_coef: float = 0.001

@@ -145,9 +145,7 @@ def select(requested: str = "auto") -> Accelerator:
         return Accelerator("npu")
     if choice == "cuda":
         if not _cuda_available():
-            raise DeviceError(
-                "device 'cuda' requested but torch.cuda is not available (CPU-only torch build?)"
-            )
+            raise DeviceError("device 'cuda' requested but torch.cuda is not available (CPU-only torch build?)")
         return Accelerator("cuda")
     if choice == "cpu":
         return Accelerator("cpu")

@@ -27,9 +27,12 @@ from npu_rl.rollout import RolloutOutput, SamplingParams, build_rollout, eos_and
 from npu_rl.tracking import Tracking
 
 
-def prompt_seed(seed: int, step: int, index: int) -> int:
-    """The sampling seed of one prompt at one step: independent of batch layout, ranks and resumes."""
-    return int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0])
+def prompt_seed(seed: int, step: int, index: int, validation: bool = False) -> int:
+    """The sampling seed of one prompt at one step: independent of batch layout, ranks and resumes.
+
+    Validation uses its own stream, the same at every step, so validations differ only by the weights.
+    """
+    return int(np.random.SeedSequence([seed, int(validation), step, index]).generate_state(1)[0])
 
 
 def shard_prompts(records: list[PromptRecord], mini_batch: int, rank: int, world: int) -> list[PromptRecord]:
@@ -98,8 +101,9 @@ class GRPOTrainer:
             return SamplingParams(v.n, v.temperature, v.top_p, v.top_k, r.max_new_tokens)
         return SamplingParams(r.n, r.temperature, r.top_p, r.top_k, r.max_new_tokens)
 
-    def _generate(self, records: list[PromptRecord], params: SamplingParams, step: int) -> RolloutOutput:
-        seeds = [prompt_seed(self.cfg.trainer.seed, step, r.index) for r in records]
+    def _generate(self, records: list[PromptRecord], params: SamplingParams, step: int | None) -> RolloutOutput:
+        """Sample for `records` at training step `step`, or for validation when `step` is None."""
+        seeds = [prompt_seed(self.cfg.trainer.seed, step or 0, r.index, step is None) for r in records]
         self.rollout.wake_up()
         try:
             return self.rollout.generate([r.prompt_ids for r in records], params, seeds=seeds)
@@ -220,7 +224,7 @@ class GRPOTrainer:
         bs = self.cfg.data.val_batch_size
         for start in range(0, len(records), bs):
             chunk = records[start : start + bs]
-            out = self._generate(chunk, params, step=-1)
+            out = self._generate(chunk, params, step=None)
             graded, texts = self._grade(chunk, out, params.n, self.val_reward)
             for i, rec in enumerate(chunk):
                 accs = graded.acc[i * params.n : (i + 1) * params.n]
