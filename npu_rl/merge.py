@@ -1,0 +1,316 @@
+"""Turn a sharded npu_rl checkpoint into a Hugging Face model folder, one tensor at a time.
+
+    python -m npu_rl.merge --backend fsdp \\
+        --local_dir checkpoints/<project>/<experiment>/global_step_N/actor --target_dir <out>
+
+Why it streams: the DCP metadata already records every tensor's global shape and dtype, so the
+safetensors headers (and the shard split) are computed before any weight is read; each tensor is
+then loaded alone from the rank shards, written, and freed. Peak memory stays near the largest
+tensor, whatever the model size and whatever world size wrote the checkpoint.
+
+What it gets right where other mergers break: a world-size-1 save (plain tensors) and an N-rank
+save (sharded DTensors) read the same way; replicated buffers and 0-d tensors keep their shape
+(they are stored once, never concatenated across ranks); dtypes are kept as saved unless
+`--dtype` says otherwise; tied input/output embeddings are written once, as `save_pretrained`
+does; a missing or partial checkpoint gives an error saying what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import struct
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ST_DTYPE = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+class MergeError(RuntimeError):
+    """The checkpoint cannot be merged; the message names the missing piece and the path."""
+
+
+@dataclass
+class _Entry:
+    name: str
+    shape: list[int]
+    saved_dtype: torch.dtype
+    out_dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * self.out_dtype.itemsize
+
+
+@dataclass
+class MergeReport:
+    target_dir: Path
+    num_tensors: int
+    total_bytes: int
+    shards: list[str]
+    largest_tensor_bytes: int
+    seconds: float
+    dtypes: dict[str, int] = field(default_factory=dict)
+
+
+def parse_size(text: str) -> int:
+    """'5GB' -> 5e9, '500MiB' -> 500*2**20, '1024' -> 1024 bytes."""
+    m = _SIZE.match(str(text))
+    unit = m.group(2).upper() if m else ""
+    if not m or unit not in _UNITS:
+        raise ValueError(f"cannot read size {text!r}; use e.g. 5GB, 500MB or 2GiB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def _find_actor_dir(local_dir: Path) -> Path:
+    if (local_dir / "actor").is_dir() and not (local_dir / "model").is_dir():
+        local_dir = local_dir / "actor"  # a global_step_N directory was given
+    if not local_dir.is_dir():
+        raise MergeError(f"--local_dir {local_dir} does not exist; expected <ckpt>/global_step_N/actor")
+    if not (local_dir / "model" / ".metadata").is_file():
+        raise MergeError(
+            f"no DCP metadata at {local_dir / 'model' / '.metadata'}: not an npu_rl FSDP checkpoint "
+            "(expected <ckpt>/global_step_N/actor), or its save was interrupted before completing"
+        )
+    return local_dir
+
+
+def _hf_dir(actor: Path, override: Path | None) -> Path:
+    hf = override or actor / "huggingface"
+    if not (hf / "config.json").is_file():
+        raise MergeError(
+            f"no config.json in {hf}: the checkpoint's huggingface/ folder is missing; pass "
+            "--hf_model_dir <folder with the original config.json and tokenizer>"
+        )
+    return hf
+
+
+def plan_tensors(actor: Path, dtype: torch.dtype | None, tie_word_embeddings: bool) -> list[_Entry]:
+    """Every tensor to write, from DCP metadata alone (no weights read)."""
+    meta = FileSystemReader(actor / "model").read_metadata()
+    entries = []
+    for name, item in meta.state_dict_metadata.items():
+        if not isinstance(item, TensorStorageMetadata):
+            warnings.warn(f"skipping non-tensor entry {name!r} of the model state dict", stacklevel=2)
+            continue
+        saved = item.properties.dtype
+        if saved not in _ST_DTYPE:
+            raise MergeError(f"tensor {name!r} has dtype {saved}, which safetensors cannot store")
+        out = dtype if dtype is not None and saved.is_floating_point else saved
+        entries.append(_Entry(name, list(item.size), saved, out))
+    names = {e.name for e in entries}
+    if tie_word_embeddings and "lm_head.weight" in names and "model.embed_tokens.weight" in names:
+        entries = [e for e in entries if e.name != "lm_head.weight"]  # from_pretrained re-ties it
+    if not entries:
+        raise MergeError(f"{actor / 'model'} holds no tensors")
+    return entries
+
+
+def split_shards(entries: list[_Entry], max_shard_bytes: int) -> list[list[_Entry]]:
+    """Greedy split in state-dict order; a tensor larger than the limit gets a shard of its own."""
+    shards: list[list[_Entry]] = [[]]
+    size = 0
+    for e in entries:
+        if shards[-1] and size + e.nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(e)
+        size += e.nbytes
+    return shards
+
+
+def _header(entries: list[_Entry]) -> bytes:
+    """The safetensors header: JSON with dtype, shape and byte range per tensor, padded to 8 bytes."""
+    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}  # type: ignore[dict-item]
+    offset = 0
+    for e in entries:
+        header[e.name] = {
+            "dtype": _ST_DTYPE[e.out_dtype],
+            "shape": e.shape,
+            "data_offsets": [offset, offset + e.nbytes],
+        }
+        offset += e.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _load_one(reader: FileSystemReader, entry: _Entry) -> torch.Tensor:
+    """Read one full tensor from however many rank chunks hold it."""
+    tensor = torch.empty(entry.shape, dtype=entry.saved_dtype)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({entry.name: tensor}, storage_reader=reader, no_dist=True)
+    return tensor
+
+
+def _write_shard(path: Path, entries: list[_Entry], reader: FileSystemReader) -> None:
+    with open(path, "wb") as fh:
+        fh.write(_header(entries))
+        for e in entries:
+            t = _load_one(reader, e).to(e.out_dtype).contiguous()
+            fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            del t
+
+
+def _write_config(hf: Path, out: Path, dtypes: Counter) -> None:
+    """Copy config/tokenizer files and record the dtype the weights are actually stored in."""
+    for item in hf.iterdir():
+        if (
+            item.is_file()
+            and not item.name.endswith((".safetensors", ".bin"))
+            and item.name != "model.safetensors.index.json"
+        ):
+            shutil.copy2(item, out / item.name)
+    floats = {d: n for d, n in dtypes.items() if d.is_floating_point}
+    if floats:
+        main = str(max(floats, key=floats.get)).removeprefix("torch.")  # type: ignore[arg-type]
+        config = json.loads((out / "config.json").read_text())
+        config["dtype"] = main
+        if "torch_dtype" in config:
+            config["torch_dtype"] = main
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def merge_checkpoint(
+    local_dir: str | Path,
+    target_dir: str | Path,
+    dtype: str | None = None,
+    max_shard_size: str = "5GB",
+    hf_model_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> MergeReport:
+    """Write the HF folder for checkpoint `local_dir` into `target_dir` (built aside, renamed at the end)."""
+    if sys.byteorder != "little":
+        raise MergeError("safetensors files are little-endian; merge on a little-endian machine")
+    start = time.perf_counter()
+    actor = _find_actor_dir(Path(local_dir))
+    hf = _hf_dir(actor, Path(hf_model_dir) if hf_model_dir else None)
+    if not (actor / "metadata.json").is_file():
+        warnings.warn(f"{actor / 'metadata.json'} is missing; merging from the DCP metadata alone", stacklevel=2)
+    config = json.loads((hf / "config.json").read_text())
+    if dtype is not None and dtype not in DTYPES:
+        raise MergeError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
+    entries = plan_tensors(actor, DTYPES.get(dtype or ""), bool(config.get("tie_word_embeddings", False)))
+
+    target = Path(target_dir)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise MergeError(f"--target_dir {target} exists and is not empty; pass --overwrite to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = target.with_name(f".{target.name}.merging-{os.getpid()}")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+
+    shards = split_shards(entries, parse_size(max_shard_size))
+    names = (
+        ["model.safetensors"]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
+    reader = FileSystemReader(actor / "model")
+    for name, shard in zip(names, shards, strict=True):
+        _write_shard(work / name, shard, reader)
+    total = sum(e.nbytes for e in entries)
+    if len(shards) > 1:
+        index = {
+            "metadata": {"total_size": total},
+            "weight_map": {e.name: name for name, shard in zip(names, shards, strict=True) for e in shard},
+        }
+        (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    dtypes = Counter(e.out_dtype for e in entries)
+    _write_config(hf, work, dtypes)
+
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(work, target)
+    return MergeReport(
+        target_dir=target,
+        num_tensors=len(entries),
+        total_bytes=total,
+        shards=names,
+        largest_tensor_bytes=max(e.nbytes for e in entries),
+        seconds=time.perf_counter() - start,
+        dtypes={str(d).removeprefix("torch."): n for d, n in dtypes.items()},
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m npu_rl.merge",
+        description=(
+            "Merge an npu_rl FSDP checkpoint (torch.distributed.checkpoint shards, any world size) into a "
+            "Hugging Face model folder: safetensors weights (sharded with model.safetensors.index.json above "
+            "--max_shard_size), config.json, tokenizer and generation config. Tensors are streamed one at a "
+            "time, so peak memory stays near the largest tensor."
+        ),
+        epilog=(
+            "example: python -m npu_rl.merge --backend fsdp "
+            "--local_dir checkpoints/npu_rl/run/global_step_100/actor --target_dir models/step100 --dtype bfloat16"
+        ),
+    )
+    p.add_argument("--backend", required=True, choices=["fsdp"], help="checkpoint format (FSDP2 + DCP)")
+    p.add_argument("--local_dir", required=True, help="<ckpt>/global_step_N/actor (global_step_N also accepted)")
+    p.add_argument("--target_dir", required=True, help="output Hugging Face folder (built aside, then renamed)")
+    p.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="cast floating-point weights to this dtype (default: keep the saved dtype, fp32 master weights)",
+    )
+    p.add_argument("--max_shard_size", default="5GB", help="split weights into files of at most this size (5GB)")
+    p.add_argument("--hf_model_dir", default=None, help="take config/tokenizer from here instead of huggingface/")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --target_dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = merge_checkpoint(
+            args.local_dir, args.target_dir, args.dtype, args.max_shard_size, args.hf_model_dir, args.overwrite
+        )
+    except (MergeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {report.num_tensors} tensors ({report.total_bytes / 1e6:.1f} MB, {report.dtypes}) in "
+        f"{len(report.shards)} file(s) to {report.target_dir} in {report.seconds:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
