@@ -68,14 +68,12 @@ class GRPOTrainer:
         steps = cfg.trainer.total_epochs * self.sampler.steps_per_epoch
         self.total_steps = cfg.trainer.total_training_steps if cfg.trainer.total_training_steps > 0 else steps
 
-        torch_device = self.acc.torch_device(self.dist.local_rank)
-        model = load_model(cfg.model, self.acc, trainable=True).to(torch_device)
+        model = load_model(cfg.model, self.acc, trainable=True)
         self.num_params = num_parameters(model)
-        self.model = distributed.shard_model(model, cfg.actor.fsdp, self.acc, self.dist, trainable=True)
+        self.model = self._place(model, trainable=True)
         self.ref = None
         if cfg.needs_ref:
-            ref = load_model(cfg.model, self.acc, trainable=False).to(torch_device)
-            self.ref = distributed.shard_model(ref, cfg.actor.fsdp, self.acc, self.dist, trainable=False)
+            self.ref = self._place(load_model(cfg.model, self.acc, trainable=False), trainable=False)
         self.optimizer = actor.build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = actor.build_scheduler(self.optimizer, self.total_steps, cfg.actor.optim)
         self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist)
@@ -92,6 +90,12 @@ class GRPOTrainer:
             self.tracking = Tracking(cfg.trainer.logger, str(self.log_dir), self.total_steps)
             for name, count in self.train_data.filtered.items():
                 print(f"[npu_rl] filtered {count} prompts longer than {cfg.data.max_prompt_length} tokens in {name}")
+
+    def _place(self, model: torch.nn.Module, trainable: bool) -> torch.nn.Module:
+        """Shard across ranks (FSDP2 moves each shard to the device itself), or move whole when alone."""
+        if self.dist.is_distributed:
+            return distributed.shard_model(model, self.cfg.actor.fsdp, self.acc, self.dist, trainable=trainable)
+        return model.to(self.acc.torch_device(self.dist.local_rank))
 
     # ------------------------------------------------------------------------------------------
     def sampling_params(self, validate: bool = False) -> SamplingParams:
