@@ -218,8 +218,6 @@ def merge_checkpoint(
     start = time.perf_counter()
     actor = _find_actor_dir(Path(local_dir))
     hf = _hf_dir(actor, Path(hf_model_dir) if hf_model_dir else None)
-    if not (actor / "metadata.json").is_file():
-        warnings.warn(f"{actor / 'metadata.json'} is missing; merging from the DCP metadata alone", stacklevel=2)
     config = json.loads((hf / "config.json").read_text())
     if dtype is not None and dtype not in DTYPES:
         raise MergeError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
@@ -228,6 +226,8 @@ def merge_checkpoint(
     target = Path(target_dir)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise MergeError(f"--target_dir {target} exists and is not empty; pass --overwrite to replace it")
+    if not (actor / "metadata.json").is_file():
+        warnings.warn(f"{actor / 'metadata.json'} is missing; merging from the DCP metadata alone", stacklevel=2)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = target.with_name(f".{target.name}.merging-{os.getpid()}")
     if work.exists():
@@ -240,18 +240,22 @@ def merge_checkpoint(
         if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
-    reader = FileSystemReader(actor / "model")
-    for name, shard in zip(names, shards, strict=True):
-        _write_shard(work / name, shard, reader)
     total = sum(e.nbytes for e in entries)
-    if len(shards) > 1:
-        index = {
-            "metadata": {"total_size": total},
-            "weight_map": {e.name: name for name, shard in zip(names, shards, strict=True) for e in shard},
-        }
-        (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     dtypes = Counter(e.out_dtype for e in entries)
-    _write_config(hf, work, dtypes)
+    try:
+        reader = FileSystemReader(actor / "model")
+        for name, shard in zip(names, shards, strict=True):
+            _write_shard(work / name, shard, reader)
+        if len(shards) > 1:
+            index = {
+                "metadata": {"total_size": total},
+                "weight_map": {e.name: name for name, shard in zip(names, shards, strict=True) for e in shard},
+            }
+            (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        _write_config(hf, work, dtypes)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)  # never leave a half-written folder behind
+        raise
 
     if target.exists():
         shutil.rmtree(target)
