@@ -161,6 +161,14 @@ class RewardConfig:
     strict: bool = True  # training extracts only the requested answer format
     timeout_s: float = 5.0  # wall-clock budget per graded item
     num_workers: int = 2  # grading processes; 0 grades in-process
+    # Tiers of the default math reward (docs/reward.md): incorrect -> incorrect_score; correct ->
+    # correct_score + format_bonus (requested answer form) + reasoning_bonus x completeness.
+    incorrect_score: float = 0.0
+    correct_score: float = 1.0
+    format_bonus: float = 0.1
+    reasoning_bonus: float = 0.1
+    # Requested answer form for every row; "" picks it from data_source (gsm8k: hash, else boxed).
+    answer_format: Literal["", "boxed", "hash", "answer_tag", "answer_is"] = ""
 
 
 @dataclass
