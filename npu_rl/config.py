@@ -180,6 +180,9 @@ class TrainerConfig:
     total_epochs: int = 1
     total_training_steps: int = -1  # -1: total_epochs over the training set
     logger: list[str] = field(default_factory=lambda: ["console"])
+    # A tracker that cannot start (e.g. swanlab not installed) stops the run with what to install;
+    # true: warn and continue with the trackers that did start.
+    allow_missing_logger: bool = False
     log_dir: str = "outputs/{project_name}/{experiment_name}"
     test_freq: int = -1  # -1: no periodic validation
     val_before_train: bool = True
