@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from _dist_utils import run_workers
+from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
@@ -19,6 +28,7 @@ from npu_rl.distributed import (
     iter_full_state_dict,
     shard_model,
 )
+from npu_rl.merge import merge_checkpoint
 
 CPU = Accelerator("cpu")
 
@@ -140,3 +150,125 @@ def _fsdp_worker(info: DistInfo, model_dir: str) -> None:
 @pytest.mark.dist
 def test_fsdp2_two_ranks_match_single_process(tiny_model_dir):
     run_workers(_fsdp_worker, 2, str(tiny_model_dir))
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue-4 acceptance, end to end through `python -m npu_rl.train` and torchrun (gloo on CPU)
+
+REWARD = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    digits = sum(ch.isdigit() for ch in solution_str)
+    return {"score": digits / max(1, len(solution_str)), "acc": False}
+"""
+# Wall-clock and memory figures legitimately differ between runs; everything else must not.
+VOLATILE = ("timing_s/", "perf/")
+
+
+def _train_cmd(tmp_path, model_dir, data, run: str, nproc: int, *extra: str) -> list[str]:
+    reward = tmp_path / "digits_reward.py"
+    reward.write_text(REWARD)
+    launcher = [sys.executable, "-m", "npu_rl.train"]
+    if nproc > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        launcher += ["-m", "npu_rl.train"]
+    return [
+        *launcher,
+        f"model.path={model_dir}",
+        f"data.train_files=[{data['train']}]",
+        "data.train_batch_size=4",
+        "actor.ppo_mini_batch_size=2",
+        "actor.ppo_micro_batch_size_per_device=3",
+        "actor.optim.lr=1e-3",
+        "actor.use_kl_loss=true",
+        "actor.kl_loss_coef=0.01",
+        "rollout.n=3",
+        "rollout.max_new_tokens=12",
+        f"reward.custom_function.path={reward}",
+        "reward.num_workers=0",
+        "trainer.device=cpu",
+        "trainer.num_threads=1",
+        "trainer.logger=[jsonl]",
+        "trainer.total_training_steps=4",
+        "trainer.save_freq=2",
+        f"trainer.log_dir={tmp_path / run / 'logs'}",
+        f"trainer.default_local_dir={tmp_path / run / 'ckpt'}",
+        *extra,
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "NPU_RL_DEVICE": "cpu", "NPU_RL_DIST_TIMEOUT_S": "120"}
+
+
+def _train(tmp_path, model_dir, data, run: str, nproc: int, *extra: str) -> Path:
+    cmd = _train_cmd(tmp_path, model_dir, data, run, nproc, *extra)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp_path / run
+
+
+def _metrics(run: Path) -> dict[int, dict]:
+    """The last logged training row of every step (a resumed run appends to the same file)."""
+    rows = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r for r in rows if "actor/pg_loss" in r}
+
+
+def _assert_same_metrics(a: dict, b: dict, rel: float, abs_: float) -> None:
+    keys = {k for k in a if not k.startswith(VOLATILE)}
+    assert keys == {k for k in b if not k.startswith(VOLATILE)}
+    for key in sorted(keys):
+        assert b[key] == pytest.approx(a[key], rel=rel, abs=abs_), (key, a[key], b[key])
+
+
+def _weights(run: Path, step: int, tmp_path) -> dict[str, torch.Tensor]:
+    out = tmp_path / f"{run.name}_step{step}_hf"
+    merge_checkpoint(run / "ckpt" / f"global_step_{step}" / "actor", out)
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_torchrun_training_matches_single_process_and_resumes_after_kill_9(tmp_path, tiny_model_dir, synthetic_parquet):
+    args = (tmp_path, tiny_model_dir, synthetic_parquet)
+    single = _train(*args, "single", 1)
+    double = _train(*args, "double", 2)
+
+    # 1. same global batch on 2 ranks == 1 rank: every logged metric and the final weights
+    m1, m2 = _metrics(single), _metrics(double)
+    assert sorted(m1) == sorted(m2) == [1, 2, 3, 4]
+    for step in m1:
+        _assert_same_metrics(m1[step], m2[step], rel=1e-4, abs_=1e-5)
+    w1, w2 = _weights(single, 4, tmp_path), _weights(double, 4, tmp_path)
+    base = load_file(Path(tiny_model_dir) / "model.safetensors")
+    assert any(not torch.equal(w1[k], base[k]) for k in base), "training must move the weights"
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-5, msg=name)
+
+    # 2. kill -9 the 2-rank job right after its step-2 checkpoint, then resume it
+    cmd = _train_cmd(*args, "killed", 2)
+    marker = tmp_path / "killed" / "ckpt" / "latest_checkpointed_iteration.txt"
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not (marker.is_file() and marker.read_text().strip() == "2"):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, no chance to clean up
+    proc.wait()
+    assert marker.read_text().strip() == "2", "the kill must interrupt the run before its end"
+    killed = _train(*args, "killed", 2)  # resume_mode=auto picks up global_step_2
+    m_killed = _metrics(killed)
+    for step in (3, 4):
+        _assert_same_metrics(m2[step], m_killed[step], rel=1e-6, abs_=1e-7)
+    w_killed = _weights(killed, 4, tmp_path)
+    for name in w2:
+        assert torch.equal(w_killed[name], w2[name]), name
+
+    # 3. the 2-rank step-2 checkpoint resumed by a single process finishes like the 2-rank run
+    one = _train(*args, "one", 1, f"trainer.resume_mode={double / 'ckpt' / 'global_step_2'}")
+    m_one = _metrics(one)
+    assert sorted(m_one) == [3, 4]
+    for step in (3, 4):
+        _assert_same_metrics(m2[step], m_one[step], rel=1e-4, abs_=1e-5)
