@@ -1,11 +1,18 @@
-"""Metric trackers behind one small interface, chosen by `trainer.logger=[console,jsonl,...]`."""
+"""Metric trackers behind one small interface, chosen by `trainer.logger=[console,jsonl,tensorboard,swanlab]`.
+
+The trainer only sees `Tracking`, which fans every call out to the configured trackers. Trackers with
+optional dependencies (TensorBoard, SwanLab) live in `npu_rl.trackers` and are imported only when
+selected, so a missing package fails at start with an install hint instead of at import time.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,37 +27,26 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
-class ConsoleTracker:
-    """One line per step with the metrics that tell whether training is healthy."""
+class TrackerUnavailable(RuntimeError):
+    """A tracker could not start; the message names the tracker and what to install or set."""
 
-    KEYS = (
-        "critic/score/mean",
-        "actor/pg_loss",
-        "actor/kl_loss",
-        "actor/entropy",
-        "actor/grad_norm",
-        "response_length/mean",
-        "timing_s/step",
-    )
 
-    def __init__(self, total_steps: int, stream: Any = None) -> None:
-        self.total_steps = total_steps
-        self.stream = stream or sys.stdout
+@dataclass
+class RunInfo:
+    """What a tracker may need to start: where to write, how long the run is, and how it is named."""
 
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        shown = {k: v for k, v in metrics.items() if k in self.KEYS or k.startswith("val-core/")}
-        body = " ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
-        print(f"step {step}/{self.total_steps} {body}", file=self.stream, flush=True)
-
-    def log_samples(self, samples: list[dict[str, Any]], step: int) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
+    log_dir: str
+    total_steps: int
+    project: str = "npu_rl"
+    experiment: str = "run"
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved config, for dashboards that show it
 
 
 class JsonlTracker:
-    """Appends one JSON object per step to `<log_dir>/metrics.jsonl`; plots and tests read it back."""
+    """Appends one JSON object per step to `<log_dir>/metrics.jsonl`; plots and tests read it back.
+
+    NaN is written as null so that every line stays strict JSON for other tools.
+    """
 
     def __init__(self, log_dir: str | Path) -> None:
         self.path = Path(log_dir) / "metrics.jsonl"
@@ -75,27 +71,99 @@ class JsonlTracker:
         self._fh.close()
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def scalar_items(metrics: dict[str, Any]) -> list[tuple[str, float]]:
+    """The metrics a dashboard can plot: real numbers (bools and None are skipped, NaN is kept)."""
+    return [(k, float(v)) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
-TrackerFactory = Callable[[str, int], Tracker]
+def samples_markdown(samples: list[dict[str, Any]], max_chars: int = 4000) -> str:
+    """Validation completions as Markdown, each field cut to `max_chars` so a runaway response stays readable."""
 
-# name -> factory(log_dir, total_steps). Other trackers (tensorboard, swanlab) register here.
+    def cut(text: Any) -> str:
+        text = str(text)
+        return text if len(text) <= max_chars else text[:max_chars] + f"... [{len(text) - max_chars} more chars]"
+
+    parts = []
+    for i, s in enumerate(samples):
+        head = f"### sample {i}: score {s.get('score')} · ground truth `{cut(s.get('ground_truth', ''))}`"
+        parts.append(
+            f"{head}\n\n**prompt**\n\n```\n{cut(s.get('prompt', ''))}\n```\n\n"
+            f"**response**\n\n```\n{cut(s.get('response', ''))}\n```"
+        )
+    return "\n\n".join(parts)
+
+
+def _console(run: RunInfo) -> Tracker:
+    from npu_rl.trackers.console import ConsoleTracker
+
+    return ConsoleTracker(run.total_steps)
+
+
+def _tensorboard(run: RunInfo) -> Tracker:
+    from npu_rl.trackers.tensorboard_tracker import TensorBoardTracker
+
+    return TensorBoardTracker(run)
+
+
+def _swanlab(run: RunInfo) -> Tracker:
+    from npu_rl.trackers.swanlab_tracker import SwanLabTracker
+
+    return SwanLabTracker(run)
+
+
+TrackerFactory = Callable[[RunInfo], Tracker]
+
+# name -> factory(run). A factory raises TrackerUnavailable when its backend cannot start.
 REGISTRY: dict[str, TrackerFactory] = {
-    "console": lambda log_dir, total: ConsoleTracker(total),
-    "jsonl": lambda log_dir, total: JsonlTracker(log_dir),
+    "console": _console,
+    "jsonl": lambda run: JsonlTracker(run.log_dir),
+    "tensorboard": _tensorboard,
+    "swanlab": _swanlab,
 }
 
 
 class Tracking:
-    """Fans every call out to the configured trackers."""
+    """Fans every call out to the configured trackers.
 
-    def __init__(self, names: list[str], log_dir: str, total_steps: int) -> None:
+    A tracker that cannot start stops the run with its reason (what to install or set), because a run
+    that silently logs nowhere is discovered only when its curves are needed. With `allow_missing`
+    (trainer.allow_missing_logger) the run warns and continues with the trackers that did start.
+    `config` (the run's Config) supplies project / experiment names and the resolved settings.
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        log_dir: str,
+        total_steps: int,
+        *,
+        config: Any = None,
+        allow_missing: bool | None = None,
+    ) -> None:
         unknown = [n for n in names if n not in REGISTRY]
         if unknown:
             raise ValueError(f"unknown trainer.logger {unknown}; available: {sorted(REGISTRY)}")
-        self.trackers = [REGISTRY[n](log_dir, total_steps) for n in names]
+        run = RunInfo(log_dir=str(log_dir), total_steps=total_steps)
+        if config is not None:
+            run.project = config.trainer.project_name
+            run.experiment = config.trainer.experiment_name
+            run.config = dataclasses.asdict(config)
+            if allow_missing is None:
+                allow_missing = config.trainer.allow_missing_logger
+        self.trackers: list[Tracker] = []
+        self.skipped: dict[str, str] = {}  # tracker name -> why it did not start
+        try:
+            for name in dict.fromkeys(names):  # a name listed twice would log everything twice
+                try:
+                    self.trackers.append(REGISTRY[name](run))
+                except TrackerUnavailable as err:
+                    if not allow_missing:
+                        raise
+                    self.skipped[name] = str(err)
+                    print(f"[npu_rl] warning: {err}; continuing without it", file=sys.stderr, flush=True)
+        except BaseException:
+            self.close()  # do not leave started trackers (open files, SwanLab runs) behind
+            raise
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         for tracker in self.trackers:
@@ -108,3 +176,4 @@ class Tracking:
     def close(self) -> None:
         for tracker in self.trackers:
             tracker.close()
+        self.trackers = []
