@@ -272,3 +272,61 @@ def test_trackers_started_before_a_failure_are_closed(tmp_path, monkeypatch):
 def test_unknown_logger_lists_the_available_ones(tmp_path):
     with pytest.raises(ValueError, match=r"available:.*tensorboard"):
         Tracking(["tensorbord"], str(tmp_path), 1)
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_training_run_feeds_all_four_trackers(tmp_path, tiny_model_dir, synthetic_parquet, swanlab_env):
+    """`python -m npu_rl.train` with console, jsonl, tensorboard and swanlab together; every backend
+    is read back and must hold the same metric names at the same steps."""
+    import os
+    import subprocess
+
+    logs = tmp_path / "logs"
+    steps = 3
+    cmd = [
+        sys.executable, "-m", "npu_rl.train",
+        f"model.path={tiny_model_dir}",
+        f"data.train_files=[{synthetic_parquet['train']}]",
+        f"data.val_files=[{synthetic_parquet['test']}]",
+        "data.train_batch_size=2", "data.val_max_samples=2",
+        "actor.ppo_mini_batch_size=2", "rollout.n=2", "rollout.max_new_tokens=8",
+        "reward.num_workers=0",
+        "trainer.logger=[console,jsonl,tensorboard,swanlab]",
+        "trainer.project_name=e2e", "trainer.experiment_name=four_trackers",
+        f"trainer.log_dir={logs}", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+        f"trainer.total_training_steps={steps}", f"trainer.test_freq={steps}", "trainer.num_threads=1",
+    ]  # fmt: skip
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("TENSORBOARD_DIR", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    rows = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "actor/pg_loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, steps + 1))
+    val_key = next(k for k in rows[-1] if k.startswith("val-core/"))
+    val_steps = [r["step"] for r in rows if val_key in r]
+    assert val_steps == [0, steps]
+    numeric = {k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float))}
+    numeric |= {k for r in rows for k, v in r.items() if v is None}  # NaN in JSONL is a number elsewhere
+    expected = {k: [r["step"] for r in rows if k in r] for k in numeric}
+
+    tb_scalars, tb_texts = read_tensorboard(logs / "tensorboard")
+    assert set(tb_scalars) == numeric
+    for key, key_steps in expected.items():
+        assert [s for s, _ in tb_scalars[key]] == key_steps, key
+    assert [s for s, _ in tb_texts["val/generations"]] == val_steps
+
+    sw_scalars, sw_media, _ = read_swanlab_run(logs / "swanlog")
+    assert set(sw_scalars) == numeric
+    for key, key_steps in expected.items():
+        assert [s for s, _ in sw_scalars[key]] == key_steps, key
+    assert sw_media["val/generations"] == val_steps
+    for key in ("actor/pg_loss", "actor/entropy", "critic/score/mean", "response_length/mean", val_key):
+        assert key in numeric
+
+    console = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert console[-1].startswith(f"step {steps}/{steps} (100%)") and "s/step" in console[-1]
