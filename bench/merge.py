@@ -146,7 +146,8 @@ def main() -> None:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{'writer ranks':>12} {'merge':>9} {'seconds':>8} {'MB/s':>7} {'RSS before':>11} {'peak RSS':>9} {'added':>7}")
+    head = ("writer ranks", "merge", "seconds", "MB/s", "RSS before", "peak RSS", "added")
+    print("{:>12} {:>9} {:>8} {:>7} {:>11} {:>9} {:>7}".format(*head))
     for world, mode, r in rows:
         added = r["peak_mb"] - r["baseline_mb"]
         print(
