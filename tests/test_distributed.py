@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,3 +273,61 @@ def test_torchrun_training_matches_single_process_and_resumes_after_kill_9(tmp_p
     assert sorted(m_one) == [3, 4]
     for step in (3, 4):
         _assert_same_metrics(m2[step], m_one[step], rel=1e-4, abs_=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Run scripts
+
+RUN_DIR = Path(__file__).resolve().parents[1] / "run"
+SCRIPTS = ["qwen2_5_1_5b_grpo.sh", "qwen2_5_1_5b_grpo_multinode.sh", "qwen2_5_1_5b_grpo_cuda.sh"]
+
+
+def _script(name: str, tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {**_env(), "PYTHON": sys.executable, "LOG_FILE": str(tmp_path / "run.log"), **env}
+    return subprocess.run(
+        ["bash", str(RUN_DIR / name), *args], env=full_env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+
+
+def test_run_scripts_stop_with_download_instructions_when_inputs_are_missing(tmp_path):
+    for name in SCRIPTS:
+        assert subprocess.run(["bash", "-n", str(RUN_DIR / name)]).returncode == 0, name
+    missing = {"MODEL_PATH": str(tmp_path / "no_model"), "DATA_DIR": str(tmp_path / "no_data")}
+    for name in ("qwen2_5_1_5b_grpo.sh", "qwen2_5_1_5b_grpo_cuda.sh"):
+        proc = _script(name, tmp_path, **missing)
+        assert proc.returncode == 1, proc.stderr
+        assert "hf download Qwen/Qwen2.5-1.5B-Instruct" in proc.stderr
+        assert "hf download DigitalLearningGmbH/MATH-lighteval --repo-type dataset" in proc.stderr
+        assert "tools/preprocess_math.py" in proc.stderr
+    proc = _script("qwen2_5_1_5b_grpo_multinode.sh", tmp_path, NNODES="2", **missing)
+    assert proc.returncode != 0 and "NODE_RANK" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_run_script_launches_torchrun_with_the_sample_config(tmp_path, tiny_model_dir, synthetic_parquet):
+    """The NPU script's launch path on CPU: two torchrun ranks, the 1.5B sample config, tiny sizes."""
+    data = tmp_path / "math"
+    data.mkdir()
+    shutil.copy(synthetic_parquet["train"], data / "train.parquet")
+    shutil.copy(synthetic_parquet["test"], data / "test.parquet")
+    env = {"DEVICE": "cpu", "NPROC_PER_NODE": "2", "MODEL_PATH": str(tiny_model_dir), "DATA_DIR": str(data)}
+    overrides = [
+        "data.train_batch_size=4",
+        "actor.ppo_mini_batch_size=4",
+        "data.val_max_samples=4",
+        "rollout.n=2",
+        "rollout.max_new_tokens=8",
+        "trainer.total_training_steps=1",
+        "trainer.logger=[jsonl]",
+        "reward.num_workers=0",
+        f"trainer.log_dir={tmp_path / 'logs'}",
+        f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+    ]
+    proc = _script("qwen2_5_1_5b_grpo.sh", tmp_path, *overrides, **env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "torch.distributed.run --standalone --nproc_per_node 2" in (tmp_path / "run.log").read_text()
+    meta = json.loads((tmp_path / "ckpt" / "global_step_1" / "actor" / "metadata.json").read_text())
+    assert meta["world_size"] == 2
+    resolved = (tmp_path / "logs" / "config.yaml").read_text()
+    assert "kl_loss_type: low_var_kl" in resolved and "gradient_checkpointing: true" in resolved

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# GRPO on Qwen2.5-1.5B-Instruct with MATH-lighteval, the Ascend sample's settings
+# (run/configs/qwen2_5_1_5b_grpo.yaml: GRPO, rollout.n=5, KL loss low_var_kl, TensorBoard + SwanLab).
+#
+#   bash run/qwen2_5_1_5b_grpo.sh [dotted overrides ...]       one Atlas A2 card
+#   NPROC_PER_NODE=8 bash run/qwen2_5_1_5b_grpo.sh             eight cards of this node (torchrun + FSDP2)
+#   run/qwen2_5_1_5b_grpo_multinode.sh / run/qwen2_5_1_5b_grpo_cuda.sh   several nodes / NVIDIA GPUs
+#
+# Environment knobs: MODEL_PATH, DATA_DIR, NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT,
+# DEVICE (npu | cuda | cpu), PYTHON (the interpreter of the environment with torch_npu), LOG_FILE,
+# ASCEND_HOME (default /usr/local/Ascend). Run from any directory; relative paths are repository-relative.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DEVICE="${DEVICE:-npu}"
+PYTHON="${PYTHON:-python3}"
+MODEL_PATH="${MODEL_PATH:-models/Qwen2.5-1.5B-Instruct}"
+DATA_DIR="${DATA_DIR:-data/math}"
+NPROC_PER_NODE="${NPROC_PER_NODE:-1}"
+NNODES="${NNODES:-1}"
+NODE_RANK="${NODE_RANK:-0}"
+MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
+MASTER_PORT="${MASTER_PORT:-29500}"
+LOG_FILE="${LOG_FILE:-outputs/qwen2_5_1_5b_grpo.node${NODE_RANK}.log}"
+
+# ---- inputs: stop before anything starts, saying how to get what is missing -------------------
+missing=0
+if [ ! -f "$MODEL_PATH/config.json" ]; then
+    cat >&2 <<EOF
+error: no model at MODEL_PATH=$MODEL_PATH (config.json not found). Download it:
+    pip install -U huggingface_hub
+    hf download Qwen/Qwen2.5-1.5B-Instruct --local-dir $MODEL_PATH
+  (set HF_ENDPOINT to a mirror if huggingface.co is unreachable, or MODEL_PATH to an existing copy)
+EOF
+    missing=1
+fi
+if [ ! -f "$DATA_DIR/train.parquet" ] || [ ! -f "$DATA_DIR/test.parquet" ]; then
+    cat >&2 <<EOF
+error: no MATH-lighteval parquet in DATA_DIR=$DATA_DIR (train.parquet and test.parquet). Download the
+dataset and convert it to verl's row schema (prompt with the \\boxed{} instruction, ground truth):
+    hf download DigitalLearningGmbH/MATH-lighteval --repo-type dataset --local-dir downloads/MATH-lighteval
+    $PYTHON tools/preprocess_math.py --help    # then run it with the download as input and $DATA_DIR as output
+EOF
+    missing=1
+fi
+if ! "$PYTHON" -c "import torch, transformers, npu_rl" 2>/dev/null; then
+    echo "error: $PYTHON cannot import torch, transformers and npu_rl; install into that environment: pip install -e '.[npu,swanlab]'" >&2
+    missing=1
+fi
+[ "$missing" = 0 ] || exit 1
+
+# ---- device environment -------------------------------------------------------------------
+first_n() { seq -s, 0 $(($1 - 1)); }
+case "$DEVICE" in
+npu)
+    ASCEND_HOME="${ASCEND_HOME:-/usr/local/Ascend}"
+    set +u # CANN's scripts read unset variables
+    for env_file in "$ASCEND_HOME/ascend-toolkit/set_env.sh" "$ASCEND_HOME/nnal/atb/set_env.sh"; do
+        # shellcheck disable=SC1090
+        if [ -f "$env_file" ]; then source "$env_file"; fi
+    done
+    set -u
+    if ! "$PYTHON" -c "import torch_npu" 2>/dev/null; then
+        echo "error: $PYTHON cannot import torch_npu: install CANN, then the torch_npu matching your torch" \
+            "(pip install -e '.[npu]'), or set ASCEND_HOME to where CANN lives" >&2
+        exit 1
+    fi
+    export ASCEND_RT_VISIBLE_DEVICES="${ASCEND_RT_VISIBLE_DEVICES:-$(first_n "$NPROC_PER_NODE")}"
+    export HCCL_CONNECT_TIMEOUT="${HCCL_CONNECT_TIMEOUT:-1200}" # ranks load the model at different speeds
+    export PYTORCH_NPU_ALLOC_CONF="${PYTORCH_NPU_ALLOC_CONF:-expandable_segments:True}" # rollout <-> train
+    export TASK_QUEUE_ENABLE="${TASK_QUEUE_ENABLE:-2}" # torch_npu's asynchronous operator dispatch
+    ;;
+cuda)
+    export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-$(first_n "$NPROC_PER_NODE")}"
+    export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
+    ;;
+cpu) ;; # smoke tests of this script only
+*)
+    echo "error: DEVICE=$DEVICE; use npu, cuda or cpu" >&2
+    exit 1
+    ;;
+esac
+
+# ---- launch -------------------------------------------------------------------------------
+ARGS=(
+    --config run/configs/qwen2_5_1_5b_grpo.yaml
+    "model.path=$MODEL_PATH"
+    "data.train_files=[$DATA_DIR/train.parquet]"
+    "data.val_files=[$DATA_DIR/test.parquet]"
+    "trainer.device=$DEVICE"
+    "$@"
+)
+if [ "$NNODES" -gt 1 ]; then
+    LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK"
+        --nproc_per_node "$NPROC_PER_NODE" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
+elif [ "$NPROC_PER_NODE" -gt 1 ]; then
+    LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC_PER_NODE")
+else
+    LAUNCH=("$PYTHON")
+fi
+mkdir -p "$(dirname "$LOG_FILE")"
+echo "[npu_rl] ${LAUNCH[*]} -m npu_rl.train ${ARGS[*]}" | tee "$LOG_FILE"
+"${LAUNCH[@]}" -m npu_rl.train "${ARGS[@]}" 2>&1 | tee -a "$LOG_FILE"
