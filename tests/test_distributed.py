@@ -138,6 +138,8 @@ def _fsdp_worker(info: DistInfo, model_dir: str) -> None:
     for (name, t), q in zip(full, ref.state_dict().values(), strict=True):
         assert not isinstance(t, DTensor)
         torch.testing.assert_close(t, q, rtol=1e-4, atol=1e-6, msg=name)
+    for (name, t), (_, half) in zip(full, iter_full_state_dict(model, dtype=torch.bfloat16), strict=True):
+        assert half.dtype == torch.bfloat16 and torch.equal(half, t.to(torch.bfloat16)), name
 
     # a frozen copy (the reference policy) shards too and gives the same logits without grads
     frozen = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
