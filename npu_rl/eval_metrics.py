@@ -1,0 +1,127 @@
+"""Evaluation statistics as pure functions: mean@N, unbiased pass@k, maj@N and their breakdowns.
+
+Kept apart from generation so each number can be checked by hand: a prompt's result is just its n
+correctness flags, its n extracted answers (None when there is none) and its n response lengths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+# extra_info keys that split the table, as MATH-style data carries them (`type` is MATH's subject).
+BREAKDOWN_KEYS = {"level": ("level",), "subject": ("subject", "type")}
+
+
+@dataclass
+class PromptResult:
+    """The graded samples of one prompt."""
+
+    data_source: str
+    extra_info: dict[str, Any]
+    correct: list[bool]
+    answers: list[str | None]  # normalized extracted answers, the votes for maj@N
+    lengths: list[int]  # response tokens
+    truncated: list[bool]  # hit max_new_tokens
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one prompt with c correct out of n samples: 1 - C(n-c, k) / C(n, k).
+
+    The estimator of Chen et al. (2021): the chance that k samples drawn without replacement from
+    the n include a correct one. Exact integer binomials, so no cancellation for large n.
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got c={c}, n={n}")
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
+    """Whether the most frequent extracted answer is right (ties go to the answer seen first).
+
+    Responses without an answer do not vote; with no votes at all the prompt counts as wrong.
+    """
+    votes = Counter(a for a in answers if a is not None)
+    if not votes:
+        return False
+    top = max(votes.values())
+    winner = next(a for a in answers if a is not None and votes[a] == top)
+    return any(ok for a, ok in zip(answers, correct, strict=True) if a == winner)
+
+
+def default_ks(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, and n itself."""
+    ks = [1]
+    while ks[-1] * 2 <= n:
+        ks.append(ks[-1] * 2)
+    if ks[-1] != n:
+        ks.append(n)
+    return ks
+
+
+def group_metrics(results: list[PromptResult], n: int, ks: list[int]) -> dict[str, float]:
+    """mean@n, pass@k for each k, maj@n (n > 1), response length mean and clip ratio over `results`."""
+    if not results:
+        return {"count": 0}
+    metrics: dict[str, float] = {"count": len(results)}
+    metrics[f"mean@{n}"] = sum(sum(r.correct) / n for r in results) / len(results)
+    for k in ks:
+        metrics[f"pass@{k}"] = sum(pass_at_k(n, sum(r.correct), k) for r in results) / len(results)
+    if n > 1:
+        metrics[f"maj@{n}"] = sum(majority_correct(r.answers, r.correct) for r in results) / len(results)
+    lengths = [x for r in results for x in r.lengths]
+    metrics["response_length/mean"] = sum(lengths) / len(lengths)
+    metrics["response_length/clip_ratio"] = sum(t for r in results for t in r.truncated) / len(lengths)
+    return metrics
+
+
+def _breakdown_value(extra_info: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        value = extra_info.get(key)
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+def summarize(results: list[PromptResult], n: int, ks: list[int]) -> dict[str, Any]:
+    """Overall metrics plus per data_source, and per level / subject when extra_info carries them."""
+    groups: dict[str, dict[str, list[PromptResult]]] = {"data_source": defaultdict(list)}
+    for r in results:
+        groups["data_source"][r.data_source].append(r)
+        for name, keys in BREAKDOWN_KEYS.items():
+            value = _breakdown_value(r.extra_info, keys)
+            if value is not None:
+                groups.setdefault(name, defaultdict(list))[value].append(r)
+    return {
+        "metrics": group_metrics(results, n, ks),
+        **{
+            f"by_{name}": {value: group_metrics(members, n, ks) for value, members in sorted(by.items())}
+            for name, by in groups.items()
+        },
+    }
+
+
+def format_table(summary: dict[str, Any], n: int, ks: list[int]) -> str:
+    """A fixed-width table: one row overall, then one per data source, level and subject."""
+    cols = [f"mean@{n}", *[f"pass@{k}" for k in ks if k != 1 or n != 1], *([f"maj@{n}"] if n > 1 else [])]
+    header = f"{'group':<40} {'count':>6} " + " ".join(f"{c:>8}" for c in cols) + f" {'resp_len':>9} {'clip':>6}"
+    rows = [header, "-" * len(header)]
+
+    def row(label: str, m: dict[str, float]) -> str:
+        values = " ".join(f"{m.get(c, float('nan')):>8.4f}" for c in cols)
+        length = m.get("response_length/mean", float("nan"))
+        clip = m.get("response_length/clip_ratio", float("nan"))
+        return f"{label[:40]:<40} {int(m['count']):>6} {values} {length:>9.1f} {clip:>6.3f}"
+
+    rows.append(row("all", summary["metrics"]))
+    for key, value in summary.items():
+        if key.startswith("by_"):
+            for name, m in value.items():
+                rows.append(row(f"{key[3:]}={name}", m))
+    return "\n".join(rows)

@@ -1,0 +1,189 @@
+"""Evaluation: statistics against hand-computed values, and real runs on the tiny model whose
+summary is recomputed from the generations file they wrote."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from npu_rl.config import CustomRewardFunction, RewardConfig
+from npu_rl.eval import Evaluator, check_sampling, main, resolve_model_dir
+from npu_rl.eval_metrics import (
+    PromptResult,
+    default_ks,
+    group_metrics,
+    majority_correct,
+    pass_at_k,
+    summarize,
+)
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n,c,k,expected",
+    [
+        (5, 2, 1, 2 / 5),
+        (5, 2, 2, 1 - 3 / 10),  # 1 - C(3,2)/C(5,2)
+        (5, 2, 3, 1 - 1 / 10),  # 1 - C(3,3)/C(5,3)
+        (5, 2, 4, 1.0),  # fewer than k wrong samples: some correct one is always drawn
+        (10, 3, 5, 1 - 21 / 252),  # 1 - C(7,5)/C(10,5)
+        (4, 0, 4, 0.0),
+        (4, 4, 1, 1.0),
+        (1, 1, 1, 1.0),
+    ],
+)
+def test_pass_at_k_hand_computed(n, c, k, expected):
+    assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pass_at_k_matches_the_product_form_for_many_cases():
+    """The Codex paper computes 1 - prod_{i=n-c+1..n} (1 - k/i); both forms must agree."""
+    for n in range(1, 21):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                product = 1.0 if n - c < k else 1.0 - math.prod(1 - k / i for i in range(n - c + 1, n + 1))
+                assert pass_at_k(n, c, k) == pytest.approx(product, abs=1e-9), (n, c, k)
+
+
+@pytest.mark.parametrize("n,c,k", [(4, 5, 1), (4, -1, 1), (4, 2, 0), (4, 2, 5)])
+def test_pass_at_k_rejects_impossible_counts(n, c, k):
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+def test_majority_vote():
+    assert majority_correct(["4", "4", "5", None], [True, True, False, False]) is True
+    assert majority_correct(["5", "4", None, None], [False, True, False, False]) is False  # tie: first seen
+    assert majority_correct(["3", "7", "7", "3", "3"], [False, True, True, False, False]) is False
+    assert majority_correct([None, None], [False, False]) is False
+
+
+def test_default_ks():
+    assert default_ks(1) == [1]
+    assert default_ks(6) == [1, 2, 4, 6]
+    assert default_ks(8) == [1, 2, 4, 8]
+
+
+def test_group_metrics_and_breakdowns_hand_computed():
+    a = PromptResult(
+        "openai/gsm8k", {}, [True, False, False, False], ["7", "3", "3", "3"], [10, 20, 30, 40], [False] * 4
+    )
+    b = PromptResult(
+        "math", {"level": "Level 2", "type": "Algebra"},
+        [True, True, True, False], ["9", "9", "9", None], [5, 5, 5, 100], [False, False, False, True],
+    )  # fmt: skip
+    m = group_metrics([a, b], n=4, ks=[1, 2, 4])
+    assert m["count"] == 2
+    assert m["mean@4"] == pytest.approx((1 / 4 + 3 / 4) / 2)
+    assert m["pass@1"] == pytest.approx(m["mean@4"])
+    assert m["pass@2"] == pytest.approx((1 - 3 / 6 + 1.0) / 2)  # a: 1 - C(3,2)/C(4,2); b: one wrong < k
+    assert m["pass@4"] == 1.0
+    assert m["maj@4"] == 0.5  # a's majority "3" is wrong, b's "9" is right
+    assert m["response_length/mean"] == pytest.approx(215 / 8)
+    assert m["response_length/clip_ratio"] == pytest.approx(1 / 8)
+
+    s = summarize([a, b], n=4, ks=[1, 2, 4])
+    assert s["metrics"] == m
+    assert set(s["by_data_source"]) == {"openai/gsm8k", "math"}
+    assert s["by_data_source"]["math"]["mean@4"] == 0.75
+    assert s["by_level"] == {"Level 2": s["by_data_source"]["math"]}
+    assert s["by_subject"] == {"Algebra": s["by_data_source"]["math"]}  # MATH's `type` is the subject
+
+
+def test_sampling_checks():
+    with pytest.raises(ValueError, match="identical"):
+        check_sampling(4, 0.0, [1])
+    with pytest.raises(ValueError, match="between 1 and"):
+        check_sampling(4, 1.0, [8])
+    check_sampling(1, 0.0, [1])
+
+
+# -- real runs on the tiny model ---------------------------------------------------------------
+
+# Marks a response correct when it holds an even number of characters: varied on a random model,
+# so mean@N / pass@k / maj@N are not all zero, and easy to recompute from the generations file.
+PARITY_REWARD = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    ok = len(solution_str) % 2 == 0
+    return {"score": float(ok), "acc": ok}
+"""
+
+
+@pytest.fixture(scope="module")
+def parity_reward(tmp_path_factory):
+    path = tmp_path_factory.mktemp("reward") / "parity.py"
+    path.write_text(PARITY_REWARD)
+    return RewardConfig(num_workers=0, custom_function=CustomRewardFunction(path=str(path)))
+
+
+def test_sampled_summary_is_consistent_with_its_generations(tmp_path, tiny_model_dir, synthetic_parquet, parity_reward):
+    with Evaluator(tiny_model_dir, reward=parity_reward, batch_size=5) as ev:
+        kwargs = dict(n=4, temperature=1.0, max_new_tokens=12, k=[1, 2, 4], max_samples=8)
+        summary = ev.evaluate(synthetic_parquet["test"], output_dir=tmp_path, **kwargs)
+        again = ev.evaluate(synthetic_parquet["test"], **kwargs)
+    assert again["metrics"] == summary["metrics"], "per-prompt seeds make sampling reproducible"
+
+    lines = [json.loads(x) for x in (tmp_path / "n4_t1.generations.jsonl").read_text().splitlines()]
+    assert len(lines) == summary["num_prompts"] == 8
+    assert json.loads((tmp_path / "n4_t1.summary.json").read_text())["metrics"] == summary["metrics"]
+    for line in lines:
+        assert line["acc"] == [len(r) % 2 == 0 for r in line["responses"]]
+    counts = [sum(line["acc"]) for line in lines]
+    assert 0 < sum(counts) < 4 * len(lines), "the parity reward must split the samples"
+    m = summary["metrics"]
+    assert m["mean@4"] == pytest.approx(sum(counts) / (4 * len(lines)))
+    for k in (2, 4):
+        assert m[f"pass@{k}"] == pytest.approx(sum(pass_at_k(4, c, k) for c in counts) / len(lines))
+    lengths = [x for line in lines for x in line["lengths"]]
+    assert m["response_length/mean"] == pytest.approx(sum(lengths) / len(lengths))
+    assert summary["accuracy"] == m["mean@4"]
+    assert set(summary["by_data_source"]) == {line["data_source"] for line in lines}
+    assert "by_level" in summary  # the synthetic rows carry extra_info.level
+
+
+def test_cli_prints_the_table_and_writes_both_files(tmp_path, tiny_model_dir, synthetic_parquet, capsys):
+    summary = main(
+        [
+            "--model", str(tiny_model_dir), "--data", str(synthetic_parquet["test"]),
+            "--max-new-tokens", "8", "--max-samples", "6", "--reward-workers", "0",
+            "--output-dir", str(tmp_path / "out"), "--num-threads", "1",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["group", "count", "mean@1"]
+    assert any(line.startswith("all ") and " 6 " in line for line in out.splitlines())
+    assert summary["num_prompts"] == 6 and summary["sampling"]["temperature"] == 0.0
+    assert (tmp_path / "out" / "n1_t0.generations.jsonl").is_file()
+    assert (tmp_path / "out" / "n1_t0.summary.json").is_file()
+
+
+def test_a_checkpoint_evaluates_like_the_model_it_holds(tmp_path, tiny_model_dir, synthetic_parquet, parity_reward):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from npu_rl.checkpoint import CheckpointManager
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    step_dir = CheckpointManager(tmp_path / "ckpt").save(
+        2, model, None, None, {"global_step": 2}, model.config, tokenizer, model.generation_config
+    )
+    kwargs = dict(max_new_tokens=12, max_samples=5)
+    with Evaluator(tiny_model_dir, reward=parity_reward) as ev:
+        reference = ev.evaluate(synthetic_parquet["test"], output_dir=tmp_path / "ref", **kwargs)
+    for given in (step_dir, step_dir / "actor", tmp_path / "ckpt"):  # step dir, its actor dir, or the root
+        with Evaluator(given, reward=parity_reward) as ev:
+            merged_dir = ev.model_dir
+            result = ev.evaluate(synthetic_parquet["test"], output_dir=tmp_path / given.name, **kwargs)
+        assert not merged_dir.exists(), "the temporary merge is removed on close"
+        assert result["metrics"] == reference["metrics"]
+        ref_lines = (tmp_path / "ref" / "n1_t0.generations.jsonl").read_text()
+        assert (tmp_path / given.name / "n1_t0.generations.jsonl").read_text() == ref_lines
+
+
+def test_a_folder_that_is_neither_model_nor_checkpoint_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a config alone is not a model
+    with pytest.raises(FileNotFoundError, match="neither a Hugging Face model folder"):
+        resolve_model_dir(tmp_path)
