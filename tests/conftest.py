@@ -15,8 +15,13 @@ Fixtures
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared 2-core machine
+# spinning threads of concurrent processes starve each other (a 2 s test measured 74 s under load).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 

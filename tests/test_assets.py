@@ -52,8 +52,8 @@ def test_worked_solutions_are_correct_and_graded_right():
             value = int(c)
         assert value == problem.answer >= 0
         for text in (problem.worked(), problem.shortcut()):
-            assert compute_score(msm.DATA_SOURCE, text, str(problem.answer))["score"] == 1.0
-        assert compute_score(msm.DATA_SOURCE, problem.shortcut(), str(problem.answer + 1))["score"] == 0.0
+            assert compute_score(msm.DATA_SOURCE, text, str(problem.answer))["acc"]
+        assert not compute_score(msm.DATA_SOURCE, problem.shortcut(), str(problem.answer + 1))["acc"]
 
 
 def test_tokenizer_splits_digits_and_round_trips(tiny_tokenizer):
@@ -106,3 +106,49 @@ def test_sizes_are_valid_qwen2_configs(tiny_tokenizer, size):
     assert config.hidden_size % config.num_attention_heads == 0
     assert config.num_attention_heads % config.num_key_value_heads == 0
     assert config.vocab_size % 64 == 0
+
+
+def test_pretraining_examples_train_only_on_the_answer(tiny_tokenizer):
+    problem = next(msm.iter_problems(seed=0))
+    ids, n_prompt = make_tiny_model.encode(tiny_tokenizer, problem, problem.shortcut())
+    assert ids[-1] == tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.decode(ids[n_prompt:-1]) == problem.shortcut()
+    assert tiny_tokenizer.decode(ids[:n_prompt]).endswith("<|im_start|>assistant\n")
+    short = make_tiny_model.encode(tiny_tokenizer, problem, "7")
+    batch = make_tiny_model.collate([(ids, n_prompt), short], tiny_tokenizer.pad_token_id)
+    assert batch["input_ids"].shape == (2, len(ids))
+    assert batch["labels"][0].tolist() == [-100] * n_prompt + ids[n_prompt:]
+    assert (batch["labels"][1] != -100).sum() == 2  # "7" and <|im_end|>; padding is never a target
+    assert batch["attention_mask"][1].sum() == len(short[0])
+
+
+def test_a_short_stage_lowers_the_loss(tiny_tokenizer):
+    import random
+
+    model = make_tiny_model.random_model(tiny_tokenizer, size="test", seed=0)
+    problems = msm.iter_problems(seed=0)
+    fixed = [make_tiny_model.encode(tiny_tokenizer, p, p.worked()) for p, _ in zip(problems, range(16), strict=False)]
+    batch = make_tiny_model.collate(fixed, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        before = model(**batch).loss.item()
+    stage = make_tiny_model.Stage("t", steps=15, lr=3e-3, shortcut_share=0.5, warmup_steps=2, batch_size=16)
+    make_tiny_model.run_stage(model, tiny_tokenizer, stage, problems, random.Random(0))
+    with torch.no_grad():
+        assert model(**batch).loss.item() < before - 1.0
+
+
+def test_headroom_report_uses_the_evaluator(tiny_model_dir, synthetic_parquet, tmp_path):
+    import _headroom
+
+    result = _headroom.measure(tiny_model_dir, synthetic_parquet["test"], tmp_path, "base", num_threads=1)
+    assert result["num_prompts"] == 16
+    for key in ("greedy_acc", "greedy_worked", "sampled_acc", f"pass@{_headroom.K}", "sampled_worked"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result[f"pass@{_headroom.K}"] >= result["sampled_acc"]
+    assert 0 < result["greedy_len"] <= _headroom.MAX_NEW_TOKENS
+    assert (tmp_path / "base.headroom.json").is_file()
+    assert all(path.startswith(str(tmp_path)) for path in result["generations"])
+    better = {**result, "greedy_acc": result["greedy_acc"] + 0.25, "greedy_len": result["greedy_len"] + 10}
+    change = _headroom.format_change(result, better)
+    assert "(+25.0 points)" in change and "held-out greedy accuracy" in change
+    assert "greedy:  acc" in _headroom.format_result(result, "base")

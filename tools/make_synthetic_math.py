@@ -25,20 +25,7 @@ import pyarrow.parquet as pq
 DATA_SOURCE = "synthetic/arith"
 INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 
-NAMES = [
-    ("Ana", "She"),
-    ("Ben", "He"),
-    ("Cleo", "She"),
-    ("Dev", "He"),
-    ("Eva", "She"),
-    ("Finn", "He"),
-    ("Gia", "She"),
-    ("Hugo", "He"),
-    ("Ines", "She"),
-    ("Jon", "He"),
-    ("Kira", "She"),
-    ("Leo", "He"),
-]
+NAMES = ["Ana", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gia", "Hugo", "Ines", "Jon", "Kira", "Leo"]
 ITEMS = ["apples", "pencils", "stickers", "marbles", "cookies", "books", "shells", "cards", "coins", "stamps"]
 
 
@@ -88,7 +75,7 @@ class Template:
 
     ops: tuple[str, str]
     sample: Callable[[random.Random], tuple[int, int, int]]
-    questions: tuple[str, ...]  # str.format fields: name, pron, item, a, b, c
+    questions: tuple[str, ...]  # str.format fields: name, item, a, b, c
 
 
 def _add_then_sub(rng: random.Random) -> tuple[int, int, int]:
@@ -115,37 +102,32 @@ KINDS: dict[str, Template] = {
         ("+", "-"),
         _add_then_sub,
         (
-            "{name} has {a} {item}. {pron} gets {b} more and then gives away {c}. "
-            "How many {item} does {name} have now?",
-            "A box holds {a} {item}. {name} puts in {b} more and later takes out {c}. How many {item} are in the box?",
+            "{name} has {a} {item}, gets {b} more and gives away {c}. How many {item} are left?",
+            "A box holds {a} {item}. {name} puts in {b} and takes out {c}. How many are in the box?",
         ),
     ),
     "sub_add": Template(
         ("-", "+"),
         _sub_then_add,
         (
-            "{name} has {a} {item}. {pron} loses {b} of them and then finds {c} more. "
-            "How many {item} does {name} have now?",
-            "There are {a} {item} on a table. {name} takes {b} away and then adds {c}. "
-            "How many {item} are on the table?",
+            "{name} has {a} {item}, loses {b} and then finds {c}. How many {item} now?",
+            "A table has {a} {item}. {name} takes {b} away and adds {c}. How many are on it?",
         ),
     ),
     "mul_add": Template(
         ("*", "+"),
         _mul_then_add,
         (
-            "{name} buys {a} bags with {b} {item} in each. {pron} already had {c} {item}. "
-            "How many {item} does {name} have in total?",
-            "There are {a} rows of {b} {item}, and {c} more {item} lie beside them. "
-            "How many {item} are there altogether?",
+            "{name} buys {a} bags of {b} {item} and already had {c}. How many {item} in total?",
+            "There are {a} rows of {b} {item} and {c} more beside them. How many {item} altogether?",
         ),
     ),
     "mul_sub": Template(
         ("*", "-"),
         _mul_then_sub,
         (
-            "{name} fills {a} boxes with {b} {item} each. {pron} then gives away {c} {item}. How many {item} are left?",
-            "A shop has {a} packs of {b} {item}. It sells {c} {item}. How many {item} remain?",
+            "{name} fills {a} boxes with {b} {item} each and gives away {c}. How many are left?",
+            "A shop has {a} packs of {b} {item} and sells {c}. How many {item} remain?",
         ),
     ),
 }
@@ -155,8 +137,7 @@ def sample_problem(rng: random.Random) -> Problem:
     kind = rng.choice(sorted(KINDS))
     template = KINDS[kind]
     a, b, c = template.sample(rng)
-    name, pron = rng.choice(NAMES)
-    question = rng.choice(template.questions).format(name=name, pron=pron, item=rng.choice(ITEMS), a=a, b=b, c=c)
+    question = rng.choice(template.questions).format(name=rng.choice(NAMES), item=rng.choice(ITEMS), a=a, b=b, c=c)
     op1, op2 = template.ops
     mid = OPS[op1](a, b)
     answer = OPS[op2](mid, c)
@@ -198,6 +179,7 @@ def to_row(problem: Problem, split: str, index: int) -> dict:
             "index": index,
             "kind": problem.kind,
             "level": problem.level,
+            "operands": list(problem.numbers),
             "question": problem.question,
         },
     }
@@ -219,6 +201,16 @@ def write_splits(out_dir: str | Path, n_train: int, n_test: int, seed: int) -> d
         "train": write_parquet(train, "train", out_dir / "train.parquet"),
         "test": write_parquet(test, "test", out_dir / "test.parquet"),
     }
+
+
+def row_key(row: dict) -> tuple[str, tuple[int, ...]]:
+    """The problem identity (`Problem.key`) of a parquet row written by `to_row`."""
+    return (row["extra_info"]["kind"], tuple(row["extra_info"]["operands"]))
+
+
+def is_worked(response: str) -> bool:
+    """Whether a response shows its work (at least one equation) rather than a bare answer."""
+    return " = " in response
 
 
 def tokenizer_corpus(seed: int, n: int) -> list[str]:

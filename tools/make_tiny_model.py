@@ -14,11 +14,17 @@ Usage: python tools/make_tiny_model.py --out-dir assets/models/tiny-base
 
 from __future__ import annotations
 
+import argparse
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 from _tiny_tokenizer import save_tokenizer, train_tokenizer
-from make_synthetic_math import tokenizer_corpus
+from make_synthetic_math import Problem, iter_problems, row_key, tokenizer_corpus
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 # Architecture sizes. "test" keeps unit tests fast; "demo" is the measured 3.3M-parameter base.
@@ -72,3 +78,128 @@ def save_model_dir(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, 
     model.save_pretrained(out_dir)
     save_tokenizer(tokenizer, out_dir)
     return out_dir
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One supervised stage: `steps` batches where a fraction `shortcut_share` of answers are bare."""
+
+    name: str
+    steps: int
+    lr: float
+    shortcut_share: float
+    warmup_steps: int = 0
+    batch_size: int = 64
+
+
+def encode(tokenizer: PreTrainedTokenizerFast, problem: Problem, answer: str) -> tuple[list[int], int]:
+    """Chat-formatted prompt + answer + `<|im_end|>`, and the prompt length (no loss on the prompt)."""
+    messages = [{"role": "user", "content": problem.prompt}]
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return prompt_ids + answer_ids, len(prompt_ids)
+
+
+def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch whose labels are -100 on the prompt and the padding."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, (ids, n_prompt) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+        attention[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def run_stage(
+    model: Qwen2ForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    stage: Stage,
+    problems: Iterator[Problem],
+    rng: random.Random,
+    log_every: int = 50,
+) -> None:
+    """Supervised training with AdamW and a cosine schedule for exactly `stage.steps` steps."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.01)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=stage.steps - stage.warmup_steps)
+    scheduler = cosine
+    if stage.warmup_steps:
+        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 1 / stage.warmup_steps, total_iters=stage.warmup_steps)
+        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], [stage.warmup_steps])
+    model.train()
+    start, running = time.perf_counter(), 0.0
+    for step in range(1, stage.steps + 1):
+        batch = []
+        for problem in (next(problems) for _ in range(stage.batch_size)):
+            answer = problem.shortcut() if rng.random() < stage.shortcut_share else problem.worked()
+            batch.append(encode(tokenizer, problem, answer))
+        loss = model(**collate(batch, tokenizer.pad_token_id)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        running += loss.item()
+        if step % log_every == 0 or step == stage.steps:
+            done = step % log_every or log_every
+            elapsed = time.perf_counter() - start
+            print(f"[{stage.name}] step {step}/{stage.steps} loss {running / done:.4f} ({elapsed:.0f} s)", flush=True)
+            running = 0.0
+
+
+def held_out_keys(test_parquet: str | Path) -> set[tuple[str, tuple[int, ...]]]:
+    """Identities of the held-out problems, which pre-training must never see."""
+    return {row_key(row) for row in pq.read_table(test_parquet, columns=["extra_info"]).to_pylist()}
+
+
+# The measured recipe (tiny-demo notes): stage 1 worked solutions only; stage 2 a short mid-training
+# on a mostly-shortcut mix, which flips greedy decoding to the shortcut while sampling keeps working.
+STAGES = (
+    Stage("stage1-worked", steps=400, lr=2e-3, shortcut_share=0.0, warmup_steps=20),
+    Stage("stage2-shortcut-mix", steps=80, lr=1e-3, shortcut_share=0.78),
+)
+
+
+def build_base(
+    out_dir: str | Path, test_parquet: str | Path, seed: int = 0, stages: tuple[Stage, ...] = STAGES
+) -> Path:
+    """Tokenizer + random Qwen2 + the pre-training stages, saved as one HF folder."""
+    tokenizer = build_tokenizer(seed)
+    model = random_model(tokenizer, "demo", seed)
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+    problems = iter_problems(seed + 1, exclude=held_out_keys(test_parquet))
+    rng = random.Random(seed + 2)
+    for stage in stages:
+        run_stage(model, tokenizer, stage, problems, rng)
+    return save_model_dir(model, tokenizer, out_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out-dir", default="assets/models/tiny-base")
+    parser.add_argument("--data-dir", default="assets/data/synthetic", help="holds test.parquet (held out)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-threads", type=int, default=2)
+    parser.add_argument("--skip-eval", action="store_true", help="do not measure the base's headroom")
+    args = parser.parse_args()
+    test_parquet = Path(args.data_dir) / "test.parquet"
+    if not test_parquet.is_file():
+        raise SystemExit(
+            f"{test_parquet} not found: run `python tools/make_synthetic_math.py --out-dir {args.data_dir}`"
+        )
+    torch.set_num_threads(args.num_threads)
+    start = time.perf_counter()
+    out_dir = build_base(args.out_dir, test_parquet, args.seed)
+    print(f"saved {out_dir} ({time.perf_counter() - start:.0f} s)")
+    if not args.skip_eval:
+        from _headroom import format_result, measure
+
+        result = measure(out_dir, test_parquet, Path(out_dir) / "eval", "base", args.num_threads)
+        print(format_result(result, "base headroom"))
+
+
+if __name__ == "__main__":
+    main()
