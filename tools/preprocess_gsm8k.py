@@ -1,0 +1,84 @@
+"""Convert a locally downloaded GSM8K into npu_rl's parquet (verl's schema and instruction prompt).
+
+    hf download openai/gsm8k --repo-type dataset --local-dir ~/data/gsm8k_raw
+    python tools/preprocess_gsm8k.py --input ~/data/gsm8k_raw --output-dir data/gsm8k
+
+Input: the `hf download` folder (main/train-*.parquet, main/test-*.parquet; the `main` config is
+used unless --subset says otherwise), or the original train.jsonl / test.jsonl, or such files
+given directly. Each row needs `question` and `answer`, whose final line is `#### <number>`.
+Output: <output-dir>/train.parquet and test.parquet. The ground truth is the number after `####`
+with thousands separators removed, as verl does; the worked answer stays in extra_info.answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from _dataset_io import (
+    GSM8K_INSTRUCTION,
+    DatasetError,
+    find_split_files,
+    raise_problems,
+    read_records,
+    require_text,
+    verl_row,
+    write_parquet,
+)
+
+DATA_SOURCE = "openai/gsm8k"
+
+
+def final_answer(answer: str) -> str | None:
+    """The number after the last `####`, without thousands separators; None when there is none."""
+    if "####" not in answer:
+        return None
+    value = answer.rsplit("####", 1)[1].strip().replace(",", "")
+    return value or None
+
+
+def convert_split(files: list[Path], split: str) -> list[dict]:
+    rows, problems = [], []
+    for path in files:
+        for i, record in enumerate(read_records(path)):
+            where = f"{path}: row {i}"
+            question = require_text(record, "question", where, problems)
+            answer = require_text(record, "answer", where, problems)
+            if not answer:
+                continue
+            truth = final_answer(answer)
+            if truth is None:
+                problems.append(f"{where}: column 'answer' has no '#### <number>' final line")
+                continue
+            extra = {"question": question, "answer": answer}
+            rows.append(verl_row(DATA_SOURCE, question, GSM8K_INSTRUCTION, truth, split, len(rows), extra))
+    raise_problems(problems)
+    return rows
+
+
+def convert(inputs: list[str], output_dir: str | Path, subset: str | None = None) -> dict[str, Path]:
+    out = {}
+    for split, files in find_split_files(inputs, subset).items():
+        out[split] = write_parquet(convert_split(files, split), Path(output_dir) / f"{split}.parquet")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--input", nargs="+", required=True, help="download folder and/or split files")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--subset", default=None, help="config folder to read (default: main)")
+    args = p.parse_args(argv)
+    try:
+        written = convert(args.input, args.output_dir, args.subset)
+    except DatasetError as err:
+        print(f"preprocess_gsm8k: {err}", file=sys.stderr)
+        return 1
+    for split, path in written.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
