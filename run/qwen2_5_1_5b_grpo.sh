@@ -40,7 +40,7 @@ if [ ! -f "$DATA_DIR/train.parquet" ] || [ ! -f "$DATA_DIR/test.parquet" ]; then
 error: no MATH-lighteval parquet in DATA_DIR=$DATA_DIR (train.parquet and test.parquet). Download the
 dataset and convert it to verl's row schema (prompt with the \\boxed{} instruction, ground truth):
     hf download DigitalLearningGmbH/MATH-lighteval --repo-type dataset --local-dir downloads/MATH-lighteval
-    $PYTHON tools/preprocess_math.py --help    # then run it with the download as input and $DATA_DIR as output
+    $PYTHON tools/preprocess_math.py --input downloads/MATH-lighteval --output-dir $DATA_DIR
 EOF
     missing=1
 fi
