@@ -24,7 +24,10 @@ import matplotlib.pyplot as plt
 
 # (title, [(regex over metric names, line style)])
 PANELS: list[tuple[str, list[tuple[str, str]]]] = [
-    ("reward / accuracy", [(r"critic/score/mean", "-"), (r"val-core/.+/acc/mean@\d+", "o-")]),
+    (
+        "reward / accuracy",
+        [(r"critic/score/mean", "-"), (r"reward/acc/mean", "--"), (r"val-core/.+/acc/mean@\d+", "o-")],
+    ),
     ("entropy", [(r"actor/entropy", "-")]),
     ("KL", [(r"actor/kl_loss", "-"), (r"actor/ppo_kl", "--")]),
     ("clip fraction", [(r"actor/pg_clipfrac", "-"), (r"actor/pg_clipfrac_lower", "--")]),
