@@ -91,14 +91,14 @@ ARGS=(
     "trainer.device=$DEVICE"
     "$@"
 )
+# torchrun even for one card: FSDP2 then gives fp32 master weights with bf16 compute and parks the
+# reference model in host memory, exactly as on many cards.
 if [ "$NNODES" -gt 1 ]; then
-    LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK"
-        --nproc_per_node "$NPROC_PER_NODE" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
-elif [ "$NPROC_PER_NODE" -gt 1 ]; then
-    LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC_PER_NODE")
+    LAUNCH=(--nnodes "$NNODES" --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
 else
-    LAUNCH=("$PYTHON")
+    LAUNCH=(--standalone)
 fi
+LAUNCH=("$PYTHON" -m torch.distributed.run "${LAUNCH[@]}" --nproc_per_node "$NPROC_PER_NODE")
 mkdir -p "$(dirname "$LOG_FILE")"
 echo "[npu_rl] ${LAUNCH[*]} -m npu_rl.train ${ARGS[*]}" | tee "$LOG_FILE"
 "${LAUNCH[@]}" -m npu_rl.train "${ARGS[@]}" 2>&1 | tee -a "$LOG_FILE"
