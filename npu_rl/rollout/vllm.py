@@ -104,7 +104,7 @@ class VLLMRollout:
         torch_dtype = resolve_dtype(dtype, acc)
         engine_args: dict[str, Any] = dict(
             model=model_path,
-            tokenizer=getattr(tokenizer, "name_or_path", None) or model_path,
+            tokenizer=_tokenizer_path(model_path, tokenizer),
             dtype=str(torch_dtype).removeprefix("torch."),
             seed=seed,
             tensor_parallel_size=cfg.tensor_parallel_size,
@@ -236,7 +236,8 @@ class VLLMRollout:
         return save({name: t.to("cpu").contiguous().clone() for name, t in bucket})  # clone: tied weights share storage
 
     def close(self) -> None:
-        """Shut the engine down (its worker processes, or its in-process worker) before the process group goes."""
+        """Shut the engine down. In-process (under torchrun) vLLM's shutdown also destroys the default
+        torch.distributed group, so this must be the trainer's last collective step."""
         self.llm.llm_engine.engine_core.shutdown()
 
     def sleep(self) -> None:
@@ -260,6 +261,15 @@ def _generation_config(model_path: str) -> Any:
     from transformers import GenerationConfig
 
     return GenerationConfig.from_pretrained(model_path)
+
+
+def _tokenizer_path(model_path: str, tokenizer: Any) -> str:
+    """Where vLLM loads its tokenizer from. It only checks token ids and EOS here (prompts arrive as
+    ids, outputs are not detokenized); a model folder's own tokenizer avoids vLLM probing a
+    tokenizer-only folder for a model config."""
+    if any((Path(model_path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return model_path
+    return getattr(tokenizer, "name_or_path", None) or model_path
 
 
 def _spread(seed: int) -> int:
