@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from npu_rl import core_algos, distributed
+from npu_rl import core_algos, distributed, prefix
 from npu_rl.config import ActorConfig, OptimConfig
 
 
@@ -72,28 +72,41 @@ def build_policy_batch(
 
 
 def forward_logprobs(
-    model: nn.Module, batch: PolicyBatch, temperature: float, with_entropy: bool = False, entropy_grad: bool = False
+    model: nn.Module,
+    batch: PolicyBatch,
+    temperature: float,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+    *,
+    share_prompts: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities (and entropies) of the response tokens under temperature-scaled logits.
 
     The entropy is only differentiated when it is part of the loss (`entropy_grad`): as a metric it
     would otherwise keep a second vocabulary-sized graph alive through backward.
+    Two shortcuts give the same numbers as one plain forward over the rows: response columns that
+    are padding in every row are not run (they are returned as 0), and with `share_prompts` each
+    distinct prompt is run once for all its responses (npu_rl.prefix).
     """
     width = batch.response_width
-    out = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-        logits_to_keep=width + 1,
-    )
-    logits = out.logits[:, :-1].float() / temperature  # position t predicts token t + 1
-    labels = batch.input_ids[:, -width:]
-    logprobs = core_algos.logprobs_from_logits(logits, labels)
+    used = max(1, int(batch.response_mask.sum(-1).max().item()))  # responses are left-aligned
+    keep = batch.input_ids.shape[1] - width + used
+    ids, mask, pos = batch.input_ids[:, :keep], batch.attention_mask[:, :keep], batch.position_ids[:, :keep]
+    logits = None
+    if share_prompts and prefix.can_share_prompts(model):
+        logits = prefix.response_logits(model, ids, mask, pos, used)
+    if logits is None:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=used + 1)
+        logits = out.logits[:, :-1]  # position t predicts token t + 1
+    logits = logits.float() / temperature
+    logprobs = core_algos.logprobs_from_logits(logits, ids[:, -used:])
     entropy = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = core_algos.entropy_from_logits(logits if entropy_grad else logits.detach())
+    if used < width:
+        logprobs = nn.functional.pad(logprobs, (0, width - used))
+        entropy = None if entropy is None else nn.functional.pad(entropy, (0, width - used))
     return logprobs, entropy
 
 

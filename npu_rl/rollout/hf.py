@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from npu_rl.rollout import fast_decode
 from npu_rl.rollout.base import RolloutOutput, SamplingParams
+from npu_rl.rollout.fast_decode import FastDecoder
 
 
 def sample_next(
@@ -54,9 +56,15 @@ class HFRollout:
     """Generates with a Hugging Face causal LM (any module with the `generate`-style forward)."""
 
     def __init__(
-        self, model: nn.Module, eos_token_ids: Iterable[int], pad_token_id: int, micro_batch_size: int = 64
+        self,
+        model: nn.Module,
+        eos_token_ids: Iterable[int],
+        pad_token_id: int,
+        micro_batch_size: int = 64,
+        fast: bool = True,
     ) -> None:
         self.model = model
+        self.fast = fast  # False: decode with the transformers forward (the reference path)
         self.eos_token_ids = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self.pad_token_id = pad_token_id
         self.micro_batch_size = micro_batch_size
@@ -115,22 +123,18 @@ class HFRollout:
         input_ids, attention = input_ids.to(device), attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
 
-        cache = DynamicCache()
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention,
             position_ids=positions,
-            past_key_values=cache,
+            past_key_values=DynamicCache(),
             use_cache=True,
             logits_to_keep=1,
         )
         # One prefill per prompt; its cache is shared by the prompt's n samples (prompt-major rows).
         last_logits = out.logits[:, -1].repeat_interleave(n, dim=0)
-        cache = out.past_key_values
-        if n > 1:
-            cache.batch_repeat_interleave(n)
-        attention = attention.repeat_interleave(n, dim=0)
-        next_pos = positions[:, -1:].repeat_interleave(n, dim=0) + 1
+        steps = positions[:, -1:] + 1 + torch.arange(params.max_new_tokens, device=device)  # rotary positions
+        decoder = _Decoder(self.model, out.past_key_values, attention, steps, n, params.max_new_tokens, self.fast)
 
         total = batch * n
         eos = self.eos_token_ids.to(device)
@@ -148,22 +152,14 @@ class HFRollout:
             if done.any():
                 lengths[active[done]] = step + 1
                 finished[active[done]] = True
-            if step + 1 == params.max_new_tokens or bool(done.all()):
+                if bool(done.all()):
+                    break
+                keep = (~done).nonzero().squeeze(-1)  # drop finished rows from the decode batch
+                decoder.select(keep)
+                active, token = active[keep], token[keep]
+            if step + 1 == params.max_new_tokens:
                 break
-            if done.any():  # drop finished rows from the decode batch
-                keep = (~done).nonzero().squeeze(-1)
-                cache.batch_select_indices(keep)
-                active, token, attention, next_pos = active[keep], token[keep], attention[keep], next_pos[keep]
-            attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=1)
-            out = self.model(
-                input_ids=token[:, None],
-                attention_mask=attention,
-                position_ids=next_pos,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            last_logits = out.logits[:, -1]
-            next_pos = next_pos + 1
+            last_logits = decoder.step(token, step)
 
         width = int(lengths.max())
         return RolloutOutput(
@@ -172,6 +168,54 @@ class HFRollout:
             lengths=lengths.cpu(),
             finish_reasons=["stop" if f else "length" for f in finished.tolist()],
         )
+
+
+class _Decoder:
+    """Decode steps after the prefill: `FastDecoder` where the model is supported, else the
+    transformers forward on a `DynamicCache` (the reference the fast path is tested against)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cache: DynamicCache,
+        prompt_mask: torch.Tensor,
+        positions: torch.Tensor,
+        n: int,
+        max_new: int,
+        fast: bool,
+    ) -> None:
+        self.model = model
+        self.positions = positions.repeat_interleave(n, dim=0)
+        self.fast = FastDecoder(model) if fast and fast_decode.supports(model) else None
+        if self.fast is not None:
+            self.fast.start(cache, n, prompt_mask, self.positions, max_new)
+            return
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        self.cache = cache
+        self.attention = prompt_mask.repeat_interleave(n, dim=0)
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.positions = self.positions[keep]
+        if self.fast is not None:
+            self.fast.select(keep)
+        else:
+            self.cache.batch_select_indices(keep)
+            self.attention = self.attention[keep]
+
+    def step(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """Logits of the next token after feeding `tokens` (decode step `step`)."""
+        if self.fast is not None:
+            return self.fast.step(tokens, step)
+        self.attention = torch.cat([self.attention, self.attention.new_ones((self.attention.shape[0], 1))], dim=1)
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.attention,
+            position_ids=self.positions[:, step : step + 1],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        return out.logits[:, -1]
 
 
 def _uniforms(num_prompts: int, params: SamplingParams, seeds: list[int] | None) -> torch.Tensor:

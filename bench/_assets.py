@@ -1,0 +1,76 @@
+"""Assets of the npu_rl-vs-TRL benchmark, built offline with the project's own tools/ builders.
+
+Both trainers read exactly these files: one tokenizer (byte-level BPE, ~1000 entries, ChatML
+template), two random-init Qwen2 models ("tiny" and "small", the issue's reference sizes) and a
+parquet of 256 synthetic arithmetic prompts in verl's row schema. Everything is seeded, so a
+rerun rebuilds the same bytes; existing folders are reused.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+TOOLS_DIR = Path(__file__).resolve().parents[1] / "tools"
+if str(TOOLS_DIR) not in sys.path:
+    sys.path.insert(0, str(TOOLS_DIR))
+
+import make_synthetic_math  # noqa: E402
+import make_tiny_model  # noqa: E402
+from _tiny_tokenizer import train_tokenizer  # noqa: E402
+
+# The issue's reference architectures (Qwen2 from config, random init, fp32).
+BENCH_SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(
+        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=384
+    ),
+    "small": dict(
+        hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1536
+    ),
+}
+VOCAB_SIZE = 1000
+NUM_PROMPTS = 256
+
+
+def _filler_texts(seed: int = 0, n: int = 3000) -> list[str]:
+    """Made-up words with a Zipf-like frequency, so BPE finds ~1000 merges.
+
+    The arithmetic problems alone saturate at ~520 tokens; the reference setup's tokenizer has ~1000
+    entries, and the vocabulary size sets the cost of every lm-head and log-softmax.
+    """
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(n)]
+    weights = [1 / (i + 1) for i in range(n)]
+    return [" ".join(rng.choices(words, weights=weights, k=40)) for _ in range(n)]
+
+
+def build_assets(root: str | Path, sizes: list[str]) -> dict[str, Path]:
+    """Model folders by size name plus `"train"`: the prompt parquet. Built once under `root`."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    root = Path(root)
+    paths: dict[str, Path] = {}
+    train = root / "data" / "train.parquet"
+    if not train.exists():
+        make_synthetic_math.write_splits(root / "data", n_train=NUM_PROMPTS, n_test=16, seed=0)
+    paths["train"] = train
+    tokenizer = None
+    for size in sizes:
+        out = root / f"model-{size}"
+        paths[size] = out
+        if (out / "config.json").exists():
+            continue
+        if tokenizer is None:
+            corpus = make_synthetic_math.tokenizer_corpus(0, 2000) + _filler_texts()
+            tokenizer = train_tokenizer(corpus, vocab_size=VOCAB_SIZE)
+        base = make_tiny_model.qwen2_config(tokenizer, size="test").to_dict()
+        for key in ("head_dim", "layer_types"):  # derived from the sizes below
+            base.pop(key, None)
+        config = Qwen2Config(**{**base, **BENCH_SIZES[size]})
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(config).to(torch.float32)
+        make_tiny_model.save_model_dir(model, tokenizer, out)
+    return paths

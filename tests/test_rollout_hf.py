@@ -1,0 +1,176 @@
+"""The transformers rollout: sampling contract, EOS handling, logprobs, and the fast decode path.
+
+Real tiny models (random init, built from config) and the real tokenizer; every expectation is
+computed independently with plain full forwards of the model or `model.generate`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+
+from npu_rl.rollout import fast_decode
+from npu_rl.rollout.base import SamplingParams
+from npu_rl.rollout.hf import HFRollout, sample_next
+
+PROMPTS = [[5, 17, 42, 99, 7, 301], [12, 250], [64, 65, 66, 67], [9, 8, 7, 6, 5, 4, 3, 2, 100]]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def pad_id(tiny_tokenizer):
+    return tiny_tokenizer.pad_token_id
+
+
+def sharp_model(kind: str, vocab: int) -> torch.nn.Module:
+    """A tiny random model of a supported family (Qwen2; Qwen3: q/k norms; Llama: no biases).
+
+    Its weights are large enough that attention is far from uniform, so a wrong rotation, mask or
+    cache position changes the logits visibly (with the usual 0.02 init it would hardly matter).
+    """
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=0.25,
+    )
+    cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}[kind]
+    config = cls(**common, head_dim=16) if kind == "qwen3" else cls(**common)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+
+
+def full_forward_logprobs(model, prompt: list[int], response: list[int], temperature: float) -> torch.Tensor:
+    """log_softmax(logits / T) of each response token from one unpadded forward: the reference."""
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+    return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_greedy_equals_model_generate(model, pad_id, fast):
+    rollout = HFRollout(model, [pad_id + 10_000], pad_id, fast=fast)  # an EOS that never comes
+    out = rollout.generate(PROMPTS, SamplingParams(n=1, temperature=0.0, max_new_tokens=10))
+    for row, prompt in enumerate(PROMPTS):
+        ref = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=10,
+            eos_token_id=None,
+            pad_token_id=pad_id,
+        )[0, len(prompt) :]
+        assert out.response_ids[row].tolist() == ref.tolist()
+        assert out.finish_reasons[row] == "length" and out.lengths[row] == 10
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_eos_stops_each_row(model, pad_id, fast):
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
+    free = HFRollout(model, [pad_id + 10_000], pad_id, fast=fast).generate(PROMPTS, params)
+    eos = int(free.response_ids[0, 3])  # row 0 stops at its 4th token (or where it first emits it)
+    out = HFRollout(model, [eos], pad_id, fast=fast).generate(PROMPTS, params)
+    for row in range(len(PROMPTS)):
+        tokens = free.response_ids[row].tolist()
+        stop = tokens.index(eos) + 1 if eos in tokens else 12
+        assert out.lengths[row] == stop
+        assert out.finish_reasons[row] == ("stop" if eos in tokens else "length")
+        assert out.response_ids[row, :stop].tolist() == tokens[:stop]
+        assert (out.response_ids[row, stop:] == pad_id).all()
+        assert (out.logprobs[row, stop:] == 0).all()
+    assert out.lengths[0] <= 4 and out.lengths.max() > out.lengths[0]  # the rows really stopped apart
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_logprobs_equal_a_full_forward(model, pad_id, fast):
+    temperature = 0.7
+    out = HFRollout(model, [pad_id], pad_id, fast=fast).generate(
+        PROMPTS, SamplingParams(n=3, temperature=temperature, max_new_tokens=9), seeds=[1, 2, 3, 4]
+    )
+    for row in range(len(PROMPTS) * 3):
+        length = int(out.lengths[row])
+        response = out.response_ids[row, :length].tolist()
+        expected = full_forward_logprobs(model, PROMPTS[row // 3], response, temperature)
+        torch.testing.assert_close(out.logprobs[row, :length], expected, atol=2e-5, rtol=1e-5)
+
+
+def test_same_seeds_same_samples_whatever_the_batch(model, pad_id):
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=8)
+    seeds = [11, 22, 33, 44]
+    together = HFRollout(model, [pad_id], pad_id).generate(PROMPTS, params, seeds=seeds)
+    one_by_one = HFRollout(model, [pad_id], pad_id, micro_batch_size=1).generate(PROMPTS, params, seeds=seeds)
+    alone = HFRollout(model, [pad_id], pad_id).generate(PROMPTS[2:3], params, seeds=seeds[2:3])
+    width = alone.response_ids.shape[1]
+    assert torch.equal(together.response_ids, one_by_one.response_ids)
+    assert torch.equal(together.response_ids[8:12, :width], alone.response_ids)
+    assert not torch.equal(together.response_ids[0:4], together.response_ids[4:8])  # seeds matter
+    other = HFRollout(model, [pad_id], pad_id).generate(PROMPTS[2:3], params, seeds=[99])
+    assert not torch.equal(other.response_ids, alone.response_ids)
+
+
+def test_sample_next_respects_top_k_and_top_p():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 50) * 3
+    probs = torch.softmax(logits[0], -1)
+    uniforms = (torch.arange(4000) + 0.5) / 4000  # evenly spaced: frequencies are exact probabilities
+    rows = logits.expand(len(uniforms), -1)
+    top = torch.topk(probs, 5).indices
+    tokens, logprobs = sample_next(rows, SamplingParams(temperature=1.0, top_k=5), uniforms)
+    assert set(tokens.tolist()) <= set(top.tolist())
+    freq = torch.bincount(tokens, minlength=50).float() / len(uniforms)
+    torch.testing.assert_close(freq[top], probs[top] / probs[top].sum(), atol=1e-3, rtol=0)
+    torch.testing.assert_close(logprobs, torch.log(probs[tokens]), atol=1e-5, rtol=0)  # untruncated logprob
+
+    order = torch.argsort(probs, descending=True)
+    nucleus = order[: int((probs[order].cumsum(0) < 0.6).sum()) + 1]  # smallest set reaching 0.6
+    tokens, _ = sample_next(rows, SamplingParams(temperature=1.0, top_p=0.6), uniforms)
+    assert set(tokens.tolist()) == set(nucleus.tolist())
+
+
+def test_rollout_respects_top_k(model, pad_id):
+    out = HFRollout(model, [pad_id], pad_id).generate(
+        PROMPTS[:2], SamplingParams(n=4, temperature=1.0, top_k=2, max_new_tokens=6), seeds=[5, 6]
+    )
+    for row in range(8):
+        prompt = PROMPTS[row // 4]
+        response = out.response_ids[row, : int(out.lengths[row])].tolist()
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + response])).logits[0, len(prompt) - 1 : -1]
+        top2 = torch.topk(logits, 2).indices
+        assert all(tok in top2[i].tolist() for i, tok in enumerate(response))
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
+def test_fast_decode_matches_transformers_decode(model, pad_id, arch):
+    net = sharp_model(arch, model.config.vocab_size)
+    assert fast_decode.supports(net)
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=16)
+    seeds = [3, 1, 4, 1]
+    # An EOS that some rows emit makes rows leave the decode batch at different steps.
+    probe = HFRollout(net, [pad_id + 10_000], pad_id, fast=False).generate(PROMPTS, params, seeds=seeds)
+    eos = int(probe.response_ids[0, 5])
+    slow = HFRollout(net, [eos], pad_id, fast=False).generate(PROMPTS, params, seeds=seeds)
+    fast = HFRollout(net, [eos], pad_id, fast=True).generate(PROMPTS, params, seeds=seeds)
+    assert "stop" in slow.finish_reasons and "length" in slow.finish_reasons
+    assert torch.equal(fast.response_ids, slow.response_ids)
+    assert torch.equal(fast.lengths, slow.lengths)
+    torch.testing.assert_close(fast.logprobs, slow.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_decode_declines_what_it_does_not_reproduce(model):
+    sliding = Qwen2Config(**{**model.config.to_dict(), "use_sliding_window": True, "sliding_window": 8})
+    assert not fast_decode.supports(AutoModelForCausalLM.from_config(sliding))
+    gelu = Qwen2Config(**{**model.config.to_dict(), "hidden_act": "gelu"})
+    assert not fast_decode.supports(AutoModelForCausalLM.from_config(gelu))

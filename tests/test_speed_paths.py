@@ -1,0 +1,100 @@
+"""Speed paths of the policy passes give the numbers of the straightforward path.
+
+The shared-prompt forward (npu_rl.prefix) and the skipping of all-padding response columns are
+compared with one plain forward over [prompt | response] rows: logprobs, entropies and gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
+
+from npu_rl import actor, prefix
+
+PROMPTS = [[5, 17, 42, 99, 7, 301], [12, 250], [64, 65, 66, 67]]
+N = 3
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    """The tiny test model with weights large enough for attention to be far from uniform."""
+    config = Qwen2Config.from_pretrained(tiny_model_dir)
+    config.initializer_range = 0.25
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+
+
+def make_batch(pad_id: int, lengths: list[int], width: int = 7) -> actor.PolicyBatch:
+    gen = torch.Generator().manual_seed(0)
+    responses = torch.randint(3, 400, (len(PROMPTS) * N, width), generator=gen)
+    lengths_t = torch.tensor(lengths)
+    responses[torch.arange(width)[None, :] >= lengths_t[:, None]] = pad_id
+    return actor.build_policy_batch(PROMPTS, responses, lengths_t, pad_id, N)
+
+
+def logprobs_and_grads(model, batch, share: bool):
+    model.zero_grad(set_to_none=True)
+    logprobs, entropy = actor.forward_logprobs(model, batch, 0.8, with_entropy=True, share_prompts=share)
+    mask = batch.response_mask
+    ((logprobs * mask).sum() + 0.1 * (entropy * mask).sum()).backward()
+    return logprobs.detach(), entropy, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("rows", [slice(0, 9), slice(1, 7), slice(4, 5)], ids=["all", "cut-groups", "one-row"])
+def test_shared_prompt_forward_equals_plain_forward(model, tiny_tokenizer, rows):
+    lengths = [7, 2, 5, 7, 6, 1, 3, 4, 2]
+    batch = make_batch(tiny_tokenizer.pad_token_id, lengths).slice(rows.start, rows.stop)
+    mask = batch.response_mask.bool()
+    plain = logprobs_and_grads(model, batch, share=False)
+    shared = logprobs_and_grads(model, batch, share=True)
+    torch.testing.assert_close(shared[0][mask], plain[0][mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared[1][mask], plain[1][mask], atol=1e-5, rtol=1e-5)
+    for name, grad in plain[2].items():
+        torch.testing.assert_close(shared[2][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_all_padding_columns_are_skipped_and_zero(model, tiny_tokenizer):
+    batch = make_batch(tiny_tokenizer.pad_token_id, [3, 2, 3, 1, 3, 2, 2, 3, 1], width=7)  # columns 3..6 all padding
+    with torch.no_grad():
+        out = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+    expected = torch.log_softmax(out[:, -8:-1].float() / 0.8, -1)
+    expected = expected.gather(-1, batch.input_ids[:, -7:, None]).squeeze(-1)
+    for share in (False, True):
+        logprobs, _ = actor.forward_logprobs(model, batch, 0.8, share_prompts=share)
+        assert logprobs.shape == (9, 7)
+        assert (logprobs[:, 3:] == 0).all()
+        mask = batch.response_mask.bool()
+        torch.testing.assert_close(logprobs[mask], expected[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_compute_logprobs_micro_batches_agree(model, tiny_tokenizer):
+    batch = make_batch(tiny_tokenizer.pad_token_id, [7, 2, 5, 7, 6, 1, 3, 4, 2])
+    mask = batch.response_mask.bool()
+    whole = actor.compute_logprobs(model, batch, 1.0, micro_batch_size=16)
+    split = actor.compute_logprobs(model, batch, 1.0, micro_batch_size=4)  # cuts prompt groups
+    torch.testing.assert_close(split[mask], whole[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_groups_follow_consecutive_rows():
+    ids = torch.tensor([[0, 1, 2], [0, 1, 2], [0, 3, 4], [0, 1, 2]])
+    mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [0, 1, 1]])
+    starts, group = prefix.prompt_groups(ids, mask)
+    assert starts.tolist() == [0, 2, 3]
+    assert group.tolist() == [0, 0, 1, 2]
+
+
+def test_gradient_checkpointing_uses_the_plain_forward(model, tiny_tokenizer):
+    net = copy.deepcopy(model)
+    net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    net.train()
+    assert not prefix.can_share_prompts(net)
+    batch = make_batch(tiny_tokenizer.pad_token_id, [7, 2, 5, 7, 6, 1, 3, 4, 2])
+    mask = batch.response_mask.bool()
+    checkpointed = logprobs_and_grads(net, batch, share=True)
+    plain = logprobs_and_grads(model, batch, share=False)
+    torch.testing.assert_close(checkpointed[0][mask], plain[0][mask], atol=1e-5, rtol=1e-5)
