@@ -152,8 +152,11 @@ class Tracking:
                 allow_missing = config.trainer.allow_missing_logger
         self.trackers: list[Tracker] = []
         self.skipped: dict[str, str] = {}  # tracker name -> why it did not start
+        # The console starts last and closes first: other trackers print while starting and closing
+        # (SwanLab does), and the progress bar must stay the terminal's last line and be ended before them.
+        ordered = [n for n in dict.fromkeys(names) if n != "console"] + (["console"] if "console" in names else [])
         try:
-            for name in dict.fromkeys(names):  # a name listed twice would log everything twice
+            for name in ordered:  # dict.fromkeys: a name listed twice would log everything twice
                 try:
                     self.trackers.append(REGISTRY[name](run))
                 except TrackerUnavailable as err:
@@ -174,6 +177,6 @@ class Tracking:
             tracker.log_samples(samples, step)
 
     def close(self) -> None:
-        for tracker in self.trackers:
+        for tracker in reversed(self.trackers):
             tracker.close()
         self.trackers = []

@@ -330,3 +330,25 @@ def test_training_run_feeds_all_four_trackers(tmp_path, tiny_model_dir, syntheti
 
     console = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
     assert console[-1].startswith(f"step {steps}/{steps} (100%)") and "s/step" in console[-1]
+
+
+def test_console_starts_last_and_closes_first(tmp_path, monkeypatch):
+    events = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+            events.append(("start", name))
+
+        def log(self, metrics, step): ...
+
+        def log_samples(self, samples, step): ...
+
+        def close(self):
+            events.append(("close", self.name))
+
+    for name in ("console", "a", "b"):
+        monkeypatch.setitem(REGISTRY, name, lambda run, name=name: Recorder(name))
+    Tracking(["console", "a", "b", "a"], str(tmp_path), 1).close()
+    assert events == [("start", "a"), ("start", "b"), ("start", "console"),
+                      ("close", "console"), ("close", "b"), ("close", "a")]  # fmt: skip
