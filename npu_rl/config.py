@@ -231,6 +231,13 @@ class Config:
             raise ConfigError("model.path is required (a Hugging Face model folder)")
         if not self.data.train_files:
             raise ConfigError("data.train_files is required (one or more parquet files)")
+        from npu_rl.tracking import REGISTRY  # the tracker names live with the trackers
+
+        for name in self.trainer.logger:
+            if name not in REGISTRY:
+                hint = difflib.get_close_matches(name, list(REGISTRY), n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(f"trainer.logger: unknown tracker {name!r}{extra}; available: {sorted(REGISTRY)}")
         if self.rollout.temperature <= 0:
             raise ConfigError("rollout.temperature must be > 0 for training (GRPO needs diverse samples)")
 

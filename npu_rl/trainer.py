@@ -47,6 +47,8 @@ def shard_prompts(records: list[PromptRecord], mini_batch: int, rank: int, world
 
 
 class GRPOTrainer:
+    NUM_LOGGED_SAMPLES = 4  # validation completions sent to the trackers each validation
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.acc = device.select(cfg.trainer.device)
@@ -87,7 +89,7 @@ class GRPOTrainer:
         self.tracking: Tracking | None = None
         if self.dist.is_main:
             save_config(cfg, self.log_dir / "config.yaml")
-            self.tracking = Tracking(cfg.trainer.logger, str(self.log_dir), self.total_steps)
+            self.tracking = Tracking(cfg.trainer.logger, str(self.log_dir), self.total_steps, config=cfg)
             for name, count in self.train_data.filtered.items():
                 print(f"[npu_rl] filtered {count} prompts longer than {cfg.data.max_prompt_length} tokens in {name}")
 
@@ -234,14 +236,15 @@ class GRPOTrainer:
                 accs = graded.acc[i * params.n : (i + 1) * params.n]
                 sums[rec.data_source][0] += sum(accs) / params.n
                 sums[rec.data_source][1] += 1
-            if not samples:
+            if not samples:  # a few completions to read by eye, the first sample of each prompt
                 samples = [
                     {
-                        "prompt": chunk[0].prompt_text,
-                        "response": texts[0],
-                        "ground_truth": chunk[0].ground_truth,
-                        "score": graded.scores[0],
+                        "prompt": rec.prompt_text,
+                        "response": texts[i * params.n],
+                        "ground_truth": rec.ground_truth,
+                        "score": graded.scores[i * params.n],
                     }
+                    for i, rec in enumerate(chunk[: self.NUM_LOGGED_SAMPLES])
                 ]
         sources = sorted({r.data_source for r in self.val_data.records})
         totals = distributed.all_reduce(

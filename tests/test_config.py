@@ -89,3 +89,8 @@ def test_cli_help_lists_the_groups():
     assert proc.returncode == 0
     for group in ("model:", "data:", "actor:", "ref:", "rollout:", "algorithm:", "reward:", "trainer:"):
         assert group in proc.stdout
+
+
+def test_unknown_logger_is_rejected_before_anything_loads():
+    with pytest.raises(ConfigError, match=r"trainer\.logger: unknown tracker 'tensorbord'.*did you mean 'tensorboard'"):
+        load_config(None, [*BASE, "trainer.logger=[console,tensorbord]"])
