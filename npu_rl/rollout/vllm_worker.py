@@ -30,8 +30,11 @@ class WeightSyncExtension:
     def npu_rl_begin_weight_sync(self) -> None:
         """Open a sync: put every layer into layerwise-reload mode."""
         from vllm.config import set_current_vllm_config
-        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
+        try:
+            from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+        except ImportError as err:
+            raise RuntimeError(f"rollout.name=vllm needs vLLM >= 0.18 (layerwise weight reload): {err}") from err
         if getattr(self, "_npu_rl_loaded", None) is not None:
             raise RuntimeError("a weight sync is already open on this worker (missing npu_rl_finish_weight_sync)")
         with set_current_vllm_config(self.vllm_config):
