@@ -306,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Merge an npu_rl FSDP checkpoint (torch.distributed.checkpoint shards, any world size) into a "
             "Hugging Face model folder: safetensors weights (sharded with model.safetensors.index.json above "
-            "--max_shard_size), config.json, tokenizer and generation config. Tensors are streamed one at a "
-            "time, so peak memory stays near the largest tensor."
+            "--max_shard_size), config.json, tokenizer and generation config. Tensors are streamed in groups "
+            "no larger than the largest tensor, so peak memory stays near twice that, whatever the model size."
         ),
         epilog=(
             "example: python -m npu_rl.merge --backend fsdp "
