@@ -1,6 +1,9 @@
 """Bridge from the trainer to the reward package: grades a batch of responses.
 
-Placeholder until the tiered reward lands: exact match of the last \\boxed{} against the ground truth.
+The manager owns the grading pool for the whole run (workers start once, warm, and are reused
+every step) and turns per-item results into the columns the trainer logs: scores, correctness,
+one list per reward component (reward/<name>/mean) and the count of items that ran out of their
+wall-clock budget (reward/timeouts). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -9,14 +12,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from npu_rl.config import RewardConfig
+from reward.pool import GradingPool
+from reward.scoring import Scorer, ScorerSpec, Term
+from reward.tiers import Tiers
+
+# Per-item flags that are counted in RewardBatch fields rather than logged as components.
+_COUNTED = ("timeout", "error")
 
 
 @dataclass
 class RewardItem:
     data_source: str
     solution_str: str
-    ground_truth: str
+    ground_truth: Any  # a string in verl's schema; a list means several accepted answers
     extra_info: dict[str, Any] | None = None
+    truncated: bool = False  # the response hit max_new_tokens: graded as no answer
 
 
 @dataclass
@@ -24,19 +34,70 @@ class RewardBatch:
     scores: list[float]  # what the policy optimizes
     acc: list[bool]  # correctness, for val-core/<source>/acc
     components: dict[str, list[float]] = field(default_factory=dict)  # logged as reward/<name>/mean
-    timeouts: int = 0
+    timeouts: int = 0  # items over reward.timeout_s (scored as incorrect)
+    errors: int = 0  # items whose grading process crashed or hit an internal grader error (scored incorrect)
+
+
+def spec_from_config(cfg: RewardConfig, strict: bool) -> ScorerSpec:
+    """The plain-data reward description shipped to worker processes."""
+    if cfg.timeout_s <= 0:
+        raise ValueError(f"reward.timeout_s must be > 0, got {cfg.timeout_s}")
+    if cfg.num_workers < 0:
+        raise ValueError(f"reward.num_workers must be >= 0, got {cfg.num_workers}")
+    return ScorerSpec(
+        terms=tuple(Term(f.name, f.weight, f.path) for f in cfg.functions),
+        custom_path=cfg.custom_function.path,
+        custom_name=cfg.custom_function.name,
+        strict=strict,
+        tiers=Tiers(cfg.incorrect_score, cfg.correct_score, cfg.format_bonus, cfg.reasoning_bonus),
+        timeout_s=cfg.timeout_s,
+    )
+
+
+def _flagged(result: dict[str, Any], flag: str) -> bool:
+    """Whether any term of an item's result raised `flag` (e.g. "error" or "math/error")."""
+    return any(v for k, v in result.get("components", {}).items() if k.rpartition("/")[2] == flag)
 
 
 class RewardManager:
+    """Scores batches with the configured reward; `strict=False` gives the lenient evaluation grader."""
+
     def __init__(self, cfg: RewardConfig, strict: bool | None = None) -> None:
         self.cfg = cfg
         self.strict = cfg.strict if strict is None else strict
+        spec = spec_from_config(cfg, self.strict)
+        self._scorer = Scorer(spec)  # built here too so that config errors surface before training
+        self._pool = GradingPool(spec, cfg.num_workers) if cfg.num_workers > 0 else None
+
+    def _args(self, item: RewardItem) -> tuple[Any, ...]:
+        extra = dict(item.extra_info or {})
+        if item.truncated:
+            extra["truncated"] = True
+        if self.cfg.answer_format and "answer_format" not in extra:
+            extra["answer_format"] = self.cfg.answer_format
+        return (item.data_source, item.solution_str, item.ground_truth, extra)
 
     def score(self, items: list[RewardItem]) -> RewardBatch:
-        from reward import compute_score
-
-        results = [compute_score(i.data_source, i.solution_str, i.ground_truth, i.extra_info) for i in items]
-        return RewardBatch(scores=[r["score"] for r in results], acc=[bool(r["acc"]) for r in results])
+        args = [self._args(i) for i in items]
+        results = self._pool.map(args) if self._pool is not None else [self._scorer(*a) for a in args]
+        names = sorted({k for r in results for k in r.get("components", {}) if k.rpartition("/")[2] not in _COUNTED})
+        components = {n: [float(r.get("components", {}).get(n, 0.0)) for r in results] for n in names}
+        errors = sum(1 for r in results if r.get("crashed") or _flagged(r, "error"))
+        return RewardBatch(
+            scores=[float(r["score"]) for r in results],
+            acc=[bool(r["acc"]) for r in results],
+            components=components,
+            timeouts=sum(1 for r in results if r.get("timeout")),
+            errors=errors,
+        )
 
     def close(self) -> None:
-        return None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> RewardManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,12 +1,31 @@
-"""Placeholder reward: 1.0 when the last \\boxed{...} equals the ground truth string."""
+"""Tiered semantic math reward: correct-first grading that never executes or sympifies model output.
 
-from __future__ import annotations
+verl-compatible entry point::
 
-import re
-from typing import Any
+    from reward import compute_score
+    compute_score("lighteval/MATH", "... so the answer is $\\boxed{\\frac14}$.", "0.25")
+    # {'score': 1.2, 'acc': True, 'format': 1.0, 'reasoning': 1.0, 'has_answer': 1.0, ...}
 
+Importing this package is cheap (no torch; mpmath only on the first non-rational comparison). See
+docs/reward.md for the tier table, the supported answer forms and the weighted-list usage.
+"""
 
-def compute_score(data_source: str, solution_str: str, ground_truth: str, extra_info: Any = None) -> dict:
-    found = re.findall(r"\\boxed\{([^{}]*)\}", solution_str)
-    acc = bool(found) and found[-1].strip() == str(ground_truth).strip()
-    return {"score": 1.0 if acc else 0.0, "acc": acc}
+from reward.equivalence import answers_equal
+from reward.extract import extract_answer
+from reward.grader import compute_score, grade, route
+from reward.scoring import REGISTRY, RewardError, Scorer, ScorerSpec, Term
+from reward.tiers import Tiers
+
+__all__ = [
+    "REGISTRY",
+    "RewardError",
+    "Scorer",
+    "ScorerSpec",
+    "Term",
+    "Tiers",
+    "answers_equal",
+    "compute_score",
+    "extract_answer",
+    "grade",
+    "route",
+]

@@ -1,0 +1,186 @@
+"""Finding the final answer in a response.
+
+Forms: the last ``\\boxed{}`` / ``\\fbox{}`` (nested braces), ``<answer>...</answer>``, GSM8K's
+``#### 1,234``, "The answer is ...", and (lenient only) a response that is nothing but a short
+formula. In strict mode (training) only the requested form counts, so the policy is rewarded for
+following the prompt's instruction; lenient mode (evaluation) accepts any of them, requested first.
+
+Two deliberate refusals: an answer whose marker was opened but never closed (the response was cut
+off mid-answer) yields nothing rather than an earlier intermediate result, and several boxed
+answers joined by "or" / "," are returned together so that a hedge cannot match a single truth.
+Nothing here scrapes numbers out of the reasoning.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from reward.limits import MAX_RESPONSE_CHARS
+
+FORMS = ("boxed", "answer_tag", "hash", "answer_is")
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The extracted answer and where it sits in the (possibly tail-trimmed) response."""
+
+    answer: str
+    form: str  # one of FORMS or "bare"
+    start: int  # offset of the final answer marker in `text`
+    end: int  # offset just past it
+    count: int  # markers of this form in the response (1 = a single final answer)
+    text: str  # the searched text, so that offsets stay meaningful
+
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+_HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
+_ANSWER_IS_RE = re.compile(
+    r"\banswer\s*(?:\*\*)?\s*(?:is\b|:|=)\s*(?:\*\*)?\s*:?[ \t]*([^\n]+)",
+    re.IGNORECASE,
+)
+# Text allowed between boxed answers that are read together ("\boxed{2} or x = \boxed{-2}").
+_JOINER_RE = re.compile(
+    r"[\s$,;]*(?:(?:\\text\{\s*)?(?:or|and)(?:\s*\})?)?[\s$,;]*(?:[a-zA-Z]\s*=\s*)?[\s$]*",
+    re.IGNORECASE,
+)
+_SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
+
+
+def match_brace(text: str, open_idx: int) -> int:
+    """Index of the brace closing the one at `open_idx`, or -1; `\\{` and `\\}` do not count."""
+    depth = 0
+    i = open_idx
+    n = len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def find_boxed(text: str) -> tuple[list[tuple[int, int, str]], bool]:
+    """All complete boxed answers as (start, end, content) and whether an unclosed one follows them."""
+    found: list[tuple[int, int, str]] = []
+    unclosed_after = False
+    pos = 0
+    while True:
+        m = _BOX_RE.search(text, pos)
+        if m is None:
+            break
+        j = m.end()
+        while j < len(text) and text[j] == " ":
+            j += 1
+        if j < len(text) and text[j] == "{":
+            close = match_brace(text, j)
+            if close < 0:
+                unclosed_after = True
+                break
+            found.append((m.start(), close + 1, text[j + 1 : close]))
+            pos = close + 1
+            continue
+        # `\boxed 5`: the argument is the next run of non-space characters
+        tail = re.match(r"[^\s$]+", text[j:])
+        if tail is None or j == m.end():
+            pos = m.end()
+            continue
+        found.append((m.start(), j + tail.end(), tail.group(0)))
+        pos = j + tail.end()
+    return found, unclosed_after
+
+
+def _from_boxed(text: str) -> Extraction | None:
+    found, unclosed = find_boxed(text)
+    if unclosed or not found:
+        return None
+    start, end, content = found[-1]
+    parts = [content]
+    k = len(found) - 1
+    while k > 0:  # walk back over boxed answers joined to the last one by "or", "," ...
+        prev_start, prev_end, prev_content = found[k - 1]
+        gap = text[prev_end:start]
+        if len(gap) > 40 or _JOINER_RE.fullmatch(gap) is None:
+            break
+        parts.insert(0, prev_content)
+        start = prev_start
+        k -= 1
+    answer = ", ".join(p.strip() for p in parts)
+    return Extraction(answer.strip(), "boxed", start, end, len(found), text)
+
+
+def _from_tag(text: str) -> Extraction | None:
+    """Last `<answer>...</answer>`; found with rfind, as a lazy regex is quadratic on `<answer>` spam."""
+    lower = text.lower()
+    close = lower.rfind("</answer>")
+    if close < 0:
+        return None
+    start = lower.rfind("<answer>", 0, close)
+    if start < 0 or lower.find("<answer>", close) >= 0:
+        return None  # no answer, or a later answer tag never closed (truncated)
+    content = text[start + len("<answer>") : close]
+    boxed = _from_boxed(content)
+    answer = boxed.answer if boxed else content.strip()
+    end = close + len("</answer>")
+    return Extraction(answer, "answer_tag", start, end, lower.count("</answer>"), text)
+
+
+def _from_hash(text: str) -> Extraction | None:
+    matches = list(_HASH_RE.finditer(text))
+    if not matches:
+        return None
+    last = matches[-1]
+    return Extraction(last.group(1).strip(), "hash", last.start(), last.end(), len(matches), text)
+
+
+def _cut_sentence(s: str) -> str:
+    m = _SENTENCE_END_RE.search(s)
+    if m is not None:
+        s = s[: m.start()]
+    return s.strip().rstrip(".").strip()
+
+
+def _from_answer_is(text: str) -> Extraction | None:
+    matches = list(_ANSWER_IS_RE.finditer(text))
+    if not matches:
+        return None
+    last = matches[-1]
+    raw = last.group(1)
+    boxed = _from_boxed(raw)
+    answer = boxed.answer if boxed else _cut_sentence(raw.replace("**", ""))
+    return Extraction(answer, "answer_is", last.start(), last.end(), len(matches), text)
+
+
+def _from_bare(text: str) -> Extraction | None:
+    """A response that is only a short formula ("42", "$x=3$") is its own answer."""
+    stripped = text.strip()
+    if not stripped or len(stripped) > 100 or "\n" in stripped:
+        return None
+    if re.search(r"(?<!\\)\b[a-zA-Z]{3,}", stripped.replace("\\", " \\")):
+        return None  # prose, not a formula
+    return Extraction(stripped.strip("$ ").rstrip("."), "bare", 0, len(text), 1, text)
+
+
+_EXTRACTORS = {"boxed": _from_boxed, "answer_tag": _from_tag, "hash": _from_hash, "answer_is": _from_answer_is}
+
+
+def extract_answer(response: str, requested: str = "boxed", strict: bool = True) -> Extraction | None:
+    """The final answer in the requested form (strict) or in any supported form (lenient)."""
+    if requested not in _EXTRACTORS:
+        raise ValueError(f"unknown answer form {requested!r}; expected one of {', '.join(FORMS)}")
+    text = response[-MAX_RESPONSE_CHARS:]
+    order = [requested] if strict else [requested, *(f for f in FORMS if f != requested)]
+    for form in order:
+        found = _EXTRACTORS[form](text)
+        if found is not None and found.answer:
+            return found
+    if not strict:
+        return _from_bare(text)
+    return None

@@ -1,0 +1,204 @@
+"""One reward from configuration: the tiered math reward, a user's compute_score, or a weighted list.
+
+A `ScorerSpec` is plain data (it crosses a pipe to the worker processes as JSON); `Scorer` turns it
+into callables once and then scores items. Built-in terms are looked up in REGISTRY; a term with a
+`path` is a user's function loaded from that file, called with verl's four arguments and allowed
+to return a float or a dict with a "score" key (its other numeric keys are logged as components).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import math
+import numbers
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reward.format_rewards import format_soft_xml, format_strict_xml, int_answer, xml_tags
+from reward.grader import compute_score
+from reward.limits import GradeTimeout
+from reward.tiers import Tiers
+
+RewardFn = Callable[..., Any]
+REGISTRY: dict[str, RewardFn] = {
+    "math": compute_score,  # tiered: correctness first, then format and reasoning bonuses
+    "accuracy": compute_score,  # correctness only: 1.0 / 0.0 (see Scorer._call_term)
+    "format_strict_xml": format_strict_xml,
+    "format_soft_xml": format_soft_xml,
+    "int_answer": int_answer,
+    "xml_tags": xml_tags,
+}
+_OWN_GRADERS = {"math", "accuracy"}
+
+
+class RewardError(RuntimeError):
+    """A reward function or its configuration is broken (not a property of the graded response)."""
+
+
+@dataclass(frozen=True)
+class Term:
+    name: str
+    weight: float = 1.0
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """Everything a worker needs to rebuild the reward; mirrors npu_rl.config.RewardConfig."""
+
+    terms: tuple[Term, ...] = ()  # empty: the tiered math reward alone
+    custom_path: str | None = None  # verl's custom_reward_function: replaces the default reward
+    custom_name: str = "compute_score"
+    strict: bool = True
+    tiers: Tiers = field(default_factory=Tiers)
+    timeout_s: float = 5.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScorerSpec:
+        return cls(
+            terms=tuple(Term(**t) for t in data["terms"]),
+            custom_path=data["custom_path"],
+            custom_name=data["custom_name"],
+            strict=data["strict"],
+            tiers=Tiers(**data["tiers"]),
+            timeout_s=data["timeout_s"],
+        )
+
+
+def load_function(path: str, name: str, key: str = "reward.custom_function") -> RewardFn:
+    """Import `name` from the Python file at `path`, with errors that name the config key."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise RewardError(f"{key}.path: file {str(file)!r} does not exist")
+    module_name = "npu_rl_user_reward_" + hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:
+        raise RewardError(f"{key}.path: cannot import {str(file)!r}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        raise RewardError(f"{key}.path: importing {str(file)!r} failed: {type(err).__name__}: {err}") from err
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise RewardError(f"{key}.name: no function {name!r} in {str(file)!r} (functions there: {found})")
+    return fn
+
+
+def _call_bounded(fn: RewardFn, args: tuple[Any, ...], timeout_s: float) -> Any:
+    """Call user code in-process: preempted by SIGALRM in the main thread, else timed afterwards.
+
+    Only the worker pool (reward.pool) can stop user code in any thread; this is the best
+    in-process effort for reward.num_workers=0.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        start = time.monotonic()
+        result = fn(*args)
+        if time.monotonic() - start > timeout_s:
+            raise GradeTimeout("reward function over budget")
+        return result
+
+    def _alarm(signum: int, frame: Any) -> None:
+        raise GradeTimeout("reward function over budget")
+
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        return fn(*args)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Scorer:
+    """Scores one item at a time according to a ScorerSpec (see module docstring)."""
+
+    def __init__(self, spec: ScorerSpec, bound_user_code: bool = True) -> None:
+        self.spec = spec
+        self.bound_user_code = bound_user_code  # False inside pool workers: the parent kills them
+        if spec.custom_path and spec.terms:
+            raise RewardError("set either reward.custom_function.path or reward.functions, not both")
+        terms = list(spec.terms)
+        if spec.custom_path:
+            terms = [Term(spec.custom_name, 1.0, spec.custom_path)]
+        self.single = len(terms) <= 1
+        self.terms: list[tuple[str, float, RewardFn, bool]] = []
+        names: set[str] = set()
+        for k, term in enumerate(terms or [Term("math")]):
+            if term.path:
+                key = "reward.custom_function" if spec.custom_path else f"reward.functions[{k}]"
+                fn, own = load_function(term.path, term.name, key), False
+            elif term.name in REGISTRY:
+                fn, own = REGISTRY[term.name], term.name in _OWN_GRADERS
+            else:
+                raise RewardError(
+                    f"reward.functions[{k}].name: unknown reward {term.name!r}; built-in: {sorted(REGISTRY)} "
+                    "(or give a path to load it from a file)"
+                )
+            label = term.name if term.name not in names else f"{term.name}_{k}"
+            names.add(label)
+            self.terms.append((label, term.weight, fn, own))
+
+    def __call__(self, data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None) -> dict:
+        """{"score": float, "acc": bool, "timeout": bool, "components": {name: float}}."""
+        total, acc, timeout = 0.0, None, False
+        components: dict[str, float] = {}
+        for label, weight, fn, own in self.terms:
+            try:
+                raw = self._call_term(label, fn, own, (data_source, solution_str, ground_truth, extra_info))
+            except GradeTimeout:
+                raw = {"score": self.spec.tiers.incorrect, "acc": False, "timeout": 1.0}
+            score, term_acc, extras = _unpack(label, raw)
+            timeout = timeout or bool(extras.get("timeout", 0.0))
+            total += weight * score
+            if acc is None and term_acc is not None:
+                acc = term_acc
+            prefix = "" if self.single else f"{label}/"
+            if not self.single:
+                components[label] = score
+            components.update({prefix + k: v for k, v in extras.items()})
+        return {
+            "score": total,
+            "acc": bool(total > 0) if acc is None else acc,
+            "timeout": timeout,
+            "components": components,
+        }
+
+    def _call_term(self, label: str, fn: RewardFn, own: bool, args: tuple[Any, ...]) -> Any:
+        if own:
+            result = fn(*args, strict=self.spec.strict, tiers=self.spec.tiers, timeout_s=self.spec.timeout_s)
+            if label.startswith("accuracy"):
+                result = {**result, "score": float(result["acc"])}
+            return result
+        if self.bound_user_code:
+            return _call_bounded(fn, args, self.spec.timeout_s)
+        return fn(*args)
+
+
+def _unpack(label: str, raw: Any) -> tuple[float, bool | None, dict[str, float]]:
+    """(score, acc or None, numeric extras) from a float or a verl-style dict."""
+    if isinstance(raw, dict):
+        if "score" not in raw:
+            raise RewardError(f"reward function {label!r} returned a dict without a 'score' key: {sorted(raw)}")
+        score, acc = raw["score"], raw.get("acc")
+        extras = {k: float(v) for k, v in raw.items() if k not in ("score", "acc") and isinstance(v, numbers.Real)}
+    else:
+        score, acc, extras = raw, None, {}
+    try:
+        value = float(score)
+    except (TypeError, ValueError) as err:
+        raise RewardError(f"reward function {label!r} returned a non-numeric score {score!r}") from err
+    if not math.isfinite(value):
+        raise RewardError(f"reward function {label!r} returned a non-finite score {value}")
+    return value, (None if acc is None else bool(acc)), extras
