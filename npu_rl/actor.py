@@ -111,9 +111,19 @@ def forward_logprobs(
 
 
 @torch.no_grad()
-def compute_logprobs(model: nn.Module, batch: PolicyBatch, temperature: float, micro_batch_size: int) -> torch.Tensor:
-    """Logprobs of a whole batch without gradients, in micro-batches (old policy or reference)."""
-    device = next(model.parameters()).device
+def compute_logprobs(
+    model: nn.Module,
+    batch: PolicyBatch,
+    temperature: float,
+    micro_batch_size: int,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Logprobs of a whole batch without gradients, in micro-batches (old policy or reference).
+
+    `device` is where the model computes (default: where its parameters are), which with
+    offloaded FSDP shards is not where its parameters rest.
+    """
+    device = device or next(model.parameters()).device
     parts = [
         forward_logprobs(model, batch.slice(i, i + micro_batch_size).to(device), temperature)[0].cpu()
         for i in range(0, len(batch), micro_batch_size)
@@ -196,6 +206,7 @@ def update_policy(
     temperature: float,
     mini_batch_rows: int,
     horizon: int,
+    device: torch.device | None = None,
     world_size: int = 1,
 ) -> dict[str, float]:
     """PPO epochs over mini-batches with micro-batch accumulation; one optimizer step per mini-batch.
@@ -206,7 +217,7 @@ def update_policy(
     forward, made before any weight changes, is also compared with the engine's logprobs
     (rollout/logprob_diff) to expose a mismatch between generation and training numerics.
     """
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     model.train()
     history: dict[str, list[float]] = defaultdict(list)
     diff = torch.zeros(2, dtype=torch.float64)  # sum of |logprob differences|, tokens compared

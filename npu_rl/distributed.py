@@ -12,7 +12,9 @@ layer); this module only decides how the model is sharded and how to read it bac
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate
 
 from npu_rl.config import FSDPConfig
@@ -68,7 +70,12 @@ def init_distributed(acc: Accelerator) -> DistInfo:
     if _pg_ready():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     if not _torchrun_env():
-        return DistInfo()
+        if acc.type == "cpu":
+            return DistInfo()
+        # Alone on an accelerator, still go through FSDP2 (as a world of one): its mixed precision
+        # keeps fp32 master weights for AdamW while computing in bf16, one code path with torchrun.
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
@@ -82,6 +89,12 @@ def init_distributed(acc: Accelerator) -> DistInfo:
     timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, 1800)))
     dist.init_process_group(backend=acc.dist_backend, rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank, world_size, local_rank)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def destroy() -> None:
@@ -237,3 +250,28 @@ def iter_full_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> 
                 tensor = tensor.to(_COMM_DEVICE)
             tensor = tensor.full_tensor()
         yield name, tensor.detach()
+
+
+@contextmanager
+def gathered_params(model: nn.Module) -> Iterator[None]:
+    """Hold every FSDP unit of `model` unsharded for the duration; a no-op for a plain module.
+
+    Generation needs this: each forward of a sharded model all-gathers, and ranks that stop
+    decoding at different steps would leave the others waiting in that all-gather forever.
+    With full weights held, decode steps run without collectives (entering and leaving are
+    collectives, made by every rank at the same point). Costs one full copy of the weights per
+    rank while generating, as verl's HF rollout does.
+    """
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    # FSDP2 keeps "reshard after forward" per parameter group; remember it to restore it exactly.
+    saved = [(g, g.post_forward_mesh_info) for m in units for g in m._get_fsdp_state()._fsdp_param_groups]
+    for unit in units:
+        unit.unshard()
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for group, mesh_info in saved:
+            group.post_forward_mesh_info = mesh_info
+        for unit in units:
+            unit.reshard()

@@ -8,8 +8,10 @@ interface chosen by config (rollout, reward, trackers, checkpoints, device and d
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,7 @@ class GRPOTrainer:
         self.ref = None
         if cfg.needs_ref:
             self.ref = self._place(load_model(cfg.model, self.acc, trainable=False), trainable=False)
+        self.device = self.acc.torch_device(self.dist.local_rank)
         self.optimizer = actor.build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = actor.build_scheduler(self.optimizer, self.total_steps, cfg.actor.optim)
         self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist)
@@ -96,7 +99,10 @@ class GRPOTrainer:
     def _place(self, model: torch.nn.Module, trainable: bool) -> torch.nn.Module:
         """Shard across ranks (FSDP2 moves each shard to the device itself), or move whole when alone."""
         if self.dist.is_distributed:
-            return distributed.shard_model(model, self.cfg.actor.fsdp, self.acc, self.dist, trainable=trainable)
+            fsdp = self.cfg.actor.fsdp
+            if not trainable:
+                fsdp = dataclasses.replace(fsdp, param_offload=self.cfg.ref.param_offload)
+            return distributed.shard_model(model, fsdp, self.acc, self.dist, trainable=trainable)
         return model.to(self.acc.torch_device(self.dist.local_rank))
 
     # ------------------------------------------------------------------------------------------
@@ -110,9 +116,12 @@ class GRPOTrainer:
     def _generate(self, records: list[PromptRecord], params: SamplingParams, step: int | None) -> RolloutOutput:
         """Sample for `records` at training step `step`, or for validation when `step` is None."""
         seeds = [prompt_seed(self.cfg.trainer.seed, step or 0, r.index, step is None) for r in records]
+        # The hf backend samples from the (possibly sharded) policy itself: hold its full weights.
+        gather = distributed.gathered_params(self.model) if self.cfg.rollout.name == "hf" else nullcontext()
         self.rollout.wake_up()
         try:
-            return self.rollout.generate([r.prompt_ids for r in records], params, seeds=seeds)
+            with gather:
+                return self.rollout.generate([r.prompt_ids for r in records], params, seeds=seeds)
         finally:
             self.rollout.sleep()
 
@@ -126,6 +135,9 @@ class GRPOTrainer:
             for rec, text in zip([r for r in records for _ in range(n)], texts, strict=True)
         ]
         return manager.score(items), texts
+
+    def _logprobs(self, model: torch.nn.Module, batch: actor.PolicyBatch, micro_batch_size: int) -> torch.Tensor:
+        return actor.compute_logprobs(model, batch, self.cfg.rollout.temperature, micro_batch_size, self.device)
 
     # ------------------------------------------------------------------------------------------
     def train_step(self, records: list[PromptRecord]) -> dict[str, float]:
@@ -146,27 +158,20 @@ class GRPOTrainer:
             mask = batch.response_mask
             batch.rollout_logprobs = out.logprobs
             on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size == cfg.data.train_batch_size
-            if not on_policy:  # several updates per rollout: freeze the behaviour policy's logprobs
+            kl_in_reward = cfg.algorithm.use_kl_in_reward and self.ref is not None
+            if not on_policy or kl_in_reward:  # several updates per rollout, or KL priced into the reward
                 with timer.section("old_log_prob"):
-                    batch.old_logprobs = actor.compute_logprobs(
-                        self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device
+                    batch.old_logprobs = self._logprobs(
+                        self.model, batch, cfg.rollout.log_prob_micro_batch_size_per_device
                     )
             if self.ref is not None:
                 with timer.section("ref"):
-                    batch.ref_logprobs = actor.compute_logprobs(
-                        self.ref, batch, params.temperature, cfg.ref.log_prob_micro_batch_size_per_device
-                    )
+                    batch.ref_logprobs = self._logprobs(self.ref, batch, cfg.ref.log_prob_micro_batch_size_per_device)
 
             with timer.section("adv"):
                 rewards = scores
-                if cfg.algorithm.use_kl_in_reward and batch.ref_logprobs is not None:
-                    # KL-in-reward: the sequence's reward pays for its summed divergence from the reference.
-                    logp = batch.old_logprobs
-                    if logp is None:
-                        logp = actor.compute_logprobs(
-                            self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device
-                        )
-                    kl = core_algos.kl_estimate(logp, batch.ref_logprobs, cfg.algorithm.kl_penalty)
+                if kl_in_reward:  # each sequence's reward pays for its summed divergence from the reference
+                    kl = core_algos.kl_estimate(batch.old_logprobs, batch.ref_logprobs, cfg.algorithm.kl_penalty)
                     rewards = scores - cfg.algorithm.kl_coef * (kl * mask).sum(-1)
                 group_ids = torch.tensor([r.index for r in records]).repeat_interleave(params.n)
                 seq_adv = core_algos.ADV_ESTIMATORS[cfg.algorithm.adv_estimator](
@@ -185,6 +190,7 @@ class GRPOTrainer:
                     params.temperature,
                     rows_per_mini,
                     horizon=cfg.rollout.max_new_tokens,
+                    device=self.device,
                     world_size=self.dist.world_size,
                 )
             with timer.section("update_weights"):

@@ -24,7 +24,7 @@ def free_port() -> int:
 
 def _entry(rank: int, world_size: int, port: int, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
     from npu_rl.device import Accelerator
-    from npu_rl.distributed import destroy, init_distributed
+    from npu_rl.distributed import barrier, destroy, init_distributed
 
     os.environ.update(
         RANK=str(rank),
@@ -37,10 +37,9 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable[..., None], args:
     )
     torch.set_num_threads(1)
     info = init_distributed(Accelerator("cpu"))
-    try:
-        fn(info, *args)
-    finally:
-        destroy()
+    fn(info, *args)
+    barrier()  # no rank tears the group down while another still talks to it
+    destroy()
 
 
 def run_workers(fn: Callable[..., None], world_size: int, *args: Any) -> None:
