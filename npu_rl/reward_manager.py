@@ -13,7 +13,7 @@ from typing import Any
 
 from npu_rl.config import RewardConfig
 from reward.pool import GradingPool
-from reward.scoring import Scorer, ScorerSpec, Term
+from reward.scoring import RewardError, Scorer, ScorerSpec, Term
 from reward.tiers import Tiers
 
 # Per-item flags that are counted in RewardBatch fields rather than logged as components.
@@ -79,7 +79,10 @@ class RewardManager:
 
     def score(self, items: list[RewardItem]) -> RewardBatch:
         args = [self._args(i) for i in items]
-        results = self._pool.map(args) if self._pool is not None else [self._scorer(*a) for a in args]
+        if self._pool is not None:
+            results = self._pool.map(args)
+        else:
+            results = [self._score_here(k, a) for k, a in enumerate(args)]
         names = sorted({k for r in results for k in r.get("components", {}) if k.rpartition("/")[2] not in _COUNTED})
         components = {n: [float(r.get("components", {}).get(n, 0.0)) for r in results] for n in names}
         errors = sum(1 for r in results if r.get("crashed") or _flagged(r, "error"))
@@ -90,6 +93,15 @@ class RewardManager:
             timeouts=sum(1 for r in results if r.get("timeout")),
             errors=errors,
         )
+
+    def _score_here(self, k: int, args: tuple[Any, ...]) -> dict[str, Any]:
+        """In-process scoring (reward.num_workers=0); a user function's exception names the item."""
+        try:
+            return self._scorer(*args)
+        except RewardError:
+            raise
+        except Exception as err:
+            raise RewardError(f"reward function raised on item {k}: {type(err).__name__}: {err}") from err
 
     def close(self) -> None:
         if self._pool is not None:

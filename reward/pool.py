@@ -105,20 +105,22 @@ class GradingPool:
         self._lock = threading.Lock()
         self._workers = [_Worker(self._spec_line) for _ in range(num_workers)]
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
-        self.restarts = 0
 
     def map(self, items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
         """One result per item, in order; an item over budget gets {"timeout": True, "acc": False}."""
         with self._lock:
+            if not self._finalizer.alive:
+                raise RewardError("the grading pool is closed")
             try:
                 return self._map(items)
-            finally:  # after an error, no worker may stay busy with an item of this call
+            except BaseException:  # no worker may stay busy with an item of this failed call
                 with selectors.DefaultSelector() as sel:
                     for w in list(self._workers):
                         sel.register(w.fd, selectors.EVENT_READ, w)
                         if w.item is not None:
                             w.item = None
                             self._replace(sel, w, [])
+                raise
 
     def _map(self, items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
         results: list[dict[str, Any] | None] = [None] * len(items)
@@ -181,7 +183,6 @@ class GradingPool:
         fresh = _Worker(self._spec_line)
         self._workers[self._workers.index(w)] = fresh
         sel.register(fresh.fd, selectors.EVENT_READ, fresh)
-        self.restarts += 1
 
     def close(self) -> None:
         """Stop all workers; the pool cannot be used afterwards."""

@@ -184,5 +184,7 @@ def test_broken_user_functions_raise_with_the_item(user_file: str) -> None:
         with pytest.raises(RewardError, match=r"(?s)item 0.*KeyError: 'oops'"):
             manager.score([RewardItem("x", "a", "b")])
         assert manager.score([]).scores == []  # still usable after the error
+    with pytest.raises(RewardError, match=r"item 0: KeyError: 'oops'"):
+        RewardManager(custom(user_file, "broken", num_workers=0)).score([RewardItem("x", "a", "b")])
     with pytest.raises(RewardError, match="without a 'score' key"):
         RewardManager(custom(user_file, "no_score", num_workers=0)).score([RewardItem("x", "a", "b")])
