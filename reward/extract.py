@@ -112,7 +112,7 @@ def _from_boxed(text: str) -> Extraction | None:
         parts.insert(0, prev_content)
         start = prev_start
         k -= 1
-    answer = ", ".join(p.strip() for p in parts)
+    answer = ", ".join(dict.fromkeys(p.strip() for p in parts))  # the same box twice is one answer
     return Extraction(answer.strip(), "boxed", start, end, len(found), text)
 
 

@@ -30,6 +30,7 @@ def test_boxed_forms(text: str, expected: str) -> None:
 def test_boxed_answers_joined_by_or_are_read_together() -> None:
     assert answer(r"so $x = \boxed{2}$ or $x = \boxed{-3}$") == "2, -3"
     assert answer(r"\boxed{6} \text{ or } \boxed{8}") == "6, 8"
+    assert answer(r"\boxed{6}, \boxed{6}") == "6"
     # far apart: an intermediate result, then the final answer
     assert answer(r"part one gives \boxed{6}; moving on to the second part we get \boxed{8}") == "8"
 
