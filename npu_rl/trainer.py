@@ -130,9 +130,10 @@ class GRPOTrainer:
             [ids[:length] for ids, length in zip(out.response_ids.tolist(), out.lengths.tolist(), strict=True)],
             skip_special_tokens=True,
         )
-        items = [
-            RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info)
-            for rec, text in zip([r for r in records for _ in range(n)], texts, strict=True)
+        rows = zip([r for r in records for _ in range(n)], texts, out.finish_reasons, strict=True)
+        items = [  # a response cut off at max_new_tokens never finished its answer: graded as none
+            RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, truncated=reason == "length")
+            for rec, text, reason in rows
         ]
         return manager.score(items), texts
 
@@ -209,6 +210,7 @@ class GRPOTrainer:
             )
         )
         metrics["reward/timeouts"] = global_sum(graded.timeouts)
+        metrics["reward/errors"] = global_sum(graded.errors)
         num_tokens = int(batch.attention_mask.sum())
         metrics.update(
             perf_metrics(
