@@ -56,8 +56,8 @@ class Channel:
         self.out.write(json.dumps(report) + "\n")
 
 
-def run_npu_rl(model_dir: str, train: str, work: Path, chan: Channel) -> None:
-    """GRPOTrainer driven like `fit()` does, minus validation and checkpoints (neither side has them)."""
+def npu_rl_trainer(model_dir: str, train: str, work: Path) -> Any:
+    """npu_rl's GRPOTrainer with the benchmark's settings and reward."""
     from npu_rl.config import load_config
     from npu_rl.reward_manager import RewardBatch
     from npu_rl.trainer import GRPOTrainer
@@ -99,6 +99,12 @@ def run_npu_rl(model_dir: str, train: str, work: Path, chan: Channel) -> None:
     )
     trainer = GRPOTrainer(cfg)
     trainer.reward = BenchReward()
+    return trainer
+
+
+def run_npu_rl(model_dir: str, train: str, work: Path, chan: Channel) -> None:
+    """GRPOTrainer driven like `fit()` does, minus validation and checkpoints (neither side has them)."""
+    trainer = npu_rl_trainer(model_dir, train, work)
     start_weights = _checksum(trainer.model)
     while chan.wait():
         records = trainer.sampler.next_batch()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from npu_rl import core_algos, distributed, prefix
+from npu_rl import core_algos, cpu_linear, distributed, prefix
 from npu_rl.config import ActorConfig, OptimConfig
 
 
@@ -86,18 +86,21 @@ def forward_logprobs(
     would otherwise keep a second vocabulary-sized graph alive through backward.
     Two shortcuts give the same numbers as one plain forward over the rows: response columns that
     are padding in every row are not run (they are returned as 0), and with `share_prompts` each
-    distinct prompt is run once for all its responses (npu_rl.prefix).
+    distinct prompt is run once for all its responses (npu_rl.prefix) and CPU fp32 matmuls run on
+    oneDNN (npu_rl.cpu_linear); `share_prompts=False` is the straightforward reference path.
     """
     width = batch.response_width
     used = max(1, int(batch.response_mask.sum(-1).max().item()))  # responses are left-aligned
     keep = batch.input_ids.shape[1] - width + used
     ids, mask, pos = batch.input_ids[:, :keep], batch.attention_mask[:, :keep], batch.position_ids[:, :keep]
     logits = None
-    if share_prompts and prefix.can_share_prompts(model):
-        logits = prefix.response_logits(model, ids, mask, pos, used)
-    if logits is None:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=used + 1)
-        logits = out.logits[:, :-1]  # position t predicts token t + 1
+    plain = not prefix.can_share_prompts(model)  # gradient checkpointing: no cache, no oneDNN (re-run forward)
+    with cpu_linear.linear_mode(share_prompts and not plain):
+        if share_prompts and not plain:
+            logits = prefix.response_logits(model, ids, mask, pos, used)
+        if logits is None:
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=used + 1)
+            logits = out.logits[:, :-1]  # position t predicts token t + 1
     logits = logits.float() / temperature
     logprobs = core_algos.logprobs_from_logits(logits, ids[:, -used:])
     entropy = None

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from npu_rl import actor, prefix
+from npu_rl import actor, cpu_linear, prefix
 
 PROMPTS = [[5, 17, 42, 99, 7, 301], [12, 250], [64, 65, 66, 67]]
 N = 3
@@ -98,3 +98,37 @@ def test_gradient_checkpointing_uses_the_plain_forward(model, tiny_tokenizer):
     checkpointed = logprobs_and_grads(net, batch, share=True)
     plain = logprobs_and_grads(model, batch, share=False)
     torch.testing.assert_close(checkpointed[0][mask], plain[0][mask], atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_linear_matches_torch_linear_forward_and_backward():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 48, requires_grad=True)
+    weight = torch.randn(24, 48, requires_grad=True)
+    bias = torch.randn(24, requires_grad=True)
+    grad = torch.randn(3, 5, 24)
+    results = []
+    for use_onednn in (False, True):
+        for t in (x, weight, bias):
+            t.grad = None
+        with cpu_linear.linear_mode(use_onednn):
+            y = torch.nn.functional.linear(x, weight, bias)
+        y.backward(grad)
+        results.append([y.detach(), x.grad, weight.grad, bias.grad])
+    assert cpu_linear.available()  # this project's CPU torch builds have oneDNN: the test must exercise it
+    for ref, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_mode_routes_only_eligible_calls(monkeypatch):
+    x, w = torch.randn(2, 8, requires_grad=True), torch.randn(4, 8)
+
+    def backend(a, b):
+        return type(torch.nn.functional.linear(a, b).grad_fn).__name__
+
+    with cpu_linear.linear_mode():
+        assert backend(x, w) == "OneDNNLinearBackward"
+        assert backend(x.double(), w.double()) != "OneDNNLinearBackward"  # not fp32: torch's own path
+    assert backend(x, w) != "OneDNNLinearBackward"  # outside the block
+    monkeypatch.setenv("NPU_RL_ONEDNN_LINEAR", "0")
+    with cpu_linear.linear_mode():
+        assert backend(x, w) != "OneDNNLinearBackward"

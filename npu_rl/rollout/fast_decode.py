@@ -19,6 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import DynamicCache
 
+from npu_rl import cpu_linear
+
 SUPPORTED_TYPES = ("qwen2", "qwen3", "llama")
 
 
@@ -49,20 +51,27 @@ def _cat_or_none(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
     return None if all(t is None for t in tensors) else torch.cat([t for t in tensors if t is not None])
 
 
+class _Linear:
+    """A projection's weight as used for decoding: packed for oneDNN on the CPU (see cpu_linear)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> None:
+        self.weight, self.bias = weight, bias
+        self.packed = cpu_linear.pack(weight, rows)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return cpu_linear.packed_linear(x, self.packed, self.weight, self.bias)
+
+
 @dataclass
 class _Layer:
     """One decoder layer's weights, projections fused."""
 
     ln_in: torch.Tensor
     ln_post: torch.Tensor
-    qkv_w: torch.Tensor
-    qkv_b: torch.Tensor | None
-    o_w: torch.Tensor
-    o_b: torch.Tensor | None
-    gate_up_w: torch.Tensor
-    gate_up_b: torch.Tensor | None
-    down_w: torch.Tensor
-    down_b: torch.Tensor | None
+    qkv: _Linear
+    o: _Linear
+    gate_up: _Linear
+    down: _Linear
     q_norm: torch.Tensor | None  # Qwen3 normalises each head's q and k before the rotation
     k_norm: torch.Tensor | None
 
@@ -71,7 +80,7 @@ class FastDecoder:
     """Decoding state of one `generate` chunk: fused weights, KV buffers, rotary tables, mask."""
 
     @torch.no_grad()
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, rows: int) -> None:
         cfg = model.config
         self.model = model
         self.eps = cfg.rms_norm_eps
@@ -81,8 +90,7 @@ class FastDecoder:
         inner = model.model
         self.embed = inner.embed_tokens.weight
         self.final_norm = inner.norm.weight
-        self.lm_head_w = model.lm_head.weight
-        self.lm_head_b = model.lm_head.bias
+        self.lm_head = _Linear(model.lm_head.weight, model.lm_head.bias, rows)
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -91,14 +99,14 @@ class FastDecoder:
                 _Layer(
                     ln_in=layer.input_layernorm.weight,
                     ln_post=layer.post_attention_layernorm.weight,
-                    qkv_w=torch.cat([p.weight for p in qkv]),
-                    qkv_b=_cat_or_none([p.bias for p in qkv]),
-                    o_w=attn.o_proj.weight,
-                    o_b=attn.o_proj.bias,
-                    gate_up_w=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-                    gate_up_b=_cat_or_none([mlp.gate_proj.bias, mlp.up_proj.bias]),
-                    down_w=mlp.down_proj.weight,
-                    down_b=mlp.down_proj.bias,
+                    qkv=_Linear(torch.cat([p.weight for p in qkv]), _cat_or_none([p.bias for p in qkv]), rows),
+                    o=_Linear(attn.o_proj.weight, attn.o_proj.bias, rows),
+                    gate_up=_Linear(
+                        torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                        _cat_or_none([mlp.gate_proj.bias, mlp.up_proj.bias]),
+                        rows,
+                    ),
+                    down=_Linear(mlp.down_proj.weight, mlp.down_proj.bias, rows),
                     q_norm=getattr(getattr(attn, "q_norm", None), "weight", None),
                     k_norm=getattr(getattr(attn, "k_norm", None), "weight", None),
                 )
@@ -153,7 +161,7 @@ class FastDecoder:
         h = F.embedding(tokens, self.embed)
         for i, w in enumerate(self.layers):
             x = _rms_norm(h, w.ln_in, self.eps)
-            qkv = F.linear(x, w.qkv_w, w.qkv_b)
+            qkv = w.qkv(x)
             qk = qkv[:, : (heads + kv) * hd].view(rows, heads + kv, hd)
             if w.q_norm is not None:
                 qk = torch.cat(
@@ -166,8 +174,8 @@ class FastDecoder:
             attn = F.scaled_dot_product_attention(
                 q, self.keys[i][:, :, : col + 1], self.values[i][:, :, : col + 1], attn_mask=bias
             )
-            h = h + F.linear(attn.reshape(rows, heads * hd), w.o_w, w.o_b)
+            h = h + w.o(attn.reshape(rows, heads * hd))
             x = _rms_norm(h, w.ln_post, self.eps)
-            gate, up = F.linear(x, w.gate_up_w, w.gate_up_b).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, w.down_w, w.down_b)
-        return F.linear(_rms_norm(h, self.final_norm, self.eps), self.lm_head_w, self.lm_head_b)
+            gate, up = w.gate_up(x).chunk(2, dim=-1)
+            h = h + w.down(F.silu(gate) * up)
+        return self.lm_head(_rms_norm(h, self.final_norm, self.eps))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from npu_rl import cpu_linear
 from npu_rl.rollout import fast_decode
 from npu_rl.rollout.base import RolloutOutput, SamplingParams
 from npu_rl.rollout.fast_decode import FastDecoder
@@ -123,14 +124,15 @@ class HFRollout:
         input_ids, attention = input_ids.to(device), attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
 
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
-            past_key_values=DynamicCache(),
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with cpu_linear.linear_mode(self.fast):
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=positions,
+                past_key_values=DynamicCache(),
+                use_cache=True,
+                logits_to_keep=1,
+            )
         # One prefill per prompt; its cache is shared by the prompt's n samples (prompt-major rows).
         last_logits = out.logits[:, -1].repeat_interleave(n, dim=0)
         steps = positions[:, -1:] + 1 + torch.arange(params.max_new_tokens, device=device)  # rotary positions
@@ -185,8 +187,9 @@ class _Decoder:
         fast: bool,
     ) -> None:
         self.model = model
+        self.onednn = fast  # the transformers fallback still gets oneDNN matmuls on the CPU
         self.positions = positions.repeat_interleave(n, dim=0)
-        self.fast = FastDecoder(model) if fast and fast_decode.supports(model) else None
+        self.fast = FastDecoder(model, len(self.positions)) if fast and fast_decode.supports(model) else None
         if self.fast is not None:
             self.fast.start(cache, n, prompt_mask, self.positions, max_new)
             return
@@ -208,13 +211,14 @@ class _Decoder:
         if self.fast is not None:
             return self.fast.step(tokens, step)
         self.attention = torch.cat([self.attention, self.attention.new_ones((self.attention.shape[0], 1))], dim=1)
-        out = self.model(
-            input_ids=tokens[:, None],
-            attention_mask=self.attention,
-            position_ids=self.positions[:, step : step + 1],
-            past_key_values=self.cache,
-            use_cache=True,
-        )
+        with cpu_linear.linear_mode(self.onednn):
+            out = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=self.attention,
+                position_ids=self.positions[:, step : step + 1],
+                past_key_values=self.cache,
+                use_cache=True,
+            )
         return out.logits[:, -1]
 
 
