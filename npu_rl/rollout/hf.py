@@ -8,7 +8,8 @@ the tail of a long response does not pay for the short ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -139,13 +140,36 @@ class HFRollout:
         decoder = _Decoder(self.model, out.past_key_values, attention, steps, n, params.max_new_tokens, self.fast)
 
         total = batch * n
-        eos = self.eos_token_ids.to(device)
         tokens_out = torch.full((total, params.max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
         logprobs_out = torch.zeros((total, params.max_new_tokens), dtype=torch.float32, device=device)
         lengths = torch.full((total,), params.max_new_tokens, dtype=torch.long, device=device)
         finished = torch.zeros(total, dtype=torch.bool, device=device)
-        active = torch.arange(total, device=device)  # rows of the output still being decoded
 
+        with decode_threads(self.model, total):
+            self._decode(decoder, last_logits, params, uniforms, tokens_out, logprobs_out, lengths, finished)
+
+        width = int(lengths.max())
+        return RolloutOutput(
+            response_ids=tokens_out[:, :width].cpu(),
+            logprobs=logprobs_out[:, :width].cpu(),
+            lengths=lengths.cpu(),
+            finish_reasons=["stop" if f else "length" for f in finished.tolist()],
+        )
+
+    def _decode(
+        self,
+        decoder: _Decoder,
+        last_logits: torch.Tensor,
+        params: SamplingParams,
+        uniforms: torch.Tensor,
+        tokens_out: torch.Tensor,
+        logprobs_out: torch.Tensor,
+        lengths: torch.Tensor,
+        finished: torch.Tensor,
+    ) -> None:
+        """Sample token by token into the output tensors; finished rows leave the decode batch."""
+        eos = self.eos_token_ids.to(tokens_out.device)
+        active = torch.arange(len(tokens_out), device=tokens_out.device)  # output rows still decoding
         for step in range(params.max_new_tokens):
             token, logprob = sample_next(last_logits, params, uniforms[active, step])
             tokens_out[active, step] = token
@@ -163,13 +187,28 @@ class HFRollout:
                 break
             last_logits = decoder.step(token, step)
 
-        width = int(lengths.max())
-        return RolloutOutput(
-            response_ids=tokens_out[:, :width].cpu(),
-            logprobs=logprobs_out[:, :width].cpu(),
-            lengths=lengths.cpu(),
-            finish_reasons=["stop" if f else "length" for f in finished.tolist()],
-        )
+
+# Below this many FLOPs per decode step a CPU decodes faster on one thread: each small matmul split
+# over threads costs more in synchronisation than it saves (far more on a shared, busy CPU).
+SINGLE_THREAD_DECODE_FLOPS = 1e8
+
+
+@contextlib.contextmanager
+def decode_threads(model: nn.Module, rows: int) -> Iterator[None]:
+    """One torch thread while decoding a model so small that its steps are synchronisation-bound.
+
+    Deterministic (a function of the model and batch), so the same seeds still give the same samples.
+    """
+    threads = torch.get_num_threads()
+    small = 2 * rows * sum(p.numel() for p in model.parameters()) < SINGLE_THREAD_DECODE_FLOPS
+    if next(model.parameters()).device.type != "cpu" or threads == 1 or not small:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Decoder:
