@@ -152,3 +152,17 @@ def test_headroom_report_uses_the_evaluator(tiny_model_dir, synthetic_parquet, t
     change = _headroom.format_change(result, better)
     assert "(+25.0 points)" in change and "held-out greedy accuracy" in change
     assert "greedy:  acc" in _headroom.format_result(result, "base")
+
+
+def test_demo_config_is_valid_and_points_at_the_assets():
+    from pathlib import Path
+
+    from npu_rl.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "run/configs/tiny_grpo.yaml", ["trainer.experiment_name=x"])
+    assert cfg.model.path == "assets/models/tiny-base"
+    assert cfg.data.train_files == ["assets/data/synthetic/train.parquet"]
+    assert cfg.data.val_files == ["assets/data/synthetic/test.parquet"]
+    assert cfg.trainer.device == "cpu" and not cfg.needs_ref
+    assert cfg.rollout.val_kwargs.temperature == 0.0

@@ -84,10 +84,12 @@ def main() -> None:
     parser.add_argument("--before", help="an earlier .headroom.json to compare against")
     parser.add_argument("--num-threads", type=int, default=2)
     args = parser.parse_args()
+    before = json.loads(Path(args.before).read_text(encoding="utf-8")) if args.before else None  # fail early
     result = measure(args.model, args.data, args.out_dir, args.tag, args.num_threads)
+    if before is not None:
+        print(format_result(before, "before"))
     print(format_result(result, args.tag))
-    if args.before:
-        before = json.loads(Path(args.before).read_text(encoding="utf-8"))
+    if before is not None:
         print(format_change(before, result))
 
 

@@ -27,6 +27,10 @@ from _tiny_tokenizer import save_tokenizer, train_tokenizer
 from make_synthetic_math import Problem, iter_problems, row_key, tokenizer_corpus
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from npu_rl.actor import build_optimizer, build_scheduler
+from npu_rl.config import OptimConfig
+from npu_rl.cpu_linear import linear_mode
+
 # Architecture sizes. "test" keeps unit tests fast; "demo" is the measured 3.3M-parameter base.
 SIZES: dict[str, dict[str, int]] = {
     "test": dict(
@@ -122,13 +126,16 @@ def run_stage(
     rng: random.Random,
     log_every: int = 50,
 ) -> None:
-    """Supervised training with AdamW and a cosine schedule for exactly `stage.steps` steps."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.01)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=stage.steps - stage.warmup_steps)
-    scheduler = cosine
-    if stage.warmup_steps:
-        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, 1 / stage.warmup_steps, total_iters=stage.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], [stage.warmup_steps])
+    """Supervised training for exactly `stage.steps` steps: AdamW, linear warmup, cosine to 10% of the lr.
+
+    The warmup matters: without it the same 400 steps ended at 5% instead of ~30% held-out accuracy.
+    Linears run through oneDNN (npu_rl.cpu_linear), half the CPU time of torch's default on these CPUs.
+    """
+    optim_cfg = OptimConfig(
+        lr=stage.lr, lr_scheduler="cosine", lr_warmup_steps=stage.warmup_steps, min_lr_ratio=0.1, weight_decay=0.01
+    )
+    optimizer = build_optimizer(model, optim_cfg)
+    scheduler = build_scheduler(optimizer, stage.steps, optim_cfg)
     model.train()
     start, running = time.perf_counter(), 0.0
     for step in range(1, stage.steps + 1):
@@ -136,7 +143,8 @@ def run_stage(
         for problem in (next(problems) for _ in range(stage.batch_size)):
             answer = problem.shortcut() if rng.random() < stage.shortcut_share else problem.worked()
             batch.append(encode(tokenizer, problem, answer))
-        loss = model(**collate(batch, tokenizer.pad_token_id)).loss
+        with linear_mode():
+            loss = model(**collate(batch, tokenizer.pad_token_id)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
