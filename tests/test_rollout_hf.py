@@ -174,3 +174,18 @@ def test_fast_decode_declines_what_it_does_not_reproduce(model):
     assert not fast_decode.supports(AutoModelForCausalLM.from_config(sliding))
     gelu = Qwen2Config(**{**model.config.to_dict(), "hidden_act": "gelu"})
     assert not fast_decode.supports(AutoModelForCausalLM.from_config(gelu))
+
+
+def test_small_model_decodes_on_one_thread_and_restores_the_setting(model, pad_id):
+    before = torch.get_num_threads()
+    seen = []
+    net = sharp_model("qwen2", model.config.vocab_size)
+    net.lm_head.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))  # fires only on the slow path
+    try:
+        torch.set_num_threads(2)
+        params = SamplingParams(n=2, temperature=1.0, max_new_tokens=4)
+        HFRollout(net, [pad_id], pad_id, fast=False).generate(PROMPTS[:1], params, seeds=[1])
+        assert torch.get_num_threads() == 2
+        assert seen == [2, 1, 1, 1]  # prefill on the configured threads, decode steps on one
+    finally:
+        torch.set_num_threads(before)

@@ -36,7 +36,7 @@ def sample_next(
     if params.temperature <= 0:
         tokens = logits.argmax(dim=-1)
         return tokens, torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
-    scaled = logits / params.temperature
+    scaled = logits / params.temperature if params.temperature != 1.0 else logits
     logprobs = torch.log_softmax(scaled, dim=-1)
     filtered = scaled
     if 0 < params.top_k < filtered.shape[-1]:
@@ -48,7 +48,8 @@ def sample_next(
         drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= params.top_p  # keeps the token crossing top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         filtered = filtered.masked_fill(drop, float("-inf"))
-    cdf = torch.softmax(filtered, dim=-1).cumsum(dim=-1)
+    probs = logprobs.exp() if filtered is scaled else torch.softmax(filtered, dim=-1)
+    cdf = probs.cumsum(dim=-1)
     target = (uniforms * cdf[:, -1]).unsqueeze(-1)
     tokens = torch.searchsorted(cdf, target).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
@@ -170,12 +171,15 @@ class HFRollout:
         """Sample token by token into the output tensors; finished rows leave the decode batch."""
         eos = self.eos_token_ids.to(tokens_out.device)
         active = torch.arange(len(tokens_out), device=tokens_out.device)  # output rows still decoding
+        every = slice(None)  # `active` while no row has finished: plain slices, no index tensors
         for step in range(params.max_new_tokens):
-            token, logprob = sample_next(last_logits, params, uniforms[active, step])
-            tokens_out[active, step] = token
-            logprobs_out[active, step] = logprob
+            rows = every if every is not None else active
+            token, logprob = sample_next(last_logits, params, uniforms[rows, step])
+            tokens_out[rows, step] = token
+            logprobs_out[rows, step] = logprob
             done = torch.isin(token, eos)
             if done.any():
+                every = None
                 lengths[active[done]] = step + 1
                 finished[active[done]] = True
                 if bool(done.all()):
