@@ -36,6 +36,12 @@ THREADS = int(os.environ.get("BENCH_THREADS", "2"))  # the issue's setting; over
 SEED = 1
 
 
+def cpu_s() -> float:
+    """CPU seconds used so far by all threads of this process (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -108,13 +114,15 @@ def run_npu_rl(model_dir: str, train: str, work: Path, chan: Channel) -> None:
     start_weights = _checksum(trainer.model)
     while chan.wait():
         records = trainer.sampler.next_batch()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_s()
         metrics = trainer.train_step(records)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, cpu_s() - cpu_start
         trainer.global_step += 1
         chan.send(
             {
+                "threads": torch.get_num_threads(),
                 "step_s": elapsed,
+                "cpu_s": cpu,
                 "completion_tokens": int(metrics["response_length/mean"] * PROMPTS_PER_STEP * GENERATIONS),
                 "grad_norm": metrics["actor/grad_norm"],
                 "adv_nonzero": metrics["critic/advantages/max"] - metrics["critic/advantages/min"] > 0,
@@ -179,10 +187,11 @@ def run_trl(model_dir: str, train: str, work: Path, chan: Channel) -> None:
 
         def on_step_begin(self, *_: Any, **__: Any) -> Any:
             split.clear()
-            state["start"] = time.perf_counter()
+            state["threads"] = torch.get_num_threads()
+            state["start"], state["cpu"] = time.perf_counter(), cpu_s()
 
         def on_step_end(self, *_: Any, **__: Any) -> Any:
-            state["elapsed"] = time.perf_counter() - state["start"]
+            state["elapsed"], state["cpu"] = time.perf_counter() - state["start"], cpu_s() - state["cpu"]
 
         def on_log(
             self, _args: Any, _state: Any, _control: Any, logs: dict[str, float] | None = None, **__: Any
@@ -192,7 +201,9 @@ def run_trl(model_dir: str, train: str, work: Path, chan: Channel) -> None:
                 return
             chan.send(
                 {
+                    "threads": state["threads"],
                     "step_s": state["elapsed"],
+                    "cpu_s": state["cpu"],
                     "completion_tokens": int(logs["completions/mean_length"] * PROMPTS_PER_STEP * GENERATIONS),
                     "grad_norm": float(logs["grad_norm"]),
                     "adv_nonzero": logs["frac_reward_zero_std"] < 1.0,

@@ -123,10 +123,11 @@ def summarize(size: str, reports: dict[str, list[dict]]) -> float:
     med = {s: statistics.median(r["step_s"] for r in reports[s]) for s in SIDES}
     ratio = med["npu_rl"] / med["trl"]
     print(f"\n== {size} ==")
-    print(f"{'':8}{'s/step (median)':>17}{'completion tok/s':>18}{'peak RSS MB':>13}")
+    print(f"{'':8}{'s/step (median)':>17}{'completion tok/s':>18}{'peak RSS MB':>13}{'CPU s/step':>12}")
     for s in SIDES:
         tps = statistics.median(r["completion_tokens"] / r["step_s"] for r in reports[s])
-        print(f"{s:8}{med[s]:>17.3f}{tps:>18.0f}{reports[s][-1]['peak_rss_mb']:>13.0f}")
+        cpu = statistics.median(r["cpu_s"] for r in reports[s])
+        print(f"{s:8}{med[s]:>17.3f}{tps:>18.0f}{reports[s][-1]['peak_rss_mb']:>13.0f}{cpu:>12.3f}")
     print(f"ratio npu_rl/TRL: {ratio:.3f}  ({'meets' if ratio <= 0.5 else 'misses'} the <= 0.5 goal)")
     for s in SIDES:
         names = sorted({k for r in reports[s] for k in r["split"]})
@@ -137,6 +138,8 @@ def summarize(size: str, reports: dict[str, list[dict]]) -> float:
         print(f"{s} split (median s): {split}")
     for s in SIDES:
         print(f"{s} trained: {trained(reports[s])}")
+    threads = {s: sorted({r["threads"] for r in reports[s]}) for s in SIDES}
+    print("torch threads at step start: " + ", ".join(f"{s} {t}" for s, t in threads.items()))
     return ratio
 
 
