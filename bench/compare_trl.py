@@ -26,12 +26,19 @@ alternately, ABBA, one step at a time: they share the machine's noise, and each 
 peak RSS. A TRL step is timed from its `on_step_begin` to its `on_step_end` callback (generation,
 reference pass, loss, backward, optimizer); an npu_rl step is one `GRPOTrainer.train_step`
 (the same work plus reward and metrics). Medians over the timed steps are reported.
+
+The machine is shared. With OpenMP's default (spinning) wait policy, a 2-thread operator whose
+second thread is descheduled by someone else's process waits a whole scheduler slice, and steps
+that take 0.1 s alone take seconds under load, for both trainers alike. Both workers therefore
+run with OMP_WAIT_POLICY=passive by default, which keeps the figures close to a quiet machine's;
+`--omp-wait-policy default` measures with the environment's policy instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -50,11 +57,14 @@ SIDES = ("trl", "npu_rl")
 class Worker:
     """A `_worker.py` process of one side, stepped over a pipe."""
 
-    def __init__(self, side: str, python: str, model: Path, train: Path, work: Path, log: Path) -> None:
+    def __init__(
+        self, side: str, python: str, model: Path, train: Path, work: Path, log: Path, env: dict[str, str]
+    ) -> None:
         self.side = side
         self.log = open(log, "w")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
             [python, str(HERE / "_worker.py"), side, str(model), str(train), str(work / side)],
+            env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -84,8 +94,11 @@ def run_size(
     size: str, paths: dict[str, Path], args: argparse.Namespace, work: Path, logs: Path
 ) -> dict[str, list[dict]]:
     pythons = {"trl": args.trl_python, "npu_rl": args.python}
+    env = dict(os.environ)
+    if args.omp_wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     workers = {
-        side: Worker(side, pythons[side], paths[size], paths["train"], work / size, logs / f"{size}-{side}.log")
+        side: Worker(side, pythons[side], paths[size], paths["train"], work / size, logs / f"{size}-{side}.log", env)
         for side in SIDES
     }
     reports: dict[str, list[dict]] = {side: [] for side in SIDES}
@@ -165,6 +178,11 @@ def main() -> None:
     parser.add_argument("--assets", default=str(ROOT / "assets" / "bench"), help="built here once, then reused")
     parser.add_argument("--python", default=sys.executable, help="interpreter of the npu_rl side")
     parser.add_argument("--trl-python", default=str(ROOT / ".venv-trl" / "bin" / "python"))
+    parser.add_argument(
+        "--omp-wait-policy",
+        default="passive",
+        help="OMP_WAIT_POLICY of both workers (see the docstring); 'default' leaves the environment's",
+    )
     parser.add_argument("--setup", action="store_true", help="create the TRL venv first (see the docstring)")
     args = parser.parse_args()
     if args.setup:
@@ -179,6 +197,7 @@ def main() -> None:
     with open("/proc/loadavg") as fh:
         load = fh.read().split()[:3]
     print(f"load average at start: {' '.join(load)} (2 cores; other work on the machine slows both sides)")
+    print(f"both workers: OMP_WAIT_POLICY={args.omp_wait_policy}, 2 torch threads")
     ratios = {}
     with tempfile.TemporaryDirectory(prefix="compare_trl_") as tmp:
         for size in sizes:

@@ -6,7 +6,8 @@ old-logprob and training passes. Here the distinct prompts go through the model 
 cache, the cache rows are gathered back to one per response (a differentiable index, so the
 prompt's gradient is the sum over its responses), and the responses run on top of it. The
 result equals the plain forward up to floating-point reassociation; only the FLOPs of the
-repeated prompts are gone.
+repeated prompts are gone. Llama-family models take the fused path of npu_rl.llama (prompts and
+responses packed into one token matrix); others run twice through transformers with a KV cache.
 
 Rows sharing a prompt are found from the batch itself (consecutive rows with the same prompt
 columns), so any slicing of a prompt-major batch into micro-batches works unchanged.
@@ -17,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import DynamicCache
+
+from npu_rl import llama
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,6 +55,18 @@ def response_logits(
     # Columns that are padding in every distinct prompt carry nothing: drop them.
     first_col = int(attention_mask[starts, :prompt_width].any(0).nonzero()[0])
     cols = slice(first_col, prompt_width)
+    tail = slice(prompt_width, prompt_width + width - 1)  # the last response token predicts nothing
+    if llama.supports(model):
+        return llama.shared_prompt_logits(
+            model,
+            input_ids[starts, cols],
+            attention_mask[starts, cols],
+            position_ids[starts, cols],
+            input_ids[:, tail],
+            attention_mask[:, tail],
+            position_ids[:, tail],
+            group,
+        )
     cache = DynamicCache()
     head = model(
         input_ids=input_ids[starts, cols],
@@ -66,11 +81,11 @@ def response_logits(
         return first
     cache = head.past_key_values
     cache.batch_select_indices(group)
-    tail = model(
-        input_ids=input_ids[:, prompt_width : prompt_width + width - 1],  # the last token predicts nothing
-        attention_mask=attention_mask[:, first_col : prompt_width + width - 1],
-        position_ids=position_ids[:, prompt_width : prompt_width + width - 1],
+    tail_out = model(
+        input_ids=input_ids[:, tail],
+        attention_mask=attention_mask[:, first_col : tail.stop],
+        position_ids=position_ids[:, tail],
         past_key_values=cache,
         use_cache=True,
     )
-    return torch.cat([first, tail.logits], dim=1)
+    return torch.cat([first, tail_out.logits], dim=1)

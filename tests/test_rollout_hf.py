@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+from _arch_models import sharp_model
+from transformers import AutoModelForCausalLM, Qwen2Config
 
 from npu_rl.rollout import fast_decode
 from npu_rl.rollout.base import SamplingParams
@@ -26,29 +27,6 @@ def model(tiny_model_dir):
 @pytest.fixture(scope="module")
 def pad_id(tiny_tokenizer):
     return tiny_tokenizer.pad_token_id
-
-
-def sharp_model(kind: str, vocab: int) -> torch.nn.Module:
-    """A tiny random model of a supported family (Qwen2; Qwen3: q/k norms; Llama: no biases).
-
-    Its weights are large enough that attention is far from uniform, so a wrong rotation, mask or
-    cache position changes the logits visibly (with the usual 0.02 init it would hardly matter).
-    """
-    common = dict(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        initializer_range=0.25,
-    )
-    cls = {"qwen2": Qwen2Config, "qwen3": Qwen3Config, "llama": LlamaConfig}[kind]
-    config = cls(**common, head_dim=16) if kind == "qwen3" else cls(**common)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
 
 
 def full_forward_logprobs(model, prompt: list[int], response: list[int], temperature: float) -> torch.Tensor:
@@ -154,7 +132,7 @@ def test_rollout_respects_top_k(model, pad_id):
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
 def test_fast_decode_matches_transformers_decode(model, pad_id, arch):
-    net = sharp_model(arch, model.config.vocab_size)
+    net = sharp_model(arch, model.config.vocab_size, pad_id).eval()
     assert fast_decode.supports(net)
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=16)
     seeds = [3, 1, 4, 1]
@@ -179,7 +157,7 @@ def test_fast_decode_declines_what_it_does_not_reproduce(model):
 def test_small_model_decodes_on_one_thread_and_restores_the_setting(model, pad_id):
     before = torch.get_num_threads()
     seen = []
-    net = sharp_model("qwen2", model.config.vocab_size)
+    net = sharp_model("qwen2", model.config.vocab_size, pad_id).eval()
     net.lm_head.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))  # fires only on the slow path
     try:
         torch.set_num_threads(2)

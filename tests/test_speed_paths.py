@@ -10,21 +10,20 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config
+from _arch_models import sharp_model
 
-from npu_rl import actor, cpu_linear, prefix
+from npu_rl import actor, cpu_linear, llama, prefix
 
 PROMPTS = [[5, 17, 42, 99, 7, 301], [12, 250], [64, 65, 66, 67]]
 N = 3
 
 
-@pytest.fixture(scope="module")
-def model(tiny_model_dir):
-    """The tiny test model with weights large enough for attention to be far from uniform."""
-    config = Qwen2Config.from_pretrained(tiny_model_dir)
-    config.initializer_range = 0.25
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+@pytest.fixture(scope="module", params=["qwen2", "qwen3", "llama", "mistral"])
+def model(request, tiny_tokenizer):
+    """Fused npu_rl.llama path for the first three, the transformers cache path for Mistral."""
+    net = sharp_model(request.param, 512, tiny_tokenizer.pad_token_id)
+    assert llama.supports(net) == (request.param != "mistral")
+    return net
 
 
 def make_batch(pad_id: int, lengths: list[int], width: int = 7) -> actor.PolicyBatch:
@@ -52,8 +51,9 @@ def test_shared_prompt_forward_equals_plain_forward(model, tiny_tokenizer, rows)
     shared = logprobs_and_grads(model, batch, share=True)
     torch.testing.assert_close(shared[0][mask], plain[0][mask], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared[1][mask], plain[1][mask], atol=1e-5, rtol=1e-5)
-    for name, grad in plain[2].items():
-        torch.testing.assert_close(shared[2][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    for name, grad in plain[2].items():  # fp32 reassociation: tolerance relative to the tensor's scale
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(shared[2][name], grad, atol=2e-6 * scale, rtol=1e-4, msg=name)
 
 
 def test_all_padding_columns_are_skipped_and_zero(model, tiny_tokenizer):

@@ -20,35 +20,9 @@ from torch.nn import functional as F
 from transformers import DynamicCache
 
 from npu_rl import cpu_linear
+from npu_rl.llama import fused_weights, rms_norm, rotary_tables, rotate, supports
 
-SUPPORTED_TYPES = ("qwen2", "qwen3", "llama")
-
-
-def supports(model: nn.Module) -> bool:
-    """Whether `model` has exactly the structure `FastDecoder` reproduces (else use transformers)."""
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "model_type", None) not in SUPPORTED_TYPES:
-        return False
-    if getattr(config, "hidden_act", None) != "silu" or getattr(config, "use_sliding_window", False):
-        return False
-    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
-        return False
-    if any(hasattr(p, "device_mesh") for p in model.parameters()):  # sharded (FSDP2 DTensor) weights
-        return False
-    inner = getattr(model, "model", None)
-    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
-    return inner is not None and all(hasattr(inner, n) for n in needed) and hasattr(model, "lm_head")
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps)
-    normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)  # as transformers does
-    return weight * normed.to(x.dtype)
-
-
-def _cat_or_none(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
-    return None if all(t is None for t in tensors) else torch.cat([t for t in tensors if t is not None])
+__all__ = ["FastDecoder", "supports"]
 
 
 class _Linear:
@@ -64,7 +38,7 @@ class _Linear:
 
 @dataclass
 class _Layer:
-    """One decoder layer's weights, projections fused."""
+    """One decoder layer's weights, projections fused and packed."""
 
     ln_in: torch.Tensor
     ln_post: torch.Tensor
@@ -74,6 +48,20 @@ class _Layer:
     down: _Linear
     q_norm: torch.Tensor | None  # Qwen3 normalises each head's q and k before the rotation
     k_norm: torch.Tensor | None
+
+    @classmethod
+    def of(cls, layer: nn.Module, rows: int) -> _Layer:
+        w = fused_weights(layer)
+        return cls(
+            ln_in=layer.input_layernorm.weight,
+            ln_post=layer.post_attention_layernorm.weight,
+            qkv=_Linear(w["qkv_w"], w["qkv_b"], rows),
+            o=_Linear(w["o_w"], w["o_b"], rows),
+            gate_up=_Linear(w["gate_up_w"], w["gate_up_b"], rows),
+            down=_Linear(w["down_w"], w["down_b"], rows),
+            q_norm=w["q_norm"],
+            k_norm=w["k_norm"],
+        )
 
 
 class FastDecoder:
@@ -91,26 +79,7 @@ class FastDecoder:
         self.embed = inner.embed_tokens.weight
         self.final_norm = inner.norm.weight
         self.lm_head = _Linear(model.lm_head.weight, model.lm_head.bias, rows)
-        self.layers = []
-        for layer in inner.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
-            self.layers.append(
-                _Layer(
-                    ln_in=layer.input_layernorm.weight,
-                    ln_post=layer.post_attention_layernorm.weight,
-                    qkv=_Linear(torch.cat([p.weight for p in qkv]), _cat_or_none([p.bias for p in qkv]), rows),
-                    o=_Linear(attn.o_proj.weight, attn.o_proj.bias, rows),
-                    gate_up=_Linear(
-                        torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
-                        _cat_or_none([mlp.gate_proj.bias, mlp.up_proj.bias]),
-                        rows,
-                    ),
-                    down=_Linear(mlp.down_proj.weight, mlp.down_proj.bias, rows),
-                    q_norm=getattr(getattr(attn, "q_norm", None), "weight", None),
-                    k_norm=getattr(getattr(attn, "k_norm", None), "weight", None),
-                )
-            )
+        self.layers = [_Layer.of(layer, rows) for layer in inner.layers]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
 
@@ -139,11 +108,8 @@ class FastDecoder:
         self.bias = torch.zeros(rows, 1, 1, length, dtype=dtype, device=mask.device).masked_fill(
             ~mask[:, None, None, :], torch.finfo(dtype).min
         )
-        cos, sin = self.model.model.rotary_emb(self.keys[0], positions)
-        half = self.head_dim // 2
-        # rotate_half(x) * sin == roll(x, half) * [-sin_1, sin_2]: one roll instead of slice/neg/cat.
-        self.cos = cos[:, :, None, :]
-        self.sin = torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)[:, :, None, :]
+        cos, sin = rotary_tables(self.model, self.keys[0], positions)
+        self.cos, self.sin = cos[:, :, None, :], sin[:, :, None, :]
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the rows `keep` (finished sequences leave the decode batch)."""
@@ -160,14 +126,14 @@ class FastDecoder:
         bias = self.bias[..., : col + 1]
         h = F.embedding(tokens, self.embed)
         for i, w in enumerate(self.layers):
-            x = _rms_norm(h, w.ln_in, self.eps)
+            x = rms_norm(h, w.ln_in, self.eps)
             qkv = w.qkv(x)
             qk = qkv[:, : (heads + kv) * hd].view(rows, heads + kv, hd)
             if w.q_norm is not None:
                 qk = torch.cat(
-                    [_rms_norm(qk[:, :heads], w.q_norm, self.eps), _rms_norm(qk[:, heads:], w.k_norm, self.eps)], 1
+                    [rms_norm(qk[:, :heads], w.q_norm, self.eps), rms_norm(qk[:, heads:], w.k_norm, self.eps)], 1
                 )
-            qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin
+            qk = rotate(qk, cos, sin)
             self.keys[i][:, :, col] = qk[:, heads:]
             self.values[i][:, :, col] = qkv[:, (heads + kv) * hd :].view(rows, kv, hd)
             q = qk[:, :heads].reshape(rows, kv, heads // kv, hd)  # query head j uses kv head j // group
@@ -175,7 +141,7 @@ class FastDecoder:
                 q, self.keys[i][:, :, : col + 1], self.values[i][:, :, : col + 1], attn_mask=bias
             )
             h = h + w.o(attn.reshape(rows, heads * hd))
-            x = _rms_norm(h, w.ln_post, self.eps)
+            x = rms_norm(h, w.ln_post, self.eps)
             gate, up = w.gate_up(x).chunk(2, dim=-1)
             h = h + w.down(F.silu(gate) * up)
-        return self.lm_head(_rms_norm(h, self.final_norm, self.eps))
+        return self.lm_head(rms_norm(h, self.final_norm, self.eps))

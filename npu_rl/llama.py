@@ -1,0 +1,159 @@
+"""Fused forward of Llama-family models (Qwen2, Qwen3, Llama) for the logprob and training passes.
+
+The transformers forward is written for every model and every attention backend; a GRPO pass on
+a CPU pays for that generality in operator count: RMSNorm as eight elementwise operators,
+separate q/k/v and gate/up matmuls, the rotation as slices and concatenations, the key/value heads
+copied for grouped-query attention, twice as many operators again in backward. Each operator
+split over threads is a synchronisation point, which on a small model (or a busy machine) costs
+more than the arithmetic. This module runs the same arithmetic with a fraction of the operators:
+one fused-RMSNorm, one q/k/v and one gate/up matmul (weights concatenated per call, which autograd
+splits back), one rotation over q and k together, grouped-query attention without copies, and
+the prompt and response tokens of a shared-prompt batch packed into one matrix for every
+projection. Models it does not reproduce exactly go through transformers (`supports`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from npu_rl import cpu_linear
+
+SUPPORTED_TYPES = ("qwen2", "qwen3", "llama")
+
+
+def supports(model: nn.Module) -> bool:
+    """Whether `model` has exactly the structure reproduced here and in rollout.fast_decode."""
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in SUPPORTED_TYPES:
+        return False
+    if getattr(config, "hidden_act", None) != "silu" or getattr(config, "use_sliding_window", False):
+        return False
+    if getattr(config, "attention_dropout", 0.0) or getattr(config, "pretraining_tp", 1) != 1:
+        return False
+    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+        return False
+    if any(hasattr(p, "device_mesh") for p in model.parameters()):  # sharded (FSDP2 DTensor) weights
+        return False
+    inner = getattr(model, "model", None)
+    needed = ("embed_tokens", "layers", "norm", "rotary_emb")
+    return inner is not None and all(hasattr(inner, n) for n in needed) and hasattr(model, "lm_head")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The transformers RMSNorm (statistics in fp32), one fused operator in fp32."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)
+    normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def cat_or_none(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if all(t is None for t in tensors) else torch.cat([t for t in tensors if t is not None])
+
+
+def fused_weights(layer: nn.Module) -> dict[str, torch.Tensor | None]:
+    """One decoder layer's weights with q/k/v and gate/up concatenated (differentiable)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
+    return {
+        "qkv_w": torch.cat([p.weight for p in qkv]),
+        "qkv_b": cat_or_none([p.bias for p in qkv]),
+        "o_w": attn.o_proj.weight,
+        "o_b": attn.o_proj.bias,
+        "gate_up_w": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+        "gate_up_b": cat_or_none([mlp.gate_proj.bias, mlp.up_proj.bias]),
+        "down_w": mlp.down_proj.weight,
+        "down_b": mlp.down_proj.bias,
+        "q_norm": getattr(getattr(attn, "q_norm", None), "weight", None),
+        "k_norm": getattr(getattr(attn, "k_norm", None), "weight", None),
+    }
+
+
+def rotate(qk: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of q and k heads together: rotate_half(x) * sin == roll(x, d/2) * signed_sin."""
+    return qk * cos + qk.roll(qk.shape[-1] // 2, dims=-1) * signed_sin
+
+
+def rotary_tables(model: nn.Module, like: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, signed sin) for `positions` [..., S] from the model's own rotary module."""
+    cos, sin = model.model.rotary_emb(like, positions)
+    half = cos.shape[-1] // 2
+    return cos, torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Grouped-query attention without repeating k/v: the query heads sharing a kv head become
+    extra query rows of it. q [B, H, Q, d], k/v [B, KV, L, d], mask [B, 1, H/KV*Q, L] (see `group_mask`)."""
+    b, heads, queries, dim = q.shape
+    kv = k.shape[1]
+    out = F.scaled_dot_product_attention(q.reshape(b, kv, heads // kv * queries, dim), k, v, attn_mask=mask)
+    return out.view(b, heads, queries, dim)
+
+
+def group_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """[B, Q, L] boolean mask laid out for `grouped_attention` (row g*Q + q is query q)."""
+    return mask.repeat(1, groups, 1)[:, None]
+
+
+def shared_prompt_logits(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    prompt_pos: torch.Tensor,
+    tail_ids: torch.Tensor,
+    tail_mask: torch.Tensor,
+    tail_pos: torch.Tensor,
+    group: torch.Tensor,
+) -> torch.Tensor:
+    """Logits [N, 1 + T, V]: the last prompt token's, then every tail token's.
+
+    Distinct prompts [G, P] (left-padded) run once; tail row i [T] (right-padded) continues prompt
+    `group[i]`. Both are packed into one token matrix for the projections; only attention sees
+    the two layouts.
+    """
+    cfg, inner = model.config, model.model
+    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    eps = cfg.rms_norm_eps
+    (g, p), (n, t) = prompt_ids.shape, tail_ids.shape
+    split = g * p
+    embed = inner.embed_tokens
+    h = F.embedding(torch.cat([prompt_ids.reshape(-1), tail_ids.reshape(-1)]), embed.weight, embed.padding_idx)
+    cos, sin = rotary_tables(model, h, torch.cat([prompt_pos.reshape(-1), tail_pos.reshape(-1)])[None])
+    cos, sin = cos[0, :, None], sin[0, :, None]  # [S, 1, d] against [S, heads, d]
+
+    # Masks: causal over real tokens; a padding query sees itself only (finite, never read).
+    prompt_valid, tail_valid = prompt_mask.bool(), tail_mask.bool()
+    eye_p = torch.eye(p, dtype=torch.bool, device=h.device)
+    causal_p = torch.ones(p, p, dtype=torch.bool, device=h.device).tril()
+    pmask = (causal_p & prompt_valid[:, None, :]) | eye_p
+    causal_t = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
+    own = (causal_t & tail_valid[:, None, :]) | torch.eye(t, dtype=torch.bool, device=h.device)
+    tmask = torch.cat([prompt_valid[group][:, None, :].expand(n, t, p), own], dim=-1)
+    pmask, tmask = group_mask(pmask, heads // kv), group_mask(tmask, heads // kv)
+
+    for layer in inner.layers:
+        w = fused_weights(layer)
+        x = rms_norm(h, layer.input_layernorm.weight, eps)
+        qkv = cpu_linear.linear(x, w["qkv_w"], w["qkv_b"])
+        qk = qkv[:, : (heads + kv) * dim].view(-1, heads + kv, dim)
+        if w["q_norm"] is not None:
+            qk = torch.cat([rms_norm(qk[:, :heads], w["q_norm"], eps), rms_norm(qk[:, heads:], w["k_norm"], eps)], 1)
+        qk = rotate(qk, cos, sin)
+        v = qkv[:, (heads + kv) * dim :].view(-1, kv, dim)
+        q, k = qk[:, :heads], qk[:, heads:]
+        qp, kp, vp = (z[:split].view(g, p, -1, dim).transpose(1, 2) for z in (q, k, v))
+        qt, kt, vt = (z[split:].view(n, t, -1, dim).transpose(1, 2) for z in (q, k, v))
+        out_p = grouped_attention(qp, kp, vp, pmask)
+        out_t = grouped_attention(qt, torch.cat([kp[group], kt], 2), torch.cat([vp[group], vt], 2), tmask)
+        attn = torch.cat([out_p.transpose(1, 2).reshape(split, -1), out_t.transpose(1, 2).reshape(n * t, -1)])
+        h = h + cpu_linear.linear(attn, w["o_w"], w["o_b"])
+        x = rms_norm(h, layer.post_attention_layernorm.weight, eps)
+        gate, up = cpu_linear.linear(x, w["gate_up_w"], w["gate_up_b"]).chunk(2, dim=-1)
+        h = h + cpu_linear.linear(F.silu(gate) * up, w["down_w"], w["down_b"])
+    h = rms_norm(h, inner.norm.weight, eps)
+    last_prompt = h[:split].view(g, p, -1)[:, -1][group][:, None]
+    hidden = torch.cat([last_prompt, h[split:].view(n, t, -1)], dim=1)
+    return cpu_linear.linear(hidden, model.lm_head.weight, model.lm_head.bias)
