@@ -93,14 +93,12 @@ def forward_logprobs(
     used = max(1, int(batch.response_mask.sum(-1).max().item()))  # responses are left-aligned
     keep = batch.input_ids.shape[1] - width + used
     ids, mask, pos = batch.input_ids[:, :keep], batch.attention_mask[:, :keep], batch.position_ids[:, :keep]
-    logits = None
-    plain = not prefix.can_share_prompts(model)  # gradient checkpointing: no cache, no oneDNN (re-run forward)
-    with cpu_linear.linear_mode(share_prompts and not plain):
-        if share_prompts and not plain:
-            logits = prefix.response_logits(model, ids, mask, pos, used)
-        if logits is None:
+    fast = share_prompts and prefix.can_share_prompts(model)  # not under gradient checkpointing
+    logits = prefix.response_logits(model, ids, mask, pos, used) if fast else None
+    if logits is None:
+        with cpu_linear.linear_mode(fast):
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=used + 1)
-            logits = out.logits[:, :-1]  # position t predicts token t + 1
+        logits = out.logits[:, :-1]  # position t predicts token t + 1
     logits = logits.float() / temperature
     logprobs = core_algos.logprobs_from_logits(logits, ids[:, -used:])
     entropy = None

@@ -144,16 +144,18 @@ def shared_prompt_logits(
         qk = rotate(qk, cos, sin)
         v = qkv[:, (heads + kv) * dim :].view(-1, kv, dim)
         q, k = qk[:, :heads], qk[:, heads:]
-        qp, kp, vp = (z[:split].view(g, p, -1, dim).transpose(1, 2) for z in (q, k, v))
-        qt, kt, vt = (z[split:].view(n, t, -1, dim).transpose(1, 2) for z in (q, k, v))
+        qp, kp, vp = (z[:split].view(g, p, z.shape[1], dim).transpose(1, 2) for z in (q, k, v))
+        qt, kt, vt = (z[split:].view(n, t, z.shape[1], dim).transpose(1, 2) for z in (q, k, v))
         out_p = grouped_attention(qp, kp, vp, pmask)
         out_t = grouped_attention(qt, torch.cat([kp[group], kt], 2), torch.cat([vp[group], vt], 2), tmask)
-        attn = torch.cat([out_p.transpose(1, 2).reshape(split, -1), out_t.transpose(1, 2).reshape(n * t, -1)])
+        attn = torch.cat(
+            [out_p.transpose(1, 2).reshape(split, heads * dim), out_t.transpose(1, 2).reshape(n * t, heads * dim)]
+        )
         h = h + cpu_linear.linear(attn, w["o_w"], w["o_b"])
         x = rms_norm(h, layer.post_attention_layernorm.weight, eps)
         gate, up = cpu_linear.linear(x, w["gate_up_w"], w["gate_up_b"]).chunk(2, dim=-1)
         h = h + cpu_linear.linear(F.silu(gate) * up, w["down_w"], w["down_b"])
     h = rms_norm(h, inner.norm.weight, eps)
     last_prompt = h[:split].view(g, p, -1)[:, -1][group][:, None]
-    hidden = torch.cat([last_prompt, h[split:].view(n, t, -1)], dim=1)
+    hidden = torch.cat([last_prompt, h[split:].view(n, t, h.shape[-1])], dim=1)
     return cpu_linear.linear(hidden, model.lm_head.weight, model.lm_head.bias)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from npu_rl import llama
+from npu_rl import cpu_linear, llama
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,22 +41,23 @@ def response_logits(
     position_ids: torch.Tensor,
     width: int,
 ) -> torch.Tensor | None:
-    """Logits predicting the last `width` columns of each row ([N, width, V]), or None when no
-    prompt is shared (then the plain forward is as cheap and the caller should use it).
+    """Logits predicting the last `width` columns of each row ([N, width, V]), or None when the
+    plain forward is as cheap (a model without the fused path and no shared prompt).
 
     Rows are left-padded prompts followed by `width` response columns, as in `PolicyBatch`.
     """
     prompt_width = input_ids.shape[1] - width
+    fused = llama.supports(model)
     if prompt_width <= 0 or width <= 0:
         return None
     starts, group = prompt_groups(input_ids[:, :prompt_width], attention_mask[:, :prompt_width])
-    if len(starts) == len(input_ids):
+    if len(starts) == len(input_ids) and not fused:
         return None
     # Columns that are padding in every distinct prompt carry nothing: drop them.
     first_col = int(attention_mask[starts, :prompt_width].any(0).nonzero()[0])
     cols = slice(first_col, prompt_width)
     tail = slice(prompt_width, prompt_width + width - 1)  # the last response token predicts nothing
-    if llama.supports(model):
+    if fused:
         return llama.shared_prompt_logits(
             model,
             input_ids[starts, cols],
@@ -67,25 +68,26 @@ def response_logits(
             position_ids[:, tail],
             group,
         )
-    cache = DynamicCache()
-    head = model(
-        input_ids=input_ids[starts, cols],
-        attention_mask=attention_mask[starts, cols],
-        position_ids=position_ids[starts, cols],
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    first = head.logits[:, -1:][group]  # the last prompt token predicts response token 0
-    if width == 1:
-        return first
-    cache = head.past_key_values
-    cache.batch_select_indices(group)
-    tail_out = model(
-        input_ids=input_ids[:, tail],
-        attention_mask=attention_mask[:, first_col : tail.stop],
-        position_ids=position_ids[:, tail],
-        past_key_values=cache,
-        use_cache=True,
-    )
+    with cpu_linear.linear_mode():
+        cache = DynamicCache()
+        head = model(
+            input_ids=input_ids[starts, cols],
+            attention_mask=attention_mask[starts, cols],
+            position_ids=position_ids[starts, cols],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        first = head.logits[:, -1:][group]  # the last prompt token predicts response token 0
+        if width == 1:
+            return first
+        cache = head.past_key_values
+        cache.batch_select_indices(group)
+        tail_out = model(
+            input_ids=input_ids[:, tail],
+            attention_mask=attention_mask[:, first_col : tail.stop],
+            position_ids=position_ids[:, tail],
+            past_key_values=cache,
+            use_cache=True,
+        )
     return torch.cat([first, tail_out.logits], dim=1)

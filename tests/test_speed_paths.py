@@ -56,8 +56,10 @@ def test_shared_prompt_forward_equals_plain_forward(model, tiny_tokenizer, rows)
         torch.testing.assert_close(shared[2][name], grad, atol=2e-6 * scale, rtol=1e-4, msg=name)
 
 
-def test_all_padding_columns_are_skipped_and_zero(model, tiny_tokenizer):
-    batch = make_batch(tiny_tokenizer.pad_token_id, [3, 2, 3, 1, 3, 2, 2, 3, 1], width=7)  # columns 3..6 all padding
+@pytest.mark.parametrize("lengths", [[3, 2, 3, 1, 3, 2, 2, 3, 1], [1] * 9], ids=["up-to-3", "all-1"])
+def test_all_padding_columns_are_skipped_and_zero(model, tiny_tokenizer, lengths):
+    batch = make_batch(tiny_tokenizer.pad_token_id, lengths, width=7)  # columns past the longest: all padding
+    used = max(lengths)
     with torch.no_grad():
         out = model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
@@ -67,7 +69,7 @@ def test_all_padding_columns_are_skipped_and_zero(model, tiny_tokenizer):
     for share in (False, True):
         logprobs, _ = actor.forward_logprobs(model, batch, 0.8, share_prompts=share)
         assert logprobs.shape == (9, 7)
-        assert (logprobs[:, 3:] == 0).all()
+        assert (logprobs[:, used:] == 0).all()
         mask = batch.response_mask.bool()
         torch.testing.assert_close(logprobs[mask], expected[mask], atol=1e-5, rtol=1e-5)
 
