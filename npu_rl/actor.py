@@ -99,7 +99,7 @@ def forward_logprobs(
         with cpu_linear.linear_mode(fast):
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=used + 1)
         logits = out.logits[:, :-1]  # position t predicts token t + 1
-    logits = logits.float() / temperature
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
     logprobs = core_algos.logprobs_from_logits(logits, ids[:, -used:])
     entropy = None
     if with_entropy:

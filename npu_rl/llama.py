@@ -85,16 +85,20 @@ def rotary_tables(model: nn.Module, like: torch.Tensor, positions: torch.Tensor)
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Grouped-query attention without repeating k/v: the query heads sharing a kv head become
-    extra query rows of it. q [B, H, Q, d], k/v [B, KV, L, d], mask [B, 1, H/KV*Q, L] (see `group_mask`)."""
+    extra query rows of it. q [B, H, Q, d], k/v [B, KV, L, d], mask [B, 1, H/KV*Q, L] from `group_mask`."""
     b, heads, queries, dim = q.shape
     kv = k.shape[1]
     out = F.scaled_dot_product_attention(q.reshape(b, kv, heads // kv * queries, dim), k, v, attn_mask=mask)
     return out.view(b, heads, queries, dim)
 
 
-def group_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:
-    """[B, Q, L] boolean mask laid out for `grouped_attention` (row g*Q + q is query q)."""
-    return mask.repeat(1, groups, 1)[:, None]
+def group_mask(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, Q, L] boolean mask as the additive bias `grouped_attention` takes (row g*Q + q is query q).
+
+    An additive float bias, not a boolean mask: the CPU attention kernel is markedly faster with it.
+    """
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    return bias.repeat(1, groups, 1)[:, None]
 
 
 def shared_prompt_logits(
@@ -132,7 +136,7 @@ def shared_prompt_logits(
     causal_t = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
     own = (causal_t & tail_valid[:, None, :]) | torch.eye(t, dtype=torch.bool, device=h.device)
     tmask = torch.cat([prompt_valid[group][:, None, :].expand(n, t, p), own], dim=-1)
-    pmask, tmask = group_mask(pmask, heads // kv), group_mask(tmask, heads // kv)
+    pmask, tmask = group_mask(pmask, heads // kv, h.dtype), group_mask(tmask, heads // kv, h.dtype)
 
     for layer in inner.layers:
         w = fused_weights(layer)
