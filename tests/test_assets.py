@@ -166,3 +166,18 @@ def test_demo_config_is_valid_and_points_at_the_assets():
     assert cfg.data.val_files == ["assets/data/synthetic/test.parquet"]
     assert cfg.trainer.device == "cpu" and not cfg.needs_ref
     assert cfg.rollout.val_kwargs.temperature == 0.0
+
+
+def test_build_base_writes_a_loadable_folder_and_skips_held_out_problems(synthetic_parquet, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    held_out = make_tiny_model.held_out_keys(synthetic_parquet["test"])
+    assert held_out == {msm.row_key(r) for r in pq.read_table(synthetic_parquet["test"]).to_pylist()}
+    assert len(held_out) == 16
+    stages = (make_tiny_model.Stage("s", steps=2, lr=1e-3, shortcut_share=0.5, batch_size=4),)
+    out = make_tiny_model.build_base(tmp_path / "base", synthetic_parquet["test"], stages=stages, size="test")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.hidden_size == make_tiny_model.SIZES["test"]["hidden_size"]
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False).startswith("<|im_start|>")
+    assert (out / "generation_config.json").is_file()

@@ -167,16 +167,23 @@ def held_out_keys(test_parquet: str | Path) -> set[tuple[str, tuple[int, ...]]]:
 # on a mostly-shortcut mix, which flips greedy decoding to the shortcut while sampling keeps working.
 STAGES = (
     Stage("stage1-worked", steps=400, lr=2e-3, shortcut_share=0.0, warmup_steps=20),
-    Stage("stage2-shortcut-mix", steps=80, lr=1e-3, shortcut_share=0.78),
+    Stage("stage2-shortcut-mix", steps=60, lr=5e-4, shortcut_share=0.78),
 )
 
 
 def build_base(
-    out_dir: str | Path, test_parquet: str | Path, seed: int = 0, stages: tuple[Stage, ...] = STAGES
+    out_dir: str | Path,
+    test_parquet: str | Path,
+    seed: int = 0,
+    stages: tuple[Stage, ...] = STAGES,
+    size: str = "demo",
 ) -> Path:
-    """Tokenizer + random Qwen2 + the pre-training stages, saved as one HF folder."""
+    """Tokenizer + random Qwen2 + the pre-training stages, saved as one HF folder.
+
+    Pre-training never sees a problem of `test_parquet` (same template kind and operands).
+    """
     tokenizer = build_tokenizer(seed)
-    model = random_model(tokenizer, "demo", seed)
+    model = random_model(tokenizer, size, seed)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
     problems = iter_problems(seed + 1, exclude=held_out_keys(test_parquet))
     rng = random.Random(seed + 2)
