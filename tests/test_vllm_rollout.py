@@ -189,6 +189,34 @@ def test_tensor_parallel_across_torchrun_ranks(engine, vllm_model_dir, prompts, 
         assert got["synced_diff"] < TOL
 
 
+def _data_parallel_worker(info: DistInfo, model_dir: str, prompts: list[list[int]], out_dir: str) -> None:
+    """One torchrun rank with its own engine (TP=1, DP=2): rank 1 has no prompt in the first call and
+    more than rank 0 in the second, yet both must step the engines' lockstep together."""
+    from transformers import AutoTokenizer
+
+    engine = VLLMRollout(
+        RolloutConfig(name="vllm", max_num_seqs=4), model_dir, AutoTokenizer.from_pretrained(model_dir), CPU, info,
+        "float32", max_model_len=128,
+    )  # fmt: skip
+    params = SamplingParams(n=2, temperature=0.7, max_new_tokens=MAX_NEW)
+    first = engine.generate(prompts if info.rank == 0 else [], params, seeds=[101, 102] if info.rank == 0 else [])
+    second = engine.generate(prompts[: info.rank + 1], params, seeds=[101, 102][: info.rank + 1])
+    engine.close()
+    torch.save({"first": first.response_ids, "second": second.response_ids}, Path(out_dir) / f"rank{info.rank}.pt")
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_data_parallel_ranks_with_uneven_prompts(engine, vllm_model_dir, prompts, tmp_path):
+    """TP=1 under torchrun: one engine per rank, stepping in lockstep even when a rank has no prompt."""
+    run_workers(_data_parallel_worker, 2, str(vllm_model_dir), prompts, str(tmp_path))
+    single = engine.generate(prompts, SamplingParams(n=2, temperature=0.7, max_new_tokens=MAX_NEW), seeds=[101, 102])
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert rank1["first"].shape[0] == 0
+    for got, rows in ((rank0["first"], 4), (rank0["second"], 2), (rank1["second"], 4)):
+        assert torch.equal(got, single.response_ids[:rows, : got.shape[1]])
+
+
 @pytest.mark.slow
 def test_grpo_trains_two_steps_with_vllm_rollout(vllm_model_dir, synthetic_parquet, tmp_path):
     """`python -m npu_rl.train rollout.name=vllm`: the CLI entry point (vLLM spawns its engine

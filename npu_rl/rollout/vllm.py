@@ -150,7 +150,7 @@ class VLLMRollout:
         mine = slice(0, len(prompts))
         if self.in_process and self.cfg.tensor_parallel_size > 1:
             prompts, seeds, mine = self._gather_tensor_parallel(prompts, seeds)
-        if not prompts:
+        if not prompts and not self.in_process:  # in-process engines step in lockstep: join even with nothing
             return _pack([], self.pad_token_id)
 
         from vllm.inputs import TokensPrompt
