@@ -1,9 +1,12 @@
 """Transformers rollout backend: batched sampling with a KV cache, colocated with the trainer.
 
-It generates with the trainer's own module, so there is nothing to sync between steps. Two
-choices make it faster than `model.generate` for GRPO: each prompt is prefilled once and its KV
-cache is shared by its n samples, and finished sequences are dropped from the decode batch so
-the tail of a long response does not pay for the short ones.
+It generates with the trainer's own module, so there is nothing to sync between steps. What
+makes it faster than `model.generate` for GRPO: each prompt is prefilled once and its KV cache is
+shared by its n samples; finished sequences are dropped from the decode batch so the tail of a
+long response does not pay for the short ones; Llama-family models decode through
+`fast_decode.FastDecoder` (fused weights, pre-allocated cache, oneDNN matmuls on the CPU); and a
+model small enough for its decode steps to be synchronisation-bound decodes on one CPU thread.
+`fast=False` keeps the plain transformers decode, the reference the fast path is tested against.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class HFRollout:
         fast: bool = True,
     ) -> None:
         self.model = model
-        self.fast = fast  # False: decode with the transformers forward (the reference path)
+        self.fast = fast
         self.eos_token_ids = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self.pad_token_id = pad_token_id
         self.micro_batch_size = micro_batch_size
