@@ -1,14 +1,14 @@
 """fp32 linear layers on the CPU through oneDNN instead of the BLAS torch uses by default.
 
-torch runs a CPU fp32 `F.linear` on MKL's sgemm. On AMD CPUs MKL does not use its AVX-512 kernels,
-and on small row counts (decoding) it repacks the weight on every call; oneDNN (also inside every
-torch CPU build) has neither problem. On the 2-core AMD EPYC (Zen, AVX-512) this project is
-measured on, oneDNN does ~250 GFLOP/s per core on the policy's matmuls where sgemm does ~115, and
-a decode-sized matmul against a pre-packed weight takes a third of sgemm's time.
+torch runs a CPU fp32 `F.linear` on MKL's sgemm. On the 2-core AMD EPYC (Zen, AVX-512) this
+project is measured on, sgemm reaches ~115 GFLOP/s per core on the policy's matmuls (MKL is not
+tuned for AMD CPUs) where oneDNN, also inside every torch CPU build, reaches ~250; and for a few
+rows (decoding) a matmul against a weight pre-packed once for oneDNN takes a third of sgemm's time.
 
-`linear_mode()` routes every eligible `F.linear` inside it (CPU, fp32, plain tensors) through
-`OneDNNLinear`, whose backward uses oneDNN too; everything else is left to torch. Results match
-sgemm to fp32 rounding (another summation order). Set NPU_RL_ONEDNN_LINEAR=0 to turn it off.
+`linear` (and, around transformers code, `linear_mode()`) sends every eligible linear (CPU, fp32,
+plain tensors) through `OneDNNLinear`, whose backward uses oneDNN too; anything else is left to
+torch. Results match sgemm to fp32 rounding (another summation order). NPU_RL_ONEDNN_LINEAR=0
+turns it off.
 """
 
 from __future__ import annotations
