@@ -5,7 +5,7 @@
 #
 # 1. creates/uses .venv and installs npu_rl (run/setup_env.sh; CPU torch, never a CUDA build)
 # 2. builds the assets if absent: synthetic train/test parquet (assets/data/synthetic) and the
-#    pre-trained tiny base (assets/models/tiny-base; 400 + 60 pre-training steps)
+#    pre-trained tiny base (assets/models/tiny-base; 500 + 60 pre-training steps)
 # 3. evaluates the base on the held-out test parquet: greedy accuracy, sampled accuracy (T=1),
 #    pass@8, mean response length
 # 4. GRPO with run/configs/tiny_grpo.yaml (60 steps of 16 prompts x 8 samples)

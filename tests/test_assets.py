@@ -181,3 +181,8 @@ def test_build_base_writes_a_loadable_folder_and_skips_held_out_problems(synthet
     assert model.config.hidden_size == make_tiny_model.SIZES["test"]["hidden_size"]
     assert tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False).startswith("<|im_start|>")
     assert (out / "generation_config.json").is_file()
+
+
+def test_asking_for_more_problems_than_exist_is_an_error():
+    with pytest.raises(ValueError, match="distinct"):
+        msm.make_splits(100_000, 10, seed=0)

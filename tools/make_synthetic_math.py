@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,8 @@ DATA_SOURCE = "synthetic/arith"
 INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
 
 NAMES = ["Ana", "Ben", "Cleo", "Dev", "Eva", "Finn", "Gia", "Hugo", "Ines", "Jon", "Kira", "Leo"]
+ProblemKey = tuple[str, tuple[int, ...]]  # template kind, operands
+
 ITEMS = ["apples", "pencils", "stickers", "marbles", "cookies", "books", "shells", "cards", "coins", "stamps"]
 
 
@@ -44,7 +46,7 @@ class Problem:
     answer: int
 
     @property
-    def key(self) -> tuple[str, tuple[int, ...]]:
+    def key(self) -> ProblemKey:
         """Identity used to keep splits disjoint: same template kind and operands = same problem."""
         return (self.kind, self.numbers)
 
@@ -148,7 +150,7 @@ def sample_problem(rng: random.Random) -> Problem:
     return Problem(kind=kind, numbers=(a, b, c), question=question, steps=steps, answer=answer)
 
 
-def iter_problems(seed: int, exclude: set[tuple[str, tuple[int, ...]]] = frozenset()) -> Iterator[Problem]:
+def iter_problems(seed: int, exclude: Set[ProblemKey] = frozenset()) -> Iterator[Problem]:
     """Endless stream of problems whose key is not in `exclude` (repeats among themselves allowed)."""
     rng = random.Random(seed)
     while True:
@@ -158,15 +160,27 @@ def iter_problems(seed: int, exclude: set[tuple[str, tuple[int, ...]]] = frozens
 
 
 def make_splits(n_train: int, n_test: int, seed: int) -> tuple[list[Problem], list[Problem]]:
-    """Distinct problems; the test split first, then train problems none of which shares a test key."""
+    """Distinct problems; the test split first, then train problems none of which shares a test key.
+
+    The templates allow a few thousand distinct problems; asking for more is an error, not a hang.
+    """
     rng = random.Random(seed)
-    seen: set[tuple[str, tuple[int, ...]]] = set()
+    seen: set[ProblemKey] = set()
     picked: list[Problem] = []
+    misses = 0
     while len(picked) < n_train + n_test:
         problem = sample_problem(rng)
-        if problem.key not in seen:
-            seen.add(problem.key)
-            picked.append(problem)
+        if problem.key in seen:
+            misses += 1
+            if misses > 10_000:
+                raise ValueError(
+                    f"asked for {n_train} train + {n_test} test problems, but the templates gave only "
+                    f"{len(picked)} distinct ones; ask for fewer rows"
+                )
+            continue
+        misses = 0
+        seen.add(problem.key)
+        picked.append(problem)
     return picked[n_test:], picked[:n_test]
 
 
@@ -206,7 +220,7 @@ def write_splits(out_dir: str | Path, n_train: int, n_test: int, seed: int) -> d
     }
 
 
-def row_key(row: dict) -> tuple[str, tuple[int, ...]]:
+def row_key(row: dict) -> ProblemKey:
     """The problem identity (`Problem.key`) of a parquet row written by `to_row`."""
     return (row["extra_info"]["kind"], tuple(row["extra_info"]["operands"]))
 

@@ -1,6 +1,6 @@
 """Build the offline demo's base model: a small Qwen2 model pre-trained to have headroom for GRPO.
 
-Why two stages (see ../shared/notes/tiny-demo.md): a model pre-trained only on worked solutions
+Why two stages (measured, see the team's tiny-demo notes): a model pre-trained only on worked solutions
 makes arithmetic slips that GRPO cannot fix in minutes, so RL has nothing to sharpen. What RL does
 quickly is move probability toward behaviour the model already produces sometimes and that earns
 reward. Stage 1 teaches worked step-by-step solutions; stage 2, a short mid-training on a mix that is
@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 from _tiny_tokenizer import save_tokenizer, train_tokenizer
-from make_synthetic_math import Problem, iter_problems, row_key, tokenizer_corpus
+from make_synthetic_math import Problem, ProblemKey, iter_problems, row_key, tokenizer_corpus
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from npu_rl.actor import build_optimizer, build_scheduler
@@ -128,7 +128,8 @@ def run_stage(
 ) -> None:
     """Supervised training for exactly `stage.steps` steps: AdamW, linear warmup, cosine to 10% of the lr.
 
-    The warmup matters: without it the same 400 steps ended at 5% instead of ~30% held-out accuracy.
+    The warmup matters: without it the loss stayed on its plateau far longer (0.73 against 0.29 at step
+    200 of 400, measured with the same data).
     Linears run through oneDNN (npu_rl.cpu_linear), half the CPU time of torch's default on these CPUs.
     """
     optim_cfg = OptimConfig(
@@ -158,7 +159,7 @@ def run_stage(
             running = 0.0
 
 
-def held_out_keys(test_parquet: str | Path) -> set[tuple[str, tuple[int, ...]]]:
+def held_out_keys(test_parquet: str | Path) -> set[ProblemKey]:
     """Identities of the held-out problems, which pre-training must never see."""
     return {row_key(row) for row in pq.read_table(test_parquet, columns=["extra_info"]).to_pylist()}
 
@@ -166,7 +167,7 @@ def held_out_keys(test_parquet: str | Path) -> set[tuple[str, tuple[int, ...]]]:
 # The measured recipe (tiny-demo notes): stage 1 worked solutions only; stage 2 a short mid-training
 # on a mostly-shortcut mix, which flips greedy decoding to the shortcut while sampling keeps working.
 STAGES = (
-    Stage("stage1-worked", steps=400, lr=2e-3, shortcut_share=0.0, warmup_steps=20),
+    Stage("stage1-worked", steps=500, lr=2e-3, shortcut_share=0.0, warmup_steps=20),
     Stage("stage2-shortcut-mix", steps=60, lr=5e-4, shortcut_share=0.78),
 )
 
