@@ -286,6 +286,8 @@ class GRPOTrainer:
         state = self.checkpoints.load(path, self.model, self.optimizer, self.scheduler)
         self.global_step = int(state["global_step"])
         self.sampler.load_state_dict(state["sampler"])
+        # An engine with its own copy of the weights (vLLM) still holds model.path's: sync before sampling.
+        self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
         if self.dist.is_main:
             print(f"[npu_rl] resumed from {path} at step {self.global_step}")
 
@@ -322,4 +324,7 @@ class GRPOTrainer:
             self.tracking.close()
         self.reward.close()
         self.val_reward.close()
+        close_rollout = getattr(self.rollout, "close", None)
+        if close_rollout is not None:  # before the process group goes: vLLM's shutdown uses it
+            close_rollout()
         distributed.destroy()

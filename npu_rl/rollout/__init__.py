@@ -36,4 +36,13 @@ def build_rollout(cfg: Config, model: nn.Module, tokenizer: Any, acc: Any, dist:
         return HFRollout(model, eos, pad, micro_batch_size=cfg.rollout.micro_batch_size)
     from npu_rl.rollout.vllm import VLLMRollout
 
-    return VLLMRollout(cfg.rollout, cfg.model.path, tokenizer, acc, dist, cfg.model.dtype)
+    return VLLMRollout(
+        cfg.rollout,
+        cfg.model.path,
+        tokenizer,
+        acc,
+        dist,
+        cfg.model.dtype,
+        max_model_len=cfg.data.max_prompt_length + cfg.rollout.max_new_tokens,
+        seed=cfg.trainer.seed,
+    )
