@@ -11,7 +11,7 @@
 # 4. GRPO with run/configs/tiny_grpo.yaml (60 steps of 16 prompts x 8 samples)
 # 5. evaluates the trained model identically and prints accuracy before -> after
 #
-# Work is fixed in steps; on 2 free cores the whole run takes ~15 minutes (slower on a busy machine).
+# Work is fixed in steps; on 2 free cores the whole run takes ~8 minutes (10-12 on a busy machine).
 # Set NPU_RL_THREADS to change the torch thread count (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
