@@ -36,6 +36,14 @@ def build_rollout(cfg: Config, model: nn.Module, tokenizer: Any, acc: Any, dist:
         return HFRollout(model, eos, pad, micro_batch_size=cfg.rollout.micro_batch_size)
     from npu_rl.rollout.vllm import VLLMRollout
 
+    # Room for the longest prompt plus response, within what the model's positions allow.
+    max_len = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+    config = getattr(model, "config", None)
+    if config is None:  # the evaluator builds a vLLM engine without loading the HF model
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+    limit = getattr(config, "max_position_embeddings", None)
     return VLLMRollout(
         cfg.rollout,
         cfg.model.path,
@@ -43,6 +51,6 @@ def build_rollout(cfg: Config, model: nn.Module, tokenizer: Any, acc: Any, dist:
         acc,
         dist,
         cfg.model.dtype,
-        max_model_len=cfg.data.max_prompt_length + cfg.rollout.max_new_tokens,
+        max_model_len=min(max_len, int(limit)) if limit else max_len,
         seed=cfg.trainer.seed,
     )
