@@ -142,10 +142,7 @@ class Evaluator:
         for batch in dataset.batches(self.batch_size):
             seeds = [prompt_seed(seed, 0, r.index, validation=True) for r in batch]
             out = self.engine.generate([r.prompt_ids for r in batch], params, seeds=seeds)
-            lengths = out.lengths.tolist()
-            texts = self.tokenizer.batch_decode(
-                [ids[:m] for ids, m in zip(out.response_ids.tolist(), lengths, strict=True)], skip_special_tokens=True
-            )
+            lengths, texts = out.lengths.tolist(), out.decode(self.tokenizer)
             for i, rec in enumerate(batch):
                 rows = range(i * n, (i + 1) * n)
                 result, line = self._grade(rec, [texts[j] for j in rows], [lengths[j] for j in rows],

@@ -126,15 +126,9 @@ class GRPOTrainer:
             self.rollout.sleep()
 
     def _grade(self, records: list[PromptRecord], out: RolloutOutput, n: int, manager: RewardManager) -> Any:
-        texts = self.tokenizer.batch_decode(
-            [ids[:length] for ids, length in zip(out.response_ids.tolist(), out.lengths.tolist(), strict=True)],
-            skip_special_tokens=True,
-        )
-        rows = zip([r for r in records for _ in range(n)], texts, out.finish_reasons, strict=True)
-        items = [  # a response cut off at max_new_tokens never finished its answer: graded as none
-            RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, truncated=reason == "length")
-            for rec, text, reason in rows
-        ]
+        texts = out.decode(self.tokenizer)
+        rows = zip([r for r in records for _ in range(n)], texts, out.truncated, strict=True)
+        items = [RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, cut) for rec, text, cut in rows]
         return manager.score(items), texts
 
     def _logprobs(self, model: torch.nn.Module, batch: actor.PolicyBatch, micro_batch_size: int) -> torch.Tensor:

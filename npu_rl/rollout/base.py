@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -33,6 +33,18 @@ class RolloutOutput:
     logprobs: torch.Tensor  # [B*n, T] float32
     lengths: torch.Tensor  # [B*n] long, number of real tokens (EOS included when emitted)
     finish_reasons: list[str]
+
+    @property
+    def truncated(self) -> list[bool]:
+        """Rows cut off at max_new_tokens: their answer never finished, so rewards grade them as none."""
+        return [reason == "length" for reason in self.finish_reasons]
+
+    def decode(self, tokenizer: Any) -> list[str]:
+        """Response texts (special tokens dropped) for the reward, from each row's real tokens only."""
+        ids = self.response_ids.tolist()
+        return tokenizer.batch_decode(
+            [row[:length] for row, length in zip(ids, self.lengths.tolist(), strict=True)], skip_special_tokens=True
+        )
 
     @property
     def response_mask(self) -> torch.Tensor:
