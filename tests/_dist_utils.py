@@ -40,6 +40,9 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable[..., None], args:
     fn(info, *args)
     barrier()  # no rank tears the group down while another still talks to it
     destroy()
+    # Skip interpreter teardown: gloo's background threads sometimes abort the process there
+    # ("terminate called without an active exception") after the work has passed.
+    os._exit(0)
 
 
 def run_workers(fn: Callable[..., None], world_size: int, *args: Any) -> None:
