@@ -90,6 +90,8 @@ class ActorConfig:
     kl_loss_coef: float = 0.001
     kl_loss_type: Literal["k1", "k2", "k3", "low_var_kl"] = "low_var_kl"
     grad_clip: float = 1.0
+    # How logprob/training passes run (npu_rl.compute): plain, shared_prefix, fused, or auto.
+    forward: Literal["auto", "plain", "shared_prefix", "fused"] = "auto"
 
 
 @dataclass
@@ -119,6 +121,7 @@ class RolloutConfig:
     micro_batch_size: int = 64  # prompts per generate call of the hf backend
     log_prob_micro_batch_size_per_device: int = 16
     val_kwargs: ValKwargs = field(default_factory=ValKwargs)
+    decoder: Literal["auto", "plain", "fast"] = "auto"  # hf rollout decode steps (npu_rl.compute)
     # vLLM engine settings (rollout.name=vllm)
     gpu_memory_utilization: float = 0.5
     tensor_parallel_size: int = 1

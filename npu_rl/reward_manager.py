@@ -32,7 +32,7 @@ class RewardItem:
 @dataclass
 class RewardBatch:
     scores: list[float]  # what the policy optimizes
-    acc: list[bool]  # correctness, for val-core/<source>/acc
+    acc: list[bool | None]  # correctness, for val-core/<source>/acc; None where no grader judged it
     components: dict[str, list[float]] = field(default_factory=dict)  # logged as reward/<name>/mean
     timeouts: int = 0  # items over reward.timeout_s (scored as incorrect)
     errors: int = 0  # items whose grading process crashed or hit an internal grader error (scored incorrect)
@@ -88,7 +88,7 @@ class RewardManager:
         errors = sum(1 for r in results if r.get("crashed") or _flagged(r, "error"))
         return RewardBatch(
             scores=[float(r["score"]) for r in results],
-            acc=[bool(r["acc"]) for r in results],
+            acc=[None if r.get("acc") is None else bool(r["acc"]) for r in results],
             components=components,
             timeouts=sum(1 for r in results if r.get("timeout")),
             errors=errors,

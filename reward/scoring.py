@@ -151,7 +151,11 @@ class Scorer:
             self.terms.append((label, term.weight, fn, own))
 
     def __call__(self, data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None) -> dict:
-        """{"score": float, "acc": bool, "timeout": bool, "components": {name: float}}."""
+        """{"score": float, "acc": bool | None, "timeout": bool, "components": {name: float}}.
+
+        `acc` is None when no term reports correctness (a user function returning only a score):
+        a score is not a verdict, so it is logged as reward, never as accuracy.
+        """
         total, acc, timeout = 0.0, None, False
         components: dict[str, float] = {}
         for label, weight, fn, own in self.terms:
@@ -170,7 +174,7 @@ class Scorer:
             components.update({prefix + k: v for k, v in extras.items()})
         return {
             "score": total,
-            "acc": bool(total > 0) if acc is None else acc,
+            "acc": acc,
             "timeout": timeout,
             "components": components,
         }

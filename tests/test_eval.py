@@ -9,7 +9,7 @@ import math
 import pytest
 
 from npu_rl.config import CustomRewardFunction, RewardConfig
-from npu_rl.eval import Evaluator, check_sampling, main, resolve_model_dir
+from npu_rl.eval import Evaluator, main, resolve_model_dir
 from npu_rl.eval_metrics import (
     PromptResult,
     default_ks,
@@ -18,6 +18,7 @@ from npu_rl.eval_metrics import (
     pass_at_k,
     summarize,
 )
+from npu_rl.evaluation import EvalConfig
 
 # -- statistics ------------------------------------------------------------------------------
 
@@ -95,10 +96,10 @@ def test_group_metrics_and_breakdowns_hand_computed():
 
 def test_sampling_checks():
     with pytest.raises(ValueError, match="identical"):
-        check_sampling(4, 0.0, [1])
+        EvalConfig(n=4, temperature=0.0).validate([1])
     with pytest.raises(ValueError, match="between 1 and"):
-        check_sampling(4, 1.0, [8])
-    check_sampling(1, 0.0, [1])
+        EvalConfig(n=4, temperature=1.0).validate([8])
+    EvalConfig(n=1, temperature=0.0).validate([1])
 
 
 # -- real runs on the tiny model ---------------------------------------------------------------

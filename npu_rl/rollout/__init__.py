@@ -1,15 +1,40 @@
-"""Rollout engines behind one interface; `build_rollout` picks one from `rollout.name`."""
+"""Rollout engines behind one interface; `build_rollout` picks one from `rollout.name`, and
+`generate` turns prompt records into a `RolloutBatch` that carries its groups."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
+from npu_rl.compute import ComputePlan
 from npu_rl.config import Config
+from npu_rl.data import PromptRecord
 from npu_rl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams
+from npu_rl.rollout.batch import RolloutBatch
 
-__all__ = ["RolloutEngine", "RolloutOutput", "SamplingParams", "build_rollout", "eos_and_pad_ids"]
+__all__ = [
+    "RolloutBatch",
+    "RolloutEngine",
+    "RolloutOutput",
+    "SamplingParams",
+    "build_rollout",
+    "eos_and_pad_ids",
+    "generate",
+]
+
+
+def generate(
+    engine: RolloutEngine, records: Sequence[PromptRecord], params: SamplingParams, seeds: Sequence[int]
+) -> RolloutBatch:
+    """Sample for `records` (one seed per record) between the engine's `wake_up` and `sleep`."""
+    engine.wake_up()
+    try:
+        out = engine.generate([r.prompt_ids for r in records], params, seeds=list(seeds))
+    finally:
+        engine.sleep()
+    return RolloutBatch.bind(records, out)
 
 
 def eos_and_pad_ids(tokenizer: Any, model: nn.Module | None = None) -> tuple[list[int], int]:
@@ -27,13 +52,18 @@ def eos_and_pad_ids(tokenizer: Any, model: nn.Module | None = None) -> tuple[lis
     return sorted(eos), pad
 
 
-def build_rollout(cfg: Config, model: nn.Module, tokenizer: Any, acc: Any, dist: Any) -> RolloutEngine:
-    """The configured engine; `model` is the trainer's module (shared by the hf backend)."""
+def build_rollout(
+    cfg: Config, model: nn.Module | None, tokenizer: Any, acc: Any, dist: Any, plan: ComputePlan | None = None
+) -> RolloutEngine:
+    """The configured engine; `model` is the trainer's module (shared by the hf backend, which
+    decodes as `plan` says; vLLM brings its own kernels)."""
     if cfg.rollout.name == "hf":
         from npu_rl.rollout.hf import HFRollout
 
+        if model is None or plan is None:
+            raise ValueError("the hf rollout samples from a loaded model and its compute plan")
         eos, pad = eos_and_pad_ids(tokenizer, model)
-        return HFRollout(model, eos, pad, micro_batch_size=cfg.rollout.micro_batch_size)
+        return HFRollout(model, eos, pad, plan, micro_batch_size=cfg.rollout.micro_batch_size)
     from npu_rl.rollout.vllm import VLLMRollout
 
     # Room for the longest prompt plus response, within what the model's positions allow.
