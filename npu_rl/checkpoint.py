@@ -70,10 +70,32 @@ def _no_dist() -> bool:
 
 
 def dcp_save(state_dict: dict[str, Any], path: Path) -> None:
-    """DCP save that also works without a process group (DCP's single-process mode, warning muted)."""
+    """DCP save that also works without a process group (DCP's single-process mode, warning muted).
+
+    Host-resident state is written without DCP's overlapping device-to-host loader: that loader
+    takes a stream of whatever GPU torch can see, so a CPU run would otherwise touch a visible GPU.
+    """
+    on_host = all(t.device.type == "cpu" for t in _tensors(state_dict))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(state_dict, checkpoint_id=path, no_dist=_no_dist())
+        if on_host:
+            writer = dcp.FileSystemWriter(path, per_thread_copy_ahead=0)
+            dcp.save(state_dict, storage_writer=writer, no_dist=_no_dist())
+        else:
+            dcp.save(state_dict, checkpoint_id=path, no_dist=_no_dist())
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    """Every tensor in a nested state dict (the local shard of a DTensor)."""
+    if isinstance(tree, DTensor):
+        return [tree.to_local()]
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for v in tree.values() for t in _tensors(v)]
+    if isinstance(tree, (list, tuple)):
+        return [t for v in tree for t in _tensors(v)]
+    return []
 
 
 def dcp_load(state_dict: dict[str, Any], path: Path) -> None:
@@ -330,7 +352,7 @@ class CheckpointManager:
                 f"restart (rank {self.dist.rank} seeded with {seed})",
                 stacklevel=2,
             )
-            device.seed_everything(seed)
+            device.seed_everything(seed, self.acc)
         trainer_state = _load_plain(actor / "trainer_state.pt")
         barrier()
         return trainer_state

@@ -160,11 +160,14 @@ def select(requested: str = "auto") -> Accelerator:
     raise DeviceError(f"unknown device {choice!r}; use auto, npu, cuda or cpu")
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so a run and its resume draw the same numbers."""
+def seed_everything(seed: int, acc: Accelerator) -> None:
+    """Seed Python, NumPy, torch's host generator and `acc`'s generators (the run's configured
+    device only: another visible device is never touched), so a run and its resume draw the same numbers."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
+    if acc.module is not None:
+        acc.module.manual_seed_all(seed)
 
 
 def rng_state(acc: Accelerator) -> dict:

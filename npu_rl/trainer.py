@@ -54,7 +54,7 @@ class GRPOTrainer:
                 f"actor.ppo_mini_batch_size ({cfg.actor.ppo_mini_batch_size}) must be divisible by the "
                 f"world size ({self.dist.world_size})"
             )
-        device.seed_everything(cfg.trainer.seed)
+        device.seed_everything(cfg.trainer.seed, self.acc)
         self.log_dir = Path(format_path(cfg.trainer.log_dir, cfg))
         self.tokenizer = load_tokenizer(cfg.model)
         self.train_data, self.val_data = build_datasets(cfg.data, self.tokenizer)
@@ -209,9 +209,9 @@ class GRPOTrainer:
         for g in graded:
             entry = sums[g.record.data_source]
             if g.judged:
-                entry[0] += sum(bool(a) for a in g.acc) / n
+                entry[0] += sum(bool(a) for a in g.acc) / len(g.acc)
                 entry[1] += 1
-            entry[2] += sum(g.scores) / n
+            entry[2] += sum(g.scores) / len(g.scores)
             entry[3] += 1
         sources = sorted({r.data_source for r in self.val_data.records})
         totals = distributed.all_reduce(
