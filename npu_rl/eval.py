@@ -214,16 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
-    try:
-        EvalConfig(args.n, args.temperature, max_new_tokens=args.max_new_tokens).validate(ks or [])
-    except ValueError as err:
-        print(f"npu_rl.eval: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
-    output_dir = args.output_dir or str(Path("outputs") / "eval" / Path(args.model).resolve().name)
-    with Evaluator(
+def evaluator_from_args(args: argparse.Namespace) -> Evaluator:
+    """The evaluator the command line describes; its engine is sized by --max-prompt-length and
+    --max-new-tokens (vLLM's max_model_len is their sum, within the model's positions)."""
+    return Evaluator(
         args.model,
         rollout=args.rollout,
         device_name=args.device,
@@ -233,7 +227,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         max_new_tokens=args.max_new_tokens,
         reward=RewardConfig(num_workers=args.reward_workers),
         num_threads=args.num_threads,
-    ) as ev:
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
+    try:
+        EvalConfig(args.n, args.temperature, max_new_tokens=args.max_new_tokens).validate(ks or [])
+    except ValueError as err:
+        print(f"npu_rl.eval: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    output_dir = args.output_dir or str(Path("outputs") / "eval" / Path(args.model).resolve().name)
+    with evaluator_from_args(args) as ev:
         summary = ev.evaluate(
             args.data,
             n=args.n,
