@@ -1,15 +1,17 @@
-"""Rollout engines behind one interface; `build_rollout` picks one from `rollout.name`."""
+"""Rollout engines behind one interface; `build_rollout` picks one from `rollout.name` (the ROLLOUTS registry)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from npu_rl.config import Config
+from npu_rl.registry import Registry
 from npu_rl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams
 
-__all__ = ["RolloutEngine", "RolloutOutput", "SamplingParams", "build_rollout", "eos_and_pad_ids"]
+__all__ = ["ROLLOUTS", "RolloutEngine", "RolloutOutput", "SamplingParams", "build_rollout", "eos_and_pad_ids"]
 
 
 def eos_and_pad_ids(tokenizer: Any, model: nn.Module | None = None) -> tuple[list[int], int]:
@@ -27,13 +29,22 @@ def eos_and_pad_ids(tokenizer: Any, model: nn.Module | None = None) -> tuple[lis
     return sorted(eos), pad
 
 
-def build_rollout(cfg: Config, model: nn.Module, tokenizer: Any, acc: Any, dist: Any) -> RolloutEngine:
-    """The configured engine; `model` is the trainer's module (shared by the hf backend)."""
-    if cfg.rollout.name == "hf":
-        from npu_rl.rollout.hf import HFRollout
+RolloutFactory = Callable[[Config, Any, Any, Any, Any], RolloutEngine]
+# rollout.name -> factory(cfg, model, tokenizer, acc, dist). Factories import their backend when called,
+# so registering (and validating a config against) `vllm` does not import vLLM.
+ROLLOUTS: Registry[RolloutFactory] = Registry("rollout backend")
 
-        eos, pad = eos_and_pad_ids(tokenizer, model)
-        return HFRollout(model, eos, pad, micro_batch_size=cfg.rollout.micro_batch_size)
+
+@ROLLOUTS.register("hf")
+def _hf(cfg: Config, model: nn.Module, tokenizer: Any, acc: Any, dist: Any) -> RolloutEngine:
+    from npu_rl.rollout.hf import HFRollout
+
+    eos, pad = eos_and_pad_ids(tokenizer, model)
+    return HFRollout(model, eos, pad, micro_batch_size=cfg.rollout.micro_batch_size)
+
+
+@ROLLOUTS.register("vllm")
+def _vllm(cfg: Config, model: nn.Module | None, tokenizer: Any, acc: Any, dist: Any) -> RolloutEngine:
     from npu_rl.rollout.vllm import VLLMRollout
 
     # Room for the longest prompt plus response, within what the model's positions allow.
@@ -54,3 +65,8 @@ def build_rollout(cfg: Config, model: nn.Module, tokenizer: Any, acc: Any, dist:
         max_model_len=min(max_len, int(limit)) if limit else max_len,
         seed=cfg.trainer.seed,
     )
+
+
+def build_rollout(cfg: Config, model: nn.Module, tokenizer: Any, acc: Any, dist: Any) -> RolloutEngine:
+    """The configured engine (ROLLOUTS[rollout.name]); `model` is the trainer's module (shared by the hf backend)."""
+    return ROLLOUTS.get(cfg.rollout.name, key="rollout.name")(cfg, model, tokenizer, acc, dist)
