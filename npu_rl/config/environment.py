@@ -93,7 +93,7 @@ def warn_single_sample_groups(estimator: str, n: int) -> None:
     (As in verl, a group of one gets mean 0 and std 1, so the advantage is the raw reward: REINFORCE
     without a baseline, not the estimator the config names.)"""
     fn = registry("npu_rl.core_algos:ADV_ESTIMATORS").get(estimator)
-    if n == 1 and getattr(fn, "group_relative", False):
+    if n == 1 and getattr(fn, "group_relative", False) and os.environ.get("RANK", "0") == "0":  # once per run
         print(
             f"[npu_rl] warning: rollout.n=1 with the group-relative algorithm.adv_estimator={estimator}: each group "
             "has one sample, so there is no group baseline (the advantage is the raw reward, and zero when every "
