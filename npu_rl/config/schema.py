@@ -25,7 +25,9 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
         "auto", "parameter dtype; auto: bfloat16 on accelerators, float32 on CPU"
     )
-    gradient_checkpointing: bool = knob(False, "recompute activations in backward (less memory, one more forward per backward)")
+    gradient_checkpointing: bool = knob(
+        False, "recompute activations in backward (less memory, one more forward per backward)"
+    )
     trust_remote_code: bool = knob(False, "allow the model folder's own Python code (only for folders you trust)")
 
     def check(self, path: str) -> None:
