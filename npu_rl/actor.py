@@ -202,9 +202,8 @@ def _micro_step(
         model, micro, temperature, plan, with_entropy=True, entropy_grad=cfg.entropy_coeff != 0
     )
     old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
-    pg_mat, pg_stats = core_algos.ppo_policy_loss(
-        logprobs, old, micro.advantages, mask, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c
-    )
+    policy_loss = core_algos.POLICY_LOSSES.get(cfg.policy_loss, key="actor.policy_loss")
+    pg_mat, pg_stats = policy_loss(logprobs, old, micro.advantages, mask, cfg)
     pg_loss = core_algos.aggregate_loss(pg_mat, mask, cfg.loss_agg_mode, num_tokens, num_seqs, horizon)
     entropy_loss = core_algos.aggregate_loss(entropy, mask, cfg.loss_agg_mode, num_tokens, num_seqs, horizon)
     loss = pg_loss - cfg.entropy_coeff * entropy_loss

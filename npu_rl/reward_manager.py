@@ -39,11 +39,8 @@ class RewardBatch:
 
 
 def spec_from_config(cfg: RewardConfig, strict: bool) -> ScorerSpec:
-    """The plain-data reward description shipped to worker processes."""
-    if cfg.timeout_s <= 0:
-        raise ValueError(f"reward.timeout_s must be > 0, got {cfg.timeout_s}")
-    if cfg.num_workers < 0:
-        raise ValueError(f"reward.num_workers must be >= 0, got {cfg.num_workers}")
+    """The plain-data reward description shipped to worker processes (`cfg` validated: its own checks)."""
+    cfg.validate("reward")
     return ScorerSpec(
         terms=tuple(Term(f.name, f.weight, f.path) for f in cfg.functions),
         custom_path=cfg.custom_function.path,

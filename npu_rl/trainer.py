@@ -49,11 +49,6 @@ class GRPOTrainer:
         self.dist = distributed.init_distributed(self.acc)
         if self.acc.type == "cpu" and cfg.trainer.num_threads > 0:
             torch.set_num_threads(cfg.trainer.num_threads)
-        if cfg.actor.ppo_mini_batch_size % self.dist.world_size:
-            raise ValueError(
-                f"actor.ppo_mini_batch_size ({cfg.actor.ppo_mini_batch_size}) must be divisible by the "
-                f"world size ({self.dist.world_size})"
-            )
         device.seed_everything(cfg.trainer.seed, self.acc)
         self.log_dir = Path(format_path(cfg.trainer.log_dir, cfg))
         self.tokenizer = load_tokenizer(cfg.model)

@@ -21,20 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npu_rl.registry import Registry
 from reward.format_rewards import format_soft_xml, format_strict_xml, int_answer, xml_tags
 from reward.grader import compute_score
 from reward.limits import GradeTimeout
 from reward.tiers import Tiers
 
 RewardFn = Callable[..., Any]
-REGISTRY: dict[str, RewardFn] = {
-    "math": compute_score,  # tiered: correctness first, then format and reasoning bonuses
-    "accuracy": compute_score,  # correctness only: 1.0 / 0.0 (see Scorer._call_term)
-    "format_strict_xml": format_strict_xml,
-    "format_soft_xml": format_soft_xml,
-    "int_answer": int_answer,
-    "xml_tags": xml_tags,
-}
+REGISTRY: Registry[RewardFn] = Registry("reward")  # names for reward.functions[i].name
+REGISTRY.add("math", compute_score)  # tiered: correctness first, then format and reasoning bonuses
+REGISTRY.add("accuracy", compute_score)  # correctness only: 1.0 / 0.0 (see Scorer._call_term)
+REGISTRY.add("format_strict_xml", format_strict_xml)
+REGISTRY.add("format_soft_xml", format_soft_xml)
+REGISTRY.add("int_answer", int_answer)
+REGISTRY.add("xml_tags", xml_tags)
 _OWN_GRADERS = {"math", "accuracy"}
 
 

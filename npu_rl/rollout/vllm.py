@@ -94,16 +94,6 @@ class VLLMRollout:
         self._asleep = False
         self._weights_awake = False
 
-        if not self.in_process and cfg.tensor_parallel_size > 1:
-            raise ValueError(
-                f"rollout.tensor_parallel_size={cfg.tensor_parallel_size} spans trainer ranks: launch with "
-                f"torchrun --nproc_per_node >= {cfg.tensor_parallel_size}"
-            )
-        if self.in_process and dist.world_size % cfg.tensor_parallel_size:
-            raise ValueError(
-                f"rollout.tensor_parallel_size ({cfg.tensor_parallel_size}) must divide the world size "
-                f"({dist.world_size})"
-            )
         torch_dtype = resolve_dtype(dtype, acc)
         engine_args: dict[str, Any] = dict(
             model=model_path,
