@@ -255,7 +255,9 @@ def update_policy(
     for epoch in range(cfg.ppo_epochs):
         for mini_index, mini in enumerate(minis):
             # Mini-batch totals across ranks normalise every micro-batch's loss (see aggregate_loss).
-            totals = distributed.all_reduce(torch.tensor([mini.response_mask.sum().item(), float(len(mini))]), "sum")
+            # A fully masked row is no sequence for the seq-mean modes (verl 0.9.1).
+            seqs = float(core_algos.count_sequences(mini.response_mask))
+            totals = distributed.all_reduce(torch.tensor([mini.response_mask.sum().item(), seqs]), "sum")
             optimizer.zero_grad(set_to_none=True)
             for micro in _micro_batches(mini, cfg.ppo_micro_batch_size_per_device):
                 micro_stats = _micro_step(

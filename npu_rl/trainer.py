@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from npu_rl import actor, core_algos, device, distributed
+from npu_rl.algos import policy_losses
+from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.checkpoint import CheckpointManager
 from npu_rl.compute import build_plan
 from npu_rl.config import Config, format_path, save_config
@@ -82,6 +84,9 @@ class GRPOTrainer:
         self.checkpoints = CheckpointManager(
             format_path(cfg.trainer.default_local_dir, cfg), cfg.trainer.max_ckpt_to_keep, self.dist, self.acc
         )
+        a = cfg.algorithm
+        target = a.kl_ctrl.target_kl if a.kl_ctrl.type == "adaptive" else None
+        self.kl_ctrl = core_algos.AdaptiveKLController(a.kl_coef, target, a.kl_ctrl.horizon)
         self.global_step = 0
         self.tracking: Tracking | None = None
         if self.dist.is_main:
@@ -132,7 +137,9 @@ class GRPOTrainer:
             batch.rollout_logprobs = rollout.logprobs
             on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size == cfg.data.train_batch_size
             kl_in_reward = cfg.algorithm.use_kl_in_reward and self.ref is not None
-            if not on_policy or kl_in_reward:  # several updates per rollout, or KL priced into the reward
+            tis = cfg.algorithm.rollout_correction.rollout_is == "token"
+            # several updates per rollout, KL priced into the reward, or the engine's logprobs corrected
+            if not on_policy or kl_in_reward or tis:
                 with timer.section("old_log_prob"):
                     batch.old_logprobs = actor.compute_logprobs(
                         self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device,
@@ -146,14 +153,25 @@ class GRPOTrainer:
                     )  # fmt: skip
 
             with timer.section("adv"):
-                rewards = scores
-                if kl_in_reward:  # each sequence's reward pays for its summed divergence from the reference
-                    kl = core_algos.kl_estimate(batch.old_logprobs, batch.ref_logprobs, cfg.algorithm.kl_penalty)
-                    rewards = scores - cfg.algorithm.kl_coef * (kl * mask).sum(-1)
-                seq_adv = core_algos.ADV_ESTIMATORS[cfg.algorithm.adv_estimator](
-                    rewards, rollout.group, norm_by_std=cfg.algorithm.norm_adv_by_std_in_grpo
-                )
-                batch.advantages = seq_adv[:, None] * mask
+                token_rewards = place_scores(scores, mask)
+                if kl_in_reward:  # every token pays for its divergence from the reference
+                    token_rewards = token_rewards - self._reward_kl(batch, stats) * mask
+                rewards = token_rewards.sum(-1)
+                a = cfg.algorithm
+                inputs = AdvantageInputs(
+                    token_rewards, mask, rollout.group, None, a.gamma, a.lam, a.norm_adv_by_std_in_grpo,
+                    all_sum=lambda t: distributed.all_reduce(t, "sum"),
+                )  # fmt: skip
+                batch.advantages, _ = core_algos.ADV_ESTIMATORS[a.adv_estimator](inputs)
+                seq_adv = (batch.advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+                if tis:  # scaling A by w > 0 scales every clipped/dual-clipped token loss by w
+                    weight, is_stats = policy_losses.truncated_is_weight(
+                        batch.old_logprobs, rollout.logprobs, mask, cfg.algorithm.rollout_correction.rollout_is_threshold
+                    )
+                    batch.advantages = batch.advantages * weight
+                    stats.add_max("rollout_corr/is_max", float(is_stats.pop("is_max")))
+                    for key, value in is_stats.items():
+                        stats.add_ratio(f"rollout_corr/{key}", float(value) * float(mask.sum()), float(mask.sum()))
 
             with timer.section("update_actor"):
                 actor.update_policy(
@@ -188,6 +206,20 @@ class GRPOTrainer:
         )
         metrics.update(self.acc.memory_stats())
         return metrics
+
+    def _reward_kl(self, batch: actor.PolicyBatch, stats: StepStats) -> torch.Tensor:
+        """coef * per-token KL for the reward, then the coefficient's update from this step's mean
+        per-sequence token-mean KL over all ranks (verl's apply_kl_penalty with its kl_ctrl)."""
+        mask = batch.response_mask
+        kl = core_algos.kl_estimate(batch.old_logprobs, batch.ref_logprobs, self.cfg.algorithm.kl_penalty) * mask
+        coef = self.kl_ctrl.value
+        seq_kl = kl.sum(-1) / mask.sum(-1).clamp(min=1)
+        total = distributed.all_reduce(torch.tensor([float(seq_kl.sum()), float(len(seq_kl))], dtype=torch.float64))
+        current = float(total[0] / total[1].clamp(min=1))
+        self.kl_ctrl.update(current, int(total[1]))
+        stats.add_max("actor/reward_kl_penalty", current)  # equal on every rank
+        stats.add_max("actor/reward_kl_penalty_coeff", coef)
+        return coef * kl
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -233,7 +265,7 @@ class GRPOTrainer:
             self.model,
             self.optimizer,
             self.scheduler,
-            {"global_step": self.global_step, "sampler": self.sampler.state_dict()},
+            {"global_step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value},
             self.model.config,
             self.tokenizer,
             getattr(self.model, "generation_config", None),
@@ -246,6 +278,7 @@ class GRPOTrainer:
         state = self.checkpoints.load(path, self.model, self.optimizer, self.scheduler)
         self.global_step = int(state["global_step"])
         self.sampler.load_state_dict(state["sampler"])
+        self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))  # adaptive KL resumes where it was
         # An engine with its own copy of the weights (vLLM) still holds model.path's: sync before sampling.
         self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
         if self.dist.is_main:

@@ -163,6 +163,24 @@ class RolloutConfig(Section):
 
 
 @dataclass
+class KLControlConfig(Section):
+    """How the in-reward KL coefficient (algorithm.kl_coef, its initial value) moves (verl's algorithm.kl_ctrl)."""
+
+    type: Literal["fixed", "adaptive"] = knob("fixed", "fixed coefficient, or adapted towards target_kl")
+    target_kl: float = knob(0.1, "adaptive: the KL per token the coefficient steers towards", gt=0)
+    horizon: int = knob(10000, "adaptive: sequences over which the coefficient moves by up to 20%", gt=0)
+
+
+@dataclass
+class RolloutCorrectionConfig(Section):
+    """Truncated importance sampling between the rollout engine's and the trainer's logprobs
+    (verl's algorithm.rollout_correction)."""
+
+    rollout_is: Literal["none", "token"] = knob("none", "token: weight each token by min(pi_train/pi_rollout, C)")
+    rollout_is_threshold: float = knob(2.0, "the cap C of the importance weight", gt=0)
+
+
+@dataclass
 class AlgorithmConfig(Section):
     """Advantage estimation and the in-reward KL penalty."""
 
@@ -170,7 +188,18 @@ class AlgorithmConfig(Section):
     norm_adv_by_std_in_grpo: bool = knob(True, "divide by the group's std; false: Dr.GRPO")
     use_kl_in_reward: bool = knob(False, "subtract a KL penalty from the reward")
     kl_penalty: str = knob("k1", "KL estimator of the reward penalty", registry=_KL)
-    kl_coef: float = knob(0.001, "weight of the reward KL penalty", ge=0)
+    kl_coef: float = knob(0.001, "weight of the reward KL penalty (initial value when adaptive)", ge=0)
+    kl_ctrl: KLControlConfig = knob(KLControlConfig, "in-reward KL coefficient control")
+    gamma: float = knob(1.0, "discount of token returns (reinforce_plus_plus, gae)", ge=0, le=1)
+    lam: float = knob(1.0, "GAE lambda", ge=0, le=1)
+    rollout_correction: RolloutCorrectionConfig = knob(RolloutCorrectionConfig, "rollout/trainer mismatch correction")
+
+    def check(self, path: str) -> None:
+        if self.adv_estimator == "gae":  # the critic (value model) that GAE reads is not part of npu_rl yet
+            raise ConfigError(
+                f"{join(path, 'adv_estimator')}=gae needs a critic, which this version does not train; "
+                "use grpo, rloo, reinforce_plus_plus or reinforce_plus_plus_baseline"
+            )
 
 
 @dataclass
