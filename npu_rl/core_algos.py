@@ -276,4 +276,6 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-from npu_rl.algos import advantages as _advantages, policy_losses as _policy_losses  # noqa: E402, F401  (register)
+# The other families' members register themselves on import (they import the registries above).
+from npu_rl.algos import advantages as _advantages  # noqa: E402, F401
+from npu_rl.algos import policy_losses as _policy_losses  # noqa: E402, F401

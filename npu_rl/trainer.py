@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from npu_rl import actor, core_algos, device, distributed
-from npu_rl.algos import policy_losses
+from npu_rl.algos import dapo, policy_losses
 from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.checkpoint import CheckpointManager
 from npu_rl.compute import build_plan
@@ -120,17 +120,14 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------------------
     def train_step(self, records: list[PromptRecord]) -> dict[str, float]:
         """One GRPO step on this rank's share of the step's prompts."""
-        cfg, step = self.cfg, self.global_step
+        cfg = self.cfg
         timer = Timer(self.acc.synchronize)
         stats = StepStats()
         params = self.sampling_params()
         with timer.section("step"):
-            with timer.section("gen"):
-                seeds = [prompt_seed(cfg.trainer.seed, step, r.index) for r in records]
-                rollout = generate(self.rollout, records, params, seeds)
-            with timer.section("reward"):
-                graded = self._grade(rollout)
-                scores = torch.tensor(graded.scores, dtype=torch.float32)
+            rollout, graded, num_gen_batches = self._sample(records, params, timer)
+            scores = torch.tensor(graded.scores, dtype=torch.float32)
+            stats.add_max("batch/num_gen_batches", num_gen_batches)  # ranks generate in lockstep
 
             batch = actor.build_policy_batch(rollout, self.pad_token_id)
             mask = batch.response_mask
@@ -165,8 +162,9 @@ class GRPOTrainer:
                 batch.advantages, _ = core_algos.ADV_ESTIMATORS[a.adv_estimator](inputs)
                 seq_adv = (batch.advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
                 if tis:  # scaling A by w > 0 scales every clipped/dual-clipped token loss by w
+                    cap = cfg.algorithm.rollout_correction.rollout_is_threshold
                     weight, is_stats = policy_losses.truncated_is_weight(
-                        batch.old_logprobs, rollout.logprobs, mask, cfg.algorithm.rollout_correction.rollout_is_threshold
+                        batch.old_logprobs, rollout.logprobs, mask, cap
                     )
                     batch.advantages = batch.advantages * weight
                     stats.add_max("rollout_corr/is_max", float(is_stats.pop("is_max")))
@@ -206,6 +204,58 @@ class GRPOTrainer:
         )
         metrics.update(self.acc.memory_stats())
         return metrics
+
+    def _generate_and_grade(
+        self, records: list[PromptRecord], params: SamplingParams, timer: Timer
+    ) -> tuple[RolloutBatch, RewardBatch]:
+        with timer.section("gen"):
+            seeds = [prompt_seed(self.cfg.trainer.seed, self.global_step, r.index) for r in records]
+            rollout = generate(self.rollout, records, params, seeds)
+        with timer.section("reward"):
+            graded = self._grade(rollout)
+            ob = self.cfg.reward.overlong_buffer
+            if ob.enable:
+                penalty = dapo.overlong_penalty(rollout.lengths, params.max_new_tokens, ob.len, ob.penalty_factor)
+                graded.scores = [s + float(p) for s, p in zip(graded.scores, penalty, strict=True)]
+                graded.components["overlong_reward"] = penalty.tolist()
+        return rollout, graded
+
+    def _sample(
+        self, records: list[PromptRecord], params: SamplingParams, timer: Timer
+    ) -> tuple[RolloutBatch, RewardBatch, int]:
+        """This rank's graded rollouts, and how many generation batches they took.
+
+        With algorithm.filter_groups.enable (DAPO dynamic sampling), groups whose metric is equal on
+        every sample are dropped and further training batches are drawn from the sampler (each rank
+        its shard, as for the step's first batch) until every rank holds as many informative groups
+        as it was given prompts; each rank then keeps its first ones. Filtering per rank keeps the
+        mini-batches whole groups with the same count on every rank, with no gather of rollouts; the
+        price is that the kept set depends on the world size (verl filters the gathered batch).
+        """
+        fg = self.cfg.algorithm.filter_groups
+        rollout, graded = self._generate_and_grade(records, params, timer)
+        if not fg.enable:
+            return rollout, graded, 1
+        need, parts, kept, num_gen = len(records), [], 0, 1
+        while True:
+            keep = dapo.informative_groups(dapo.metric_values(graded, fg.metric), rollout.group, rollout.num_groups)
+            parts.append((rollout, graded, keep))
+            kept += int(keep.sum())
+            short = distributed.all_reduce(torch.tensor([float(kept < need)]), "sum")
+            if float(short[0]) == 0:
+                return (*dapo.take_groups(parts, need), num_gen)
+            if 0 < fg.max_num_gen_batches <= num_gen:
+                raise RuntimeError(
+                    f"dynamic sampling found {kept} of {need} groups with unequal rewards on this rank after "
+                    f"{num_gen} generation batches (algorithm.filter_groups.max_num_gen_batches="
+                    f"{fg.max_num_gen_batches}): the prompts are too easy or too hard for the policy; raise "
+                    "algorithm.filter_groups.max_num_gen_batches (0: no cap), raise rollout.n, or filter the data"
+                )
+            more = self.sampler.next_batch()
+            mini = self.cfg.actor.ppo_mini_batch_size
+            mine = shard_prompts(more, mini, self.dist.rank, self.dist.world_size)
+            rollout, graded = self._generate_and_grade(mine, params, timer)
+            num_gen += 1
 
     def _reward_kl(self, batch: actor.PolicyBatch, stats: StepStats) -> torch.Tensor:
         """coef * per-token KL for the reward, then the coefficient's update from this step's mean

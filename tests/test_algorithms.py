@@ -175,3 +175,48 @@ def test_truncated_is_weight_caps_the_ratio():
     torch.testing.assert_close(stats["is_clipfrac"], torch.tensor(1 / 3))
     masked, _ = truncated_is_weight(logprob, rollout, torch.tensor([[1.0, 0.0, 0.0]]), cap=2.0)
     assert masked.tolist() == [[1.0, 0.0, 0.0]]
+
+
+def test_overlong_penalty_ramps_over_the_buffer():
+    from npu_rl.algos.dapo import overlong_penalty
+
+    # max 20, buffer 4: free up to 16 tokens, then -0.25 per token (factor 1), -1 at 20
+    got = overlong_penalty(torch.tensor([3, 16, 17, 18, 20]), 20, 4, 1.0)
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.0, -0.25, -0.5, -1.0]))
+    torch.testing.assert_close(overlong_penalty(torch.tensor([20]), 20, 4, 0.5), torch.tensor([-0.5]))
+
+
+def test_informative_groups_drop_all_equal_keep_singletons():
+    from npu_rl.algos.dapo import informative_groups
+
+    values = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.3])
+    group = torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    assert informative_groups(values, group, 5).tolist() == [False, True, False, True, False]  # group 4: no rows
+
+
+def test_take_groups_renumbers_pads_and_stops_at_the_limit():
+    from npu_rl.algos.dapo import take_groups
+    from npu_rl.data import PromptRecord
+    from npu_rl.reward_manager import RewardBatch
+    from npu_rl.rollout.batch import RolloutBatch
+
+    def rec(i):
+        return PromptRecord(i, [1, 2], "p", [], "s", "1", "math", {}, "f.parquet", i)
+
+    def batch(width, groups, first):
+        n = len(groups)
+        return RolloutBatch(
+            torch.full((n, width), 7), torch.full((n, width), -0.5), torch.full((n,), width), ["stop"] * n,
+            torch.tensor(groups), torch.arange(n), records=[rec(first), rec(first + 1)],
+        )  # fmt: skip
+
+    a = batch(2, [0, 0, 1, 1], 10)
+    b = batch(3, [0, 1, 1], 20)
+    ga = RewardBatch([1.0, 0.0, 1.0, 1.0], [True, False, True, True], {"x": [1.0] * 4}, timeouts=1)
+    gb = RewardBatch([0.0, 1.0, 0.0], [False, True, False], {"x": [0.0] * 3}, errors=2)
+    merged, graded = take_groups([(a, ga, torch.tensor([True, False])), (b, gb, torch.tensor([True, True]))], 2)
+    assert [r.index for r in merged.records] == [10, 20]
+    assert merged.group.tolist() == [0, 0, 1] and merged.response_ids.shape == (3, 3)
+    assert merged.response_ids[0].tolist() == [7, 7, 0] and merged.lengths.tolist() == [2, 2, 3]
+    assert graded.scores == [1.0, 0.0, 0.0] and graded.acc == [True, False, False]
+    assert (graded.timeouts, graded.errors, len(graded.components["x"])) == (1, 2, 7)

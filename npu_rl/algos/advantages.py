@@ -88,7 +88,8 @@ def _per_token(seq: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, tor
 def grpo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO: (r - group mean) / (group std + eps); see core_algos.grpo_advantages (matches verl 0.9.1:
     a group of one gets mean 0, std 1)."""
-    return _per_token(grpo_advantages(inputs.scores, inputs.group, inputs.norm_by_std, inputs.eps), inputs.response_mask)
+    adv = grpo_advantages(inputs.scores, inputs.group, inputs.norm_by_std, inputs.eps)
+    return _per_token(adv, inputs.response_mask)
 
 
 @register_adv_estimator("rloo", group_relative=True)

@@ -181,6 +181,15 @@ class RolloutCorrectionConfig(Section):
 
 
 @dataclass
+class FilterGroupsConfig(Section):
+    """DAPO dynamic sampling (verl's algorithm.filter_groups)."""
+
+    enable: bool = knob(False, "drop groups whose metric is equal on every sample; sample more prompts to refill")
+    metric: Literal["acc", "score", "seq_final_reward"] = knob("acc", "the per-sample value compared in a group")
+    max_num_gen_batches: int = knob(0, "generation batches per step before giving up with an error; 0: no cap", ge=0)
+
+
+@dataclass
 class AlgorithmConfig(Section):
     """Advantage estimation and the in-reward KL penalty."""
 
@@ -193,6 +202,7 @@ class AlgorithmConfig(Section):
     gamma: float = knob(1.0, "discount of token returns (reinforce_plus_plus, gae)", ge=0, le=1)
     lam: float = knob(1.0, "GAE lambda", ge=0, le=1)
     rollout_correction: RolloutCorrectionConfig = knob(RolloutCorrectionConfig, "rollout/trainer mismatch correction")
+    filter_groups: FilterGroupsConfig = knob(FilterGroupsConfig, "DAPO dynamic sampling")
 
     def check(self, path: str) -> None:
         if self.adv_estimator == "gae":  # the critic (value model) that GAE reads is not part of npu_rl yet
@@ -231,6 +241,15 @@ class WeightedReward(Section):
 
 
 @dataclass
+class OverlongBufferConfig(Section):
+    """DAPO's soft overlong punishment (verl's reward_model.overlong_buffer)."""
+
+    enable: bool = knob(False, "penalise responses that reach into the last `len` tokens of rollout.max_new_tokens")
+    len: int = knob(0, "buffer length in tokens (the penalty ramps over it)", ge=0)
+    penalty_factor: float = knob(1.0, "penalty of a response that reaches rollout.max_new_tokens", ge=0)
+
+
+@dataclass
 class RewardConfig(Section):
     """How responses are graded (docs/reward.md)."""
 
@@ -243,11 +262,14 @@ class RewardConfig(Section):
     correct_score: float = knob(1.0, "default reward of a correct answer")
     format_bonus: float = knob(0.1, "added when a correct answer is in the requested form")
     reasoning_bonus: float = knob(0.1, "added (x completeness) when a correct answer shows its reasoning")
+    overlong_buffer: OverlongBufferConfig = knob(OverlongBufferConfig, "soft overlong punishment (DAPO)")
     answer_format: Literal["", "boxed", "hash", "answer_tag", "answer_is"] = knob(
         "", "requested answer form for every row; empty: from data_source (gsm8k: hash, else boxed)"
     )
 
     def check(self, path: str) -> None:
+        if self.overlong_buffer.enable and self.overlong_buffer.len <= 0:
+            raise ConfigError(f"{path}.overlong_buffer.len must be > 0 when {path}.overlong_buffer.enable is true")
         if self.custom_function.path and self.functions:
             raise ConfigError(f"set either {path}.custom_function.path or {path}.functions, not both")
 
@@ -311,6 +333,11 @@ class Config(Section):
         if rollout.name == "vllm":
             environment.check_tensor_parallel(rollout.tensor_parallel_size, world)
         environment.warn_single_sample_groups(self.algorithm.adv_estimator, rollout.n)
+        if self.reward.overlong_buffer.enable and self.reward.overlong_buffer.len >= rollout.max_new_tokens:
+            raise ConfigError(
+                f"reward.overlong_buffer.len ({self.reward.overlong_buffer.len}) must be smaller than "
+                f"rollout.max_new_tokens ({rollout.max_new_tokens})"
+            )
 
     @property
     def kl_in_loss(self) -> bool:

@@ -1,0 +1,90 @@
+"""The trainer runs end to end with each estimator, policy loss and stabiliser (tiny random model, CPU)."""
+
+import json
+
+import pytest
+from test_trainer import make_cfg, run
+
+BASE = ("trainer.total_training_steps=2", "trainer.test_freq=0", "trainer.save_freq=0")
+
+
+def _train_rows(tmp_path):
+    rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "actor/pg_loss" in r]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("algorithm.adv_estimator=rloo",),
+        ("algorithm.adv_estimator=reinforce_plus_plus", "algorithm.gamma=0.99"),
+        ("algorithm.adv_estimator=reinforce_plus_plus_baseline", "actor.loss_agg_mode=token-sum"),
+        ("actor.policy_loss=gspo", "actor.loss_agg_mode=seq-mean-token-mean", "actor.kl_loss_type=k3+"),
+    ],
+    ids=["rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo"],
+)
+def test_each_estimator_and_loss_trains(tmp_path, tiny_model_dir, synthetic_parquet, extra):
+    run(make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, *BASE, *extra))
+    rows = _train_rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["actor/grad_norm"] > 1e-6 for r in rows), "the reward varies, so the policy must move"
+
+
+def test_adaptive_kl_in_reward_and_rollout_correction_log_their_metrics(tmp_path, tiny_model_dir, synthetic_parquet):
+    run(
+        make_cfg(
+            tmp_path, tiny_model_dir, synthetic_parquet, *BASE,
+            "actor.use_kl_loss=false", "algorithm.use_kl_in_reward=true", "algorithm.kl_coef=0.1",
+            "algorithm.kl_ctrl.type=adaptive", "algorithm.kl_ctrl.target_kl=0.01", "algorithm.kl_ctrl.horizon=10",
+            "algorithm.rollout_correction.rollout_is=token", "algorithm.rollout_correction.rollout_is_threshold=2.0",
+        )
+    )  # fmt: skip
+    first, second = _train_rows(tmp_path)
+    assert first["actor/reward_kl_penalty_coeff"] == pytest.approx(0.1)
+    # step 1's KL (the policy was the reference) is 0: error -1 clipped to -0.2, 12 sequences over horizon 10
+    assert second["actor/reward_kl_penalty_coeff"] == pytest.approx(0.1 * (1 - 0.2 * 12 / 10))
+    for row in (first, second):
+        assert 0.5 < row["rollout_corr/is_mean"] < 2.0
+        assert row["rollout_corr/is_max"] >= row["rollout_corr/is_mean"]
+        assert 0.0 <= row["rollout_corr/is_clipfrac"] <= 1.0
+
+
+HALF_CONSTANT = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    if extra_info["index"] % 2:  # every odd prompt's group is all-equal: dynamic sampling drops it
+        return 0.25
+    return sum(ch.isdigit() for ch in solution_str) / max(1, len(solution_str))
+"""
+
+
+def test_dynamic_sampling_refills_and_reports_generation_batches(tmp_path, tiny_model_dir, synthetic_parquet):
+    reward = tmp_path / "half_constant.py"
+    reward.write_text(HALF_CONSTANT)
+    trainer = run(
+        make_cfg(
+            tmp_path, tiny_model_dir, synthetic_parquet, *BASE,
+            "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=score",
+            "algorithm.filter_groups.max_num_gen_batches=8", f"reward.custom_function.path={reward}",
+            "reward.overlong_buffer.enable=true", "reward.overlong_buffer.len=4",
+            "reward.overlong_buffer.penalty_factor=0.5",
+        )
+    )  # fmt: skip
+    rows = _train_rows(tmp_path)
+    assert max(r["batch/num_gen_batches"] for r in rows) >= 2, "half the groups are dropped: the batch needs refills"
+    assert all(r["batch/num_gen_batches"] <= 8 for r in rows)
+    assert all(-0.5 <= r["reward/overlong_reward/mean"] <= 0.0 for r in rows)
+    assert all(r["critic/score/max"] > r["critic/score/min"] for r in rows)
+    # extra prompts came from the sampler: it moved past the two steps' own 2 x 4 prompts
+    assert trainer.sampler.position + trainer.sampler.epoch * 48 > 8
+
+
+def test_dynamic_sampling_cap_names_the_key(tmp_path, tiny_model_dir, synthetic_parquet):
+    constant = tmp_path / "constant.py"
+    constant.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n  return 1.0\n")
+    cfg = make_cfg(
+        tmp_path, tiny_model_dir, synthetic_parquet, *BASE,
+        "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=score",
+        "algorithm.filter_groups.max_num_gen_batches=2", f"reward.custom_function.path={constant}",
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"0 of 4 groups .* after 2 generation batches .*max_num_gen_batches=2"):
+        run(cfg)
