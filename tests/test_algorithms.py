@@ -220,3 +220,22 @@ def test_take_groups_renumbers_pads_and_stops_at_the_limit():
     assert merged.response_ids[0].tolist() == [7, 7, 0] and merged.lengths.tolist() == [2, 2, 3]
     assert graded.scores == [1.0, 0.0, 0.0] and graded.acc == [True, False, False]
     assert (graded.timeouts, graded.errors, len(graded.components["x"])) == (1, 2, 7)
+
+
+def test_value_loss_clips_around_the_old_values():
+    from npu_rl.algos.policy_losses import value_loss
+
+    vpreds = torch.tensor([[1.0, 0.0, 3.0]])
+    old = torch.tensor([[0.0, 0.0, 0.0]])
+    returns = torch.tensor([[0.0, 1.0, 2.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, stats = value_loss(vpreds, old, returns, mask, cliprange_value=0.5)
+    # t0: unclipped (1-0)^2 = 1, clipped (0.5-0)^2 = 0.25 -> 0.5 * 1; t1: both (0-1)^2 = 1 -> 0.5
+    # t2 (masked): unclipped 1, clipped (0.5-2)^2 = 2.25 -> 1.125, counted in neither stat
+    torch.testing.assert_close(loss, torch.tensor([[0.5, 0.5, 1.125]]))
+    torch.testing.assert_close(stats["vf_clipfrac"], torch.tensor(0.0))
+    torch.testing.assert_close(stats["vpred_mean"], torch.tensor(0.5))
+    # v = 2 moved past old 0 + 0.5 towards R = 2: unclipped 0, clipped (0.5 - 2)^2 = 2.25 wins (no credit for the jump)
+    loss, stats = value_loss(torch.tensor([[2.0]]), torch.tensor([[0.0]]), torch.tensor([[2.0]]), torch.ones(1, 1), 0.5)
+    torch.testing.assert_close(loss, torch.tensor([[1.125]]))
+    torch.testing.assert_close(stats["vf_clipfrac"], torch.tensor(1.0))

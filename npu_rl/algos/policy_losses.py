@@ -78,3 +78,19 @@ def truncated_is_weight(
         "is_clipfrac": masked_mean((ratio > cap).float(), mask),
     }
     return weight, stats
+
+
+def value_loss(
+    vpreds: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped value loss per token, 0.5 * max((v - R)^2, (clip(v, v_old - c, v_old + c) - R)^2), to be
+    reduced by `aggregate_loss` (verl 0.9.1's compute_value_loss with critic.cliprange_value = c).
+    Stats: vf_clipfrac (tokens where the clipped term is the larger) and vpred_mean."""
+    vpreds, mask = vpreds.float(), mask.float()
+    clipped = torch.clamp(vpreds, old_values - cliprange_value, old_values + cliprange_value)
+    unclipped_loss, clipped_loss = (vpreds - returns).square(), (clipped - returns).square()
+    stats = {
+        "vf_clipfrac": masked_mean((clipped_loss > unclipped_loss).float(), mask),
+        "vpred_mean": masked_mean(vpreds.detach(), mask),
+    }
+    return 0.5 * torch.maximum(unclipped_loss, clipped_loss), stats
