@@ -239,3 +239,26 @@ def test_value_loss_clips_around_the_old_values():
     loss, stats = value_loss(torch.tensor([[2.0]]), torch.tensor([[0.0]]), torch.tensor([[2.0]]), torch.ones(1, 1), 0.5)
     torch.testing.assert_close(loss, torch.tensor([[1.125]]))
     torch.testing.assert_close(stats["vf_clipfrac"], torch.tensor(1.0))
+
+
+def _whiten_on_rank(info, rewards, mask, expected):
+    from npu_rl import distributed
+
+    rows = slice(info.rank * 2, info.rank * 2 + 2)  # each rank holds two rows of the step batch
+    inputs = AdvantageInputs(
+        rewards[rows], mask[rows], torch.arange(2), gamma=0.9, all_sum=lambda t: distributed.all_reduce(t, "sum")
+    )
+    adv, _ = core_algos.ADV_ESTIMATORS["reinforce_plus_plus"](inputs)
+    torch.testing.assert_close(adv, expected[rows])
+
+
+def test_reinforce_plus_plus_whitens_over_both_ranks_like_one_process():
+    from _dist_utils import run_workers
+
+    gen = torch.Generator().manual_seed(3)
+    rewards = torch.rand(4, 5, generator=gen)
+    mask = (torch.arange(5)[None, :] < torch.tensor([5, 2, 4, 1])[:, None]).float()
+    whole, _ = core_algos.ADV_ESTIMATORS["reinforce_plus_plus"](
+        AdvantageInputs(rewards, mask, torch.arange(4), gamma=0.9)
+    )
+    run_workers(_whiten_on_rank, 2, rewards, mask, whole)
