@@ -142,12 +142,14 @@ def _as_dict(value: Any) -> dict[str, Any] | None:
     return None
 
 
-def _check_messages(value: Any, column: str, bad: Any) -> list[dict[str, str]]:
+def _check_messages(value: Any, column: str, bad: Any, raw_ok: bool = False) -> list[dict[str, str]]:
+    if isinstance(value, str) and raw_ok and value:  # data.chat_template=false: the prompt text as is
+        return [{"role": "user", "content": value}]
     if isinstance(value, str):
         bad(
             column,
             "expected a list of {role, content} messages, got a plain string "
-            "(wrap it: [{'role': 'user', 'content': text}])",
+            "(wrap it: [{'role': 'user', 'content': text}], or set data.chat_template=false for raw prompts)",
         )
         return []
     if not isinstance(value, list) or not value:
@@ -200,7 +202,7 @@ def _check_ground_truth(value: Any, bad: Any) -> str:
 
 
 def _check_row(
-    file: str, row: int, values: dict[str, Any], prompt_key: str, problems: _Problems
+    file: str, row: int, values: dict[str, Any], prompt_key: str, problems: _Problems, raw_ok: bool = False
 ) -> PromptRecord | None:
     before = len(problems)
 
@@ -210,7 +212,7 @@ def _check_row(
     data_source = values["data_source"]
     if not isinstance(data_source, str) or not data_source.strip():
         bad("data_source", "empty" if isinstance(data_source, str) else _bad_value("a string", data_source))
-    messages = _check_messages(values[prompt_key], prompt_key, bad)
+    messages = _check_messages(values[prompt_key], prompt_key, bad, raw_ok)
     ground_truth = _check_ground_truth(values["reward_model"], bad)
     ability = values.get("ability")
     if ability is None:
@@ -228,7 +230,7 @@ def _check_row(
     )  # index, ids: later
 
 
-def _read_file(file: str, prompt_key: str, problems: _Problems) -> list[PromptRecord]:
+def _read_file(file: str, prompt_key: str, problems: _Problems, raw_ok: bool = False) -> list[PromptRecord]:
     path = Path(file)
     if not path.is_file():
         problems.add(file, None, "", "not found" if not path.exists() else "not a file")
@@ -252,24 +254,34 @@ def _read_file(file: str, prompt_key: str, problems: _Problems) -> list[PromptRe
         problems.add(file, None, "", "has no rows")
         return []
     data = {c: table.column(c).to_pylist() for c in columns}
-    rows = (_check_row(file, i, {c: data[c][i] for c in columns}, prompt_key, problems) for i in range(len(table)))
+    rows = (
+        _check_row(file, i, {c: data[c][i] for c in columns}, prompt_key, problems, raw_ok) for i in range(len(table))
+    )
     return [r for r in rows if r is not None]
 
 
-def _read_split(files: Sequence[str | Path], prompt_key: str, problems: _Problems) -> list[PromptRecord]:
+def _read_split(
+    files: Sequence[str | Path], prompt_key: str, problems: _Problems, raw_ok: bool = False
+) -> list[PromptRecord]:
     if isinstance(files, str | Path):
         files = [files]
     if not files:
         problems.add("(no files)", None, "", "no parquet files given")
-    return [row for f in files for row in _read_file(str(f), prompt_key, problems)]
+    return [row for f in files for row in _read_file(str(f), prompt_key, problems, raw_ok)]
 
 
 def _tokenize(rows: list[PromptRecord], tokenizer: Any, cfg: DataConfig, problems: _Problems) -> PromptDataset:
     """Render and tokenize validated rows; overlong prompts are dropped and counted, or are problems."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError("the tokenizer has no chat template; prompts are chat messages and need one")
+    if cfg.chat_template and not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            "the tokenizer has no chat template; prompts are chat messages and need one "
+            "(a base model with raw-text prompts: data.chat_template=false)"
+        )
     texts: list[str] = []
     for r in rows:
+        if not cfg.chat_template:  # raw prompts (R1-Zero style): the text is the prompt, messages joined
+            texts.append("\n".join(m["content"] for m in r.messages))
+            continue
         try:
             texts.append(tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False))
         except Exception as err:  # a user's Jinja template may raise anything (e.g. roles must alternate)
@@ -299,7 +311,7 @@ def _tokenize(rows: list[PromptRecord], tokenizer: Any, cfg: DataConfig, problem
 def _load(splits: list[Sequence[str | Path]], tokenizer: Any, cfg: DataConfig) -> list[PromptDataset]:
     """Validate every row of every split first, then tokenize: bad data fails before any compute."""
     problems = _Problems()
-    rows = [_read_split(files, cfg.prompt_key, problems) for files in splits]
+    rows = [_read_split(files, cfg.prompt_key, problems, not cfg.chat_template) for files in splits]
     problems.raise_if_any()
     datasets = [_tokenize(r, tokenizer, cfg, problems) for r in rows]
     problems.raise_if_any()

@@ -135,8 +135,16 @@ def test_plain_string_prompt_explains_the_fix(tmp_path):
     # one mistake over a whole column is one line listing the rows, not one line per row
     assert err.problems == [
         f"{path} rows 0, 1, 2 column prompt: expected a list of {{role, content}} messages, got a plain string "
-        "(wrap it: [{'role': 'user', 'content': text}])"
+        "(wrap it: [{'role': 'user', 'content': text}], or set data.chat_template=false for raw prompts)"
     ]
+
+
+def test_raw_string_prompts_when_the_config_says_so(tmp_path, tiny_tokenizer):
+    path = write(tmp_path / "train.parquet", [make_row(i, prompt=f"Question: {i}+1?\nAnswer:") for i in range(2)])
+    ds = load_prompts(path, tiny_tokenizer, DataConfig(chat_template=False))
+    rec = ds.records[1]
+    assert rec.prompt_text == "Question: 1+1?\nAnswer:"  # no chat template around it
+    assert tiny_tokenizer.decode(rec.prompt_ids) == rec.prompt_text
 
 
 def test_wrong_types(tmp_path):

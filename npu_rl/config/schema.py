@@ -52,6 +52,9 @@ class DataConfig(Section):
     shuffle: bool = knob(True, "reshuffle the training prompts every epoch")
     seed: int = knob(1, "seed of the shuffling order", ge=0)
     filter_overlong_prompts: bool = knob(True, "drop prompts over max_prompt_length; false: such a prompt is an error")
+    chat_template: bool = knob(
+        True, "render prompts with the tokenizer's chat template; false: a prompt may be a plain string, used as is"
+    )
 
     def check(self, path: str) -> None:
         if not self.train_files:
