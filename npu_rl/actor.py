@@ -41,6 +41,8 @@ class PolicyBatch:
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]
     rollout_logprobs: torch.Tensor | None = None  # [N, T], as the generation engine reported them
+    values: torch.Tensor | None = None  # [N, T], the critic's at rollout (PPO with GAE)
+    returns: torch.Tensor | None = None  # [N, T], the critic's regression targets
 
     @property
     def response_width(self) -> int:

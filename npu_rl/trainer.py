@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from npu_rl import actor, core_algos, device, distributed
+from npu_rl import actor, core_algos, critic, device, distributed
 from npu_rl.algos import dapo, policy_losses
 from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.checkpoint import CheckpointManager
@@ -73,6 +73,12 @@ class GRPOTrainer:
         self.device = self.acc.torch_device(self.dist.local_rank)
         self.optimizer = actor.build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = actor.build_scheduler(self.optimizer, self.total_steps, cfg.actor.optim)
+        self.critic = self.critic_optimizer = self.critic_scheduler = None
+        if cfg.use_critic:  # PPO with GAE: the policy's architecture with a value head
+            init = dataclasses.replace(cfg.model, path=cfg.critic.model_path or cfg.model.path)
+            self.critic = self._place(critic.ValueModel(load_model(init, self.acc, trainable=True)), trainable=True)
+            self.critic_optimizer = actor.build_optimizer(self.critic, cfg.critic.optim)
+            self.critic_scheduler = actor.build_scheduler(self.critic_optimizer, self.total_steps, cfg.critic.optim)
         self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist, self.plan)
         self.pad_token_id = eos_and_pad_ids(self.tokenizer, model)[1]
         self.reward = RewardManager(cfg.reward)
@@ -142,6 +148,10 @@ class GRPOTrainer:
                         self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device,
                         self.plan, self.device,
                     )  # fmt: skip
+            if self.critic is not None:
+                with timer.section("values"):
+                    micro = cfg.critic.ppo_micro_batch_size_per_device
+                    batch.values = critic.compute_values(self.critic, batch, micro, self.device)
             if self.ref is not None:
                 with timer.section("ref"):
                     batch.ref_logprobs = actor.compute_logprobs(
@@ -156,10 +166,10 @@ class GRPOTrainer:
                 rewards = token_rewards.sum(-1)
                 a = cfg.algorithm
                 inputs = AdvantageInputs(
-                    token_rewards, mask, rollout.group, None, a.gamma, a.lam, a.norm_adv_by_std_in_grpo,
+                    token_rewards, mask, rollout.group, batch.values, a.gamma, a.lam, a.norm_adv_by_std_in_grpo,
                     all_sum=lambda t: distributed.all_reduce(t, "sum"),
                 )  # fmt: skip
-                batch.advantages, _ = core_algos.ADV_ESTIMATORS[a.adv_estimator](inputs)
+                batch.advantages, batch.returns = core_algos.ADV_ESTIMATORS[a.adv_estimator](inputs)
                 seq_adv = (batch.advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
                 if tis:  # scaling A by w > 0 scales every clipped/dual-clipped token loss by w
                     cap = cfg.algorithm.rollout_correction.rollout_is_threshold
@@ -171,21 +181,33 @@ class GRPOTrainer:
                     for key, value in is_stats.items():
                         stats.add_ratio(f"rollout_corr/{key}", float(value) * float(mask.sum()), float(mask.sum()))
 
-            with timer.section("update_actor"):
-                actor.update_policy(
-                    self.model,
-                    self.optimizer,
-                    self.scheduler,
-                    batch,
-                    cfg.actor,
-                    params.temperature,
-                    self.plan,
-                    cfg.actor.ppo_mini_batch_size // self.dist.world_size,
-                    horizon=cfg.rollout.max_new_tokens,
-                    stats=stats,
-                    device=self.device,
-                    world_size=self.dist.world_size,
-                )
+            mini_groups = cfg.actor.ppo_mini_batch_size // self.dist.world_size
+            if self.critic is not None:
+                with timer.section("update_critic"):
+                    critic.update_critic(
+                        self.critic, self.critic_optimizer, self.critic_scheduler, batch, cfg.critic,
+                        cfg.actor.ppo_epochs, mini_groups, cfg.rollout.max_new_tokens, stats, self.device,
+                        self.dist.world_size,
+                    )  # fmt: skip
+                valid = mask.bool()
+                stats.add_values("critic/values", batch.values[valid])
+                stats.add_values("critic/returns", batch.returns[valid])
+            if self.global_step >= cfg.trainer.critic_warmup:  # the critic learns alone during its warm-up
+                with timer.section("update_actor"):
+                    actor.update_policy(
+                        self.model,
+                        self.optimizer,
+                        self.scheduler,
+                        batch,
+                        cfg.actor,
+                        params.temperature,
+                        self.plan,
+                        mini_groups,
+                        horizon=cfg.rollout.max_new_tokens,
+                        stats=stats,
+                        device=self.device,
+                        world_size=self.dist.world_size,
+                    )
             with timer.section("update_weights"):
                 self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
 
@@ -329,6 +351,8 @@ class GRPOTrainer:
         self.global_step = int(state["global_step"])
         self.sampler.load_state_dict(state["sampler"])
         self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))  # adaptive KL resumes where it was
+        if self.critic is not None and self.dist.is_main:  # not yet in the checkpoint: see docs/algorithms.md
+            print("[npu_rl] warning: the critic is not checkpointed yet; it restarts from its initialisation")
         # An engine with its own copy of the weights (vLLM) still holds model.path's: sync before sampling.
         self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
         if self.dist.is_main:

@@ -88,3 +88,21 @@ def test_dynamic_sampling_cap_names_the_key(tmp_path, tiny_model_dir, synthetic_
     )  # fmt: skip
     with pytest.raises(RuntimeError, match=r"0 of 4 groups .* after 2 generation batches .*max_num_gen_batches=2"):
         run(cfg)
+
+
+def test_ppo_with_a_critic_trains_and_logs_critic_metrics(tmp_path, tiny_model_dir, synthetic_parquet):
+    run(
+        make_cfg(
+            tmp_path, tiny_model_dir, synthetic_parquet, "trainer.total_training_steps=3", "trainer.test_freq=0",
+            "trainer.save_freq=0", "algorithm.adv_estimator=gae", "algorithm.lam=0.95", "critic.optim.lr=1e-3",
+            "critic.ppo_micro_batch_size_per_device=4", "trainer.critic_warmup=1",
+        )
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "critic/vf_loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert "actor/pg_loss" not in rows[0] and "actor/pg_loss" in rows[1]  # one critic warm-up step
+    assert rows[0]["critic/values/mean"] == 0.0 and rows[0]["critic/values/max"] == 0.0  # zero-initialised head
+    assert rows[1]["critic/values/max"] != 0.0, "the critic learned from step 1's returns"
+    for key in ("critic/vf_clipfrac", "critic/vpred_mean", "critic/returns/mean", "critic/grad_norm", "critic/lr"):
+        assert key in rows[-1], key

@@ -173,7 +173,6 @@ def test_speed_path_choices_default_to_auto():
         ("algorithm.kl_penalty=low_var", r"algorithm\.kl_penalty: .*did you mean 'low_var_kl'"),
         ("actor.loss_agg_mode=token-avg", r"actor\.loss_agg_mode: unknown loss aggregation mode 'token-avg'.*"
          r"registered: token-mean, token-sum, seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm"),
-        ("algorithm.adv_estimator=gae", r"algorithm\.adv_estimator=gae needs a critic"),
         ("algorithm.kl_ctrl.type=pid", r"algorithm\.kl_ctrl\.type"),
         ("rollout.name=vlm", r"rollout\.name: unknown rollout backend 'vlm' \(did you mean 'vllm'\?\); "
          r"registered: hf, vllm"),

@@ -122,6 +122,24 @@ class ActorConfig(Section):
 
 
 @dataclass
+class CriticConfig(Section):
+    """The value model of PPO with GAE, built when algorithm.adv_estimator=gae (verl's critic)."""
+
+    model_path: str = knob("", "initialise the critic's decoder from this model folder; empty: from model.path")
+    optim: OptimConfig = knob(OptimConfig, "the critic's AdamW and schedule (verl: critic.optim; e.g. lr 1e-5)")
+    ppo_micro_batch_size_per_device: int = knob(8, "sequences per critic forward/backward", gt=0)
+    cliprange_value: float = knob(0.5, "value clip around the values at rollout", gt=0)
+    loss_agg_mode: str = knob(
+        "token-mean", "how per-token value losses reduce to one", registry="npu_rl.core_algos:LOSS_AGG_MODES"
+    )
+    grad_clip: float = knob(1.0, "max gradient norm", gt=0)
+
+    def check(self, path: str) -> None:
+        if self.model_path:
+            environment.check_local_path(self.model_path, join(path, "model_path"))
+
+
+@dataclass
 class RefConfig(Section):
     """The frozen reference policy; only built when a KL term is on."""
 
@@ -207,13 +225,6 @@ class AlgorithmConfig(Section):
     rollout_correction: RolloutCorrectionConfig = knob(RolloutCorrectionConfig, "rollout/trainer mismatch correction")
     filter_groups: FilterGroupsConfig = knob(FilterGroupsConfig, "DAPO dynamic sampling")
 
-    def check(self, path: str) -> None:
-        if self.adv_estimator == "gae":  # the critic (value model) that GAE reads is not part of npu_rl yet
-            raise ConfigError(
-                f"{join(path, 'adv_estimator')}=gae needs a critic, which this version does not train; "
-                "use grpo, rloo, reinforce_plus_plus or reinforce_plus_plus_baseline"
-            )
-
 
 @dataclass
 class CustomRewardFunction(Section):
@@ -296,6 +307,7 @@ class TrainerConfig(Section):
     val_before_train: bool = knob(True, "validate once before the first step")
     save_freq: int = knob(-1, "checkpoint every N steps; -1: only at the end", ge=-1)
     default_local_dir: str = knob("checkpoints/{project_name}/{experiment_name}", "checkpoint directory")
+    critic_warmup: int = knob(0, "steps that train only the critic before the actor starts (PPO with GAE)", ge=0)
     resume_mode: str = knob("auto", "auto (latest checkpoint if any) | disable | path to a global_step_N folder")
     max_ckpt_to_keep: int = knob(-1, "checkpoints kept; -1: all", ge=-1)
     num_threads: int = knob(0, "torch intra-op threads on CPU; 0: torch's default", ge=0)
@@ -314,6 +326,7 @@ class Config(Section):
     data: DataConfig = knob(DataConfig, "DataConfig")
     actor: ActorConfig = knob(ActorConfig, "ActorConfig")
     ref: RefConfig = knob(RefConfig, "RefConfig")
+    critic: CriticConfig = knob(CriticConfig, "CriticConfig")
     rollout: RolloutConfig = knob(RolloutConfig, "RolloutConfig")
     algorithm: AlgorithmConfig = knob(AlgorithmConfig, "AlgorithmConfig")
     reward: RewardConfig = knob(RewardConfig, "RewardConfig")
@@ -345,6 +358,11 @@ class Config(Section):
     @property
     def kl_in_loss(self) -> bool:
         return self.actor.use_kl_loss and self.actor.kl_loss_coef > 0
+
+    @property
+    def use_critic(self) -> bool:
+        """A value model is trained when the estimator reads values (verl: adv_estimator == gae)."""
+        return self.algorithm.adv_estimator == "gae"
 
     @property
     def needs_ref(self) -> bool:
