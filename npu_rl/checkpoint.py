@@ -185,8 +185,12 @@ class CheckpointManager:
         hf_config: Any | None,
         tokenizer: Any | None,
         generation_config: Any | None = None,
+        others: dict[str, tuple[nn.Module, torch.optim.Optimizer, Any]] | None = None,
     ) -> Path:
-        """Write `global_step_{step}` (collective: every rank calls it) and mark it latest; return its path."""
+        """Write `global_step_{step}` (collective: every rank calls it) and mark it latest; return its path.
+
+        `others` maps a role (e.g. "critic") to its (model, optimizer, scheduler), saved beside the actor
+        in `global_step_N/<role>/{model,optim,scheduler.pt}` within the same atomic publish."""
         final = self.step_dir(step)
         tmp = self.root / f".tmp_global_step_{step}"
         actor = tmp / "actor"
@@ -202,6 +206,11 @@ class CheckpointManager:
         if optimizer is not None:
             dcp_save(get_optimizer_state_dict(model, optimizer), actor / "optim")
         torch.save(_safe_rng_state(self.acc), actor / "rng" / f"rank_{self.dist.rank}.pt")
+        for role, (other, other_optim, other_sched) in (others or {}).items():
+            dcp_save(get_model_state_dict(other), tmp / role / "model")
+            dcp_save(get_optimizer_state_dict(other, other_optim), tmp / role / "optim")
+            if self.dist.is_main:
+                torch.save(other_sched.state_dict(), tmp / role / "scheduler.pt")
 
         if self.dist.is_main:
             if scheduler is not None:
@@ -310,7 +319,12 @@ class CheckpointManager:
     # load
 
     def load(
-        self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any | None
+        self,
+        path: str | Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: Any | None,
+        others: dict[str, tuple[nn.Module, torch.optim.Optimizer, Any]] | None = None,
     ) -> dict[str, Any]:
         """Restore model, optimizer, scheduler and this rank's RNG (collective); return the trainer state.
 
@@ -340,6 +354,16 @@ class CheckpointManager:
             set_optimizer_state_dict(model, optimizer, optim_sd)
         if scheduler is not None:
             scheduler.load_state_dict(_load_plain(actor / "scheduler.pt"))
+        for role, (other, other_optim, other_sched) in (others or {}).items():
+            if not (step_dir / role / "model" / ".metadata").is_file():
+                raise CheckpointError(f"{step_dir} holds no {role} (saved by a run without one); resume_mode=disable")
+            other_sd = get_model_state_dict(other)
+            dcp_load(other_sd, step_dir / role / "model")
+            set_model_state_dict(other, other_sd)
+            other_optim_sd = get_optimizer_state_dict(other, other_optim)
+            dcp_load(other_optim_sd, step_dir / role / "optim")
+            set_optimizer_state_dict(other, other_optim, other_optim_sd)
+            other_sched.load_state_dict(_load_plain(step_dir / role / "scheduler.pt"))
 
         rng_file = actor / "rng" / f"rank_{self.dist.rank}.pt"
         if meta["world_size"] == self.dist.world_size and rng_file.is_file():

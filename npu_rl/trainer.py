@@ -341,18 +341,23 @@ class GRPOTrainer:
             self.model.config,
             self.tokenizer,
             getattr(self.model, "generation_config", None),
+            others=self._others(),
         )
+
+    def _others(self) -> dict[str, tuple]:
+        """Trained modules checkpointed beside the actor."""
+        if self.critic is None:
+            return {}
+        return {"critic": (self.critic, self.critic_optimizer, self.critic_scheduler)}
 
     def maybe_resume(self) -> None:
         path = self.checkpoints.resolve(self.cfg.trainer.resume_mode)
         if path is None:
             return
-        state = self.checkpoints.load(path, self.model, self.optimizer, self.scheduler)
+        state = self.checkpoints.load(path, self.model, self.optimizer, self.scheduler, self._others())
         self.global_step = int(state["global_step"])
         self.sampler.load_state_dict(state["sampler"])
         self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))  # adaptive KL resumes where it was
-        if self.critic is not None and self.dist.is_main:  # not yet in the checkpoint: see docs/algorithms.md
-            print("[npu_rl] warning: the critic is not checkpointed yet; it restarts from its initialisation")
         # An engine with its own copy of the weights (vLLM) still holds model.path's: sync before sampling.
         self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
         if self.dist.is_main:

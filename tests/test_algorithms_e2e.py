@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from test_trainer import make_cfg, run
 
 BASE = ("trainer.total_training_steps=2", "trainer.test_freq=0", "trainer.save_freq=0")
@@ -106,3 +107,21 @@ def test_ppo_with_a_critic_trains_and_logs_critic_metrics(tmp_path, tiny_model_d
     assert rows[1]["critic/values/max"] != 0.0, "the critic learned from step 1's returns"
     for key in ("critic/vf_clipfrac", "critic/vpred_mean", "critic/returns/mean", "critic/grad_norm", "critic/lr"):
         assert key in rows[-1], key
+
+
+def test_ppo_resume_reproduces_the_uninterrupted_run_critic_included(tmp_path, tiny_model_dir, synthetic_parquet):
+    ppo = ("algorithm.adv_estimator=gae", "critic.optim.lr=1e-3", "trainer.test_freq=0", "trainer.save_freq=2")
+    straight = run(make_cfg(tmp_path / "a", tiny_model_dir, synthetic_parquet, *ppo))
+    first = make_cfg(tmp_path / "b", tiny_model_dir, synthetic_parquet, *ppo)
+    first.trainer.total_training_steps = 2
+    run(first)
+    resumed = run(make_cfg(tmp_path / "b", tiny_model_dir, synthetic_parquet, *ppo))
+    assert resumed.global_step == 4
+    assert (tmp_path / "b" / "ckpt" / "global_step_2" / "critic" / "model" / ".metadata").is_file()
+    for a, b in ((straight.model, resumed.model), (straight.critic, resumed.critic)):
+        sa, sb = a.state_dict(), b.state_dict()
+        for name in sa:
+            torch.testing.assert_close(sa[name], sb[name], rtol=0, atol=1e-6, msg=name)
+    assert (
+        straight.critic_optimizer.state_dict()["state"].keys() == resumed.critic_optimizer.state_dict()["state"].keys()
+    )
