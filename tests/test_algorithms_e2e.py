@@ -125,3 +125,16 @@ def test_ppo_resume_reproduces_the_uninterrupted_run_critic_included(tmp_path, t
     assert (
         straight.critic_optimizer.state_dict()["state"].keys() == resumed.critic_optimizer.state_dict()["state"].keys()
     )
+
+
+def test_the_ppo_recipe_config_loads(tiny_model_dir, synthetic_parquet):
+    from npu_rl.config import load_config
+
+    cfg = load_config(
+        "run/configs/qwen2_5_math_7b_ppo.yaml",
+        [f"model.path={tiny_model_dir}", f"data.train_files=[{synthetic_parquet['train']}]", "data.val_files=[]"],
+    )
+    assert cfg.use_critic and cfg.needs_ref and cfg.algorithm.kl_coef == 0.01
+    assert (cfg.actor.optim.lr, cfg.critic.optim.lr, cfg.rollout.temperature) == (5e-7, 9e-6, 0.6)
+    assert (cfg.data.train_batch_size, cfg.actor.ppo_mini_batch_size, cfg.rollout.n) == (1024, 128, 8)
+    assert (cfg.data.max_prompt_length, cfg.rollout.max_new_tokens) == (1024, 3000)

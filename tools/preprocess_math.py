@@ -44,7 +44,13 @@ def boxed_answer(solution: str) -> str | None:
     return answer or None
 
 
-def convert_split(files: list[Path], split: str, data_source: str) -> list[dict]:
+def _level(value: object) -> int | None:
+    """MATH's "Level 3" (or 3) as 3; None when absent or unreadable."""
+    digits = "".join(ch for ch in str(value or "") if ch.isdigit())
+    return int(digits) if digits else None
+
+
+def convert_split(files: list[Path], split: str, data_source: str, levels: set[int] | None = None) -> list[dict]:
     rows, problems = [], []
     for path in files:
         for i, record in enumerate(read_records(path)):
@@ -57,6 +63,8 @@ def convert_split(files: list[Path], split: str, data_source: str) -> list[dict]
                 problems.append(f"{where}: column 'solution' has no complete \\boxed{{...}} answer")
             if not (problem and solution and truth):
                 continue
+            if levels is not None and _level(record.get("level")) not in levels:
+                continue  # e.g. --levels 3 4 5 (SimpleRL-Zero trains on the harder problems)
             extra = {"problem": problem, "solution": solution}
             for key in ("level", "type", "subject"):
                 if record.get(key) not in (None, ""):
@@ -67,11 +75,17 @@ def convert_split(files: list[Path], split: str, data_source: str) -> list[dict]
 
 
 def convert(
-    inputs: list[str], output_dir: str | Path, subset: str | None = None, data_source: str = DATA_SOURCE
+    inputs: list[str],
+    output_dir: str | Path,
+    subset: str | None = None,
+    data_source: str = DATA_SOURCE,
+    train_levels: set[int] | None = None,
 ) -> dict[str, Path]:
     out = {}
     for split, files in find_split_files(inputs, subset).items():
-        out[split] = write_parquet(convert_split(files, split, data_source), Path(output_dir) / f"{split}.parquet")
+        levels = train_levels if split == "train" else None  # the held-out set stays whole
+        rows = convert_split(files, split, data_source, levels)
+        out[split] = write_parquet(rows, Path(output_dir) / f"{split}.parquet")
     return out
 
 
@@ -81,9 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--subset", default=None, help="config folder to read when there are several")
     p.add_argument("--data-source", default=DATA_SOURCE, help=f"data_source column (default {DATA_SOURCE})")
+    p.add_argument("--levels", nargs="+", type=int, default=None, help="keep only these MATH levels in train")
     args = p.parse_args(argv)
     try:
-        written = convert(args.input, args.output_dir, args.subset, args.data_source)
+        levels = set(args.levels) if args.levels else None
+        written = convert(args.input, args.output_dir, args.subset, args.data_source, levels)
     except DatasetError as err:
         print(f"preprocess_math: {err}", file=sys.stderr)
         return 1
