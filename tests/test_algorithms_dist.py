@@ -1,0 +1,26 @@
+"""PPO with a critic and REINFORCE++ on 2 torchrun ranks match 1 process (gloo, CPU)."""
+
+import pytest
+import torch
+from test_distributed import _assert_same_metrics, _metrics, _train, _weights
+
+# eps >> |grad| keeps AdamW linear in the gradient, as in test_distributed (reduction order noise stays noise).
+PPO = ("algorithm.adv_estimator=gae", "algorithm.lam=0.95", "critic.optim.lr=1.0", "critic.optim.eps=1.0",
+       "critic.ppo_micro_batch_size_per_device=3")  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+@pytest.mark.parametrize("extra", [PPO, ("algorithm.adv_estimator=reinforce_plus_plus",)], ids=["ppo", "rpp"])
+def test_two_ranks_match_one_process(tmp_path, tiny_model_dir, synthetic_parquet, extra):
+    args = (tmp_path, tiny_model_dir, synthetic_parquet)
+    single, double = _train(*args, "single", 1, *extra), _train(*args, "double", 2, *extra)
+    m1, m2 = _metrics(single), _metrics(double)
+    assert sorted(m1) == sorted(m2) == [1, 2, 3, 4]
+    for step in m1:
+        _assert_same_metrics(m1[step], m2[step], rel=1e-4, abs_=1e-5)
+    if extra is PPO:
+        assert "critic/vf_loss" in m1[4] and "critic/values/mean" in m1[4]
+    w1, w2 = _weights(single, 4, tmp_path), _weights(double, 4, tmp_path)
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-6, msg=name)
