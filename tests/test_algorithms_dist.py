@@ -24,3 +24,26 @@ def test_two_ranks_match_one_process(tmp_path, tiny_model_dir, synthetic_parquet
     w1, w2 = _weights(single, 4, tmp_path), _weights(double, 4, tmp_path)
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-6, msg=name)
+
+
+HALF_CONSTANT = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    if extra_info["index"] % 2:
+        return 0.25
+    return sum(ch.isdigit() for ch in solution_str) / max(1, len(solution_str))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_dynamic_sampling_on_two_ranks_refills_in_lockstep(tmp_path, tiny_model_dir, synthetic_parquet):
+    reward = tmp_path / "half_constant.py"
+    reward.write_text(HALF_CONSTANT)
+    run = _train(
+        tmp_path, tiny_model_dir, synthetic_parquet, "dapo", 2, f"reward.custom_function.path={reward}",
+        "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=score",
+        "algorithm.filter_groups.max_num_gen_batches=10",
+    )  # fmt: skip
+    metrics = _metrics(run)
+    assert sorted(metrics) == [1, 2, 3, 4]
+    assert max(m["batch/num_gen_batches"] for m in metrics.values()) >= 2
