@@ -248,6 +248,7 @@ def update_policy(
     history["actor/lr"].append(scheduler.get_last_lr()[0])
     scheduler.step()
     metrics = {key: sum(values) / len(values) for key, values in history.items()}
+    metrics["actor/nonfinite_skipped"] = float(sum(not math.isfinite(g) for g in history["actor/grad_norm"]))
     if batch.rollout_logprobs is not None:
         diff = distributed.all_reduce(diff, "sum")
         metrics["rollout/logprob_diff"] = float(diff[0] / diff[1].clamp(min=1))

@@ -191,6 +191,11 @@ class TrainerConfig:
     resume_mode: str = "auto"  # auto | disable | <path to global_step_N>
     max_ckpt_to_keep: int = -1
     num_threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+    # Steps in a row whose update was skipped for a NaN/inf loss or gradient before the run stops (reliability).
+    max_nonfinite_steps: int = 3
+    # Resume even when the LR schedule, seeds or batch layout changed, applying the new values from the
+    # resumed step (docs/reliability.md); false refuses such a resume and lists what changed.
+    allow_config_change: bool = False
 
 
 @dataclass

@@ -170,6 +170,8 @@ def _check_messages(value: Any, column: str, bad: Any) -> list[dict[str, str]]:
                 f"{column}[{j}].content",
                 "missing" if content is None else f"expected a string, got {type(content).__name__}",
             )
+        elif not content.strip():
+            bad(f"{column}[{j}].content", "empty" if not content else "only whitespace")
         messages.append({"role": role, "content": content})
     return messages
 
@@ -247,11 +249,15 @@ def _read_file(file: str, prompt_key: str, problems: _Problems) -> list[PromptRe
     if missing:
         return []
     columns = required + [c for c in ("ability", "extra_info") if c in schema.names]
-    table = pq.read_table(path, columns=columns)
+    try:  # a readable footer does not make a readable body (a truncated or corrupted copy)
+        table = pq.read_table(path, columns=columns)
+        data = {c: table.column(c).to_pylist() for c in columns}
+    except (pa.ArrowException, OSError) as err:
+        problems.add(file, None, "", f"cannot read the data, the file is damaged ({err}); copy or convert it again")
+        return []
     if table.num_rows == 0:
         problems.add(file, None, "", "has no rows")
         return []
-    data = {c: table.column(c).to_pylist() for c in columns}
     rows = (_check_row(file, i, {c: data[c][i] for c in columns}, prompt_key, problems) for i in range(len(table)))
     return [r for r in rows if r is not None]
 

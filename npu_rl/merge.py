@@ -36,6 +36,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from npu_rl.safe_load import SafeFileSystemReader
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ST_DTYPE = {
     torch.float64: "F64",
@@ -120,7 +122,7 @@ def _hf_dir(actor: Path, override: Path | None) -> Path:
 
 def plan_tensors(actor: Path, dtype: torch.dtype | None, tie_word_embeddings: bool) -> list[_Entry]:
     """Every tensor to write, from DCP metadata alone (no weights read)."""
-    meta = FileSystemReader(actor / "model").read_metadata()
+    meta = SafeFileSystemReader(actor / "model").read_metadata()  # never unpickles code
     entries = []
     for name, item in meta.state_dict_metadata.items():
         if not isinstance(item, TensorStorageMetadata):
@@ -166,17 +168,6 @@ def _header(entries: list[_Entry]) -> bytes:
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     return struct.pack("<Q", len(raw)) + raw
-
-
-class _Reader(FileSystemReader):
-    """DCP's file reader with the checkpoint metadata parsed once instead of on every load call."""
-
-    _metadata = None
-
-    def read_metadata(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if self._metadata is None:
-            self._metadata = super().read_metadata(*args, **kwargs)
-        return self._metadata
 
 
 def _load(reader: FileSystemReader, entries: list[_Entry]) -> dict[str, torch.Tensor]:
@@ -271,7 +262,7 @@ def merge_checkpoint(
     total = sum(e.nbytes for e in entries)
     dtypes = Counter(e.out_dtype for e in entries)
     try:
-        reader = _Reader(actor / "model")
+        reader = SafeFileSystemReader(actor / "model")  # metadata parsed once, safely
         budget = max(e.nbytes // e.out_dtype.itemsize * e.saved_dtype.itemsize for e in entries)
         for name, shard in zip(names, shards, strict=True):
             _write_shard(work / name, shard, reader, budget)

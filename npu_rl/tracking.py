@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class JsonlTracker:
         }
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
+        os.fsync(self._fh.fileno())  # durable before the trainer publishes the checkpoint covering this step
 
     def log_samples(self, samples: list[dict[str, Any]], step: int) -> None:
         with open(self.samples_path, "a", encoding="utf-8") as fh:

@@ -9,6 +9,7 @@ interface chosen by config (rollout, reward, trackers, checkpoints, device and d
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -19,13 +20,15 @@ import numpy as np
 import torch
 
 from npu_rl import actor, core_algos, device, distributed
-from npu_rl.checkpoint import CheckpointManager
-from npu_rl.config import Config, format_path, save_config
+from npu_rl.checkpoint import CheckpointManager, nonfinite_tensors
+from npu_rl.config import Config, format_path
 from npu_rl.data import BatchSampler, PromptRecord, build_datasets
 from npu_rl.metrics import Timer, data_metrics, global_sum, perf_metrics
 from npu_rl.model import load_model, load_tokenizer, num_parameters
+from npu_rl.resume import LOGS, RUN_CONFIG, check_resume_config, config_yaml, reconcile_log, record_config
 from npu_rl.reward_manager import RewardItem, RewardManager
 from npu_rl.rollout import RolloutOutput, SamplingParams, build_rollout, eos_and_pad_ids
+from npu_rl.run_guard import NonFiniteError, RunLock, StopRequested, StopSignals
 from npu_rl.tracking import Tracking
 
 
@@ -72,6 +75,7 @@ class GRPOTrainer:
         steps = cfg.trainer.total_epochs * self.sampler.steps_per_epoch
         self.total_steps = cfg.trainer.total_training_steps if cfg.trainer.total_training_steps > 0 else steps
 
+        self._resume_from = self._open_run()  # lock, clean up, pick the checkpoint, check the config (reliability)
         model = load_model(cfg.model, self.acc, trainable=True)
         self.num_params = num_parameters(model)
         self.model = self._place(model, trainable=True)
@@ -91,7 +95,7 @@ class GRPOTrainer:
         self.global_step = 0
         self.tracking: Tracking | None = None
         if self.dist.is_main:
-            save_config(cfg, self.log_dir / "config.yaml")
+            self._record_run()
             self.tracking = Tracking(cfg.trainer.logger, str(self.log_dir), self.total_steps, config=cfg)
             for name, count in self.train_data.filtered.items():
                 print(f"[npu_rl] filtered {count} prompts longer than {cfg.data.max_prompt_length} tokens in {name}")
@@ -261,7 +265,36 @@ class GRPOTrainer:
         return metrics
 
     # ------------------------------------------------------------------------------------------
+    def _open_run(self) -> Path | None:
+        """Before the model loads: lock the run's directories (main rank), clean up interrupted saves,
+        pick the checkpoint to resume and refuse a config change a resume would not apply cleanly."""
+        cfg = self.cfg
+        checkpoints = CheckpointManager(format_path(cfg.trainer.default_local_dir, cfg), dist=self.dist)
+        self.run_lock: RunLock | None = None
+        if self.dist.is_main:
+            self.run_lock = RunLock([self.log_dir, checkpoints.root])
+            for note in self.run_lock.taken_over + checkpoints.clean_debris():
+                print(f"[npu_rl] {note}")
+        distributed.barrier()
+        path = checkpoints.resolve(cfg.trainer.resume_mode)
+        self._config_changes = [] if path is None else check_resume_config(cfg, path, self.log_dir, self.dist.is_main)
+        return path
+
+    def _record_run(self) -> None:
+        """Main rank, before the trackers open: logs cut back to the resumed step, this start's config recorded."""
+        path = self._resume_from
+        step = -1 if path is None else int(path.name.removeprefix("global_step_"))
+        for name in LOGS:
+            dropped, missing = reconcile_log(self.log_dir / name, step)
+            if dropped:
+                print(f"[npu_rl] {name}: moved {dropped} rows after step {max(step, 0)} to the .discarded.jsonl file")
+            if missing:
+                print(f"[npu_rl] warning: {name} has no rows for steps {missing} (logged by an older version?)")
+        record_config(self.cfg, self.log_dir, f"resumed from {path}" if path else "fresh start")
+
     def save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            print(f"[npu_rl] saving checkpoint of step {self.global_step} to {self.checkpoints.root}", flush=True)
         self.checkpoints.save(
             self.global_step,
             self.model,
@@ -271,51 +304,127 @@ class GRPOTrainer:
             self.model.config,
             self.tokenizer,
             getattr(self.model, "generation_config", None),
+            extra_files={RUN_CONFIG: config_yaml(self.cfg)},
         )
 
     def maybe_resume(self) -> None:
-        path = self.checkpoints.resolve(self.cfg.trainer.resume_mode)
+        path = self._resume_from
         if path is None:
             return
+        changed = {key for key, *_ in self._config_changes}
+        sampler_keys = {"data.seed", "data.shuffle", "data.train_batch_size"}
         state = self.checkpoints.load(path, self.model, self.optimizer, self.scheduler)
         self.global_step = int(state["global_step"])
-        self.sampler.load_state_dict(state["sampler"])
+        sampler_state = state["sampler"]
+        if changed & sampler_keys:  # allowed (trainer.allow_config_change): the new order starts at the next epoch
+            sampler_state = dict(sampler_state, seed=self.sampler.seed, shuffle=self.sampler.shuffle)
+            sampler_state["batch_size"] = self.sampler.batch_size
+            if sampler_state["position"]:
+                sampler_state.update(epoch=sampler_state["epoch"] + 1, position=0)
+        self.sampler.load_state_dict(sampler_state)
+        if any(key.startswith("actor.optim.") or key.startswith("trainer.total_") for key in changed):
+            self._apply_optim_config()
         # An engine with its own copy of the weights (vLLM) still holds model.path's: sync before sampling.
         self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
         if self.dist.is_main:
             print(f"[npu_rl] resumed from {path} at step {self.global_step}")
+            if changed:
+                print(f"[npu_rl] applied from step {self.global_step + 1} on: {', '.join(sorted(changed))}")
+
+    def _apply_optim_config(self) -> None:
+        """Put the configured optimizer settings and LR schedule over the restored ones (an allowed change).
+
+        The optimizer state restores the old lr/betas/eps/weight_decay and the scheduler its old base
+        LR; the schedule's shape already comes from the config. The LR of the next update is the new
+        schedule's value at the resumed step.
+        """
+        o = self.cfg.actor.optim
+        self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
+        for group, fn in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
+            group.update(initial_lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+            group["lr"] = o.lr * fn(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr reports
 
     def log(self, metrics: dict[str, float]) -> None:
         if self.tracking is not None:
             self.tracking.log(metrics, self.global_step)
 
+    def _check_finite(self, metrics: dict[str, float], in_row: int) -> int:
+        """Count steps whose update was skipped for NaN/inf (loss or gradient) and stop the run when
+        `trainer.max_nonfinite_steps` come in a row or a parameter is no longer finite; returns the count."""
+        skipped = metrics.get("actor/nonfinite_skipped", 0.0) > 0 or not math.isfinite(metrics.get("actor/pg_loss", 0))
+        in_row = in_row + 1 if skipped else 0
+        limit = self.cfg.trainer.max_nonfinite_steps
+        if skipped and self.dist.is_main:
+            step = self.global_step
+            print(f"[npu_rl] warning: step {step}: NaN/inf loss or gradient, update skipped ({in_row} in a row)")
+        latest = self.checkpoints.latest() if skipped else None
+        if in_row >= limit:
+            raise NonFiniteError(
+                f"{in_row} steps in a row (trainer.max_nonfinite_steps={limit}) had a NaN/inf loss or gradient and "
+                f"were skipped, up to step {self.global_step}: the run cannot recover. Lower actor.optim.lr, check "
+                f"the reward (a NaN score?) and resume from {latest or 'the start'}"
+            )
+        bad = nonfinite_tensors(self.model.state_dict())
+        if int(distributed.all_reduce(torch.tensor(float(len(bad))), "sum")):
+            where = ", ".join(bad[:3]) or "on another rank"
+            raise NonFiniteError(
+                f"parameters became NaN/inf in the update of step {self.global_step} ({where}): stopping without "
+                f"saving. Lower actor.optim.lr and resume from {self.checkpoints.latest() or 'the start'}"
+            )
+        return in_row
+
     def fit(self) -> dict[str, float]:
-        """Train to `total_steps`, validating and checkpointing on schedule; returns the last metrics."""
+        """Train to `total_steps`, validating and checkpointing on schedule; returns the last metrics.
+
+        Each step's row (validation included) is logged durably before the checkpoint covering it is
+        published, so a kill at any point loses no logged step. A first SIGTERM/SIGINT finishes the
+        step, saves and exits with `StopRequested` (status 128 + signal); a second exits at once.
+        """
         tcfg = self.cfg.trainer
         self.maybe_resume()
         last: dict[str, float] = {}
-        if tcfg.val_before_train and self.global_step == 0 and self.val_data is not None:
-            self.log(self.validate())
-        while self.global_step < self.total_steps:
-            batch = self.sampler.next_batch()
-            mine = shard_prompts(batch, self.cfg.actor.ppo_mini_batch_size, self.dist.rank, self.dist.world_size)
-            start = time.perf_counter()
-            last = self.train_step(mine)
-            self.global_step += 1
-            last["training/global_step"] = self.global_step
-            last["training/epoch"] = self.sampler.epoch
-            is_last = self.global_step == self.total_steps
-            if self.val_data is not None and tcfg.test_freq > 0 and (self.global_step % tcfg.test_freq == 0 or is_last):
-                last.update(self.validate())
-            if (tcfg.save_freq > 0 and self.global_step % tcfg.save_freq == 0) or is_last:
-                self.save_checkpoint()
-            last["timing_s/step_total"] = time.perf_counter() - start
-            self.log(last)
+        nonfinite_in_row = 0
+        with StopSignals() as stop:
+            if tcfg.val_before_train and self.global_step == 0 and self.val_data is not None:
+                self.log(self.validate())
+            while self.global_step < self.total_steps:
+                batch = self.sampler.next_batch()
+                mine = shard_prompts(batch, self.cfg.actor.ppo_mini_batch_size, self.dist.rank, self.dist.world_size)
+                start = time.perf_counter()
+                last = self.train_step(mine)
+                self.global_step += 1
+                last["training/global_step"] = self.global_step
+                last["training/epoch"] = self.sampler.epoch
+                is_last = self.global_step == self.total_steps
+                val_due = tcfg.test_freq > 0 and (self.global_step % tcfg.test_freq == 0 or is_last)
+                if self.val_data is not None and val_due:
+                    last.update(self.validate())
+                last["timing_s/step_total"] = time.perf_counter() - start  # the checkpoint save is not counted
+                self.log(last)  # durable (fsynced) before the checkpoint that covers this step
+                nonfinite_in_row = self._check_finite(last, nonfinite_in_row)
+                signum = int(distributed.all_reduce(torch.tensor(float(stop.signum)), "max"))  # ranks stop together
+                if (tcfg.save_freq > 0 and self.global_step % tcfg.save_freq == 0) or is_last or signum:
+                    self.save_checkpoint()
+                if signum and not is_last:
+                    raise StopRequested(self._stopped(signum))
         return last
+
+    def _stopped(self, signum: int) -> int:
+        """Say where the run stopped; the exit status (128 + signal, as if the signal had ended it)."""
+        if self.dist.is_main:
+            print(
+                f"[npu_rl] stopped by signal {signum} after step {self.global_step}; checkpoint saved in "
+                f"{self.checkpoints.root}. Run the same command again to resume",
+                flush=True,
+            )
+        return 128 + signum
 
     def close(self) -> None:
         if self.tracking is not None:
             self.tracking.close()
+        if self.run_lock is not None:
+            self.run_lock.release()
         self.reward.close()
         self.val_reward.close()
         close_rollout = getattr(self.rollout, "close", None)
