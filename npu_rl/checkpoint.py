@@ -59,7 +59,7 @@ from torch.distributed.tensor import DTensor
 import npu_rl
 from npu_rl import device
 from npu_rl.distributed import DistInfo, all_reduce, barrier
-from npu_rl.safe_load import SafeFileSystemReader, SafeLoadPlanner, load_plain
+from npu_rl.safe_load import SafeFileSystemReader, SafeLoadPlanner, UnsafeCheckpointError, load_plain
 from npu_rl.storage import fmt_bytes, free_bytes, fsync_dir, fsync_tree, torch_bytes, write_atomic, write_durable
 
 log = logging.getLogger(__name__)
@@ -89,10 +89,21 @@ def dcp_save(state_dict: dict[str, Any], path: Path) -> None:
 
 
 def dcp_load(state_dict: dict[str, Any], path: Path) -> None:
-    """DCP load in place into `state_dict`, resharding to whatever shapes its tensors have."""
+    """DCP load in place into `state_dict`, resharding to whatever shapes its tensors have.
+
+    Metadata and non-tensor entries are read by npu_rl.safe_load: a crafted file fails, running nothing.
+    """
+    reader = SafeFileSystemReader(path)
+    reader.read_metadata()  # a refused file raises here, not wrapped into DCP's CheckpointException
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state_dict, storage_reader=SafeFileSystemReader(path), planner=SafeLoadPlanner(), no_dist=_no_dist())
+        try:
+            dcp.load(state_dict, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=_no_dist())
+        except CheckpointException as err:  # DCP wraps every rank's error; a refusal should read as one
+            refused = [exc for exc, _ in err.failures.values() if isinstance(exc, UnsafeCheckpointError)]
+            if refused:
+                raise refused[0] from None
+            raise
 
 
 def _safe_rng_state() -> dict[str, Any]:

@@ -253,7 +253,8 @@ def _read_file(file: str, prompt_key: str, problems: _Problems) -> list[PromptRe
         table = pq.read_table(path, columns=columns)
         data = {c: table.column(c).to_pylist() for c in columns}
     except (pa.ArrowException, OSError) as err:
-        problems.add(file, None, "", f"cannot read the data, the file is damaged ({err}); copy or convert it again")
+        reason = " ".join(str(err).split())  # Arrow's messages span lines; a problem is one line
+        problems.add(file, None, "", f"cannot read the data, the file is damaged ({reason}); copy or convert it again")
         return []
     if table.num_rows == 0:
         problems.add(file, None, "", "has no rows")

@@ -100,20 +100,20 @@ def _check_storage_paths(metadata: Metadata, folder: Path, source: str) -> None:
 
 
 class SafeFileSystemReader(FileSystemReader):
-    """DCP's file reader with `.metadata` read by `MetadataUnpickler`, parsed once per reader."""
-
-    _metadata: Metadata | None = None
+    """DCP's file reader with `.metadata` read by `MetadataUnpickler`, each file parsed once per reader."""
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        if self._metadata is None:
-            path = Path(self._get_metadata_path(kwargs.get("rank")))
+        rank = kwargs.get("rank")  # None: the global `.metadata`; a rank: that rank's own (if one was written)
+        cache: dict[int | None, Metadata] = self.__dict__.setdefault("_safe_metadata", {})
+        if rank not in cache:
+            path = Path(self._get_metadata_path(rank))
             metadata = load_dcp_metadata(path)
             _check_storage_paths(metadata, Path(self.path), str(path))
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
-            self._metadata = metadata
-        return self._metadata
+            cache[rank] = metadata
+        return cache[rank]
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):

@@ -273,11 +273,18 @@ class GRPOTrainer:
         self.run_lock: RunLock | None = None
         if self.dist.is_main:
             self.run_lock = RunLock([self.log_dir, checkpoints.root])
-            for note in self.run_lock.taken_over + checkpoints.clean_debris():
-                print(f"[npu_rl] {note}")
-        distributed.barrier()
-        path = checkpoints.resolve(cfg.trainer.resume_mode)
-        self._config_changes = [] if path is None else check_resume_config(cfg, path, self.log_dir, self.dist.is_main)
+        try:
+            if self.run_lock is not None:
+                for note in self.run_lock.taken_over + checkpoints.clean_debris():
+                    print(f"[npu_rl] {note}")
+            distributed.barrier()
+            path = checkpoints.resolve(cfg.trainer.resume_mode)
+            changes = [] if path is None else check_resume_config(cfg, path, self.log_dir, self.dist.is_main)
+        except BaseException:
+            if self.run_lock is not None:  # a refused start must not keep the directories locked
+                self.run_lock.release()
+            raise
+        self._config_changes = changes
         return path
 
     def _record_run(self) -> None:

@@ -316,3 +316,30 @@ def test_resume_refuses_a_different_order(records):
 def test_fewer_prompts_than_a_batch_is_an_error(records):
     with pytest.raises(DataError, match=re.escape("has 3 prompts after filtering, fewer than data.train_batch_size=8")):
         BatchSampler(records[:3], 8)
+
+
+def test_damaged_parquet_body_names_the_file_and_other_files_still_report(tmp_path):
+    good = write(tmp_path / "good.parquet", [make_row(i) for i in range(200)])
+    damaged = tmp_path / "damaged.parquet"
+    raw = bytearray(good.read_bytes())
+    raw[8 : len(raw) // 2] = b"\xff" * (len(raw) // 2 - 8)  # the data pages; footer and schema stay readable
+    damaged.write_bytes(bytes(raw))
+    pq.read_schema(damaged)  # the footer still reads: only reading the rows fails
+    rows = [make_row(0)]
+    del rows[0]["data_source"]
+    other = write(tmp_path / "other.parquet", rows)
+    err = data_error([damaged, other])
+    assert re.search(rf"{re.escape(str(damaged))}: cannot read the data, the file is damaged \(.+\)", str(err))
+    assert f"{other} column data_source: missing column" in str(err)
+    assert len(err.problems) == 2
+
+
+def test_empty_or_blank_message_content_is_a_data_error(tmp_path):
+    rows = [make_row(i) for i in range(4)]
+    rows[1]["prompt"] = [{"role": "user", "content": ""}]
+    rows[2]["prompt"] = [{"role": "system", "content": "be brief"}, {"role": "user", "content": " \n\t "}]
+    path = write(tmp_path / "train.parquet", rows)
+    text = str(data_error(path))
+    assert f"{path} row 1 column prompt[0].content: empty" in text
+    assert f"{path} row 2 column prompt[1].content: only whitespace" in text
+    assert "row 0 " not in text and "row 3 " not in text
