@@ -14,6 +14,7 @@ import textwrap
 import pytest
 import torch
 from _train_proc import final_weights, metrics, stable, start, train, train_args, wait_for
+from test_trainer import run
 
 from npu_rl.config import load_config
 from npu_rl.model import looks_local, source_kwargs
@@ -114,11 +115,16 @@ def test_run_lock_in_process(tmp_path):
     RunLock([tmp_path / "b"]).release()
 
 
+def _training(run_dir, model_dir, data):
+    """A long run without periodic saves, started in the background and past its first step."""
+    proc = start(train_args(run_dir, model_dir, data, "trainer.save_freq=-1", steps=200), run_dir / "run.log")
+    wait_for(lambda: any(r["step"] >= 1 for r in metrics(run_dir)), proc=proc)
+    return proc
+
+
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_then_resume_continues(tmp_path, tiny_model_dir, synthetic_parquet):
-    args = train_args(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.save_freq=-1", steps=200)
-    proc = start(args, tmp_path / "run.log")
-    wait_for(lambda: any(r["step"] >= 1 for r in metrics(tmp_path)), proc=proc)
+    proc = _training(tmp_path, tiny_model_dir, synthetic_parquet)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 128 + signal.SIGTERM
     out = (tmp_path / "run.log").read_text()
@@ -135,9 +141,7 @@ def test_sigterm_saves_and_exits_then_resume_continues(tmp_path, tiny_model_dir,
 
 @pytest.mark.slow
 def test_second_sigterm_exits_at_once(tmp_path, tiny_model_dir, synthetic_parquet):
-    args = train_args(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.save_freq=-1", steps=200)
-    proc = start(args, tmp_path / "run.log")
-    wait_for(lambda: any(r["step"] >= 1 for r in metrics(tmp_path)), proc=proc)
+    proc = _training(tmp_path, tiny_model_dir, synthetic_parquet)
     proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "SIGTERM received" in (tmp_path / "run.log").read_text(), timeout=60)
     proc.send_signal(signal.SIGTERM)
@@ -153,18 +157,9 @@ def _cfg(tmp_path, tiny_model_dir, synthetic_parquet, *extra, steps=2):
     return load_config(None, train_args(tmp_path, tiny_model_dir, synthetic_parquet, *extra, steps=steps))
 
 
-def _run(cfg) -> GRPOTrainer:
-    trainer = GRPOTrainer(cfg)
-    try:
-        trainer.fit()
-    finally:
-        trainer.close()
-    return trainer
-
-
 @pytest.mark.slow
 def test_changed_config_on_resume_is_refused_or_applied_explicitly(tmp_path, tiny_model_dir, synthetic_parquet, capsys):
-    _run(_cfg(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.test_freq=-1"))
+    run(_cfg(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.test_freq=-1"))
     capsys.readouterr()
     for change in ("actor.optim.lr=5e-4", "trainer.seed=7", "rollout.n=2", "actor.optim.lr_scheduler=cosine"):
         cfg = _cfg(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.test_freq=-1", change, steps=3)
@@ -179,7 +174,7 @@ def test_changed_config_on_resume_is_refused_or_applied_explicitly(tmp_path, tin
         tmp_path, tiny_model_dir, synthetic_parquet, "trainer.test_freq=-1", "actor.optim.lr=5e-4",
         "trainer.allow_config_change=true", "rollout.temperature=0.9", steps=3,
     )  # fmt: skip
-    trainer = _run(cfg)
+    trainer = run(cfg)
     out = capsys.readouterr().out
     assert "actor.optim.lr: 0.001 -> 0.0005   [the restored optimizer would keep the old base LR]" in out
     assert "rollout.temperature: 1.0 -> 0.9" in out and "applied from step 3 on: actor.optim.lr" in out
@@ -223,7 +218,7 @@ def test_huge_learning_rate_stops_the_run_and_never_publishes_nonfinite_weights(
         "trainer.test_freq=-1", "trainer.val_before_train=false", steps=6,
     )  # fmt: skip
     with pytest.raises(NonFiniteError, match=r"Lower actor\.optim\.lr"):
-        _run(cfg)
+        run(cfg)
     for step_dir in (tmp_path / "ckpt").glob("global_step_*"):
         step = int(step_dir.name.split("_")[-1])
         assert all(torch.isfinite(t).all() for t in final_weights(tmp_path, step).values()), step_dir
