@@ -158,7 +158,7 @@ class WeightedReward:
 class RewardConfig:
     custom_function: CustomRewardFunction = field(default_factory=CustomRewardFunction)
     functions: list[WeightedReward] = field(default_factory=list)  # empty: the default tiered math reward
-    strict: bool = True  # training extracts only the requested answer format
+    strict: bool = False  # True: only the requested answer form is graded; default: any clearly stated final answer
     timeout_s: float = 5.0  # wall-clock budget per graded item
     num_workers: int = 2  # grading processes; 0 grades in-process
     # Tiers of the default math reward (docs/reward.md): incorrect -> incorrect_score; correct ->

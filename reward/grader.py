@@ -105,7 +105,7 @@ def grade(
     ground_truth: Any,
     extra_info: dict[str, Any] | None = None,
     *,
-    strict: bool = True,
+    strict: bool = False,
     tiers: Tiers = DEFAULT_TIERS,
 ) -> dict[str, Any]:
     """Tiered grade of one response; raises GradeTimeout when this thread's budget runs out."""
@@ -138,7 +138,7 @@ def compute_score(
     ground_truth: Any,
     extra_info: dict[str, Any] | None = None,
     *,
-    strict: bool = True,
+    strict: bool = False,
     tiers: Tiers = DEFAULT_TIERS,
     timeout_s: float | None = 5.0,
 ) -> dict[str, Any]:

@@ -56,7 +56,7 @@ class ScorerSpec:
     terms: tuple[Term, ...] = ()  # empty: the tiered math reward alone
     custom_path: str | None = None  # verl's custom_reward_function: replaces the default reward
     custom_name: str = "compute_score"
-    strict: bool = True
+    strict: bool = False  # True: only the requested answer form counts (form as a gate)
     tiers: Tiers = field(default_factory=Tiers)
     timeout_s: float = 5.0
 
