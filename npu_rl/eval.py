@@ -236,7 +236,8 @@ def evaluate(model: str | Path, data_files: str | Path | Sequence[str | Path], *
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m npu_rl.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="HF folder, global_step_N checkpoint dir, or checkpoint root")
-    p.add_argument("--data", required=True, nargs="+", help="parquet file(s) in verl's row schema")
+    p.add_argument("--data", nargs="+", help="parquet file(s) in verl's row schema")
+    p.add_argument("--suite", nargs="+", help="benchmarks evaluated one by one into one table (npu_rl.eval_suite)")
     p.add_argument("--n", type=int, default=1, help="samples per prompt (default 1)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -258,7 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.data) == bool(args.suite):
+        parser.error("give either --data or --suite")
+    if args.suite:
+        from npu_rl.eval_suite import main as suite_main  # several benchmarks, one table
+
+        return suite_main(args)
     ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
     try:
         check_sampling(args.n, args.temperature, ks or [])
