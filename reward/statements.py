@@ -31,6 +31,7 @@ _BOLD_RE = re.compile(r"\*\*([^*\n]{1,200})\*\*")
 _IS_TAIL_RE = re.compile(r"\b(?:is|are|equals|=)\s+([^\n]{1,200})$", re.IGNORECASE)
 _MAX_STATEMENT = 400  # characters of one statement that are read
 # Prose that is not part of the answer but often follows it on the same line.
+_REMARK_RE = re.compile(r"\s+\([^()\\]*[a-zA-Z]{3,}[^()\\]*\)$")  # "0.5 (one half)": a remark in words
 _CONTINUATION_RE = re.compile(r",\s+(?:which|since|because|so|as|and\s+(?:this|that|the))\b.*$", re.IGNORECASE)
 
 
@@ -55,7 +56,7 @@ def statement_answer(raw: str) -> str:
     m = _LEADING_MATH_RE.match(raw)
     if m is not None:
         return next(g for g in m.groups() if g is not None).strip()
-    return _CONTINUATION_RE.sub("", cut_sentence(raw)).strip()
+    return _REMARK_RE.sub("", _CONTINUATION_RE.sub("", cut_sentence(raw)).strip())
 
 
 def answer_is(text: str) -> tuple[str, int, int, int] | None:

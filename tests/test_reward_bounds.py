@@ -29,22 +29,6 @@ _spec.loader.exec_module(numerals)
 
 PER_CALL_S = 0.5
 
-HUGE = [
-    r"\boxed{1e9999999}",
-    "The answer is 1e" + "9" * 100_000 + ".",
-    r"\boxed{2.5E+999999999}",
-    r"\boxed{3 \times 10^{99999999}}",
-    "Final Answer: The final answer is $10^{10^{10^{10}}}$. I hope it is correct.",
-    r"\boxed{9^9^9}",
-    r"\boxed{9^{9^{9}}!}",
-    r"\boxed{99999999!!}",
-    "<answer>" + "9" * 500 + "e" + "9" * 50 + "</answer>",
-    r"\boxed{" + r"\frac{1}{" * 2_000 + "2" + "}" * 2_001,
-    r"\boxed{\frac" + r"\frac" * 500 + "1" * 502 + "}",
-    "The answer is " + " ".join(["nine hundred ninety nine thousand"] * 200) + ".",
-    r"\boxed{5" + r"\text{ million}" * 300 + "}",
-]
-
 
 def _compute(response: str, truth: str) -> tuple[dict, float]:
     start = time.perf_counter()
@@ -52,7 +36,7 @@ def _compute(response: str, truth: str) -> tuple[dict, float]:
     return result, time.perf_counter() - start
 
 
-@pytest.mark.parametrize("response", HUGE, ids=range(len(HUGE)))
+@pytest.mark.parametrize("response", numerals.HUGE, ids=range(len(numerals.HUGE)))
 def test_huge_numeral_family_returns_fast_in_process(response: str) -> None:
     for truth in ("1", r"10^{100}"):
         result, seconds = _compute(response, truth)
@@ -64,9 +48,9 @@ def test_huge_numerals_through_the_manager_without_workers() -> None:
     """The trainer's in-process path (reward.num_workers=0): nothing can preempt a slow item there."""
     with RewardManager(RewardConfig(num_workers=0, timeout_s=5.0)) as manager:
         start = time.perf_counter()
-        batch = manager.score([RewardItem("lighteval/MATH", r, "1") for r in HUGE])
+        batch = manager.score([RewardItem("lighteval/MATH", r, "1") for r in numerals.HUGE])
         elapsed = time.perf_counter() - start
-    assert elapsed < PER_CALL_S * len(HUGE)
+    assert elapsed < PER_CALL_S * len(numerals.HUGE)
     assert batch.timeouts == 0 and batch.errors == 0 and not any(batch.acc)
 
 

@@ -22,6 +22,22 @@ WRAPPERS = (
     "Answer: {}",
     "{}",
 )
+# The huge-numeral family of the issue, one fixed example of each shape.
+HUGE = [
+    r"\boxed{1e9999999}",
+    "The answer is 1e" + "9" * 100_000 + ".",
+    r"\boxed{2.5E+999999999}",
+    r"\boxed{3 \times 10^{99999999}}",
+    "Final Answer: The final answer is $10^{10^{10^{10}}}$. I hope it is correct.",
+    r"\boxed{9^9^9}",
+    r"\boxed{9^{9^{9}}!}",
+    r"\boxed{99999999!!}",
+    "<answer>" + "9" * 500 + "e" + "9" * 50 + "</answer>",
+    r"\boxed{" + r"\frac{1}{" * 2_000 + "2" + "}" * 2_001,
+    r"\boxed{\frac" + r"\frac" * 500 + "1" * 502 + "}",
+    "The answer is " + " ".join(["nine hundred ninety nine thousand"] * 200) + ".",
+    r"\boxed{5" + r"\text{ million}" * 300 + "}",
+]
 TRUTHS = ("1", "7", "\\frac{1}{3}", "10^{100}", "x + 1", "(1, 2)", "3, -3")
 
 _digits = st.integers(1, 6_000).map(lambda n: "9" * n)
