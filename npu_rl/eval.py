@@ -258,6 +258,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def evaluator_from_args(args: argparse.Namespace) -> Evaluator:
+    """The Evaluator the command line asks for (shared with npu_rl.eval_suite)."""
+    return Evaluator(
+        args.model,
+        rollout=args.rollout,
+        device_name=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        max_prompt_length=args.max_prompt_length,
+        reward=RewardConfig(num_workers=args.reward_workers),
+        num_threads=args.num_threads,
+    )
+
+
+def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """`Evaluator.evaluate` keywords from the command line, other than n, k and the output folder."""
+    return {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "max_samples": args.max_samples,
+        "tag": args.tag,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -274,29 +301,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"npu_rl.eval: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     output_dir = args.output_dir or str(Path("outputs") / "eval" / Path(args.model).resolve().name)
-    with Evaluator(
-        args.model,
-        rollout=args.rollout,
-        device_name=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        max_prompt_length=args.max_prompt_length,
-        reward=RewardConfig(num_workers=args.reward_workers),
-        num_threads=args.num_threads,
-    ) as ev:
+    with evaluator_from_args(args) as ev:
         summary = ev.evaluate(
-            args.data,
-            n=args.n,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_new_tokens=args.max_new_tokens,
-            k=ks,
-            seed=args.seed,
-            max_samples=args.max_samples,
-            output_dir=output_dir,
-            tag=args.tag,
-            verbose=True,
+            args.data, n=args.n, k=ks, output_dir=output_dir, verbose=True, **sampling_from_args(args)
         )
     print(format_table(summary, args.n, summary["sampling"]["k"]))
     print(f"generations: {summary['files']['generations']}\nsummary:     {summary['files']['summary']}")

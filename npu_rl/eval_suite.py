@@ -23,8 +23,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from npu_rl.config import RewardConfig
-from npu_rl.eval import Evaluator, check_sampling
+from npu_rl.eval import Evaluator, check_sampling, evaluator_from_args, sampling_from_args
 from npu_rl.eval_metrics import default_ks
 from npu_rl.progress import Progress
 
@@ -144,30 +143,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"npu_rl.eval: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     output_dir = args.output_dir or str(Path("outputs") / "eval" / Path(args.model).resolve().name / "suite")
-    with Evaluator(
-        args.model,
-        rollout=args.rollout,
-        device_name=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        max_prompt_length=args.max_prompt_length,
-        reward=RewardConfig(num_workers=args.reward_workers),
-        num_threads=args.num_threads,
-    ) as ev:
-        result = run_suite(
-            ev,
-            suite,
-            n=args.n,
-            k=ks,
-            output_dir=output_dir,
-            max_samples=args.max_samples,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_new_tokens=args.max_new_tokens,
-            seed=args.seed,
-            tag=args.tag,
-        )
+    with evaluator_from_args(args) as ev:
+        result = run_suite(ev, suite, n=args.n, k=ks, output_dir=output_dir, **sampling_from_args(args))
     print(format_suite_table(result))
     print(f"suite summary: {result['file']}")
     return result
