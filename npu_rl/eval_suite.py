@@ -23,8 +23,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from npu_rl.eval import Evaluator, check_sampling, evaluator_from_args, sampling_from_args
+from npu_rl.eval import Evaluator, evaluator_from_args, sampling_from_args
 from npu_rl.eval_metrics import default_ks
+from npu_rl.evaluation import EvalConfig
 from npu_rl.progress import Progress
 
 
@@ -80,7 +81,7 @@ def run_suite(
     Progress counts prompts over the whole suite, so its ETA covers every remaining benchmark.
     """
     ks = sorted(set(k)) if k else default_ks(n)
-    check_sampling(n, sampling.get("temperature", 0.0), ks)
+    EvalConfig(n, sampling.get("temperature", 0.0)).validate(ks)
     sizes = {name: _rows(path, max_samples) for name, path in suite.items()}
     summaries: dict[str, dict[str, Any]] = {}
     with Progress("eval suite", total=sum(sizes.values()), unit="prompts", enabled=progress) as bar:
@@ -138,7 +139,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
     try:
         suite = resolve_suite(args.suite)
-        check_sampling(args.n, args.temperature, ks or [])
+        EvalConfig(args.n, args.temperature, max_new_tokens=args.max_new_tokens).validate(ks or [])
     except ValueError as err:
         print(f"npu_rl.eval: {err}", file=sys.stderr)
         raise SystemExit(2) from err

