@@ -180,7 +180,7 @@ def parse_inputs(items: list[str]) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, metavar="NAME=PATH", help=f"names: {', '.join(BENCHMARKS)}")
     p.add_argument("--output-dir", required=True, help="one <NAME>.parquet per benchmark is written here")
     args = p.parse_args(argv)
