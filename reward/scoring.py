@@ -21,20 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npu_rl.registry import Registry
 from reward.format_rewards import format_soft_xml, format_strict_xml, int_answer, xml_tags
 from reward.grader import compute_score
 from reward.limits import GradeTimeout
 from reward.tiers import Tiers
 
 RewardFn = Callable[..., Any]
-REGISTRY: dict[str, RewardFn] = {
-    "math": compute_score,  # tiered: correctness first, then format and reasoning bonuses
-    "accuracy": compute_score,  # correctness only: 1.0 / 0.0 (see Scorer._call_term)
-    "format_strict_xml": format_strict_xml,
-    "format_soft_xml": format_soft_xml,
-    "int_answer": int_answer,
-    "xml_tags": xml_tags,
-}
+REGISTRY: Registry[RewardFn] = Registry("reward")  # names for reward.functions[i].name
+REGISTRY.add("math", compute_score)  # tiered: correctness first, then format and reasoning bonuses
+REGISTRY.add("accuracy", compute_score)  # correctness only: 1.0 / 0.0 (see Scorer._call_term)
+REGISTRY.add("format_strict_xml", format_strict_xml)
+REGISTRY.add("format_soft_xml", format_soft_xml)
+REGISTRY.add("int_answer", int_answer)
+REGISTRY.add("xml_tags", xml_tags)
 _OWN_GRADERS = {"math", "accuracy"}
 
 
@@ -56,7 +56,7 @@ class ScorerSpec:
     terms: tuple[Term, ...] = ()  # empty: the tiered math reward alone
     custom_path: str | None = None  # verl's custom_reward_function: replaces the default reward
     custom_name: str = "compute_score"
-    strict: bool = True
+    strict: bool = False  # True: only the requested answer form counts (form as a gate)
     tiers: Tiers = field(default_factory=Tiers)
     timeout_s: float = 5.0
 
@@ -151,7 +151,11 @@ class Scorer:
             self.terms.append((label, term.weight, fn, own))
 
     def __call__(self, data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None) -> dict:
-        """{"score": float, "acc": bool, "timeout": bool, "components": {name: float}}."""
+        """{"score": float, "acc": bool | None, "timeout": bool, "components": {name: float}}.
+
+        `acc` is None when no term reports correctness (a user function returning only a score):
+        a score is not a verdict, so it is logged as reward, never as accuracy.
+        """
         total, acc, timeout = 0.0, None, False
         components: dict[str, float] = {}
         for label, weight, fn, own in self.terms:
@@ -170,7 +174,7 @@ class Scorer:
             components.update({prefix + k: v for k, v in extras.items()})
         return {
             "score": total,
-            "acc": bool(total > 0) if acc is None else acc,
+            "acc": acc,
             "timeout": timeout,
             "components": components,
         }

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from npu_rl.config import CustomRewardFunction, RewardConfig, WeightedReward
+from npu_rl.config import ConfigError, CustomRewardFunction, RewardConfig, WeightedReward
 from npu_rl.reward_manager import RewardBatch, RewardItem, RewardManager
 from reward import RewardError
 
@@ -128,10 +128,16 @@ def test_in_process_budget_holds_in_the_main_thread_and_is_accounted_elsewhere(u
 
 
 def test_in_process_default_reward_and_strict_vs_lenient() -> None:
-    cfg = RewardConfig(num_workers=0)
-    items = [RewardItem("synthetic/arith", "The answer is 14.", "14")]
-    assert RewardManager(cfg).score(items).acc == [False]  # training: only \boxed{} counts
-    assert RewardManager(cfg, strict=False).score(items).acc == [True]  # evaluation: lenient
+    items = [
+        RewardItem("synthetic/arith", "The answer is 14.", "14"),
+        RewardItem("synthetic/arith", "\\boxed{14}", "14"),
+    ]
+    default = RewardManager(RewardConfig(num_workers=0)).score(items)
+    assert default.acc == [True, True]  # correct by meaning from any clearly stated final answer
+    assert default.scores == [1.0, 1.1]  # the requested form (\boxed{}) is the format tier
+    strict = RewardManager(RewardConfig(num_workers=0, strict=True)).score(items)
+    assert strict.acc == [False, True]  # reward.strict=true: only \boxed{} counts
+    assert RewardManager(RewardConfig(num_workers=0, strict=True), strict=False).score(items).acc == [True, True]
 
 
 def test_truncated_items_and_configured_answer_format() -> None:
@@ -140,10 +146,11 @@ def test_truncated_items_and_configured_answer_format() -> None:
         [
             RewardItem("openai/gsm8k", "<reasoning>3 + 4 = 7</reasoning>\n<answer>7</answer>", "7"),
             RewardItem("openai/gsm8k", "<reasoning>3 + 4 = 7</reasoning>\n<answer>7</answer>", "7", truncated=True),
-            RewardItem("openai/gsm8k", "#### 7", "7"),  # strict: only <answer> counts now
+            RewardItem("openai/gsm8k", "#### 7", "7"),  # another form: correct, no format bonus
         ]
     )
-    assert batch.acc == [True, False, False]
+    assert batch.acc == [True, False, True]
+    assert batch.scores[0] > batch.scores[2] > 0
 
 
 def test_weighted_list_logs_each_term(user_file: str) -> None:
@@ -167,13 +174,13 @@ def test_weighted_list_logs_each_term(user_file: str) -> None:
 
 
 def test_configuration_errors_name_the_key(user_file: str, tmp_path: Path) -> None:
-    with pytest.raises(RewardError, match=r"reward.custom_function.path: file .* does not exist"):
+    with pytest.raises(ConfigError, match=r"reward.custom_function.path: file .* does not exist"):
         RewardManager(custom(str(tmp_path / "missing.py"), num_workers=0))
     with pytest.raises(RewardError, match=r"reward.custom_function.name: no function 'nope'.*compute_score"):
         RewardManager(custom(user_file, "nope", num_workers=0))
-    with pytest.raises(RewardError, match="not both"):
+    with pytest.raises(ConfigError, match="not both"):
         RewardManager(custom(user_file, num_workers=0, functions=[WeightedReward()]))
-    with pytest.raises(RewardError, match=r"reward.functions\[0\].name: unknown reward 'acc'"):
+    with pytest.raises(ConfigError, match=r"reward.functions\[0\].name: unknown reward 'acc'"):
         RewardManager(RewardConfig(num_workers=0, functions=[WeightedReward(name="acc")]))
     with pytest.raises(ValueError, match=r"reward\.timeout_s"):
         RewardManager(RewardConfig(timeout_s=0))
