@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from npu_rl.config import Config, to_dict
+from npu_rl.config import Config, OptimConfig, to_dict
 from npu_rl.storage import fsync_dir, write_atomic
 
 RUN_CONFIG = "run_config.yaml"  # the resolved config stored in each checkpoint's actor/ folder
@@ -186,3 +187,17 @@ def reconcile_log(path: Path, last_step: int) -> tuple[int, list[int]]:
         fsync_dir(path.parent)
     missing = [s for s in range(1, last_step + 1) if s not in keep] if path.name == "metrics.jsonl" and keep else []
     return len(dropped), missing
+
+
+def apply_optim_config(optimizer: torch.optim.Optimizer, scheduler: Any, o: OptimConfig) -> None:
+    """Put the configured optimizer settings and LR schedule over restored ones (an allowed change).
+
+    The optimizer state restores the old lr/betas/eps/weight_decay and the scheduler its old base
+    LR; the schedule's shape already comes from the config. The LR of the next update is the new
+    schedule's value at the resumed step.
+    """
+    scheduler.base_lrs = [o.lr] * len(optimizer.param_groups)
+    for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group.update(initial_lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+        group["lr"] = o.lr * fn(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr reports

@@ -1,10 +1,13 @@
-"""What keeps a run's directories its own and lets it stop cleanly: directory locks and stop signals.
+"""What keeps a run's directories its own and stops it cleanly: locks, the NaN/inf guard, stop signals.
 
 `RunLock` holds `fcntl.flock` on `<dir>/.npu_rl.lock` for the life of the run. The kernel drops a
 flock when its process dies (kill -9 included), so a lock file left by a dead run is taken over
 with a note, while a live holder makes a second run fail at once with who holds it (pid, host,
 start time). Without the lock a second run on the same directories resumed the first one's
 checkpoint, deleted its temp files and interleaved both runs' metrics.
+
+`NonFiniteGuard` stops a run whose updates keep coming out NaN/inf (each one is skipped by the
+actor) or whose parameters stopped being finite, before such weights can be saved.
 
 `StopSignals` turns the first SIGTERM/SIGINT (Slurm preemption, torchrun's shutdown, Ctrl-C) into a
 request the trainer honours between steps: it finishes the step, saves a checkpoint and exits with a
@@ -16,15 +19,23 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+import torch
+from torch import nn
+
+from npu_rl.checkpoint import nonfinite_tensors
+from npu_rl.distributed import all_reduce
 
 LOCK_NAME = ".npu_rl.lock"
 
@@ -101,6 +112,35 @@ class RunLock:
 
 class NonFiniteError(RuntimeError):
     """Training produced NaN/inf it cannot recover from; the message says where and what to change."""
+
+
+class NonFiniteGuard:
+    """Counts steps whose update was skipped for a NaN/inf loss or gradient (`actor/nonfinite_skipped`)
+    and stops the run after `limit` in a row, or at once when a parameter is no longer finite."""
+
+    def __init__(self, limit: int, verbose: bool = True) -> None:
+        self.limit, self.verbose = limit, verbose
+        self.in_row = 0
+
+    def check(self, metrics: dict[str, float], step: int, model: nn.Module, latest: Callable[[], Any]) -> None:
+        """After step `step` was logged; `latest()` names the checkpoint to resume from. Collective."""
+        skipped = metrics.get("actor/nonfinite_skipped", 0.0) > 0 or not math.isfinite(metrics.get("actor/pg_loss", 0))
+        self.in_row = self.in_row + 1 if skipped else 0
+        if skipped and self.verbose:
+            print(f"[npu_rl] warning: step {step}: NaN/inf loss or gradient, update skipped ({self.in_row} in a row)")
+        if self.in_row >= self.limit:
+            raise NonFiniteError(
+                f"{self.in_row} steps in a row (trainer.max_nonfinite_steps={self.limit}) had a NaN/inf loss or "
+                f"gradient and were skipped, up to step {step}: the run cannot recover. Lower actor.optim.lr, check "
+                f"the reward and resume from {latest() or 'the start'}"
+            )
+        bad = nonfinite_tensors(model.state_dict())
+        if int(all_reduce(torch.tensor(float(len(bad))), "sum")):
+            where = ", ".join(bad[:3]) or "on another rank"
+            raise NonFiniteError(
+                f"parameters became NaN/inf in the update of step {step} ({where}): stopping without saving. "
+                f"Lower actor.optim.lr and resume from {latest() or 'the start'}"
+            )
 
 
 class StopRequested(SystemExit):

@@ -9,7 +9,6 @@ interface chosen by config (rollout, reward, trackers, checkpoints, device and d
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -17,17 +16,25 @@ from pathlib import Path
 import torch
 
 from npu_rl import actor, core_algos, device, distributed
-from npu_rl.checkpoint import CheckpointManager, nonfinite_tensors
+from npu_rl.checkpoint import CheckpointManager
 from npu_rl.compute import build_plan
 from npu_rl.config import Config, format_path
 from npu_rl.data import BatchSampler, PromptRecord, build_datasets
 from npu_rl.evaluation import EvalConfig, evaluate_records
 from npu_rl.metrics import StepStats, Timer, perf_metrics, record_data
 from npu_rl.model import load_model, load_tokenizer, num_parameters
-from npu_rl.resume import LOGS, RUN_CONFIG, check_resume_config, config_yaml, reconcile_log, record_config
+from npu_rl.resume import (
+    LOGS,
+    RUN_CONFIG,
+    apply_optim_config,
+    check_resume_config,
+    config_yaml,
+    reconcile_log,
+    record_config,
+)
 from npu_rl.reward_manager import RewardBatch, RewardItem, RewardManager
 from npu_rl.rollout import RolloutBatch, SamplingParams, build_rollout, eos_and_pad_ids, generate
-from npu_rl.run_guard import NonFiniteError, RunLock, StopRequested, StopSignals
+from npu_rl.run_guard import NonFiniteGuard, RunLock, StopRequested, StopSignals
 from npu_rl.seeds import prompt_seed
 from npu_rl.tracking import Tracking
 
@@ -296,7 +303,7 @@ class GRPOTrainer:
                 sampler_state.update(epoch=sampler_state["epoch"] + 1, position=0)
         self.sampler.load_state_dict(sampler_state)
         if any(key.startswith("actor.optim.") or key.startswith("trainer.total_") for key in changed):
-            self._apply_optim_config()
+            apply_optim_config(self.optimizer, self.scheduler, self.cfg.actor.optim)
         # An engine with its own copy of the weights (vLLM) still holds model.path's: sync before sampling.
         self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
         if self.dist.is_main:
@@ -304,48 +311,9 @@ class GRPOTrainer:
             if changed:
                 print(f"[npu_rl] applied from step {self.global_step + 1} on: {', '.join(sorted(changed))}")
 
-    def _apply_optim_config(self) -> None:
-        """Put the configured optimizer settings and LR schedule over the restored ones (an allowed change).
-
-        The optimizer state restores the old lr/betas/eps/weight_decay and the scheduler its old base
-        LR; the schedule's shape already comes from the config. The LR of the next update is the new
-        schedule's value at the resumed step.
-        """
-        o = self.cfg.actor.optim
-        self.scheduler.base_lrs = [o.lr] * len(self.optimizer.param_groups)
-        for group, fn in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
-            group.update(initial_lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-            group["lr"] = o.lr * fn(self.scheduler.last_epoch)
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what get_last_lr reports
-
     def log(self, metrics: dict[str, float]) -> None:
         if self.tracking is not None:
             self.tracking.log(metrics, self.global_step)
-
-    def _check_finite(self, metrics: dict[str, float], in_row: int) -> int:
-        """Count steps whose update was skipped for NaN/inf (loss or gradient) and stop the run when
-        `trainer.max_nonfinite_steps` come in a row or a parameter is no longer finite; returns the count."""
-        skipped = metrics.get("actor/nonfinite_skipped", 0.0) > 0 or not math.isfinite(metrics.get("actor/pg_loss", 0))
-        in_row = in_row + 1 if skipped else 0
-        limit = self.cfg.trainer.max_nonfinite_steps
-        if skipped and self.dist.is_main:
-            step = self.global_step
-            print(f"[npu_rl] warning: step {step}: NaN/inf loss or gradient, update skipped ({in_row} in a row)")
-        latest = self.checkpoints.latest() if skipped else None
-        if in_row >= limit:
-            raise NonFiniteError(
-                f"{in_row} steps in a row (trainer.max_nonfinite_steps={limit}) had a NaN/inf loss or gradient and "
-                f"were skipped, up to step {self.global_step}: the run cannot recover. Lower actor.optim.lr, check "
-                f"the reward (a NaN score?) and resume from {latest or 'the start'}"
-            )
-        bad = nonfinite_tensors(self.model.state_dict())
-        if int(distributed.all_reduce(torch.tensor(float(len(bad))), "sum")):
-            where = ", ".join(bad[:3]) or "on another rank"
-            raise NonFiniteError(
-                f"parameters became NaN/inf in the update of step {self.global_step} ({where}): stopping without "
-                f"saving. Lower actor.optim.lr and resume from {self.checkpoints.latest() or 'the start'}"
-            )
-        return in_row
 
     def fit(self) -> dict[str, float]:
         """Train to `total_steps`, validating and checkpointing on schedule; returns the last metrics.
@@ -357,7 +325,7 @@ class GRPOTrainer:
         tcfg = self.cfg.trainer
         self.maybe_resume()
         last: dict[str, float] = {}
-        nonfinite_in_row = 0
+        nonfinite = NonFiniteGuard(tcfg.max_nonfinite_steps, self.dist.is_main)
         with StopSignals() as stop:
             if tcfg.val_before_train and self.global_step == 0 and self.val_data is not None:
                 self.log(self.validate())
@@ -375,7 +343,7 @@ class GRPOTrainer:
                     last.update(self.validate())
                 last["timing_s/step_total"] = time.perf_counter() - start  # the checkpoint save is not counted
                 self.log(last)  # durable (fsynced) before the checkpoint that covers this step
-                nonfinite_in_row = self._check_finite(last, nonfinite_in_row)
+                nonfinite.check(last, self.global_step, self.model, self.checkpoints.latest)
                 signum = int(distributed.all_reduce(torch.tensor(float(stop.signum)), "max"))  # ranks stop together
                 if (tcfg.save_freq > 0 and self.global_step % tcfg.save_freq == 0) or is_last or signum:
                     self.save_checkpoint()

@@ -77,7 +77,7 @@ def wait_for(predicate, timeout: float = 300, proc: subprocess.Popen | None = No
             raise AssertionError(f"process ended with {proc.returncode} before the condition held")
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting")
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def metrics(run_dir: Path) -> list[dict]:

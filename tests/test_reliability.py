@@ -115,9 +115,10 @@ def test_run_lock_in_process(tmp_path):
     RunLock([tmp_path / "b"]).release()
 
 
-def _training(run_dir, model_dir, data):
+def _training(run_dir, model_dir, data, *extra):
     """A long run without periodic saves, started in the background and past its first step."""
-    proc = start(train_args(run_dir, model_dir, data, "trainer.save_freq=-1", steps=200), run_dir / "run.log")
+    args = train_args(run_dir, model_dir, data, "trainer.save_freq=-1", *extra, steps=200)
+    proc = start(args, run_dir / "run.log")
     wait_for(lambda: any(r["step"] >= 1 for r in metrics(run_dir)), proc=proc)
     return proc
 
@@ -141,7 +142,8 @@ def test_sigterm_saves_and_exits_then_resume_continues(tmp_path, tiny_model_dir,
 
 @pytest.mark.slow
 def test_second_sigterm_exits_at_once(tmp_path, tiny_model_dir, synthetic_parquet):
-    proc = _training(tmp_path, tiny_model_dir, synthetic_parquet)
+    # long responses (the random model rarely stops): seconds per step, so the second signal lands mid-step
+    proc = _training(tmp_path, tiny_model_dir, synthetic_parquet, "rollout.max_new_tokens=400", "rollout.n=8")
     proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "SIGTERM received" in (tmp_path / "run.log").read_text(), timeout=60)
     proc.send_signal(signal.SIGTERM)
