@@ -143,6 +143,7 @@ class CustomRewardFunction:
 
     path: str | None = None
     name: str = "compute_score"
+    reward_kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments, as in verl
 
 
 @dataclass
@@ -152,6 +153,8 @@ class WeightedReward:
     name: str = "math"
     weight: float = 1.0
     path: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments for the function
+    style: Literal["auto", "verl", "trl"] = "auto"  # calling convention (reward/user_functions.py)
 
 
 @dataclass
@@ -282,6 +285,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ConfigError(f"{path}: {value!r} is not one of {list(choices)}{extra}")
         return value
+    if origin is dict:  # free-form keyword arguments: a mapping with string keys, values as given
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{path}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
     if origin is list:
         (item_tp,) = get_args(tp)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

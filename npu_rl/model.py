@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -17,6 +18,15 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def resolve_dtype(name: str, acc: Accelerator) -> torch.dtype:
     """`auto` is bf16 on accelerators (FSDP keeps fp32 reduction) and fp32 on the CPU."""
     return acc.default_dtype() if name == "auto" else _DTYPES[name]
+
+
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """`from_pretrained`'s dtype argument: `dtype=` since transformers 4.56, `torch_dtype=` before.
+
+    Older releases do not know `dtype=` and pass it on to the model's config, silently loading fp32.
+    """
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
@@ -33,7 +43,7 @@ def load_model(cfg: ModelConfig, acc: Accelerator, *, trainable: bool) -> nn.Mod
     """The causal LM on the chosen device; a frozen copy (`trainable=False`) is put in eval mode."""
     model = AutoModelForCausalLM.from_pretrained(
         cfg.path,
-        dtype=resolve_dtype(cfg.dtype, acc),
+        **dtype_kwarg(resolve_dtype(cfg.dtype, acc)),
         trust_remote_code=cfg.trust_remote_code,
         attn_implementation="sdpa",
     )
