@@ -19,6 +19,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from npu_rl import verl_compat
+
 
 class ConfigError(ValueError):
     """A configuration problem, reported with the dotted path of the offending key."""
@@ -377,6 +379,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for text in overrides:
         keys, value = parse_override(text)
         _set_dotted(tree, keys, value)
+    tree = verl_compat.to_native(tree, overrides)  # verl's key spellings and ${...} references
     cfg = build(Config, tree)
     cfg.validate()
     return cfg

@@ -128,7 +128,10 @@ class GRPOTrainer:
     def _grade(self, records: list[PromptRecord], out: RolloutOutput, n: int, manager: RewardManager) -> Any:
         texts = out.decode(self.tokenizer)
         rows = zip([r for r in records for _ in range(n)], texts, out.truncated, strict=True)
-        items = [RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages) for rec, text, cut in rows]
+        items = [
+            RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages)
+            for rec, text, cut in rows
+        ]
         return manager.score(items), texts
 
     def _logprobs(self, model: torch.nn.Module, batch: actor.PolicyBatch, micro_batch_size: int) -> torch.Tensor:

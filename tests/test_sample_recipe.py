@@ -95,7 +95,7 @@ def test_script_lists_the_deliberate_differences_and_sets_the_sample_env():
 
 def test_dockerfile_sources_cann_before_the_import_check_and_has_no_expandable_segments():
     text = (ROOT / "docker" / "Dockerfile.ascend").read_text()
-    check = text[text.index('pip install -e ".[npu'):]
+    check = text[text.index('pip install -e ".[npu') :]
     check = check[: check.index("print(")]
     assert "ascend-toolkit/set_env.sh" in check
     assert "expandable_segments:True\n" not in text.replace("# No PYTORCH_NPU_ALLOC_CONF=expandable_segments:True", "")
@@ -135,8 +135,7 @@ def test_the_vllm_rollout_calls_the_env_decision_before_building_the_engine():
 # -- the reward preset -----------------------------------------------------------------------
 
 STEPS = (
-    "<think>\n1. Solve the equation x + 2 = 5.\n2. Subtract 2 from both sides: x = 3.\n"
-    "3. Therefore x is 3.\n</think>\n"
+    "<think>\n1. Solve the equation x + 2 = 5.\n2. Subtract 2 from both sides: x = 3.\n3. Therefore x is 3.\n</think>\n"
 )
 FULL = STEPS + "<answer>\n\\boxed{3}\n</answer>"
 
