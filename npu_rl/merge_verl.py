@@ -38,7 +38,8 @@ def is_verl_checkpoint(path: Path) -> bool:
 
 
 def _safe_globals() -> list[Any]:
-    """The classes a DTensor pickle refers to: DTensor, its spec, mesh and placements."""
+    """The classes a DTensor pickle refers to: DTensor, its spec, mesh and placements (importing the
+    module also registers DTensor's own unpickling with torch.load on recent torch)."""
     import torch.distributed.tensor as dt
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.tensor._dtensor_spec import DTensorSpec, TensorMeta
@@ -48,8 +49,6 @@ def _safe_globals() -> list[Any]:
 
 def load_rank_file(path: Path) -> dict[str, Any]:
     """One rank's state dict, unpickling tensors and DTensor metadata only."""
-    import torch.distributed.tensor  # noqa: F401 - registers DTensor's unpickling with torch.load
-
     mesh_logger = logging.getLogger("torch.distributed.device_mesh")
     level = mesh_logger.level
     mesh_logger.setLevel(logging.ERROR)  # "unpickling of the DeviceMesh before the PGs were created": expected
