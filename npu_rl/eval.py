@@ -2,6 +2,7 @@
 
     python -m npu_rl.eval --model <HF folder | checkpoint dir> --data test.parquet \\
         [--n 8 --temperature 1.0 --k 1,4,8 --rollout hf|vllm --max-new-tokens 1024 --output-dir DIR]
+        [--grader builtin|math_verify]
 
 Reports accuracy (mean@N) per data_source, and per level / subject when extra_info has them, the
 unbiased pass@k, maj@N and the mean response length; writes every generation to
@@ -34,7 +35,7 @@ import torch
 
 from npu_rl import device
 from npu_rl.checkpoint import CheckpointManager, is_complete
-from npu_rl.config import Config, DataConfig, RewardConfig
+from npu_rl.config import Config, DataConfig, RewardConfig, WeightedReward
 from npu_rl.data import load_prompts
 from npu_rl.distributed import DistInfo
 from npu_rl.eval_metrics import PromptResult, default_ks, format_table, summarize
@@ -45,6 +46,8 @@ from npu_rl.rollout import SamplingParams, build_rollout
 from npu_rl.trainer import prompt_seed
 from reward.extract import extract_answer
 from reward.grader import route
+from reward.math_verify_adapter import INSTALL_HINT as MATH_VERIFY_HINT
+from reward.math_verify_adapter import available as math_verify_available
 from reward.normalize import normalize_answer
 
 
@@ -122,7 +125,7 @@ class Evaluator:
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = -1,
-        max_new_tokens: int = 512,
+        max_new_tokens: int = 1024,
         k: Sequence[int] | None = None,
         seed: int = 0,
         max_samples: int = -1,
@@ -242,7 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=-1)
     p.add_argument("--k", default=None, help="comma-separated k for pass@k (default 1,2,4,..,n)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="1024, as the Ascend sample's OpenCompass run")
+    p.add_argument(
+        "--grader",
+        choices=["builtin", "math_verify"],
+        default="builtin",
+        help="builtin: our lenient grader (default); math_verify: correctness by math-verify (pip install "
+        "math-verify), to put a number next to harnesses that use it",
+    )
     p.add_argument("--max-prompt-length", type=int, default=1024)
     p.add_argument("--max-samples", type=int, default=-1, help="evaluate only the first N prompts")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
@@ -265,6 +275,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except ValueError as err:
         print(f"npu_rl.eval: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    reward = RewardConfig(num_workers=args.reward_workers)
+    if args.grader == "math_verify":
+        if not math_verify_available():
+            print(f"npu_rl.eval: --grader math_verify needs math-verify: {MATH_VERIFY_HINT}", file=sys.stderr)
+            raise SystemExit(2)
+        reward.functions = [WeightedReward(name="math_verify")]
     output_dir = args.output_dir or str(Path("outputs") / "eval" / Path(args.model).resolve().name)
     with Evaluator(
         args.model,
@@ -273,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dtype=args.dtype,
         batch_size=args.batch_size,
         max_prompt_length=args.max_prompt_length,
-        reward=RewardConfig(num_workers=args.reward_workers),
+        reward=reward,
         num_threads=args.num_threads,
     ) as ev:
         summary = ev.evaluate(

@@ -244,7 +244,7 @@ RULES: tuple[Rule, ...] = (
         priority=1,
     ),
     Rule("trainer.log_val_generations", IGNORED, note="a few validation samples are always logged"),
-    Rule("trainer.validation_data_dir", IGNORED, note="npu_rl.eval --output_dir writes every generation"),
+    Rule("trainer.validation_data_dir", IGNORED, note="npu_rl.eval --output-dir writes every generation"),
     Rule("trainer.rollout_data_dir", IGNORED, note="not written"),
     Rule("trainer.default_hdfs_dir", IGNORED, note="local checkpoints only"),
     Rule("trainer.del_local_ckpt_after_load", IGNORED, only=(False,), note="checkpoints are kept"),

@@ -65,3 +65,12 @@ def math_verify_correct(solution_str: str, ground_truth: Any) -> bool:
         if gold and verify(gold, answer, timeout_seconds=_timeout(5)):
             return True
     return False
+
+
+def math_verify_score(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Reward term `math_verify`: 1.0 / 0.0 by math-verify alone (what `npu_rl.eval --grader math_verify`
+    uses). A response cut off at the token limit is graded as written, as external harnesses do."""
+    acc = math_verify_correct(solution_str, ground_truth)
+    return {"score": float(acc), "acc": acc}

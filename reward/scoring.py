@@ -24,6 +24,7 @@ from typing import Any
 from reward.format_rewards import format_soft_xml, format_strict_xml, int_answer, xml_tags
 from reward.grader import compute_score
 from reward.limits import GradeTimeout
+from reward.math_verify_adapter import math_verify_score
 from reward.presets import ascend_sample_math
 from reward.tiers import Tiers
 from reward.user_functions import call_user_function, detect_style
@@ -37,6 +38,7 @@ REGISTRY: dict[str, RewardFn] = {
     "int_answer": int_answer,
     "xml_tags": xml_tags,
     "ascend_sample_math": ascend_sample_math,  # the Ascend GRPO sample's 0.7 / 0.2 / 0.1 reward (reward/presets.py)
+    "math_verify": math_verify_score,  # correctness by math-verify when installed (reward/math_verify_adapter.py)
 }
 _OWN_GRADERS = {"math", "accuracy"}
 
