@@ -51,6 +51,8 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 1
     filter_overlong_prompts: bool = True  # False: an overlong prompt is an error instead
+    # False: the prompt column holds plain strings, tokenized as written (TRL's "standard" format)
+    apply_chat_template: bool = True
 
 
 @dataclass

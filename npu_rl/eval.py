@@ -176,7 +176,7 @@ class Evaluator:
         """Grade one prompt's samples and extract their answers for the vote."""
         truncated = [f == "length" for f in finish]
         items = [
-            RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages)
+            RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages or rec.prompt_text)
             for text, cut in zip(texts, truncated, strict=True)
         ]
         graded = self.grader.score(items)

@@ -30,13 +30,9 @@ def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
 
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path or cfg.path, trust_remote_code=cfg.trust_remote_code)
-    if tokenizer.chat_template is None:
-        raise ValueError(
-            f"the tokenizer in {cfg.tokenizer_path or cfg.path} has no chat template; prompts are chat "
-            "messages, so use an instruct model's tokenizer (or set one with tokenizer.chat_template)"
-        )
-    return tokenizer
+    # A missing chat template is reported by npu_rl.data when the prompts need one (chat-formatted data);
+    # plain-string prompts (data.apply_chat_template=false) work with a base model's tokenizer.
+    return AutoTokenizer.from_pretrained(cfg.tokenizer_path or cfg.path, trust_remote_code=cfg.trust_remote_code)
 
 
 def load_model(cfg: ModelConfig, acc: Accelerator, *, trainable: bool) -> nn.Module:

@@ -129,7 +129,7 @@ class GRPOTrainer:
         texts = out.decode(self.tokenizer)
         rows = zip([r for r in records for _ in range(n)], texts, out.truncated, strict=True)
         items = [
-            RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages)
+            RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages or rec.prompt_text)
             for rec, text, cut in rows
         ]
         return manager.score(items), texts

@@ -108,3 +108,44 @@ def test_style_errors_name_the_key(tmp_path):
 def test_config_rejects_a_non_mapping_kwargs():
     with pytest.raises(Exception, match=r"reward\.functions\[0\]\.kwargs: expected a mapping"):
         load_config(None, ["model.path=m", "data.train_files=[a]", "reward.functions=[{name: math, kwargs: 3}]"])
+
+
+def _plain_parquet(path, prompts):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"data_source": "m", "prompt": p, "reward_model": {"style": "rule", "ground_truth": "3"}} for p in prompts]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_plain_string_prompts_when_the_data_is_not_chat_formatted(tmp_path, tiny_tokenizer):
+    from npu_rl.config import DataConfig
+    from npu_rl.data import DataError, load_prompts
+
+    path = _plain_parquet(tmp_path / "plain.parquet", ["Question: 1+2? Answer:", "Question: 2+1? Answer:"])
+    data = load_prompts(path, tiny_tokenizer, DataConfig(apply_chat_template=False))
+    first = data.records[0]
+    assert first.prompt_text == "Question: 1+2? Answer:" and first.messages == []
+    assert first.prompt_ids == tiny_tokenizer(first.prompt_text, add_special_tokens=False)["input_ids"]
+    with pytest.raises(DataError, match=r"plain string.*wrap it"):  # chat formatting stays the default
+        load_prompts(path, tiny_tokenizer, DataConfig())
+    chat = tmp_path / "chat.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.Table.from_pylist(
+            [{"data_source": "m", "prompt": MESSAGES, "reward_model": {"style": "rule", "ground_truth": "3"}}]
+        ),
+        chat,
+    )
+    with pytest.raises(DataError, match=r"plain-string prompt \(data.apply_chat_template=false\)"):
+        load_prompts(chat, tiny_tokenizer, DataConfig(apply_chat_template=False))
+
+
+def test_trl_function_gets_the_plain_prompt_string(tmp_path):
+    path = _write(tmp_path, TRL_FILE)
+    scorer = Scorer(ScorerSpec(terms=(Term("correctness", 1.0, path),)))
+    out = scorer("m", "answer 3", "3", {"level": "easy"}, "What is 1+2?")
+    assert out["score"] == pytest.approx(1.01)  # the string prompt reached the function
