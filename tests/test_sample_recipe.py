@@ -207,3 +207,20 @@ def test_preprocess_math_ascend_sample_template(tmp_path):
     assert prompt[1]["content"].startswith("What is $1+2$?")
     plain = preprocess_math.convert([str(src), str(tmp_path / "test.jsonl")], tmp_path / "plain")
     assert [m["role"] for m in pq.read_table(plain["train"]).to_pylist()[0]["prompt"]] == ["user"]
+
+
+# -- transformers releases before `dtype=` -----------------------------------------------------
+
+
+def test_from_pretrained_dtype_keyword_follows_the_transformers_release(monkeypatch):
+    import torch
+    import transformers
+
+    from npu_rl.model import dtype_kwarg
+
+    monkeypatch.setattr(transformers, "__version__", "4.51.3")
+    assert dtype_kwarg(torch.bfloat16) == {"torch_dtype": torch.bfloat16}
+    monkeypatch.setattr(transformers, "__version__", "4.56.0")
+    assert dtype_kwarg(torch.bfloat16) == {"dtype": torch.bfloat16}
+    monkeypatch.setattr(transformers, "__version__", "5.19.0.dev0")
+    assert dtype_kwarg(torch.float32) == {"dtype": torch.float32}
