@@ -11,24 +11,32 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
-from npu_rl import core_algos, cpu_linear, distributed, prefix
+from npu_rl import core_algos, distributed, prefix
+from npu_rl.compute import ComputePlan
 from npu_rl.config import ActorConfig, OptimConfig
+from npu_rl.metrics import StepStats
+from npu_rl.rollout.batch import RolloutBatch
 
 
 @dataclass
 class PolicyBatch:
-    """Per-sequence tensors of one rank's share of a step (N rows, T response columns)."""
+    """Per-sequence tensors of one rank's share of a step (N rows, T response columns).
+
+    `group` is each row's prompt (GRPO group) as in the rollout batch: prompt sharing and
+    mini-batch slicing read it, so nothing here assumes a number of samples per prompt.
+    """
 
     input_ids: torch.Tensor  # [N, P + T]
     attention_mask: torch.Tensor  # [N, P + T]
     position_ids: torch.Tensor  # [N, P + T]
     response_mask: torch.Tensor  # [N, T] float
+    group: torch.Tensor  # [N] long
     advantages: torch.Tensor | None = None  # [N, T]
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]
@@ -41,62 +49,74 @@ class PolicyBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def slice(self, start: int, stop: int) -> PolicyBatch:
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> PolicyBatch:
         return PolicyBatch(
-            **{f.name: (v[start:stop] if (v := getattr(self, f.name)) is not None else None) for f in fields(self)}
+            **{f.name: (fn(v) if (v := getattr(self, f.name)) is not None else None) for f in fields(self)}
         )
+
+    def slice(self, start: int, stop: int) -> PolicyBatch:
+        return self._map(lambda v: v[start:stop])
+
+    def select(self, rows: torch.Tensor) -> PolicyBatch:
+        return self._map(lambda v: v[rows])
 
     def to(self, device: torch.device) -> PolicyBatch:
-        return PolicyBatch(
-            **{f.name: (v.to(device) if (v := getattr(self, f.name)) is not None else None) for f in fields(self)}
-        )
+        return self._map(lambda v: v.to(device))
+
+    def split_groups(self, groups_per_part: int) -> list[PolicyBatch]:
+        """Consecutive parts of `groups_per_part` whole groups each (in order of first appearance):
+        the mini-batches, whose sizes in rows follow the groups' sizes."""
+        order = torch.unique_consecutive(self.group)
+        parts = []
+        for start in range(0, len(order), groups_per_part):
+            rows = torch.isin(self.group, order[start : start + groups_per_part]).nonzero().squeeze(-1)
+            parts.append(self.select(rows))
+        return parts
 
 
-def build_policy_batch(
-    prompts: list[list[int]], responses: torch.Tensor, lengths: torch.Tensor, pad_token_id: int, n: int
-) -> PolicyBatch:
-    """Join each prompt (repeated n times, prompt-major) with its sampled responses."""
-    num_rows, width = responses.shape
-    prompt_width = max(len(p) for p in prompts)
+def build_policy_batch(batch: RolloutBatch, pad_token_id: int) -> PolicyBatch:
+    """Join each row's prompt (read through its group) with its sampled response."""
+    prompts = [r.prompt_ids for r in batch.records]
+    width = batch.response_ids.shape[1]
+    prompt_width = max((len(p) for p in prompts), default=0)
     prompt_ids = torch.full((len(prompts), prompt_width), pad_token_id, dtype=torch.long)
     prompt_mask = torch.zeros((len(prompts), prompt_width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
         prompt_ids[row, prompt_width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
         prompt_mask[row, prompt_width - len(prompt) :] = 1
-    response_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    input_ids = torch.cat([prompt_ids.repeat_interleave(n, dim=0), responses], dim=1)
-    attention_mask = torch.cat([prompt_mask.repeat_interleave(n, dim=0), response_mask], dim=1)
+    response_mask = (torch.arange(width)[None, :] < batch.lengths[:, None]).long()
+    input_ids = torch.cat([prompt_ids[batch.group], batch.response_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask[batch.group], response_mask], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    assert input_ids.shape[0] == num_rows
-    return PolicyBatch(input_ids, attention_mask, position_ids, response_mask.float())
+    return PolicyBatch(input_ids, attention_mask, position_ids, response_mask.float(), batch.group.clone())
 
 
 def forward_logprobs(
     model: nn.Module,
     batch: PolicyBatch,
     temperature: float,
+    plan: ComputePlan,
     with_entropy: bool = False,
     entropy_grad: bool = False,
-    *,
-    share_prompts: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities (and entropies) of the response tokens under temperature-scaled logits.
 
     The entropy is only differentiated when it is part of the loss (`entropy_grad`): as a metric it
     would otherwise keep a second vocabulary-sized graph alive through backward.
-    Two shortcuts give the same numbers as one plain forward over the rows: response columns that
-    are padding in every row are not run (they are returned as 0), and with `share_prompts` each
-    distinct prompt is run once for all its responses (npu_rl.prefix) and CPU fp32 matmuls run on
-    oneDNN (npu_rl.cpu_linear); `share_prompts=False` is the straightforward reference path.
+    `plan` (npu_rl.compute) says how the forward runs: `plain` is one forward over the rows (the
+    reference path); `shared_prefix` / `fused` run each distinct prompt once (npu_rl.prefix) and
+    give the same numbers up to fp32 reassociation. Response columns that are padding in every
+    row are not run (they are returned as 0).
     """
     width = batch.response_width
     used = max(1, int(batch.response_mask.sum(-1).max().item()))  # responses are left-aligned
     keep = batch.input_ids.shape[1] - width + used
     ids, mask, pos = batch.input_ids[:, :keep], batch.attention_mask[:, :keep], batch.position_ids[:, :keep]
-    fast = share_prompts and prefix.can_share_prompts(model)  # not under gradient checkpointing
-    logits = prefix.response_logits(model, ids, mask, pos, used) if fast else None
+    logits = None
+    if plan.forward != "plain":
+        logits = prefix.response_logits(model, plan, ids, mask, pos, batch.group, used)
     if logits is None:
-        with cpu_linear.linear_mode(fast):
+        with plan.linears.around():
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=used + 1)
         logits = out.logits[:, :-1]  # position t predicts token t + 1
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
@@ -117,6 +137,7 @@ def compute_logprobs(
     batch: PolicyBatch,
     temperature: float,
     micro_batch_size: int,
+    plan: ComputePlan,
     device: torch.device | None = None,
 ) -> torch.Tensor:
     """Logprobs of a whole batch without gradients, in micro-batches (old policy or reference).
@@ -126,7 +147,7 @@ def compute_logprobs(
     """
     device = device or next(model.parameters()).device
     parts = [
-        forward_logprobs(model, batch.slice(i, i + micro_batch_size).to(device), temperature)[0].cpu()
+        forward_logprobs(model, batch.slice(i, i + micro_batch_size).to(device), temperature, plan)[0].cpu()
         for i in range(0, len(batch), micro_batch_size)
     ]
     return torch.cat(parts)
@@ -165,20 +186,24 @@ def _micro_step(
     micro: PolicyBatch,
     cfg: ActorConfig,
     temperature: float,
+    plan: ComputePlan,
     num_tokens: torch.Tensor,
     num_seqs: torch.Tensor,
     horizon: int,
     world_size: int,
 ) -> dict[str, float]:
-    """Forward + backward of one micro-batch; its loss is its share of the mini-batch loss."""
+    """Forward + backward of one micro-batch; its loss is its share of the mini-batch loss.
+
+    Returns this rank's additive shares of the mini-batch's statistics (summed over micro-batches
+    and ranks they give the mini-batch's value).
+    """
     mask = micro.response_mask
     logprobs, entropy = forward_logprobs(
-        model, micro, temperature, with_entropy=True, entropy_grad=cfg.entropy_coeff != 0
+        model, micro, temperature, plan, with_entropy=True, entropy_grad=cfg.entropy_coeff != 0
     )
     old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
-    pg_mat, pg_stats = core_algos.ppo_policy_loss(
-        logprobs, old, micro.advantages, mask, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c
-    )
+    policy_loss = core_algos.POLICY_LOSSES.get(cfg.policy_loss, key="actor.policy_loss")
+    pg_mat, pg_stats = policy_loss(logprobs, old, micro.advantages, mask, cfg)
     pg_loss = core_algos.aggregate_loss(pg_mat, mask, cfg.loss_agg_mode, num_tokens, num_seqs, horizon)
     entropy_loss = core_algos.aggregate_loss(entropy, mask, cfg.loss_agg_mode, num_tokens, num_seqs, horizon)
     loss = pg_loss - cfg.entropy_coeff * entropy_loss
@@ -205,50 +230,52 @@ def update_policy(
     batch: PolicyBatch,
     cfg: ActorConfig,
     temperature: float,
-    mini_batch_rows: int,
+    plan: ComputePlan,
+    mini_batch_groups: int,
     horizon: int,
+    stats: StepStats,
     device: torch.device | None = None,
     world_size: int = 1,
-) -> dict[str, float]:
+) -> None:
     """PPO epochs over mini-batches with micro-batch accumulation; one optimizer step per mini-batch.
 
-    `mini_batch_rows` is this rank's rows per mini-batch. When `batch.old_logprobs` is None the
-    update is on-policy (one update per rollout), so the old policy is the current one and its
-    logprobs are the detached current logprobs: no extra forward pass. The first mini-batch's
-    forward, made before any weight changes, is also compared with the engine's logprobs
-    (rollout/logprob_diff) to expose a mismatch between generation and training numerics.
+    A mini-batch is `mini_batch_groups` whole groups (prompts) of this rank, whatever their sizes.
+    When `batch.old_logprobs` is None the update is on-policy (one update per rollout), so the old
+    policy is the current one and its logprobs are the detached current logprobs: no extra
+    forward pass. The first mini-batch's forward, made before any weight changes, is also compared
+    with the engine's logprobs (rollout/logprob_diff) to expose a mismatch between generation and
+    training numerics. Statistics go into `stats` (averaged over the mini-batches), reduced over
+    ranks with the step's other metrics.
     """
     device = device or next(model.parameters()).device
     model.train()
-    history: dict[str, list[float]] = defaultdict(list)
-    diff = torch.zeros(2, dtype=torch.float64)  # sum of |logprob differences|, tokens compared
+    sums: dict[str, float] = defaultdict(float)  # this rank's share, summed over mini-batches
+    grad_norms: list[float] = []
+    minis = batch.split_groups(mini_batch_groups)
     for epoch in range(cfg.ppo_epochs):
-        for mini_index, mini in enumerate(_micro_batches(batch, mini_batch_rows)):
+        for mini_index, mini in enumerate(minis):
             # Mini-batch totals across ranks normalise every micro-batch's loss (see aggregate_loss).
             totals = distributed.all_reduce(torch.tensor([mini.response_mask.sum().item(), float(len(mini))]), "sum")
-            stats: dict[str, float] = defaultdict(float)
             optimizer.zero_grad(set_to_none=True)
             for micro in _micro_batches(mini, cfg.ppo_micro_batch_size_per_device):
                 micro_stats = _micro_step(
-                    model, micro.to(device), cfg, temperature, totals[0], totals[1], horizon, world_size
+                    model, micro.to(device), cfg, temperature, plan, totals[0], totals[1], horizon, world_size
                 )
                 for key, value in micro_stats.items():
-                    stats[key] += value
-            if epoch == 0 and mini_index == 0:
-                diff += torch.tensor([stats.get("_diff_sum", 0.0), stats.get("_diff_tokens", 0.0)])
+                    if not key.startswith("_") or (epoch == 0 and mini_index == 0):
+                        sums[key] += value
             grad_norm = distributed.clip_grad_norm_(model, cfg.grad_clip)
             if torch.isfinite(grad_norm):
                 optimizer.step()
             else:  # a NaN/inf gradient skips the step instead of destroying the weights
                 optimizer.zero_grad(set_to_none=True)
-            history["actor/grad_norm"].append(float(grad_norm))
-            for key, value in stats.items():
-                if not key.startswith("_"):
-                    history[key].append(float(distributed.all_reduce(torch.tensor(value), "sum")))
-    history["actor/lr"].append(scheduler.get_last_lr()[0])
+            grad_norms.append(float(grad_norm))
+    updates = max(1, len(grad_norms))  # the same count on every rank
+    for key, value in sums.items():
+        if not key.startswith("_"):
+            stats.add_sum(key, value / updates)
+    stats.add_max("actor/grad_norm", sum(grad_norms) / updates)  # a global norm: equal on every rank
+    stats.add_max("actor/lr", scheduler.get_last_lr()[0])
     scheduler.step()
-    metrics = {key: sum(values) / len(values) for key, values in history.items()}
     if batch.rollout_logprobs is not None:
-        diff = distributed.all_reduce(diff, "sum")
-        metrics["rollout/logprob_diff"] = float(diff[0] / diff[1].clamp(min=1))
-    return metrics
+        stats.add_ratio("rollout/logprob_diff", sums["_diff_sum"], sums["_diff_tokens"])

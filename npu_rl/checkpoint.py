@@ -50,6 +50,7 @@ from torch.distributed.tensor import DTensor
 
 import npu_rl
 from npu_rl import device
+from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo, barrier
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,32 @@ def _no_dist() -> bool:
 
 
 def dcp_save(state_dict: dict[str, Any], path: Path) -> None:
-    """DCP save that also works without a process group (DCP's single-process mode, warning muted)."""
+    """DCP save that also works without a process group (DCP's single-process mode, warning muted).
+
+    Host-resident state is written without DCP's overlapping device-to-host loader: that loader
+    takes a stream of whatever GPU torch can see, so a CPU run would otherwise touch a visible GPU.
+    """
+    on_host = all(t.device.type == "cpu" for t in _tensors(state_dict))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.save(state_dict, checkpoint_id=path, no_dist=_no_dist())
+        if on_host:
+            writer = dcp.FileSystemWriter(path, per_thread_copy_ahead=0)
+            dcp.save(state_dict, storage_writer=writer, no_dist=_no_dist())
+        else:
+            dcp.save(state_dict, checkpoint_id=path, no_dist=_no_dist())
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    """Every tensor in a nested state dict (the local shard of a DTensor)."""
+    if isinstance(tree, DTensor):
+        return [tree.to_local()]
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for v in tree.values() for t in _tensors(v)]
+    if isinstance(tree, (list, tuple)):
+        return [t for v in tree for t in _tensors(v)]
+    return []
 
 
 def dcp_load(state_dict: dict[str, Any], path: Path) -> None:
@@ -82,18 +105,18 @@ def dcp_load(state_dict: dict[str, Any], path: Path) -> None:
         dcp.load(state_dict, checkpoint_id=path, no_dist=_no_dist())
 
 
-def _safe_rng_state() -> dict[str, Any]:
+def _safe_rng_state(acc: Accelerator) -> dict[str, Any]:
     """RNG state in types `torch.load(weights_only=True)` accepts (NumPy's key array as a tensor)."""
-    state = device.rng_state()
+    state = device.rng_state(acc)
     kind, keys, pos, has_gauss, cached = state["numpy"]
     state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)
     return state
 
 
-def _restore_rng_state(state: dict[str, Any]) -> None:
+def _restore_rng_state(state: dict[str, Any], acc: Accelerator) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     state = dict(state, numpy=(kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    device.set_rng_state(state)
+    device.set_rng_state(state, acc)
 
 
 def _load_plain(path: Path) -> Any:
@@ -138,10 +161,13 @@ def is_complete(step_dir: Path) -> bool:
 class CheckpointManager:
     """Saves, finds and restores the trainer's checkpoints under one root directory."""
 
-    def __init__(self, root: str | Path, max_to_keep: int = -1, dist: DistInfo | None = None) -> None:
+    def __init__(
+        self, root: str | Path, max_to_keep: int = -1, dist: DistInfo | None = None, acc: Accelerator | None = None
+    ) -> None:
         self.root = Path(root)
         self.max_to_keep = max_to_keep
         self.dist = dist or DistInfo()
+        self.acc = acc or Accelerator("cpu")  # whose RNG state is saved besides the host's
 
     def step_dir(self, step: int) -> Path:
         return self.root / f"global_step_{step}"
@@ -175,7 +201,7 @@ class CheckpointManager:
         dcp_save(model_sd, actor / "model")
         if optimizer is not None:
             dcp_save(get_optimizer_state_dict(model, optimizer), actor / "optim")
-        torch.save(_safe_rng_state(), actor / "rng" / f"rank_{self.dist.rank}.pt")
+        torch.save(_safe_rng_state(self.acc), actor / "rng" / f"rank_{self.dist.rank}.pt")
 
         if self.dist.is_main:
             if scheduler is not None:
@@ -317,7 +343,7 @@ class CheckpointManager:
 
         rng_file = actor / "rng" / f"rank_{self.dist.rank}.pt"
         if meta["world_size"] == self.dist.world_size and rng_file.is_file():
-            _restore_rng_state(_load_plain(rng_file))
+            _restore_rng_state(_load_plain(rng_file), self.acc)
         else:
             seed = 1_000_003 * (int(meta["step"]) + 1) + self.dist.rank
             warnings.warn(
@@ -326,7 +352,7 @@ class CheckpointManager:
                 f"restart (rank {self.dist.rank} seeded with {seed})",
                 stacklevel=2,
             )
-            device.seed_everything(seed)
+            device.seed_everything(seed, self.acc)
         trainer_state = _load_plain(actor / "trainer_state.pt")
         barrier()
         return trainer_state

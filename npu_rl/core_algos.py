@@ -1,23 +1,47 @@
 """GRPO's algorithm math as pure tensor functions: no model, no engine, no I/O.
 
 Shapes: N sequences, T response tokens. `mask` is 1.0 on real response tokens, 0.0 on padding.
-Each family (advantage estimators, KL estimators, loss aggregation) is a small registry so a
-config string picks the function and a new variant is one decorated function.
+Each family is a registry (npu_rl.registry) named by a config key, so a config string picks the
+function and a new variant is one decorated function; every member of a family has one signature:
+
+- ADV_ESTIMATORS (algorithm.adv_estimator): fn(scores [N], group_ids [N], norm_by_std, ...) -> [N]
+- POLICY_LOSSES (actor.policy_loss): fn(logprob, old_logprob, advantages, mask, cfg: ActorConfig)
+  -> (loss_mat [N, T], stats: dict of scalar tensors)
+- KL_ESTIMATORS (actor.kl_loss_type, algorithm.kl_penalty): fn(logprob, ref_logprob) -> [N, T]
+- LOSS_AGG_MODES (actor.loss_agg_mode): fn(loss_mat, mask, num_tokens, num_seqs, horizon) -> scalar
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-ADV_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {}
+from npu_rl.registry import Registry
+
+if TYPE_CHECKING:
+    from npu_rl.config import ActorConfig
+
+AdvEstimator = Callable[..., torch.Tensor]
+PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+KLEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossAgg = Callable[..., torch.Tensor]
+Count = float | torch.Tensor  # a token or sequence total, possibly all-reduced
+
+ADV_ESTIMATORS: Registry[AdvEstimator] = Registry("advantage estimator")
+POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
+KL_ESTIMATORS: Registry[KLEstimator] = Registry("KL estimator")
+LOSS_AGG_MODES: Registry[LossAgg] = Registry("loss aggregation mode")
 
 
-def register_adv_estimator(name: str) -> Callable:
-    def wrap(fn: Callable) -> Callable:
-        ADV_ESTIMATORS[name] = fn
-        return fn
+def register_adv_estimator(name: str, *, group_relative: bool = False) -> Callable[[AdvEstimator], AdvEstimator]:
+    """Register an advantage estimator; `group_relative` ones compare the samples of one prompt, so
+    config validation warns when rollout.n=1 gives them groups of one."""
+
+    def wrap(fn: AdvEstimator) -> AdvEstimator:
+        fn.group_relative = group_relative  # type: ignore[attr-defined]
+        return ADV_ESTIMATORS.register(name)(fn)
 
     return wrap
 
@@ -27,7 +51,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-@register_adv_estimator("grpo")
+@register_adv_estimator("grpo", group_relative=True)
 def grpo_advantages(
     scores: torch.Tensor, group_ids: torch.Tensor, norm_by_std: bool = True, eps: float = 1e-6
 ) -> torch.Tensor:
@@ -53,22 +77,69 @@ def grpo_advantages(
     return adv
 
 
-def kl_estimate(logprob: torch.Tensor, ref_logprob: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-token estimate of KL(pi || pi_ref) from sampled-token logprobs.
+def _log_ratio(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    return logprob.float() - ref_logprob.float()
 
-    k1: log-ratio (unbiased, high variance, can be negative); k2: half squared log-ratio;
-    k3 / low_var_kl: ratio - 1 - log ratio with ratio = pi_ref / pi (unbiased, non-negative),
-    clamped to [-10, 10] so a single wild token cannot blow up the loss.
-    """
-    log_ratio = logprob.float() - ref_logprob.float()
-    if kind == "k1":
-        return log_ratio
-    if kind == "k2":
-        return 0.5 * log_ratio.square()
-    if kind in ("k3", "low_var_kl"):
-        neg = (-log_ratio).clamp(-20.0, 20.0)
-        return (neg.exp() - neg - 1).clamp(-10.0, 10.0)
-    raise ValueError(f"unknown KL estimator {kind!r}; use k1, k2, k3 or low_var_kl")
+
+@KL_ESTIMATORS.register("k1")
+def kl_k1(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    """log pi - log pi_ref: unbiased, high variance, can be negative."""
+    return _log_ratio(logprob, ref_logprob)
+
+
+@KL_ESTIMATORS.register("k2")
+def kl_k2(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    """Half the squared log-ratio."""
+    return 0.5 * _log_ratio(logprob, ref_logprob).square()
+
+
+@KL_ESTIMATORS.register("k3", "low_var_kl")
+def kl_k3(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    """ratio - 1 - log ratio with ratio = pi_ref / pi (unbiased, non-negative), clamped to [-10, 10] as
+    in verl so that a single wild token cannot blow up the loss."""
+    neg = (-_log_ratio(logprob, ref_logprob)).clamp(-20.0, 20.0)
+    return (neg.exp() - neg - 1).clamp(-10.0, 10.0)
+
+
+def kl_estimate(logprob: torch.Tensor, ref_logprob: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-token estimate of KL(pi || pi_ref) from sampled-token logprobs by the estimator `kind`."""
+    return KL_ESTIMATORS.get(kind)(logprob, ref_logprob)
+
+
+@LOSS_AGG_MODES.register("token-mean")
+def agg_token_mean(
+    loss_mat: torch.Tensor, mask: torch.Tensor, num_tokens: Count, num_seqs: Count, horizon: int
+) -> torch.Tensor:
+    """Every token of the mini-batch weighs the same (long answers weigh more)."""
+    return (loss_mat * mask).sum() / torch.as_tensor(num_tokens, dtype=loss_mat.dtype).clamp(min=1)
+
+
+def _seq_mean(per_seq: torch.Tensor, num_seqs: Count) -> torch.Tensor:
+    return per_seq.sum() / torch.as_tensor(num_seqs, dtype=per_seq.dtype).clamp(min=1)
+
+
+@LOSS_AGG_MODES.register("seq-mean-token-sum")
+def agg_seq_mean_token_sum(
+    loss_mat: torch.Tensor, mask: torch.Tensor, num_tokens: Count, num_seqs: Count, horizon: int
+) -> torch.Tensor:
+    """Sum per sequence, mean over sequences."""
+    return _seq_mean((loss_mat * mask).sum(dim=-1), num_seqs)
+
+
+@LOSS_AGG_MODES.register("seq-mean-token-mean")
+def agg_seq_mean_token_mean(
+    loss_mat: torch.Tensor, mask: torch.Tensor, num_tokens: Count, num_seqs: Count, horizon: int
+) -> torch.Tensor:
+    """Mean per sequence, then mean over sequences (the GRPO paper)."""
+    return _seq_mean((loss_mat * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1), num_seqs)
+
+
+@LOSS_AGG_MODES.register("seq-mean-token-sum-norm")
+def agg_seq_mean_token_sum_norm(
+    loss_mat: torch.Tensor, mask: torch.Tensor, num_tokens: Count, num_seqs: Count, horizon: int
+) -> torch.Tensor:
+    """Sum per sequence divided by a fixed horizon, mean over sequences (Dr.GRPO: no length bias)."""
+    return _seq_mean((loss_mat * mask).sum(dim=-1) / float(horizon), num_seqs)
 
 
 def aggregate_loss(
@@ -79,35 +150,18 @@ def aggregate_loss(
     num_seqs: float | torch.Tensor | None = None,
     horizon: int | None = None,
 ) -> torch.Tensor:
-    """Reduce a [N, T] per-token loss to a scalar.
-
-    token-mean: every token of the mini-batch weighs the same (long answers weigh more).
-    seq-mean-token-sum: sum per sequence, mean over sequences.
-    seq-mean-token-mean: mean per sequence, then mean over sequences (GRPO paper).
-    seq-mean-token-sum-norm: sum per sequence divided by a fixed horizon (Dr.GRPO: no length bias).
+    """Reduce a [N, T] per-token loss to a scalar with the LOSS_AGG_MODES member `mode`.
 
     `num_tokens` / `num_seqs` are the mini-batch totals (across micro-batches and ranks). Passing
     them makes the sum of micro-batch losses equal the loss of the whole mini-batch, so gradient
-    accumulation and data parallelism do not change the result. `horizon` defaults to T.
+    accumulation and data parallelism do not change the result. They default to this batch's own
+    totals; `horizon` defaults to T.
     """
+    fn = LOSS_AGG_MODES.get(mode)
     mask = mask.to(loss_mat.dtype)
-    n_seq = num_seqs if num_seqs is not None else loss_mat.shape[0]
-    if mode == "token-mean":
-        denom = num_tokens if num_tokens is not None else mask.sum()
-        return (loss_mat * mask).sum() / torch.as_tensor(denom, dtype=loss_mat.dtype).clamp(min=1)
-    seq_sums = (loss_mat * mask).sum(dim=-1)
-    if mode == "seq-mean-token-sum":
-        per_seq = seq_sums
-    elif mode == "seq-mean-token-mean":
-        per_seq = seq_sums / mask.sum(dim=-1).clamp(min=1)
-    elif mode == "seq-mean-token-sum-norm":
-        per_seq = seq_sums / float(horizon or loss_mat.shape[-1])
-    else:
-        raise ValueError(
-            f"unknown loss_agg_mode {mode!r}; use token-mean, seq-mean-token-sum, "
-            "seq-mean-token-mean or seq-mean-token-sum-norm"
-        )
-    return per_seq.sum() / torch.as_tensor(n_seq, dtype=loss_mat.dtype).clamp(min=1)
+    num_tokens = num_tokens if num_tokens is not None else mask.sum()
+    num_seqs = num_seqs if num_seqs is not None else loss_mat.shape[0]
+    return fn(loss_mat, mask, num_tokens, num_seqs, horizon or loss_mat.shape[-1])
 
 
 def ppo_policy_loss(
@@ -142,6 +196,16 @@ def ppo_policy_loss(
         "ppo_kl": masked_mean(-log_ratio, mask),
     }
     return loss, stats
+
+
+@POLICY_LOSSES.register("vanilla")
+def vanilla_policy_loss(
+    logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """verl's `vanilla` loss mode: dual-clip PPO with the actor's clip ratios (see ppo_policy_loss)."""
+    return ppo_policy_loss(
+        logprob, old_logprob, advantages, mask, cfg.clip_ratio_low, cfg.clip_ratio_high, cfg.clip_ratio_c
+    )
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

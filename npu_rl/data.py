@@ -353,10 +353,6 @@ class BatchSampler:
     """
 
     def __init__(self, records: Sequence[PromptRecord], batch_size: int, *, shuffle: bool = True, seed: int = 1):
-        if batch_size <= 0:
-            raise ValueError(f"data.train_batch_size must be positive, got {batch_size}")
-        if seed < 0:
-            raise ValueError(f"data.seed must be >= 0, got {seed}")
         if len(records) < batch_size:
             raise DataError(
                 f"the training set has {len(records)} prompts after filtering, fewer than "

@@ -62,6 +62,14 @@ class Accelerator:
             return None
         return getattr(torch, self.type)
 
+    @classmethod
+    def for_backend(cls, backend: str) -> Accelerator:
+        """The device type a torch.distributed backend communicates on (gloo: the CPU)."""
+        types = {"hccl": "npu", "nccl": "cuda", "gloo": "cpu"}
+        if backend not in types:
+            raise DeviceError(f"unknown torch.distributed backend {backend!r}; expected one of {sorted(types)}")
+        return cls(types[backend])
+
     def torch_device(self, local_rank: int = 0) -> torch.device:
         return torch.device("cpu") if self.type == "cpu" else torch.device(self.type, local_rank)
 
@@ -152,26 +160,29 @@ def select(requested: str = "auto") -> Accelerator:
     raise DeviceError(f"unknown device {choice!r}; use auto, npu, cuda or cpu")
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so a run and its resume draw the same numbers."""
+def seed_everything(seed: int, acc: Accelerator) -> None:
+    """Seed Python, NumPy, torch's host generator and `acc`'s generators (the run's configured
+    device only: another visible device is never touched), so a run and its resume draw the same numbers."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
+    if acc.module is not None:
+        acc.module.manual_seed_all(seed)
 
 
-def rng_state() -> dict:
-    """Every RNG a step draws from, for checkpoints."""
+def rng_state(acc: Accelerator) -> dict:
+    """Every RNG a step draws from, for checkpoints: the host's and those of `acc` (the run's
+    configured device; another visible device is never touched)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    acc = select("auto")
     if acc.module is not None:
         state[acc.type] = acc.module.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, acc: Accelerator) -> None:
+    """Restore `rng_state`'s RNGs; an accelerator's state is restored only on that configured device."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    for name in ("cuda", "npu"):
-        if name in state:
-            getattr(torch, name).set_rng_state_all(state[name])
+    if acc.module is not None and acc.type in state:
+        acc.module.set_rng_state_all(state[acc.type])

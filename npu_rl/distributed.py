@@ -28,9 +28,6 @@ from torch.distributed.tensor import DTensor, Replicate
 from npu_rl.config import FSDPConfig
 from npu_rl.device import Accelerator
 
-# Device the backend communicates on (the local accelerator, or the CPU for gloo). Metric
-# tensors often live on the CPU; HCCL/NCCL cannot reduce those, so they are staged here.
-_COMM_DEVICE = torch.device("cpu")
 TIMEOUT_ENV = "NPU_RL_DIST_TIMEOUT_S"
 
 
@@ -66,7 +63,6 @@ def init_distributed(acc: Accelerator) -> DistInfo:
     The device is pinned to LOCAL_RANK before the process group exists so that HCCL/NCCL bind the
     right card. Calling this twice returns the existing group's view.
     """
-    global _COMM_DEVICE
     if _pg_ready():
         return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     if not _torchrun_env():
@@ -85,10 +81,18 @@ def init_distributed(acc: Accelerator) -> DistInfo:
             "(it sets all of them) or unset RANK and WORLD_SIZE for a single process"
         )
     acc.set_device(local_rank)
-    _COMM_DEVICE = acc.torch_device(local_rank)
     timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, 1800)))
     dist.init_process_group(backend=acc.dist_backend, rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank, world_size, local_rank)
+
+
+def comm_device() -> torch.device:
+    """Where this rank's collectives run, read from the process group itself (no module state):
+    the CPU for gloo (and without a group), this rank's card for HCCL / NCCL. Metric tensors often
+    live on the CPU, which HCCL/NCCL cannot reduce, so they are staged here."""
+    if not _pg_ready():
+        return torch.device("cpu")
+    return Accelerator.for_backend(dist.get_backend()).torch_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def _free_port() -> int:
@@ -121,13 +125,29 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         raise ValueError(f"all_reduce op must be one of {sorted(_OPS)}, got {op!r}")
     if not _pg_ready():
         return tensor
-    work = tensor if tensor.device.type == _COMM_DEVICE.type else tensor.to(_COMM_DEVICE)
+    target = comm_device()
+    work = tensor if tensor.device.type == target.type else tensor.to(target)
     dist.all_reduce(work, op=_OPS[op])
     if op == "mean":
         work /= dist.get_world_size()
     if work is not tensor:
         tensor.copy_(work)
     return tensor
+
+
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's `obj` (picklable, small), in rank order, in one collective; `[obj]` alone.
+
+    Step metrics are reduced this way: each rank sends its local sums, maxima and minima keyed by
+    name and reduces the gathered dicts itself, one collective per step however many metrics,
+    and a metric that only some ranks recorded (a reward component no item of a rank produced)
+    cannot desynchronise the ranks.
+    """
+    if not _pg_ready():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def device_mesh(acc: Accelerator) -> DeviceMesh:
@@ -200,8 +220,9 @@ def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
     `optimizer.step()` for this batch instead of writing NaN into the weights.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    sharded_sq = torch.zeros((), dtype=torch.float32, device=_COMM_DEVICE)
-    plain_sq = torch.zeros((), dtype=torch.float32, device=_COMM_DEVICE)
+    target = comm_device()
+    sharded_sq = torch.zeros((), dtype=torch.float32, device=target)
+    plain_sq = torch.zeros((), dtype=torch.float32, device=target)
     group = None
     locals_: list[torch.Tensor] = []
     for p in params:
@@ -212,14 +233,14 @@ def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
             continue
         if isinstance(g, DTensor):
             local = g.to_local()
-            sq = torch.linalg.vector_norm(local, dtype=torch.float32).square().to(_COMM_DEVICE)
+            sq = torch.linalg.vector_norm(local, dtype=torch.float32).square().to(target)
             if all(isinstance(pl, Replicate) for pl in g.placements):
                 plain_sq += sq
             else:
                 sharded_sq += sq
         else:
             local = g
-            plain_sq += torch.linalg.vector_norm(local, dtype=torch.float32).square().to(_COMM_DEVICE)
+            plain_sq += torch.linalg.vector_norm(local, dtype=torch.float32).square().to(target)
         locals_.append(local)
     if group is not None:  # every rank holds DTensor params, so every rank joins this all-reduce
         dist.all_reduce(sharded_sq, group=group)
@@ -242,12 +263,13 @@ def iter_full_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> 
     casts floating tensors before the gather (halving traffic for a bf16 rollout engine). Tied
     weights appear under both names. Single-process, the tensors alias the live parameters.
     """
+    target = comm_device()
     for name, tensor in model.state_dict().items():
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         if isinstance(tensor, DTensor):
-            if tensor.device.type != _COMM_DEVICE.type:  # shards offloaded to host memory
-                tensor = tensor.to(_COMM_DEVICE)
+            if tensor.device.type != target.type:  # shards offloaded to host memory
+                tensor = tensor.to(target)
             tensor = tensor.full_tensor()
         yield name, tensor.detach()
 

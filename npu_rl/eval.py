@@ -35,20 +35,18 @@ import torch
 
 from npu_rl import device
 from npu_rl.checkpoint import CheckpointManager, is_complete
+from npu_rl.compute import build_plan
 from npu_rl.config import Config, DataConfig, RewardConfig, WeightedReward
 from npu_rl.data import load_prompts
 from npu_rl.distributed import DistInfo
-from npu_rl.eval_metrics import PromptResult, default_ks, format_table, summarize
+from npu_rl.eval_metrics import default_ks, format_table, summarize
+from npu_rl.evaluation import EvalConfig, evaluate_records
 from npu_rl.merge import merge_checkpoint
 from npu_rl.model import load_model, load_tokenizer
-from npu_rl.reward_manager import RewardItem, RewardManager
-from npu_rl.rollout import SamplingParams, build_rollout
-from npu_rl.trainer import prompt_seed
-from reward.extract import extract_answer
-from reward.grader import route
+from npu_rl.reward_manager import RewardManager
+from npu_rl.rollout import build_rollout
 from reward.math_verify_adapter import INSTALL_HINT as MATH_VERIFY_HINT
 from reward.math_verify_adapter import available as math_verify_available
-from reward.normalize import normalize_answer
 
 
 def resolve_model_dir(path: str | Path) -> tuple[Path, tempfile.TemporaryDirectory | None]:
@@ -74,18 +72,12 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, tempfile.TemporaryDirecto
     return target, tmp
 
 
-def check_sampling(n: int, temperature: float, ks: Sequence[int]) -> None:
-    if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
-    if temperature <= 0 and n > 1:
-        raise ValueError("greedy decoding (--temperature 0) gives n identical samples; use --temperature > 0")
-    bad = [k for k in ks if not 1 <= k <= n]
-    if bad:
-        raise ValueError(f"--k values must be between 1 and --n ({n}); got {bad}")
-
-
 class Evaluator:
-    """Loads the model, tokenizer, rollout engine and lenient grader once; evaluates any number of times."""
+    """Loads the model, tokenizer, rollout engine and lenient grader once; evaluates any number of times.
+
+    `max_prompt_length` and `max_new_tokens` size the rollout engine (vLLM's `max_model_len`): an
+    evaluation may not ask for more new tokens than the engine was built for.
+    """
 
     def __init__(
         self,
@@ -96,6 +88,7 @@ class Evaluator:
         dtype: str = "auto",
         batch_size: int = 64,
         max_prompt_length: int = 1024,
+        max_new_tokens: int = 1024,
         reward: RewardConfig | None = None,
         num_threads: int = 0,
     ) -> None:
@@ -107,14 +100,16 @@ class Evaluator:
         cfg = Config()
         cfg.model.path, cfg.model.dtype = str(self.model_dir), dtype
         cfg.rollout.name, cfg.rollout.micro_batch_size = rollout, batch_size
+        cfg.data.max_prompt_length, cfg.rollout.max_new_tokens = max_prompt_length, max_new_tokens
         self.cfg = cfg
         self.batch_size = batch_size
         self.data_cfg = DataConfig(max_prompt_length=max_prompt_length)
         self.tokenizer = load_tokenizer(cfg.model)
-        net = None
+        net, plan = None, None
         if rollout == "hf":
             net = load_model(cfg.model, self.acc, trainable=False).to(self.acc.torch_device())
-        self.engine = build_rollout(cfg, net, self.tokenizer, self.acc, DistInfo())
+            plan = build_plan(net, self.acc, decoder=cfg.rollout.decoder)
+        self.engine = build_rollout(cfg, net, self.tokenizer, self.acc, DistInfo(), plan)
         self.grader = RewardManager(reward or RewardConfig(), strict=False)
 
     def evaluate(
@@ -125,7 +120,7 @@ class Evaluator:
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = -1,
-        max_new_tokens: int = 1024,
+        max_new_tokens: int | None = None,
         k: Sequence[int] | None = None,
         seed: int = 0,
         max_samples: int = -1,
@@ -133,79 +128,39 @@ class Evaluator:
         tag: str | None = None,
         verbose: bool = False,
     ) -> dict[str, Any]:
-        """Generate, grade and summarize; returns the summary dict (also written when `output_dir` is set)."""
+        """Generate, grade and summarize; returns the summary dict (also written when `output_dir` is set).
+
+        `max_new_tokens` defaults to (and may not exceed) what the evaluator was built with.
+        """
+        limit = self.cfg.rollout.max_new_tokens
+        if max_new_tokens is not None and max_new_tokens > limit:
+            raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the {limit} this evaluator was built for")
+        ecfg = EvalConfig(n, temperature, top_p, top_k, max_new_tokens or limit, self.batch_size, seed)
         ks = sorted(set(k)) if k else default_ks(n)
-        check_sampling(n, temperature, ks)
+        ecfg.validate(ks)
         files = [data_files] if isinstance(data_files, (str, Path)) else list(data_files)
         dataset = load_prompts(files, self.tokenizer, self.data_cfg, max_samples=max_samples)
-        params = SamplingParams(n, temperature, top_p, top_k, max_new_tokens)
         start = time.perf_counter()
-        results: list[PromptResult] = []
-        generations: list[dict[str, Any]] = []
-        for batch in dataset.batches(self.batch_size):
-            seeds = [prompt_seed(seed, 0, r.index, validation=True) for r in batch]
-            out = self.engine.generate([r.prompt_ids for r in batch], params, seeds=seeds)
-            lengths, texts = out.lengths.tolist(), out.decode(self.tokenizer)
-            for i, rec in enumerate(batch):
-                rows = range(i * n, (i + 1) * n)
-                result, line = self._grade(rec, [texts[j] for j in rows], [lengths[j] for j in rows],
-                                           [out.finish_reasons[j] for j in rows])  # fmt: skip
-                results.append(result)
-                generations.append(line)
-            if verbose:
-                print(f"[npu_rl.eval] {len(results)}/{len(dataset)} prompts", file=sys.stderr, flush=True)
-
+        graded = evaluate_records(self.engine, dataset.records, self.tokenizer, self.grader, ecfg, progress=verbose)
         summary = {
             "model": self.model_arg,
             "data": [str(f) for f in files],
             "rollout": self.cfg.rollout.name,
-            "sampling": {**asdict(params), "seed": seed, "k": ks},
-            "num_prompts": len(results),
+            "sampling": {**asdict(ecfg.sampling), "seed": seed, "k": ks},
+            "num_prompts": len(graded),
             "num_filtered_overlong": dataset.num_filtered,
-            **summarize(results, n, ks),
+            **summarize([g.result() for g in graded], n, ks),
             "time_s": time.perf_counter() - start,
         }
         summary["accuracy"] = summary["metrics"].get(f"mean@{n}", 0.0)
         if output_dir is not None:
-            summary["files"] = write_outputs(Path(output_dir), tag or f"n{n}_t{temperature:g}", generations, summary)
+            lines = [g.line() for g in graded]
+            summary["files"] = write_outputs(Path(output_dir), tag or f"n{n}_t{temperature:g}", lines, summary)
         return summary
-
-    def _grade(
-        self, rec: Any, texts: list[str], lengths: list[int], finish: list[str]
-    ) -> tuple[PromptResult, dict[str, Any]]:
-        """Grade one prompt's samples and extract their answers for the vote."""
-        truncated = [f == "length" for f in finish]
-        items = [
-            RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages or rec.prompt_text)
-            for text, cut in zip(texts, truncated, strict=True)
-        ]
-        graded = self.grader.score(items)
-        form = route(rec.data_source, rec.extra_info)[1]
-        answers: list[str | None] = []
-        for text, cut in zip(texts, truncated, strict=True):
-            found = None if cut else extract_answer(text, requested=form, strict=False)
-            answers.append(normalize_answer(found.answer).replace(" ", "") if found else None)
-        result = PromptResult(rec.data_source, rec.extra_info, list(graded.acc), answers, lengths, truncated)
-        line = {
-            "index": rec.index,
-            "data_source": rec.data_source,
-            "prompt": rec.prompt_text,
-            "ground_truth": rec.ground_truth,
-            "extra_info": rec.extra_info,
-            "responses": texts,
-            "answers": answers,
-            "acc": list(graded.acc),
-            "scores": list(graded.scores),
-            "lengths": lengths,
-            "finish_reasons": finish,
-        }
-        return result, line
 
     def close(self) -> None:
         self.grader.close()
-        closer = getattr(self.engine, "close", None)
-        if closer is not None:
-            closer()
+        self.engine.close()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -232,6 +187,8 @@ def evaluate(model: str | Path, data_files: str | Path | Sequence[str | Path], *
     """One-shot `Evaluator(model, ...).evaluate(data_files, ...)`; constructor keywords are split off."""
     init_keys = ("rollout", "device_name", "dtype", "batch_size", "max_prompt_length", "reward", "num_threads")
     init = {key: kwargs.pop(key) for key in init_keys if key in kwargs}
+    if kwargs.get("max_new_tokens") is not None:  # it sizes the engine as well as the evaluation
+        init["max_new_tokens"] = kwargs["max_new_tokens"]
     with Evaluator(model, **init) as ev:
         return ev.evaluate(data_files, **kwargs)
 
@@ -267,31 +224,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
-    try:
-        check_sampling(args.n, args.temperature, ks or [])
-    except ValueError as err:
-        print(f"npu_rl.eval: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
-    reward = RewardConfig(num_workers=args.reward_workers)
-    if args.grader == "math_verify":
-        if not math_verify_available():
-            print(f"npu_rl.eval: --grader math_verify needs math-verify: {MATH_VERIFY_HINT}", file=sys.stderr)
-            raise SystemExit(2)
-        reward.functions = [WeightedReward(name="math_verify")]
-    output_dir = args.output_dir or str(Path("outputs") / "eval" / Path(args.model).resolve().name)
-    with Evaluator(
+def evaluator_from_args(args: argparse.Namespace) -> Evaluator:
+    """The evaluator the command line describes; its engine is sized by --max-prompt-length and
+    --max-new-tokens (vLLM's max_model_len is their sum, within the model's positions)."""
+    return Evaluator(
         args.model,
         rollout=args.rollout,
         device_name=args.device,
         dtype=args.dtype,
         batch_size=args.batch_size,
         max_prompt_length=args.max_prompt_length,
-        reward=reward,
+        max_new_tokens=args.max_new_tokens,
+        reward=grader_config(args.grader, args.reward_workers),
         num_threads=args.num_threads,
-    ) as ev:
+    )
+
+
+def grader_config(grader: str, workers: int) -> RewardConfig:
+    """The lenient built-in grader, or math-verify's verdict alone (`--grader math_verify`)."""
+    reward = RewardConfig(num_workers=workers)
+    if grader == "math_verify":
+        reward.functions = [WeightedReward(name="math_verify")]
+    return reward
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
+    try:
+        EvalConfig(args.n, args.temperature, max_new_tokens=args.max_new_tokens).validate(ks or [])
+    except ValueError as err:
+        print(f"npu_rl.eval: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    if args.grader == "math_verify" and not math_verify_available():
+        print(f"npu_rl.eval: --grader math_verify needs math-verify: {MATH_VERIFY_HINT}", file=sys.stderr)
+        raise SystemExit(2)
+    output_dir = args.output_dir or str(Path("outputs") / "eval" / Path(args.model).resolve().name)
+    with evaluator_from_args(args) as ev:
         summary = ev.evaluate(
             args.data,
             n=args.n,

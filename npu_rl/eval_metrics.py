@@ -21,10 +21,11 @@ class PromptResult:
 
     data_source: str
     extra_info: dict[str, Any]
-    correct: list[bool]
+    correct: list[bool] | None  # None: the grader returned a score but no verdict (a user function)
     answers: list[str | None]  # normalized extracted answers, the votes for maj@N
     lengths: list[int]  # response tokens
     truncated: list[bool]  # hit max_new_tokens
+    scores: list[float] | None = None  # the reward of each sample
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -66,15 +67,26 @@ def default_ks(n: int) -> list[int]:
 
 
 def group_metrics(results: list[PromptResult], n: int, ks: list[int]) -> dict[str, float]:
-    """mean@n, pass@k for each k, maj@n (n > 1), response length mean and clip ratio over `results`."""
+    """mean@n, pass@k for each k, maj@n (n > 1), reward/mean@n, response length mean and clip ratio.
+
+    `n` names the metrics; each prompt's own sample count is used in its sums.
+    Correctness metrics count only prompts whose grader gave a verdict; a grader that returns only
+    a score (a user function without an `acc` key) contributes to reward/mean@n alone, so format
+    credit can never pass for accuracy.
+    """
     if not results:
         return {"count": 0}
     metrics: dict[str, float] = {"count": len(results)}
-    metrics[f"mean@{n}"] = sum(sum(r.correct) / n for r in results) / len(results)
-    for k in ks:
-        metrics[f"pass@{k}"] = sum(pass_at_k(n, sum(r.correct), k) for r in results) / len(results)
-    if n > 1:
-        metrics[f"maj@{n}"] = sum(majority_correct(r.answers, r.correct) for r in results) / len(results)
+    judged = [r for r in results if r.correct is not None]
+    if judged:
+        metrics[f"mean@{n}"] = sum(sum(r.correct) / len(r.correct) for r in judged) / len(judged)
+        for k in ks:
+            metrics[f"pass@{k}"] = sum(pass_at_k(len(r.correct), sum(r.correct), k) for r in judged) / len(judged)
+        if n > 1:
+            metrics[f"maj@{n}"] = sum(majority_correct(r.answers, r.correct) for r in judged) / len(judged)
+    scored = [r for r in results if r.scores is not None]
+    if scored:
+        metrics[f"reward/mean@{n}"] = sum(sum(r.scores) / len(r.scores) for r in scored) / len(scored)
     lengths = [x for r in results for x in r.lengths]
     metrics["response_length/mean"] = sum(lengths) / len(lengths)
     metrics["response_length/clip_ratio"] = sum(t for r in results for t in r.truncated) / len(lengths)

@@ -14,17 +14,21 @@ projection. Models it does not reproduce exactly go through transformers (`suppo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from npu_rl import cpu_linear
-
 SUPPORTED_TYPES = ("qwen2", "qwen3", "llama")
 
 
-def supports(model: nn.Module) -> bool:
-    """Whether `model` has exactly the structure reproduced here and in rollout.fast_decode."""
+def supports(model: nn.Module, allow_sharded: bool = False) -> bool:
+    """Whether `model` has exactly the structure reproduced here and in rollout.fast_decode.
+
+    Sharded (FSDP2 DTensor) weights are refused unless `allow_sharded`: the decoder runs while the
+    hf rollout holds them gathered, the training forward does not.
+    """
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in SUPPORTED_TYPES:
         return False
@@ -34,7 +38,7 @@ def supports(model: nn.Module) -> bool:
         return False
     if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
         return False
-    if any(hasattr(p, "device_mesh") for p in model.parameters()):  # sharded (FSDP2 DTensor) weights
+    if not allow_sharded and any(hasattr(p, "device_mesh") for p in model.parameters()):
         return False
     inner = getattr(model, "model", None)
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
@@ -110,12 +114,13 @@ def shared_prompt_logits(
     tail_mask: torch.Tensor,
     tail_pos: torch.Tensor,
     group: torch.Tensor,
+    linear: Callable[..., torch.Tensor] = F.linear,
 ) -> torch.Tensor:
     """Logits [N, 1 + T, V]: the last prompt token's, then every tail token's.
 
     Distinct prompts [G, P] (left-padded) run once; tail row i [T] (right-padded) continues prompt
     `group[i]`. Both are packed into one token matrix for the projections; only attention sees
-    the two layouts.
+    the two layouts. `linear` is the plan's linear kernel (npu_rl.compute).
     """
     cfg, inner = model.config, model.model
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -141,7 +146,7 @@ def shared_prompt_logits(
     for layer in inner.layers:
         w = fused_weights(layer)
         x = rms_norm(h, layer.input_layernorm.weight, eps)
-        qkv = cpu_linear.linear(x, w["qkv_w"], w["qkv_b"])
+        qkv = linear(x, w["qkv_w"], w["qkv_b"])
         qk = qkv[:, : (heads + kv) * dim].view(-1, heads + kv, dim)
         if w["q_norm"] is not None:
             qk = torch.cat([rms_norm(qk[:, :heads], w["q_norm"], eps), rms_norm(qk[:, heads:], w["k_norm"], eps)], 1)
@@ -155,11 +160,11 @@ def shared_prompt_logits(
         attn = torch.cat(
             [out_p.transpose(1, 2).reshape(split, heads * dim), out_t.transpose(1, 2).reshape(n * t, heads * dim)]
         )
-        h = h + cpu_linear.linear(attn, w["o_w"], w["o_b"])
+        h = h + linear(attn, w["o_w"], w["o_b"])
         x = rms_norm(h, layer.post_attention_layernorm.weight, eps)
-        gate, up = cpu_linear.linear(x, w["gate_up_w"], w["gate_up_b"]).chunk(2, dim=-1)
-        h = h + cpu_linear.linear(F.silu(gate) * up, w["down_w"], w["down_b"])
+        gate, up = linear(x, w["gate_up_w"], w["gate_up_b"]).chunk(2, dim=-1)
+        h = h + linear(F.silu(gate) * up, w["down_w"], w["down_b"])
     h = rms_norm(h, inner.norm.weight, eps)
     last_prompt = h[:split].view(g, p, -1)[:, -1][group][:, None]
     hidden = torch.cat([last_prompt, h[split:].view(n, t, h.shape[-1])], dim=1)
-    return cpu_linear.linear(hidden, model.lm_head.weight, model.lm_head.bias)
+    return linear(hidden, model.lm_head.weight, model.lm_head.bias)

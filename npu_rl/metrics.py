@@ -1,7 +1,13 @@
-"""Step metrics with verl's names, reduced across ranks so every logged number is global."""
+"""Step metrics with verl's names, reduced across ranks in one collective per step.
+
+Every rank records its local numbers in a `StepStats` (sums, maxima, minima, ratios of sums);
+`StepStats.reduce` gathers every rank's entries once and reduces them locally. So a step costs one
+metrics collective however many metrics it logs.
+"""
 
 from __future__ import annotations
 
+import operator
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -11,9 +17,67 @@ import torch
 
 from npu_rl import distributed
 
+_COMBINE = {"sum": operator.add, "max": max, "min": min}
+
+
+def _combine(entries: dict[tuple[str, str], float], key: tuple[str, str], value: float) -> None:
+    """Fold `value` into `entries[key]` with the key's operation (sum, max or min)."""
+    entries[key] = _COMBINE[key[1]](entries[key], value) if key in entries else value
+
+
+class StepStats:
+    """Local statistics of one step, named as they will be logged, reduced in one collective."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], float] = {}  # (name, op) -> local value
+
+    def _put(self, name: str, op: str, value: float) -> None:
+        _combine(self._entries, (name, op), float(value))
+
+    def add_sum(self, name: str, value: float) -> None:
+        """Logged as the sum over ranks (and over repeated calls)."""
+        self._put(name, "sum", value)
+
+    def add_max(self, name: str, value: float) -> None:
+        """Logged as the largest value of any rank (timings: what the step waits for; values that
+        every rank holds identically, such as the learning rate or a global gradient norm)."""
+        self._put(name, "max", value)
+
+    def add_min(self, name: str, value: float) -> None:
+        self._put(name, "min", value)
+
+    def add_ratio(self, name: str, numerator: float, denominator: float) -> None:
+        """Logged as (sum of numerators) / (sum of denominators) over ranks; 0 when nothing was counted."""
+        self._put(f"{name}\0num", "sum", numerator)
+        self._put(f"{name}\0den", "sum", denominator)
+
+    def add_values(self, prefix: str, values: torch.Tensor) -> None:
+        """`<prefix>/mean`, `/max`, `/min` of a 1-D tensor whose entries are split across ranks."""
+        values = values.double().flatten()
+        self.add_ratio(f"{prefix}/mean", values.sum().item(), values.numel())
+        big = torch.finfo(torch.float64).max
+        self.add_max(f"{prefix}/max", values.max().item() if values.numel() else -big)
+        self.add_min(f"{prefix}/min", values.min().item() if values.numel() else big)
+
+    def reduce(self) -> dict[str, float]:
+        """Every metric reduced over ranks, in one collective (a gather of each rank's entries)."""
+        merged: dict[tuple[str, str], float] = {}
+        for entries in distributed.all_gather_object(self._entries):
+            for key, value in entries.items():  # type: ignore[union-attr]
+                _combine(merged, key, value)
+        out: dict[str, float] = {}
+        for (name, _op), value in sorted(merged.items()):
+            if name.endswith("\0num"):
+                base = name[: -len("\0num")]
+                den = merged.get((f"{base}\0den", "sum"), 0.0)
+                out[base] = value / den if den else 0.0
+            elif not name.endswith("\0den"):
+                out[name] = value
+        return out
+
 
 class Timer:
-    """Wall-clock sections of a step, reported as timing_s/<name>.
+    """Wall-clock sections of a step, recorded as timing_s/<name> (the slowest rank's time).
 
     `sync` (the device layer's synchronize) runs before each reading so asynchronous device work
     is charged to the section that queued it.
@@ -33,32 +97,13 @@ class Timer:
             self.sync()
             self.times[name] += time.perf_counter() - start
 
-    def metrics(self) -> dict[str, float]:
-        """The slowest rank's time for each section: that is what the step waits for."""
-        names = sorted(self.times)
-        values = distributed.all_reduce(torch.tensor([self.times[n] for n in names], dtype=torch.float64), op="max")
-        return {f"timing_s/{n}": float(v) for n, v in zip(names, values, strict=True)}
+    def record(self, stats: StepStats) -> None:
+        for name, seconds in self.times.items():
+            stats.add_max(f"timing_s/{name}", seconds)
 
 
-def summarize(prefix: str, values: torch.Tensor) -> dict[str, float]:
-    """Global mean / max / min of a 1-D tensor whose rows are split across ranks."""
-    values = values.double().flatten()
-    sums = distributed.all_reduce(torch.tensor([values.sum().item(), float(values.numel())]), op="sum")
-    big = torch.finfo(torch.float64).max
-    hi = distributed.all_reduce(torch.tensor(values.max().item() if values.numel() else -big), op="max")
-    lo = distributed.all_reduce(torch.tensor(values.min().item() if values.numel() else big), op="min")
-    return {
-        f"{prefix}/mean": float(sums[0] / sums[1].clamp(min=1)),
-        f"{prefix}/max": float(hi),
-        f"{prefix}/min": float(lo),
-    }
-
-
-def global_sum(value: float) -> float:
-    return float(distributed.all_reduce(torch.tensor(float(value), dtype=torch.float64), op="sum"))
-
-
-def data_metrics(
+def record_data(
+    stats: StepStats,
     scores: torch.Tensor,
     rewards: torch.Tensor,
     advantages: torch.Tensor,
@@ -66,44 +111,34 @@ def data_metrics(
     prompt_lengths: torch.Tensor,
     max_new_tokens: int,
     components: dict[str, list[float]],
-) -> dict[str, float]:
+) -> None:
     """Reward, advantage and length statistics of one step's samples (one value per sequence)."""
-    metrics = {
-        **summarize("critic/score", scores),
-        **summarize("critic/rewards", rewards),
-        **summarize("critic/advantages", advantages),
-        **summarize("response_length", response_lengths.float()),
-        **summarize("prompt_length", prompt_lengths.float()),
-    }
-    clipped = global_sum((response_lengths >= max_new_tokens).sum().item())
-    metrics["response_length/clip_ratio"] = clipped / max(1.0, global_sum(response_lengths.numel()))
+    stats.add_values("critic/score", scores)
+    stats.add_values("critic/rewards", rewards)
+    stats.add_values("critic/advantages", advantages)
+    stats.add_values("response_length", response_lengths.float())
+    stats.add_values("prompt_length", prompt_lengths.float())
+    stats.add_ratio(
+        "response_length/clip_ratio", float((response_lengths >= max_new_tokens).sum()), response_lengths.numel()
+    )
     for name, values in sorted(components.items()):
-        metrics[f"reward/{name}/mean"] = global_sum(sum(values)) / max(1.0, global_sum(len(values)))
-    return metrics
+        stats.add_ratio(f"reward/{name}/mean", sum(values), len(values))
 
 
 def perf_metrics(
-    num_tokens: int,
-    step_time: float,
-    update_time: float,
-    num_params: int,
-    ppo_epochs: int,
-    world_size: int,
-    peak_flops: float | None,
+    metrics: dict[str, float], num_params: int, ppo_epochs: int, world_size: int, peak_flops: float | None
 ) -> dict[str, float]:
-    """Throughput per device, and MFU of the actor update where the device's peak is known.
+    """Throughput per device, and MFU of the actor update where the device's peak is known, from
+    the reduced `perf/total_num_tokens` and step timings.
 
     Training FLOPs are estimated as 6 x parameters x tokens per epoch (forward + backward), the
     usual dense-transformer approximation; attention's quadratic term is left out, so MFU is a
     slight underestimate at long context.
     """
-    total_tokens = global_sum(num_tokens)
-    metrics = {
-        "perf/total_num_tokens": total_tokens,
-        "perf/time_per_step": step_time,
-        "perf/throughput": total_tokens / max(step_time, 1e-9) / world_size,
-    }
+    total_tokens = metrics["perf/total_num_tokens"]
+    step_time = metrics["timing_s/step"]
+    out = {"perf/time_per_step": step_time, "perf/throughput": total_tokens / max(step_time, 1e-9) / world_size}
     if peak_flops:
         flops = 6.0 * num_params * total_tokens * ppo_epochs
-        metrics["perf/mfu/actor"] = flops / max(update_time, 1e-9) / (peak_flops * world_size)
-    return metrics
+        out["perf/mfu/actor"] = flops / max(metrics["timing_s/update_actor"], 1e-9) / (peak_flops * world_size)
+    return out

@@ -1,4 +1,4 @@
-"""Shared-prompt forward: each distinct prompt is run once, its n responses reuse its key/values.
+"""Shared-prompt forward: each distinct prompt is run once, its responses reuse its key/values.
 
 GRPO scores n responses per prompt, and the prompt is often as long as a response or longer.
 A plain forward over [prompt | response] rows recomputes every prompt n times in the reference,
@@ -6,11 +6,11 @@ old-logprob and training passes. Here the distinct prompts go through the model 
 cache, the cache rows are gathered back to one per response (a differentiable index, so the
 prompt's gradient is the sum over its responses), and the responses run on top of it. The
 result equals the plain forward up to floating-point reassociation; only the FLOPs of the
-repeated prompts are gone. Llama-family models take the fused path of npu_rl.llama (prompts and
-responses packed into one token matrix); others run twice through transformers with a KV cache.
+repeated prompts are gone. With the `fused` plan Llama-family models take npu_rl.llama (prompts
+and responses packed into one token matrix); `shared_prefix` runs twice through transformers.
 
-Rows sharing a prompt are found from the batch itself (consecutive rows with the same prompt
-columns), so any slicing of a prompt-major batch into micro-batches works unchanged.
+Which rows share a prompt comes from the batch's own group ids (`PolicyBatch.group`), so any
+slicing of a batch into micro-batches works unchanged, and groups may have any size.
 """
 
 from __future__ import annotations
@@ -19,45 +19,42 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from npu_rl import cpu_linear, llama
+from npu_rl import llama
+from npu_rl.compute import ComputePlan
 
 
-def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first row of each run of identical consecutive prompts, run index of every row)."""
-    same = (prompt_ids[1:] == prompt_ids[:-1]).all(-1) & (prompt_mask[1:] == prompt_mask[:-1]).all(-1)
-    starts = torch.cat([same.new_ones(1), ~same])
-    return starts.nonzero().squeeze(-1), starts.long().cumsum(0) - 1
-
-
-def can_share_prompts(model: nn.Module) -> bool:
-    """The cache path needs a cache that survives the forward: gradient checkpointing drops it in training."""
-    return not (model.training and getattr(model, "is_gradient_checkpointing", False))
+def group_starts(group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one representative row per distinct group, each row's index into those representatives)."""
+    uniq, inverse = torch.unique(group, return_inverse=True)
+    first = torch.full((len(uniq),), len(group), dtype=torch.long, device=group.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(group), device=group.device), reduce="amin")
+    return first, inverse
 
 
 def response_logits(
     model: nn.Module,
+    plan: ComputePlan,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
+    group: torch.Tensor,
     width: int,
 ) -> torch.Tensor | None:
-    """Logits predicting the last `width` columns of each row ([N, width, V]), or None when the
-    plain forward is as cheap (a model without the fused path and no shared prompt).
-
-    Rows are left-padded prompts followed by `width` response columns, as in `PolicyBatch`.
-    """
+    """Logits predicting the last `width` columns of each row ([N, width, V]), each distinct
+    prompt (by `group`) run once; None where the plain forward is as cheap (no prompt columns, or
+    `shared_prefix` with no prompt shared by two rows). Rows are left-padded prompts followed by
+    `width` response columns, as in `PolicyBatch`; `plan.forward` is `shared_prefix` or `fused`."""
     prompt_width = input_ids.shape[1] - width
-    fused = llama.supports(model)
     if prompt_width <= 0 or width <= 0:
         return None
-    starts, group = prompt_groups(input_ids[:, :prompt_width], attention_mask[:, :prompt_width])
-    if len(starts) == len(input_ids) and not fused:
+    starts, inverse = group_starts(group)
+    if len(starts) == len(input_ids) and plan.forward != "fused":
         return None
     # Columns that are padding in every distinct prompt carry nothing: drop them.
     first_col = int(attention_mask[starts, :prompt_width].any(0).nonzero()[0])
     cols = slice(first_col, prompt_width)
     tail = slice(prompt_width, prompt_width + width - 1)  # the last response token predicts nothing
-    if fused:
+    if plan.forward == "fused":
         return llama.shared_prompt_logits(
             model,
             input_ids[starts, cols],
@@ -66,9 +63,10 @@ def response_logits(
             input_ids[:, tail],
             attention_mask[:, tail],
             position_ids[:, tail],
-            group,
+            inverse,
+            plan.linears.linear,
         )
-    with cpu_linear.linear_mode():
+    with plan.linears.around():
         cache = DynamicCache()
         head = model(
             input_ids=input_ids[starts, cols],
@@ -78,11 +76,11 @@ def response_logits(
             use_cache=True,
             logits_to_keep=1,
         )
-        first = head.logits[:, -1:][group]  # the last prompt token predicts response token 0
+        first = head.logits[:, -1:][inverse]  # the last prompt token predicts response token 0
         if width == 1:
             return first
         cache = head.past_key_values
-        cache.batch_select_indices(group)
+        cache.batch_select_indices(inverse)
         tail_out = model(
             input_ids=input_ids[:, tail],
             attention_mask=attention_mask[:, first_col : tail.stop],

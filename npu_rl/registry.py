@@ -15,8 +15,10 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-class UnknownName(KeyError):
-    """A name that is not registered; the message lists the registered ones."""
+class UnknownName(KeyError, ValueError):
+    """A name that is not registered; the message lists the registered ones.
+
+    A KeyError for lookups and a ValueError for callers that treat it as a bad setting."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0])

@@ -33,18 +33,15 @@ class RewardItem:
 @dataclass
 class RewardBatch:
     scores: list[float]  # what the policy optimizes
-    acc: list[bool]  # correctness, for val-core/<source>/acc
+    acc: list[bool | None]  # correctness, for val-core/<source>/acc; None where no grader judged it
     components: dict[str, list[float]] = field(default_factory=dict)  # logged as reward/<name>/mean
     timeouts: int = 0  # items over reward.timeout_s (scored as incorrect)
     errors: int = 0  # items whose grading process crashed or hit an internal grader error (scored incorrect)
 
 
 def spec_from_config(cfg: RewardConfig, strict: bool) -> ScorerSpec:
-    """The plain-data reward description shipped to worker processes."""
-    if cfg.timeout_s <= 0:
-        raise ValueError(f"reward.timeout_s must be > 0, got {cfg.timeout_s}")
-    if cfg.num_workers < 0:
-        raise ValueError(f"reward.num_workers must be >= 0, got {cfg.num_workers}")
+    """The plain-data reward description shipped to worker processes (`cfg` validated: its own checks)."""
+    cfg.validate("reward")
     return ScorerSpec(
         terms=tuple(Term(f.name, f.weight, f.path, dict(f.kwargs), f.style) for f in cfg.functions),
         custom_path=cfg.custom_function.path,
@@ -90,7 +87,7 @@ class RewardManager:
         errors = sum(1 for r in results if r.get("crashed") or _flagged(r, "error"))
         return RewardBatch(
             scores=[float(r["score"]) for r in results],
-            acc=[bool(r["acc"]) for r in results],
+            acc=[None if r.get("acc") is None else bool(r["acc"]) for r in results],
             components=components,
             timeouts=sum(1 for r in results if r.get("timeout")),
             errors=errors,

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from npu_rl.registry import Registry
+
 
 class Tracker(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
@@ -93,40 +95,57 @@ def samples_markdown(samples: list[dict[str, Any]], max_chars: int = 4000) -> st
     return "\n\n".join(parts)
 
 
+TrackerFactory = Callable[[RunInfo], Tracker]
+
+# name -> factory(run). A factory raises TrackerUnavailable when its backend cannot start. A factory's
+# `requires` attribute names the pip package its backend imports; config loading checks it is installed.
+REGISTRY: Registry[TrackerFactory] = Registry("tracker")
+
+
+def requires(package: str) -> Callable[[TrackerFactory], TrackerFactory]:
+    """Mark a tracker factory with the pip package (also its import name) its backend needs."""
+
+    def wrap(factory: TrackerFactory) -> TrackerFactory:
+        factory.requires = package  # type: ignore[attr-defined]
+        return factory
+
+    return wrap
+
+
+@REGISTRY.register("console")
 def _console(run: RunInfo) -> Tracker:
     from npu_rl.trackers.console import ConsoleTracker
 
     return ConsoleTracker(run.total_steps)
 
 
+@REGISTRY.register("jsonl")
+def _jsonl(run: RunInfo) -> Tracker:
+    return JsonlTracker(run.log_dir)
+
+
+@REGISTRY.register("tensorboard")
+@requires("tensorboard")
 def _tensorboard(run: RunInfo) -> Tracker:
     from npu_rl.trackers.tensorboard_tracker import TensorBoardTracker
 
     return TensorBoardTracker(run)
 
 
-def _wandb(run: RunInfo) -> Tracker:
-    from npu_rl.trackers.wandb_tracker import WandbTracker
-
-    return WandbTracker(run)
-
-
+@REGISTRY.register("swanlab")
+@requires("swanlab")
 def _swanlab(run: RunInfo) -> Tracker:
     from npu_rl.trackers.swanlab_tracker import SwanLabTracker
 
     return SwanLabTracker(run)
 
 
-TrackerFactory = Callable[[RunInfo], Tracker]
+@REGISTRY.register("wandb")
+@requires("wandb")
+def _wandb(run: RunInfo) -> Tracker:
+    from npu_rl.trackers.wandb_tracker import WandbTracker
 
-# name -> factory(run). A factory raises TrackerUnavailable when its backend cannot start.
-REGISTRY: dict[str, TrackerFactory] = {
-    "console": _console,
-    "jsonl": lambda run: JsonlTracker(run.log_dir),
-    "tensorboard": _tensorboard,
-    "swanlab": _swanlab,
-    "wandb": _wandb,
-}
+    return WandbTracker(run)
 
 
 class Tracking:
@@ -147,9 +166,7 @@ class Tracking:
         config: Any = None,
         allow_missing: bool | None = None,
     ) -> None:
-        unknown = [n for n in names if n not in REGISTRY]
-        if unknown:
-            raise ValueError(f"unknown trainer.logger {unknown}; available: {sorted(REGISTRY)}")
+        factories = {name: REGISTRY.get(name, key="trainer.logger") for name in names}  # names: see load_config
         run = RunInfo(log_dir=str(log_dir), total_steps=total_steps)
         if config is not None:
             run.project = config.trainer.project_name
@@ -165,7 +182,7 @@ class Tracking:
         try:
             for name in ordered:  # dict.fromkeys: a name listed twice would log everything twice
                 try:
-                    self.trackers.append(REGISTRY[name](run))
+                    self.trackers.append(factories[name](run))
                 except TrackerUnavailable as err:
                     if not allow_missing:
                         raise

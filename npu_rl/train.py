@@ -13,7 +13,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m npu_rl.train",
         description="GRPO training. Settings come from --config (YAML) and dotted overrides such as "
         "rollout.n=8 actor.optim.lr=1e-6 trainer.logger=[console,jsonl].",
-        epilog="config groups and their defaults:\n" + describe_groups(),
+        epilog="config keys (dotted name, type, default, allowed values; docs/config.md has the same table):\n"
+        + describe_groups(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", help="YAML file with the config groups (optional)")

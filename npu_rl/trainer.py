@@ -11,30 +11,22 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
-from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from npu_rl import actor, core_algos, device, distributed
 from npu_rl.checkpoint import CheckpointManager
+from npu_rl.compute import build_plan
 from npu_rl.config import Config, format_path, save_config
 from npu_rl.data import BatchSampler, PromptRecord, build_datasets
-from npu_rl.metrics import Timer, data_metrics, global_sum, perf_metrics
+from npu_rl.evaluation import EvalConfig, evaluate_records
+from npu_rl.metrics import StepStats, Timer, perf_metrics, record_data
 from npu_rl.model import load_model, load_tokenizer, num_parameters
-from npu_rl.reward_manager import RewardItem, RewardManager
-from npu_rl.rollout import RolloutOutput, SamplingParams, build_rollout, eos_and_pad_ids
+from npu_rl.reward_manager import RewardBatch, RewardItem, RewardManager
+from npu_rl.rollout import RolloutBatch, SamplingParams, build_rollout, eos_and_pad_ids, generate
+from npu_rl.seeds import prompt_seed
 from npu_rl.tracking import Tracking
-
-
-def prompt_seed(seed: int, step: int, index: int, validation: bool = False) -> int:
-    """The sampling seed of one prompt at one step: independent of batch layout, ranks and resumes.
-
-    Validation uses its own stream, the same at every step, so validations differ only by the weights.
-    """
-    return int(np.random.SeedSequence([seed, int(validation), step, index]).generate_state(1)[0])
 
 
 def shard_prompts(records: list[PromptRecord], mini_batch: int, rank: int, world: int) -> list[PromptRecord]:
@@ -53,16 +45,11 @@ class GRPOTrainer:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.acc = device.select(cfg.trainer.device)
+        self.acc = device.select(cfg.trainer.device)  # decided once; everything below is handed this
         self.dist = distributed.init_distributed(self.acc)
         if self.acc.type == "cpu" and cfg.trainer.num_threads > 0:
             torch.set_num_threads(cfg.trainer.num_threads)
-        if cfg.actor.ppo_mini_batch_size % self.dist.world_size:
-            raise ValueError(
-                f"actor.ppo_mini_batch_size ({cfg.actor.ppo_mini_batch_size}) must be divisible by the "
-                f"world size ({self.dist.world_size})"
-            )
-        device.seed_everything(cfg.trainer.seed)
+        device.seed_everything(cfg.trainer.seed, self.acc)
         self.log_dir = Path(format_path(cfg.trainer.log_dir, cfg))
         self.tokenizer = load_tokenizer(cfg.model)
         self.train_data, self.val_data = build_datasets(cfg.data, self.tokenizer)
@@ -75,18 +62,25 @@ class GRPOTrainer:
         model = load_model(cfg.model, self.acc, trainable=True)
         self.num_params = num_parameters(model)
         self.model = self._place(model, trainable=True)
-        self.ref = None
+        ckpt = cfg.model.gradient_checkpointing
+        self.plan = build_plan(self.model, self.acc, cfg.actor.forward, cfg.rollout.decoder, ckpt)
+        self.ref, self.ref_plan = None, None
         if cfg.needs_ref:
             self.ref = self._place(load_model(cfg.model, self.acc, trainable=False), trainable=False)
+            self.ref_plan = build_plan(self.ref, self.acc, cfg.actor.forward, cfg.rollout.decoder)
         self.device = self.acc.torch_device(self.dist.local_rank)
         self.optimizer = actor.build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = actor.build_scheduler(self.optimizer, self.total_steps, cfg.actor.optim)
-        self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist)
+        self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist, self.plan)
         self.pad_token_id = eos_and_pad_ids(self.tokenizer, model)[1]
         self.reward = RewardManager(cfg.reward)
         self.val_reward = RewardManager(cfg.reward, strict=False)
+        v = cfg.rollout.val_kwargs
+        self.val_cfg = EvalConfig(
+            v.n, v.temperature, v.top_p, v.top_k, cfg.rollout.max_new_tokens, cfg.data.val_batch_size, cfg.trainer.seed
+        )
         self.checkpoints = CheckpointManager(
-            format_path(cfg.trainer.default_local_dir, cfg), cfg.trainer.max_ckpt_to_keep, self.dist
+            format_path(cfg.trainer.default_local_dir, cfg), cfg.trainer.max_ckpt_to_keep, self.dist, self.acc
         )
         self.global_step = 0
         self.tracking: Tracking | None = None
@@ -95,6 +89,7 @@ class GRPOTrainer:
             self.tracking = Tracking(cfg.trainer.logger, str(self.log_dir), self.total_steps, config=cfg)
             for name, count in self.train_data.filtered.items():
                 print(f"[npu_rl] filtered {count} prompts longer than {cfg.data.max_prompt_length} tokens in {name}")
+            print(f"[npu_rl] device {self.acc.type}, world size {self.dist.world_size}, {self.plan.describe()}")
 
     def _place(self, model: torch.nn.Module, trainable: bool) -> torch.nn.Module:
         """Shard across ranks (FSDP2 moves each shard to the device itself), or move whole when alone."""
@@ -106,160 +101,133 @@ class GRPOTrainer:
         return model.to(self.acc.torch_device(self.dist.local_rank))
 
     # ------------------------------------------------------------------------------------------
-    def sampling_params(self, validate: bool = False) -> SamplingParams:
+    def sampling_params(self) -> SamplingParams:
         r = self.cfg.rollout
-        if validate:
-            v = r.val_kwargs
-            return SamplingParams(v.n, v.temperature, v.top_p, v.top_k, r.max_new_tokens)
         return SamplingParams(r.n, r.temperature, r.top_p, r.top_k, r.max_new_tokens)
 
-    def _generate(self, records: list[PromptRecord], params: SamplingParams, step: int | None) -> RolloutOutput:
-        """Sample for `records` at training step `step`, or for validation when `step` is None."""
-        seeds = [prompt_seed(self.cfg.trainer.seed, step or 0, r.index, step is None) for r in records]
-        # The hf backend samples from the (possibly sharded) policy itself: hold its full weights.
-        gather = distributed.gathered_params(self.model) if self.cfg.rollout.name == "hf" else nullcontext()
-        self.rollout.wake_up()
-        try:
-            with gather:
-                return self.rollout.generate([r.prompt_ids for r in records], params, seeds=seeds)
-        finally:
-            self.rollout.sleep()
-
-    def _grade(self, records: list[PromptRecord], out: RolloutOutput, n: int, manager: RewardManager) -> Any:
-        texts = out.decode(self.tokenizer)
-        rows = zip([r for r in records for _ in range(n)], texts, out.truncated, strict=True)
-        items = [
-            RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages or rec.prompt_text)
-            for rec, text, cut in rows
-        ]
-        return manager.score(items), texts
-
-    def _logprobs(self, model: torch.nn.Module, batch: actor.PolicyBatch, micro_batch_size: int) -> torch.Tensor:
-        return actor.compute_logprobs(model, batch, self.cfg.rollout.temperature, micro_batch_size, self.device)
+    def _grade(self, batch: RolloutBatch) -> RewardBatch:
+        texts = batch.decode(self.tokenizer)
+        rows = zip(batch.row_records, texts, batch.truncated, strict=True)
+        return self.reward.score(
+            [
+                RewardItem(
+                    rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages or rec.prompt_text
+                )
+                for rec, text, cut in rows
+            ]
+        )
 
     # ------------------------------------------------------------------------------------------
     def train_step(self, records: list[PromptRecord]) -> dict[str, float]:
         """One GRPO step on this rank's share of the step's prompts."""
         cfg, step = self.cfg, self.global_step
         timer = Timer(self.acc.synchronize)
+        stats = StepStats()
         params = self.sampling_params()
         with timer.section("step"):
             with timer.section("gen"):
-                out = self._generate(records, params, step)
+                seeds = [prompt_seed(cfg.trainer.seed, step, r.index) for r in records]
+                rollout = generate(self.rollout, records, params, seeds)
             with timer.section("reward"):
-                graded, _ = self._grade(records, out, params.n, self.reward)
+                graded = self._grade(rollout)
                 scores = torch.tensor(graded.scores, dtype=torch.float32)
 
-            batch = actor.build_policy_batch(
-                [r.prompt_ids for r in records], out.response_ids, out.lengths, self.pad_token_id, params.n
-            )
+            batch = actor.build_policy_batch(rollout, self.pad_token_id)
             mask = batch.response_mask
-            batch.rollout_logprobs = out.logprobs
+            batch.rollout_logprobs = rollout.logprobs
             on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size == cfg.data.train_batch_size
             kl_in_reward = cfg.algorithm.use_kl_in_reward and self.ref is not None
             if not on_policy or kl_in_reward:  # several updates per rollout, or KL priced into the reward
                 with timer.section("old_log_prob"):
-                    batch.old_logprobs = self._logprobs(
-                        self.model, batch, cfg.rollout.log_prob_micro_batch_size_per_device
-                    )
+                    batch.old_logprobs = actor.compute_logprobs(
+                        self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device,
+                        self.plan, self.device,
+                    )  # fmt: skip
             if self.ref is not None:
                 with timer.section("ref"):
-                    batch.ref_logprobs = self._logprobs(self.ref, batch, cfg.ref.log_prob_micro_batch_size_per_device)
+                    batch.ref_logprobs = actor.compute_logprobs(
+                        self.ref, batch, params.temperature, cfg.ref.log_prob_micro_batch_size_per_device,
+                        self.ref_plan, self.device,
+                    )  # fmt: skip
 
             with timer.section("adv"):
                 rewards = scores
                 if kl_in_reward:  # each sequence's reward pays for its summed divergence from the reference
                     kl = core_algos.kl_estimate(batch.old_logprobs, batch.ref_logprobs, cfg.algorithm.kl_penalty)
                     rewards = scores - cfg.algorithm.kl_coef * (kl * mask).sum(-1)
-                group_ids = torch.tensor([r.index for r in records]).repeat_interleave(params.n)
                 seq_adv = core_algos.ADV_ESTIMATORS[cfg.algorithm.adv_estimator](
-                    rewards, group_ids, norm_by_std=cfg.algorithm.norm_adv_by_std_in_grpo
+                    rewards, rollout.group, norm_by_std=cfg.algorithm.norm_adv_by_std_in_grpo
                 )
                 batch.advantages = seq_adv[:, None] * mask
 
             with timer.section("update_actor"):
-                rows_per_mini = cfg.actor.ppo_mini_batch_size // self.dist.world_size * params.n
-                actor_metrics = actor.update_policy(
+                actor.update_policy(
                     self.model,
                     self.optimizer,
                     self.scheduler,
                     batch,
                     cfg.actor,
                     params.temperature,
-                    rows_per_mini,
+                    self.plan,
+                    cfg.actor.ppo_mini_batch_size // self.dist.world_size,
                     horizon=cfg.rollout.max_new_tokens,
+                    stats=stats,
                     device=self.device,
                     world_size=self.dist.world_size,
                 )
             with timer.section("update_weights"):
                 self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
 
-        metrics = {**actor_metrics, **timer.metrics()}
-        metrics.update(
-            data_metrics(
-                scores,
-                rewards,
-                seq_adv,
-                out.lengths,
-                torch.tensor([len(r.prompt_ids) for r in records]).repeat_interleave(params.n),
-                params.max_new_tokens,
-                {**graded.components, "acc": [float(a) for a in graded.acc]},
-            )
+        timer.record(stats)
+        judged = [float(a) for a in graded.acc if a is not None]
+        components = {**graded.components, **({"acc": judged} if judged else {})}
+        record_data(
+            stats, scores, rewards, seq_adv, rollout.lengths, rollout.prompt_lengths, params.max_new_tokens, components
         )
-        metrics["reward/timeouts"] = global_sum(graded.timeouts)
-        metrics["reward/errors"] = global_sum(graded.errors)
-        num_tokens = int(batch.attention_mask.sum())
+        stats.add_sum("reward/timeouts", graded.timeouts)
+        stats.add_sum("reward/errors", graded.errors)
+        stats.add_sum("perf/total_num_tokens", int(batch.attention_mask.sum()))
+        metrics = stats.reduce()  # the step's one metrics collective
         metrics.update(
-            perf_metrics(
-                num_tokens,
-                metrics["timing_s/step"],
-                metrics["timing_s/update_actor"],
-                self.num_params,
-                cfg.actor.ppo_epochs,
-                self.dist.world_size,
-                self.acc.peak_flops(),
-            )
+            perf_metrics(metrics, self.num_params, cfg.actor.ppo_epochs, self.dist.world_size, self.acc.peak_flops())
         )
         metrics.update(self.acc.memory_stats())
         return metrics
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        """val-core/<data_source>/acc/mean@N on the validation set, graded leniently."""
+        """val-core/<data_source>/acc/mean@N (where the grader judges correctness) and
+        val-core/<data_source>/reward/mean@N on the validation set, through the evaluator's path."""
         if self.val_data is None:
             return {}
-        params = self.sampling_params(validate=True)
         records = self.val_data.records[self.dist.rank :: self.dist.world_size]
-        sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        samples = []
-        bs = self.cfg.data.val_batch_size
-        for start in range(0, len(records), bs):
-            chunk = records[start : start + bs]
-            out = self._generate(chunk, params, step=None)
-            graded, texts = self._grade(chunk, out, params.n, self.val_reward)
-            for i, rec in enumerate(chunk):
-                accs = graded.acc[i * params.n : (i + 1) * params.n]
-                sums[rec.data_source][0] += sum(accs) / params.n
-                sums[rec.data_source][1] += 1
-            if not samples:  # a few completions to read by eye, the first sample of each prompt
-                samples = [
-                    {
-                        "prompt": rec.prompt_text,
-                        "response": texts[i * params.n],
-                        "ground_truth": rec.ground_truth,
-                        "score": graded.scores[i * params.n],
-                    }
-                    for i, rec in enumerate(chunk[: self.NUM_LOGGED_SAMPLES])
-                ]
+        graded = evaluate_records(
+            self.rollout, records, self.tokenizer, self.val_reward, self.val_cfg, progress=self.dist.is_main
+        )
+        n = self.val_cfg.n
+        sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0, 0.0])  # acc, judged, reward, prompts
+        for g in graded:
+            entry = sums[g.record.data_source]
+            if g.judged:
+                entry[0] += sum(bool(a) for a in g.acc) / len(g.acc)
+                entry[1] += 1
+            entry[2] += sum(g.scores) / len(g.scores)
+            entry[3] += 1
         sources = sorted({r.data_source for r in self.val_data.records})
         totals = distributed.all_reduce(
             torch.tensor([v for s in sources for v in sums[s]], dtype=torch.float64), op="sum"
-        ).view(-1, 2)
-        metrics = {
-            f"val-core/{s}/acc/mean@{params.n}": float(t[0] / t[1].clamp(min=1))
-            for s, t in zip(sources, totals, strict=True)
-        }
-        if self.tracking is not None and samples:
+        ).view(-1, 4)
+        metrics = {}
+        for source, (acc, judged, reward, prompts) in zip(sources, totals.tolist(), strict=True):
+            if judged:
+                metrics[f"val-core/{source}/acc/mean@{n}"] = acc / judged
+            metrics[f"val-core/{source}/reward/mean@{n}"] = reward / max(prompts, 1.0)
+        if self.tracking is not None and graded:
+            samples = [
+                {"prompt": g.record.prompt_text, "response": g.responses[0], "ground_truth": g.record.ground_truth,
+                 "score": g.scores[0]}
+                for g in graded[: self.NUM_LOGGED_SAMPLES]
+            ]  # fmt: skip
             self.tracking.log_samples(samples, self.global_step)
         return metrics
 
@@ -321,7 +289,5 @@ class GRPOTrainer:
             self.tracking.close()
         self.reward.close()
         self.val_reward.close()
-        close_rollout = getattr(self.rollout, "close", None)
-        if close_rollout is not None:  # before the process group goes: vLLM's shutdown uses it
-            close_rollout()
+        self.rollout.close()  # before the process group goes: vLLM's shutdown uses it
         distributed.destroy()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npu_rl.registry import Registry
 from reward.format_rewards import format_soft_xml, format_strict_xml, int_answer, xml_tags
 from reward.grader import compute_score
 from reward.limits import GradeTimeout
@@ -30,16 +31,15 @@ from reward.tiers import Tiers
 from reward.user_functions import call_user_function, detect_style
 
 RewardFn = Callable[..., Any]
-REGISTRY: dict[str, RewardFn] = {
-    "math": compute_score,  # tiered: correctness first, then format and reasoning bonuses
-    "accuracy": compute_score,  # correctness only: 1.0 / 0.0 (see Scorer._call_term)
-    "format_strict_xml": format_strict_xml,
-    "format_soft_xml": format_soft_xml,
-    "int_answer": int_answer,
-    "xml_tags": xml_tags,
-    "ascend_sample_math": ascend_sample_math,  # the Ascend GRPO sample's 0.7 / 0.2 / 0.1 reward (reward/presets.py)
-    "math_verify": math_verify_score,  # correctness by math-verify when installed (reward/math_verify_adapter.py)
-}
+REGISTRY: Registry[RewardFn] = Registry("reward")  # names for reward.functions[i].name
+REGISTRY.add("math", compute_score)  # tiered: correctness first, then format and reasoning bonuses
+REGISTRY.add("accuracy", compute_score)  # correctness only: 1.0 / 0.0 (see Scorer._call_term)
+REGISTRY.add("format_strict_xml", format_strict_xml)
+REGISTRY.add("format_soft_xml", format_soft_xml)
+REGISTRY.add("int_answer", int_answer)
+REGISTRY.add("xml_tags", xml_tags)
+REGISTRY.add("ascend_sample_math", ascend_sample_math)  # the Ascend GRPO sample's 0.7 / 0.2 / 0.1 (reward/presets.py)
+REGISTRY.add("math_verify", math_verify_score)  # correctness by math-verify when installed (math_verify_adapter)
 _OWN_GRADERS = {"math", "accuracy"}
 
 
@@ -163,9 +163,12 @@ class Scorer:
     def __call__(
         self, data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, prompt: Any = None
     ) -> dict:
-        """{"score": float, "acc": bool, "timeout": bool, "components": {name: float}}.
+        """{"score": float, "acc": bool | None, "timeout": bool, "components": {name: float}}.
 
-        `prompt` (chat messages or a string) is only needed by TRL-style functions."""
+        `acc` is None when no term reports correctness (a user function returning only a score):
+        a score is not a verdict, so it is logged as reward, never as accuracy. `prompt` (chat
+        messages or a string) is only needed by TRL-style functions.
+        """
         total, acc, timeout = 0.0, None, False
         components: dict[str, float] = {}
         item = {
@@ -190,7 +193,7 @@ class Scorer:
             components.update({prefix + k: v for k, v in extras.items()})
         return {
             "score": total,
-            "acc": bool(total > 0) if acc is None else acc,
+            "acc": acc,
             "timeout": timeout,
             "components": components,
         }

@@ -28,3 +28,15 @@ def sharp_model(kind: str, vocab: int = 512, pad_token_id: int | None = 0) -> to
     )
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+
+
+def rollout_batch(prompts: list[list[int]], responses: torch.Tensor, lengths: torch.Tensor, n: int):
+    """A `RolloutBatch` of `n` responses per prompt (prompt-major), as an engine returns it."""
+    from npu_rl.data import PromptRecord
+    from npu_rl.rollout import RolloutBatch, RolloutOutput
+    from npu_rl.rollout.base import grouped
+
+    records = [PromptRecord(i, p, "", [], "test", "0", "math", {}, "test.parquet", i) for i, p in enumerate(prompts)]
+    group, sample = grouped(n, len(prompts))
+    out = RolloutOutput(responses, torch.zeros(responses.shape), lengths, ["stop"] * len(lengths), group, sample)
+    return RolloutBatch.bind(records, out)

@@ -154,12 +154,14 @@ def test_headroom_report_uses_the_evaluator(tiny_model_dir, synthetic_parquet, t
     assert "greedy:  acc" in _headroom.format_result(result, "base")
 
 
-def test_demo_config_is_valid_and_points_at_the_assets():
+def test_demo_config_is_valid_and_points_at_the_assets(tmp_path, monkeypatch):
     from pathlib import Path
 
     from npu_rl.config import load_config
 
     root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)  # load_config checks that the local model folder exists (run/tiny_grpo.sh builds it)
+    (tmp_path / "assets/models/tiny-base").mkdir(parents=True)
     cfg = load_config(root / "run/configs/tiny_grpo.yaml", ["trainer.experiment_name=x"])
     assert cfg.model.path == "assets/models/tiny-base"
     assert cfg.data.train_files == ["assets/data/synthetic/train.parquet"]

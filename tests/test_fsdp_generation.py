@@ -1,8 +1,8 @@
 """Generation from an FSDP2-sharded policy when ranks finish at different steps.
 
 Each forward of a sharded model all-gathers its layers, so a rank that stops decoding early would
-leave the others waiting forever. The trainer generates inside `distributed.gathered_params`,
-which holds full weights for the duration, so decode steps issue no collectives.
+leave the others waiting forever. The hf rollout holds full weights (`distributed.gathered_params`)
+from `wake_up` to `sleep`, so decode steps issue no collectives.
 """
 
 import os
@@ -13,6 +13,7 @@ from _dist_utils import run_workers
 from transformers import AutoModelForCausalLM
 
 from npu_rl import distributed
+from npu_rl.compute import build_plan
 from npu_rl.config import FSDPConfig
 from npu_rl.device import Accelerator
 from npu_rl.rollout.base import SamplingParams
@@ -29,9 +30,13 @@ def _generate_uneven(info, model_dir: str) -> None:
     eos = list(range(vocab)) if info.rank == 0 else [vocab + 1]
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6)
     prompts = [[5, 6, 7], [8, 9]]
-    with distributed.gathered_params(model):
-        out = HFRollout(model, eos, pad_token_id=0).generate(prompts, params, seeds=[1, 2])
-    expected = HFRollout(reference, eos, pad_token_id=0).generate(prompts, params, seeds=[1, 2])
+    rollout = HFRollout(model, eos, 0, build_plan(model, Accelerator("cpu")))
+    rollout.wake_up()  # gathers the shards
+    out = rollout.generate(prompts, params, seeds=[1, 2])
+    rollout.sleep()
+    expected = HFRollout(reference, eos, 0, build_plan(reference, Accelerator("cpu"))).generate(
+        prompts, params, seeds=[1, 2]
+    )
     assert torch.equal(out.response_ids, expected.response_ids)
     assert out.lengths.tolist() == ([1] * 4 if info.rank == 0 else [6] * 4)
     # after the context the model is sharded again and trains as before

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from npu_rl.config import CustomRewardFunction, RewardConfig, WeightedReward
+from npu_rl.config import ConfigError, CustomRewardFunction, RewardConfig, WeightedReward
 from npu_rl.reward_manager import RewardBatch, RewardItem, RewardManager
 from reward import RewardError
 
@@ -167,13 +167,13 @@ def test_weighted_list_logs_each_term(user_file: str) -> None:
 
 
 def test_configuration_errors_name_the_key(user_file: str, tmp_path: Path) -> None:
-    with pytest.raises(RewardError, match=r"reward.custom_function.path: file .* does not exist"):
+    with pytest.raises(ConfigError, match=r"reward.custom_function.path: file .* does not exist"):
         RewardManager(custom(str(tmp_path / "missing.py"), num_workers=0))
     with pytest.raises(RewardError, match=r"reward.custom_function.name: no function 'nope'.*compute_score"):
         RewardManager(custom(user_file, "nope", num_workers=0))
-    with pytest.raises(RewardError, match="not both"):
+    with pytest.raises(ConfigError, match="not both"):
         RewardManager(custom(user_file, num_workers=0, functions=[WeightedReward()]))
-    with pytest.raises(RewardError, match=r"reward.functions\[0\].name: unknown reward 'acc'"):
+    with pytest.raises(ConfigError, match=r"reward.functions\[0\].name: unknown reward 'acc'"):
         RewardManager(RewardConfig(num_workers=0, functions=[WeightedReward(name="acc")]))
     with pytest.raises(ValueError, match=r"reward\.timeout_s"):
         RewardManager(RewardConfig(timeout_s=0))

@@ -11,11 +11,19 @@ import torch
 from _arch_models import sharp_model
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from npu_rl.rollout import fast_decode
+from npu_rl.compute import REFERENCE_PLAN, ComputeError, build_plan
+from npu_rl.device import Accelerator
 from npu_rl.rollout.base import SamplingParams
-from npu_rl.rollout.hf import HFRollout, sample_next
+from npu_rl.rollout.hf import HFRollout as _HFRollout
+from npu_rl.rollout.hf import sample_next
 
 PROMPTS = [[5, 17, 42, 99, 7, 301], [12, 250], [64, 65, 66, 67], [9, 8, 7, 6, 5, 4, 3, 2, 100]]
+
+
+def HFRollout(model, eos, pad_id, fast: bool = True, **kwargs) -> _HFRollout:
+    """The rollout with the plan `auto` resolves to on the CPU (fast), or the reference plan."""
+    plan = build_plan(model, Accelerator("cpu")) if fast else REFERENCE_PLAN
+    return _HFRollout(model, eos, pad_id, plan, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +141,7 @@ def test_rollout_respects_top_k(model, pad_id):
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
 def test_fast_decode_matches_transformers_decode(model, pad_id, arch):
     net = sharp_model(arch, model.config.vocab_size, pad_id).eval()
-    assert fast_decode.supports(net)
+    assert build_plan(net, Accelerator("cpu")).decoder == "fast"
     params = SamplingParams(n=4, temperature=1.0, max_new_tokens=16)
     seeds = [3, 1, 4, 1]
     # An EOS that some rows emit makes rows leave the decode batch at different steps.
@@ -149,9 +157,12 @@ def test_fast_decode_matches_transformers_decode(model, pad_id, arch):
 
 def test_fast_decode_declines_what_it_does_not_reproduce(model):
     sliding = Qwen2Config(**{**model.config.to_dict(), "use_sliding_window": True, "sliding_window": 8})
-    assert not fast_decode.supports(AutoModelForCausalLM.from_config(sliding))
     gelu = Qwen2Config(**{**model.config.to_dict(), "hidden_act": "gelu"})
-    assert not fast_decode.supports(AutoModelForCausalLM.from_config(gelu))
+    for config in (sliding, gelu):
+        net = AutoModelForCausalLM.from_config(config)
+        assert build_plan(net, Accelerator("cpu")).decoder == "plain"  # auto falls back
+        with pytest.raises(ComputeError, match=r"rollout\.decoder=fast does not support"):
+            build_plan(net, Accelerator("cpu"), decoder="fast")  # asked explicitly: refused at start-up
 
 
 def test_small_model_decodes_on_one_thread_and_restores_the_setting(model, pad_id):

@@ -1,7 +1,8 @@
 """Speed paths of the policy passes give the numbers of the straightforward path.
 
-The shared-prompt forward (npu_rl.prefix) and the skipping of all-padding response columns are
-compared with one plain forward over [prompt | response] rows: logprobs, entropies and gradients.
+The shared-prompt forward (npu_rl.prefix, the `shared_prefix` and `fused` plans of npu_rl.compute)
+and the skipping of all-padding response columns are compared with one plain forward over
+[prompt | response] rows (the reference plan): logprobs, entropies and gradients.
 """
 
 from __future__ import annotations
@@ -10,9 +11,14 @@ import copy
 
 import pytest
 import torch
-from _arch_models import sharp_model
+from _arch_models import rollout_batch, sharp_model
 
-from npu_rl import actor, cpu_linear, llama, prefix
+from npu_rl import actor, llama, prefix
+from npu_rl.compute import REFERENCE_PLAN, ComputeError, build_plan
+from npu_rl.device import Accelerator
+from npu_rl.kernels import onednn as cpu_linear
+
+CPU = Accelerator("cpu")
 
 PROMPTS = [[5, 17, 42, 99, 7, 301], [12, 250], [64, 65, 66, 67]]
 N = 3
@@ -31,12 +37,17 @@ def make_batch(pad_id: int, lengths: list[int], width: int = 7) -> actor.PolicyB
     responses = torch.randint(3, 400, (len(PROMPTS) * N, width), generator=gen)
     lengths_t = torch.tensor(lengths)
     responses[torch.arange(width)[None, :] >= lengths_t[:, None]] = pad_id
-    return actor.build_policy_batch(PROMPTS, responses, lengths_t, pad_id, N)
+    return actor.build_policy_batch(rollout_batch(PROMPTS, responses, lengths_t, N), pad_id)
+
+
+def plan_of(model, share: bool):
+    """`auto` on the CPU (fused for Llama-family, shared_prefix otherwise) or the reference plan."""
+    return build_plan(model, CPU) if share else REFERENCE_PLAN
 
 
 def logprobs_and_grads(model, batch, share: bool):
     model.zero_grad(set_to_none=True)
-    logprobs, entropy = actor.forward_logprobs(model, batch, 0.8, with_entropy=True, share_prompts=share)
+    logprobs, entropy = actor.forward_logprobs(model, batch, 0.8, plan_of(model, share), with_entropy=True)
     mask = batch.response_mask
     ((logprobs * mask).sum() + 0.1 * (entropy * mask).sum()).backward()
     return logprobs.detach(), entropy, {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -67,7 +78,7 @@ def test_all_padding_columns_are_skipped_and_zero(model, tiny_tokenizer, lengths
     expected = torch.log_softmax(out[:, -8:-1].float() / 0.8, -1)
     expected = expected.gather(-1, batch.input_ids[:, -7:, None]).squeeze(-1)
     for share in (False, True):
-        logprobs, _ = actor.forward_logprobs(model, batch, 0.8, share_prompts=share)
+        logprobs, _ = actor.forward_logprobs(model, batch, 0.8, plan_of(model, share))
         assert logprobs.shape == (9, 7)
         assert (logprobs[:, used:] == 0).all()
         mask = batch.response_mask.bool()
@@ -77,29 +88,31 @@ def test_all_padding_columns_are_skipped_and_zero(model, tiny_tokenizer, lengths
 def test_compute_logprobs_micro_batches_agree(model, tiny_tokenizer):
     batch = make_batch(tiny_tokenizer.pad_token_id, [7, 2, 5, 7, 6, 1, 3, 4, 2])
     mask = batch.response_mask.bool()
-    whole = actor.compute_logprobs(model, batch, 1.0, micro_batch_size=16)
-    split = actor.compute_logprobs(model, batch, 1.0, micro_batch_size=4)  # cuts prompt groups
+    whole = actor.compute_logprobs(model, batch, 1.0, 16, plan_of(model, True))
+    split = actor.compute_logprobs(model, batch, 1.0, 4, plan_of(model, True))  # cuts prompt groups
     torch.testing.assert_close(split[mask], whole[mask], atol=1e-5, rtol=1e-5)
 
 
-def test_prompt_groups_follow_consecutive_rows():
-    ids = torch.tensor([[0, 1, 2], [0, 1, 2], [0, 3, 4], [0, 1, 2]])
-    mask = torch.tensor([[0, 1, 1], [0, 1, 1], [1, 1, 1], [0, 1, 1]])
-    starts, group = prefix.prompt_groups(ids, mask)
-    assert starts.tolist() == [0, 2, 3]
-    assert group.tolist() == [0, 0, 1, 2]
+def test_group_starts_read_the_group_ids_not_the_tokens():
+    starts, inverse = prefix.group_starts(torch.tensor([4, 4, 9, 2, 9, 4]))  # any order, any sizes
+    assert starts.tolist() == [3, 0, 2]  # first row of groups 2, 4, 9
+    assert inverse.tolist() == [1, 1, 2, 0, 2, 1]
 
 
 def test_gradient_checkpointing_uses_the_plain_forward(model, tiny_tokenizer):
     net = copy.deepcopy(model)
     net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     net.train()
-    assert not prefix.can_share_prompts(net)
+    plan = build_plan(net, CPU, gradient_checkpointing=True)
+    assert (plan.forward, plan.linears.name) == ("plain", "torch")
+    with pytest.raises(ComputeError, match="gradient checkpointing"):
+        build_plan(net, CPU, forward="shared_prefix", gradient_checkpointing=True)
     batch = make_batch(tiny_tokenizer.pad_token_id, [7, 2, 5, 7, 6, 1, 3, 4, 2])
     mask = batch.response_mask.bool()
-    checkpointed = logprobs_and_grads(net, batch, share=True)
+    net.zero_grad(set_to_none=True)
+    checkpointed = actor.forward_logprobs(net, batch, 0.8, plan)[0].detach()
     plain = logprobs_and_grads(model, batch, share=False)
-    torch.testing.assert_close(checkpointed[0][mask], plain[0][mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(checkpointed[mask], plain[0][mask], atol=1e-5, rtol=1e-5)
 
 
 def test_onednn_linear_matches_torch_linear_forward_and_backward():

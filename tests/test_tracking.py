@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from npu_rl import tracking
+from npu_rl.registry import Registry, UnknownName
 from npu_rl.trackers.console import ConsoleTracker, format_duration
-from npu_rl.tracking import REGISTRY, JsonlTracker, TrackerUnavailable, Tracking
+from npu_rl.tracking import JsonlTracker, TrackerUnavailable, Tracking
 
 METRICS = [
     {"critic/score/mean": 0.25, "actor/pg_loss": -0.1, "actor/entropy": 1.5, "response_length/mean": 10.0},
@@ -20,6 +22,17 @@ METRICS = [
     {"critic/score/mean": 0.75, "actor/pg_loss": 0.05, "actor/entropy": 1.0, "response_length/mean": 15.0},
 ]
 SAMPLES = [{"prompt": "What is 2+3?", "response": "2+3=5 so \\boxed{5}", "ground_truth": "5", "score": 1.0}]
+
+
+def with_trackers(monkeypatch, **factories) -> None:
+    """Swap in a tracker registry holding the built-ins plus (or replaced by) `factories`, for one test."""
+    registry = Registry("tracker")
+    for name in tracking.REGISTRY:
+        registry.add(name, factories.get(name, tracking.REGISTRY[name]))
+    for name, factory in factories.items():
+        if name not in registry:
+            registry.add(name, factory)
+    monkeypatch.setattr(tracking, "REGISTRY", registry)
 
 
 def read_tensorboard(log_dir: Path):
@@ -267,15 +280,14 @@ def test_trackers_started_before_a_failure_are_closed(tmp_path, monkeypatch):
         started.append(tracker)
         return tracker
 
-    monkeypatch.setitem(REGISTRY, "rec", recording)
-    monkeypatch.setitem(REGISTRY, "bad", failing)
+    with_trackers(monkeypatch, rec=recording, bad=failing)
     with pytest.raises(TrackerUnavailable):
         Tracking(["rec", "bad"], str(tmp_path), 1)
     assert started[0]._fh.closed
 
 
 def test_unknown_logger_lists_the_available_ones(tmp_path):
-    with pytest.raises(ValueError, match=r"available:.*tensorboard"):
+    with pytest.raises(UnknownName, match=r"trainer\.logger: unknown tracker 'tensorbord'.*registered:.*tensorboard"):
         Tracking(["tensorbord"], str(tmp_path), 1)
 
 
@@ -352,8 +364,7 @@ def test_console_starts_last_and_closes_first(tmp_path, monkeypatch):
         def close(self):
             events.append(("close", self.name))
 
-    for name in ("console", "a", "b"):
-        monkeypatch.setitem(REGISTRY, name, lambda run, name=name: Recorder(name))
+    with_trackers(monkeypatch, **{name: (lambda run, name=name: Recorder(name)) for name in ("console", "a", "b")})
     Tracking(["console", "a", "b", "a"], str(tmp_path), 1).close()
     assert events == [("start", "a"), ("start", "b"), ("start", "console"),
                       ("close", "console"), ("close", "b"), ("close", "a")]  # fmt: skip

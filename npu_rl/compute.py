@@ -1,0 +1,122 @@
+"""How the model computes, decided once at start-up: `build_plan` is the only place that chooses.
+
+Two choices, both explicit in config and both resolved here from the device and the model:
+
+- `actor.forward` — the logprob / reference / training passes:
+  `plain` one transformers forward over [prompt | response] rows (the reference path);
+  `shared_prefix` each distinct prompt runs once and its n responses reuse its key/values
+  (npu_rl.prefix); `fused` the same sharing through the fused Llama-family forward (npu_rl.llama);
+  `auto` = fused where the model is supported, else shared_prefix, and plain under gradient
+  checkpointing (its backward re-runs the forward without the prompt cache).
+- `rollout.decoder` — the hf rollout's decode steps: `fast` fused Llama-family decode with a
+  preallocated cache (npu_rl.rollout.fast_decode), `plain` the transformers forward with a
+  DynamicCache; `auto` = fast where supported.
+
+Linear layers: on the CPU, fp32 matmuls go through oneDNN (npu_rl.kernels.onednn, imported only
+here) unless NPU_RL_ONEDNN_LINEAR=0 or gradient checkpointing is on; elsewhere torch's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from npu_rl import llama
+from npu_rl.device import Accelerator
+
+FORWARD_MODES = ("auto", "plain", "shared_prefix", "fused")
+DECODER_MODES = ("auto", "plain", "fast")
+
+
+def _no_pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    return weight
+
+
+def _plain_packed(x: torch.Tensor, packed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    return F.linear(x, weight, bias)
+
+
+@dataclass(frozen=True)
+class Linears:
+    """The linear-layer kernels of a plan: `linear` for the fused forward, `pack`/`packed_linear`
+    for decoding (a weight prepared once, used every step), `around()` wrapped around transformers
+    calls so their `F.linear`s take the same kernels."""
+
+    name: str
+    linear: Callable[..., torch.Tensor] = F.linear
+    pack: Callable[[torch.Tensor, int], torch.Tensor] = _no_pack
+    packed_linear: Callable[..., torch.Tensor] = _plain_packed
+    around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+TORCH_LINEARS = Linears("torch")
+
+
+def linears_for(acc: Accelerator, enabled: bool = True) -> Linears:
+    """oneDNN linears on a CPU whose torch has them (see npu_rl.kernels.onednn), else torch's."""
+    if not enabled or acc.type != "cpu":
+        return TORCH_LINEARS
+    from npu_rl.kernels import onednn
+
+    if not onednn.available():
+        return TORCH_LINEARS
+    return Linears("onednn", onednn.linear, onednn.pack, onednn.packed_linear, onednn.linear_mode)
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    """The resolved choices for one model (the policy and the reference each get one)."""
+
+    forward: str  # plain | shared_prefix | fused
+    decoder: str  # plain | fast
+    linears: Linears = field(default=TORCH_LINEARS)
+
+    def describe(self) -> str:
+        return f"forward={self.forward} decoder={self.decoder} linears={self.linears.name}"
+
+
+class ComputeError(ValueError):
+    """A requested compute path the model cannot take; the message says which to use instead."""
+
+
+def build_plan(
+    model: nn.Module,
+    acc: Accelerator,
+    forward: str = "auto",
+    decoder: str = "auto",
+    gradient_checkpointing: bool = False,
+) -> ComputePlan:
+    """Resolve `actor.forward` / `rollout.decoder` for `model` on `acc` (see the module docstring)."""
+    if forward not in FORWARD_MODES:
+        raise ComputeError(f"actor.forward: {forward!r} is not one of {list(FORWARD_MODES)}")
+    if decoder not in DECODER_MODES:
+        raise ComputeError(f"rollout.decoder: {decoder!r} is not one of {list(DECODER_MODES)}")
+    fusable = llama.supports(model)
+    if forward == "auto":
+        forward = "plain" if gradient_checkpointing else ("fused" if fusable else "shared_prefix")
+    if forward == "fused" and not fusable:
+        raise ComputeError(
+            f"actor.forward=fused: {type(model).__name__} is not a plain Llama-family model "
+            f"({', '.join(llama.SUPPORTED_TYPES)}, unsharded); use actor.forward=shared_prefix or auto"
+        )
+    if forward != "plain" and gradient_checkpointing:
+        raise ComputeError(
+            f"actor.forward={forward} keeps a prompt cache that gradient checkpointing drops; "
+            "use actor.forward=plain (or auto) with model.gradient_checkpointing=true"
+        )
+    decodable = llama.supports(model, allow_sharded=True)  # the hf rollout decodes with gathered weights
+    if decoder == "auto":
+        decoder = "fast" if decodable else "plain"
+    if decoder == "fast" and not decodable:
+        raise ComputeError(f"rollout.decoder=fast does not support {type(model).__name__}; use plain or auto")
+    return ComputePlan(forward, decoder, linears_for(acc, enabled=not gradient_checkpointing))
+
+
+# The plan of the straightforward reference path, against which the fast paths are tested.
+REFERENCE_PLAN = ComputePlan("plain", "plain", TORCH_LINEARS)

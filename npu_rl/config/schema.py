@@ -1,0 +1,301 @@
+"""The typed configuration tree of a GRPO run: every key with its default, help and constraints.
+
+Each group validates itself beside its fields (`knob(...)` constraints plus the group's `check`);
+`Config.check` holds the checks that span groups or look at the environment (world size, files,
+installed packages). `load_config` runs all of it before any model or data is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from npu_rl.config import environment
+from npu_rl.config.fields import ConfigError, Section, join, knob
+
+_KL = "npu_rl.core_algos:KL_ESTIMATORS"
+
+
+@dataclass
+class ModelConfig(Section):
+    """Which weights to train and how to hold them."""
+
+    path: str = knob("", "Hugging Face model folder or hub id (required); a local-looking path must exist")
+    tokenizer_path: str | None = knob(None, "tokenizer folder or hub id; null: model.path")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
+        "auto", "parameter dtype; auto: bfloat16 on accelerators, float32 on CPU"
+    )
+    gradient_checkpointing: bool = knob(
+        False, "recompute activations in backward (less memory, one more forward per backward)"
+    )
+    trust_remote_code: bool = knob(False, "allow the model folder's own Python code (only for folders you trust)")
+
+    def check(self, path: str) -> None:
+        if not self.path:
+            raise ConfigError(f"{join(path, 'path')} is required (a Hugging Face model folder)")
+        environment.check_local_path(self.path, join(path, "path"))
+        if self.tokenizer_path:
+            environment.check_local_path(self.tokenizer_path, join(path, "tokenizer_path"))
+
+
+@dataclass
+class DataConfig(Section):
+    """Parquet files in verl's row schema and how prompts are batched."""
+
+    train_files: list[str] = knob([], "training parquet files (required)")
+    val_files: list[str] = knob([], "validation parquet files; empty: no validation")
+    prompt_key: str = knob("prompt", "column holding the chat-message prompt")
+    max_prompt_length: int = knob(512, "longest prompt in tokens (chat template applied)", gt=0)
+    train_batch_size: int = knob(8, "prompts per step; each is sampled rollout.n times", gt=0)
+    val_batch_size: int = knob(64, "prompts per validation generate call", gt=0)
+    val_max_samples: int = knob(-1, "validation prompts used; -1: the whole validation set", ge=-1)
+    shuffle: bool = knob(True, "reshuffle the training prompts every epoch")
+    seed: int = knob(1, "seed of the shuffling order", ge=0)
+    filter_overlong_prompts: bool = knob(True, "drop prompts over max_prompt_length; false: such a prompt is an error")
+    apply_chat_template: bool = knob(
+        True, "prompts are chat messages rendered by the tokenizer's template; false: plain strings, as written"
+    )
+
+    def check(self, path: str) -> None:
+        if not self.train_files:
+            raise ConfigError(f"{join(path, 'train_files')} is required (one or more parquet files)")
+
+
+@dataclass
+class OptimConfig(Section):
+    """AdamW and its learning-rate schedule."""
+
+    lr: float = knob(1e-6, "peak learning rate", ge=0)
+    weight_decay: float = knob(0.01, "AdamW decoupled weight decay", ge=0)
+    betas: list[float] = knob([0.9, 0.999], "AdamW (beta1, beta2)", ge=0, lt=1)
+    eps: float = knob(1e-8, "AdamW epsilon", gt=0)
+    lr_warmup_steps: int = knob(0, "linear warmup steps; 0: use lr_warmup_steps_ratio", ge=0)
+    lr_warmup_steps_ratio: float = knob(
+        0.0, "warmup as a fraction of the total steps (when lr_warmup_steps=0)", ge=0, le=1
+    )
+    lr_scheduler: Literal["constant", "cosine", "linear"] = knob("constant", "decay after warmup")
+    min_lr_ratio: float = knob(0.0, "floor of cosine / linear decay, as a fraction of lr", ge=0, le=1)
+
+    def check(self, path: str) -> None:
+        if len(self.betas) != 2:
+            raise ConfigError(f"{join(path, 'betas')} must hold two numbers (beta1, beta2), got {self.betas}")
+
+
+@dataclass
+class FSDPConfig(Section):
+    """FSDP2 settings; ignored in a single process without torch.distributed."""
+
+    param_offload: bool = knob(False, "keep parameter shards in CPU memory between uses")
+    reshard_after_forward: bool = knob(True, "free gathered parameters after forward (less memory, one more gather)")
+    mixed_precision: bool = knob(True, "bf16 parameters with fp32 reduction on accelerators; always fp32 on CPU")
+
+
+@dataclass
+class ActorConfig(Section):
+    """The trained policy: PPO update, loss and how its forward passes run."""
+
+    optim: OptimConfig = knob(OptimConfig, "optimizer")
+    fsdp: FSDPConfig = knob(FSDPConfig, "sharding")
+    ppo_mini_batch_size: int = knob(8, "prompts per optimizer step (x rollout.n sequences), as in verl", gt=0)
+    ppo_micro_batch_size_per_device: int = knob(8, "sequences per forward/backward on each device", gt=0)
+    ppo_epochs: int = knob(1, "passes over each rollout batch", gt=0)
+    policy_loss: str = knob(
+        "vanilla", "policy loss (verl's policy_loss.loss_mode)", registry="npu_rl.core_algos:POLICY_LOSSES"
+    )
+    forward: Literal["auto", "plain", "shared_prefix", "fused"] = knob(
+        "auto",
+        "logprob/training forward: plain = one forward over padded rows; shared_prefix = each prompt once, "
+        "its KV reused by its n responses; fused = Llama-family fused kernels with shared prompts; "
+        "auto = fused where supported else shared_prefix, plain under gradient checkpointing",
+    )
+    clip_ratio_low: float = knob(0.2, "PPO ratio clipped below at 1 - clip_ratio_low", ge=0, lt=1)
+    clip_ratio_high: float = knob(0.2, "PPO ratio clipped above at 1 + clip_ratio_high (> low: DAPO clip-higher)", ge=0)
+    clip_ratio_c: float = knob(3.0, "dual-clip bound for negative advantages", gt=1)
+    loss_agg_mode: str = knob(
+        "token-mean", "how per-token losses reduce to one", registry="npu_rl.core_algos:LOSS_AGG_MODES"
+    )
+    entropy_coeff: float = knob(0.0, "entropy bonus weight (subtracted from the loss)")
+    use_kl_loss: bool = knob(False, "add a KL(policy || reference) term to the loss")
+    kl_loss_coef: float = knob(0.001, "weight of the KL loss term", ge=0)
+    kl_loss_type: str = knob("low_var_kl", "KL estimator of the loss term", registry=_KL)
+    grad_clip: float = knob(1.0, "global gradient-norm clip", gt=0)
+
+
+@dataclass
+class RefConfig(Section):
+    """The frozen reference policy; only built when a KL term is on."""
+
+    log_prob_micro_batch_size_per_device: int = knob(16, "sequences per reference logprob forward", gt=0)
+    param_offload: bool = knob(False, "keep the reference's FSDP shards in CPU memory")
+
+
+@dataclass
+class ValKwargs(Section):
+    """Sampling for validation."""
+
+    n: int = knob(1, "samples per validation prompt (mean@n, best@n, maj@n)", gt=0)
+    temperature: float = knob(0.0, "sampling temperature; 0: greedy", ge=0)
+    top_p: float = knob(1.0, "nucleus sampling mass", gt=0, le=1)
+    top_k: int = knob(-1, "sample among the k most likely tokens; -1 or 0: off", ge=-1)
+
+
+@dataclass
+class RolloutConfig(Section):
+    """Response generation: backend, sampling and engine settings."""
+
+    name: str = knob("hf", "generation backend", registry="npu_rl.rollout:ROLLOUTS")
+    decoder: Literal["auto", "plain", "fast"] = knob(
+        "auto",
+        "hf decoder: fast = fused Llama-family decode with a preallocated cache; plain = transformers "
+        "forward with DynamicCache; auto = fast where supported",
+    )
+    n: int = knob(5, "responses sampled per prompt (the GRPO group size)", gt=0)
+    temperature: float = knob(1.0, "sampling temperature for training", gt=0)
+    top_p: float = knob(1.0, "nucleus sampling mass", gt=0, le=1)
+    top_k: int = knob(-1, "sample among the k most likely tokens; -1 or 0: off", ge=-1)
+    max_new_tokens: int = knob(1024, "longest response in tokens", gt=0)
+    micro_batch_size: int = knob(64, "prompts per generate call of the hf backend", gt=0)
+    log_prob_micro_batch_size_per_device: int = knob(16, "sequences per old-policy logprob forward", gt=0)
+    val_kwargs: ValKwargs = knob(ValKwargs, "validation sampling")
+    gpu_memory_utilization: float = knob(0.5, "vllm: fraction of device memory for weights and KV cache", gt=0, le=1)
+    tensor_parallel_size: int = knob(1, "vllm: ranks per engine (must divide the world size)", gt=0)
+    enforce_eager: bool = knob(True, "vllm: no graph capture (faster start, slower decode)")
+    max_num_seqs: int = knob(256, "vllm: sequences decoded at once", gt=0)
+    free_cache_engine: bool = knob(True, "vllm: sleep (free KV cache and weights) between rollouts on accelerators")
+    weight_sync_bucket_mb: int = knob(512, "vllm: weight-sync bucket size in MiB", gt=0)
+
+
+@dataclass
+class AlgorithmConfig(Section):
+    """Advantage estimation and the in-reward KL penalty."""
+
+    adv_estimator: str = knob("grpo", "advantage estimator", registry="npu_rl.core_algos:ADV_ESTIMATORS")
+    norm_adv_by_std_in_grpo: bool = knob(True, "divide by the group's std; false: Dr.GRPO")
+    use_kl_in_reward: bool = knob(False, "subtract a KL penalty from the reward")
+    kl_penalty: str = knob("k1", "KL estimator of the reward penalty", registry=_KL)
+    kl_coef: float = knob(0.001, "weight of the reward KL penalty", ge=0)
+
+
+@dataclass
+class CustomRewardFunction(Section):
+    """A user's `compute_score(data_source, solution_str, ground_truth, extra_info)` by file and name."""
+
+    path: str | None = knob(None, "Python file defining the function; replaces the default reward")
+    name: str = knob("compute_score", "function name in that file")
+    reward_kwargs: dict[str, Any] = knob({}, "extra keyword arguments for the function (verl's reward_kwargs)")
+
+    def check(self, path: str) -> None:
+        environment.check_file(self.path, join(path, "path"))
+
+
+@dataclass
+class WeightedReward(Section):
+    """One term of a weighted reward: a built-in name or a file's function."""
+
+    name: str = knob(
+        "math",
+        "built-in reward, or the function's name when path is set",
+        registry="reward.scoring:REGISTRY",
+        unless="path",
+    )
+    weight: float = knob(1.0, "weight of this term in the sum")
+    path: str | None = knob(None, "Python file defining the function `name`")
+    kwargs: dict[str, Any] = knob({}, "extra keyword arguments for the function")
+    style: Literal["auto", "verl", "trl"] = knob(
+        "auto", "calling convention: verl per item by keyword, trl batched (prompts, completions, **columns)"
+    )
+
+    def check(self, path: str) -> None:
+        environment.check_file(self.path, join(path, "path"))
+
+
+@dataclass
+class RewardConfig(Section):
+    """How responses are graded (docs/reward.md)."""
+
+    custom_function: CustomRewardFunction = knob(CustomRewardFunction, "verl-style custom reward")
+    functions: list[WeightedReward] = knob([], "weighted reward terms; empty: the default tiered math reward")
+    strict: bool = knob(True, "training extracts only the requested answer format")
+    timeout_s: float = knob(5.0, "wall-clock budget per graded item, seconds", gt=0)
+    num_workers: int = knob(2, "grading processes; 0 grades in-process", ge=0)
+    incorrect_score: float = knob(0.0, "default reward of a wrong or missing answer")
+    correct_score: float = knob(1.0, "default reward of a correct answer")
+    format_bonus: float = knob(0.1, "added when a correct answer is in the requested form")
+    reasoning_bonus: float = knob(0.1, "added (x completeness) when a correct answer shows its reasoning")
+    answer_format: Literal["", "boxed", "hash", "answer_tag", "answer_is"] = knob(
+        "", "requested answer form for every row; empty: from data_source (gsm8k: hash, else boxed)"
+    )
+
+    def check(self, path: str) -> None:
+        if self.custom_function.path and self.functions:
+            raise ConfigError(f"set either {path}.custom_function.path or {path}.functions, not both")
+
+
+@dataclass
+class TrainerConfig(Section):
+    """Run length, device, logging and checkpoints."""
+
+    project_name: str = knob("npu_rl", "project name (fills {project_name} in paths; tracker project)")
+    experiment_name: str = knob("run", "experiment name (fills {experiment_name} in paths; tracker run)")
+    device: Literal["auto", "npu", "cuda", "cpu"] = knob("auto", "accelerator; auto: npu, else cuda, else cpu")
+    seed: int = knob(1, "seed of initialisation and sampling", ge=0)
+    total_epochs: int = knob(1, "passes over the training set", gt=0)
+    total_training_steps: int = knob(-1, "steps to run; -1: total_epochs over the training set", ge=-1)
+    logger: list[str] = knob(["console"], "trackers", registry="npu_rl.tracking:REGISTRY")
+    allow_missing_logger: bool = knob(
+        False, "a tracker that cannot start only warns (default: an error at config load)"
+    )
+    log_dir: str = knob("outputs/{project_name}/{experiment_name}", "metrics, samples and config.yaml")
+    test_freq: int = knob(-1, "validate every N steps; -1: never (see val_before_train)", ge=-1)
+    val_before_train: bool = knob(True, "validate once before the first step")
+    save_freq: int = knob(-1, "checkpoint every N steps; -1: only at the end", ge=-1)
+    default_local_dir: str = knob("checkpoints/{project_name}/{experiment_name}", "checkpoint directory")
+    resume_mode: str = knob("auto", "auto (latest checkpoint if any) | disable | path to a global_step_N folder")
+    max_ckpt_to_keep: int = knob(-1, "checkpoints kept; -1: all", ge=-1)
+    num_threads: int = knob(0, "torch intra-op threads on CPU; 0: torch's default", ge=0)
+
+    def check(self, path: str) -> None:
+        environment.check_resume_mode(self.resume_mode, join(path, "resume_mode"))
+        if not self.allow_missing_logger:
+            environment.check_tracker_packages(self.logger, join(path, "logger"))
+
+
+@dataclass
+class Config(Section):
+    """A whole run."""
+
+    model: ModelConfig = knob(ModelConfig, "ModelConfig")
+    data: DataConfig = knob(DataConfig, "DataConfig")
+    actor: ActorConfig = knob(ActorConfig, "ActorConfig")
+    ref: RefConfig = knob(RefConfig, "RefConfig")
+    rollout: RolloutConfig = knob(RolloutConfig, "RolloutConfig")
+    algorithm: AlgorithmConfig = knob(AlgorithmConfig, "AlgorithmConfig")
+    reward: RewardConfig = knob(RewardConfig, "RewardConfig")
+    trainer: TrainerConfig = knob(TrainerConfig, "TrainerConfig")
+
+    def check(self, path: str) -> None:
+        """Checks spanning groups; the world size comes from torchrun's WORLD_SIZE (1 when unset)."""
+        data, actor, rollout = self.data, self.actor, self.rollout
+        if data.train_batch_size % actor.ppo_mini_batch_size:
+            raise ConfigError(
+                f"data.train_batch_size ({data.train_batch_size}) must be a multiple of "
+                f"actor.ppo_mini_batch_size ({actor.ppo_mini_batch_size})"
+            )
+        world = environment.world_size()
+        if actor.ppo_mini_batch_size % world:
+            raise ConfigError(
+                f"actor.ppo_mini_batch_size ({actor.ppo_mini_batch_size}) must be divisible by the world size "
+                f"({world}, from WORLD_SIZE)"
+            )
+        if rollout.name == "vllm":
+            environment.check_tensor_parallel(rollout.tensor_parallel_size, world)
+        environment.warn_single_sample_groups(self.algorithm.adv_estimator, rollout.n)
+
+    @property
+    def kl_in_loss(self) -> bool:
+        return self.actor.use_kl_loss and self.actor.kl_loss_coef > 0
+
+    @property
+    def needs_ref(self) -> bool:
+        """A frozen reference model is built only when some KL term uses it."""
+        return self.kl_in_loss or (self.algorithm.use_kl_in_reward and self.algorithm.kl_coef > 0)

@@ -1,0 +1,155 @@
+"""One evaluation path: the trainer's validation and `python -m npu_rl.eval` both run
+`evaluate_records`, so a number logged during training and one printed by the evaluator are
+produced by the same sampling, seeds and grading.
+
+Sampling is per-prompt seeded from the validation stream (npu_rl.seeds), so an evaluation is
+reproducible whatever the batch size or number of ranks. Grading is lenient (any clearly stated
+final answer counts) and reports correctness only where the grader gives a verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from npu_rl.data import PromptRecord
+from npu_rl.eval_metrics import PromptResult
+from npu_rl.progress import Progress
+from npu_rl.reward_manager import RewardItem, RewardManager
+from npu_rl.rollout import RolloutEngine, SamplingParams, generate
+from npu_rl.seeds import prompt_seed
+from reward.extract import extract_answer
+from reward.grader import route
+from reward.normalize import normalize_answer
+
+
+@dataclass
+class EvalConfig:
+    """How an evaluation samples (the trainer fills it from `rollout.val_kwargs`)."""
+
+    n: int = 1  # samples per prompt
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = -1  # -1: off
+    max_new_tokens: int = 1024
+    batch_size: int = 64  # prompts per generate call
+    seed: int = 0  # the validation seed stream (npu_rl.seeds.prompt_seed)
+
+    def validate(self, ks: Sequence[int] = ()) -> None:
+        """Reject settings that would make the numbers meaningless, before any generation."""
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0 or self.temperature != self.temperature:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.temperature == 0 and self.n > 1:
+            raise ValueError("greedy decoding (temperature 0) gives n identical samples; use temperature > 0")
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be >= 1")
+        bad = [k for k in ks if not 1 <= k <= self.n]
+        if bad:
+            raise ValueError(f"k values must be between 1 and n ({self.n}); got {bad}")
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.n, self.temperature, self.top_p, self.top_k, self.max_new_tokens)
+
+
+@dataclass
+class GradedPrompt:
+    """One prompt's samples, graded."""
+
+    record: PromptRecord
+    responses: list[str]
+    acc: list[bool | None]
+    scores: list[float]
+    answers: list[str | None]  # normalized extracted answers (the votes for maj@N)
+    lengths: list[int]
+    finish_reasons: list[str]
+
+    @property
+    def judged(self) -> bool:
+        """Whether the grader gave a correctness verdict (built-in graders do; a bare score does not)."""
+        return all(a is not None for a in self.acc)
+
+    def result(self) -> PromptResult:
+        return PromptResult(
+            self.record.data_source,
+            self.record.extra_info,
+            [bool(a) for a in self.acc] if self.judged else None,
+            self.answers,
+            self.lengths,
+            [f == "length" for f in self.finish_reasons],
+            self.scores,
+        )
+
+    def line(self) -> dict[str, Any]:
+        """The generations-file row of this prompt."""
+        rec = self.record
+        return {
+            "index": rec.index,
+            "data_source": rec.data_source,
+            "prompt": rec.prompt_text,
+            "ground_truth": rec.ground_truth,
+            "extra_info": rec.extra_info,
+            "responses": self.responses,
+            "answers": self.answers,
+            "acc": self.acc,
+            "scores": self.scores,
+            "lengths": self.lengths,
+            "finish_reasons": self.finish_reasons,
+        }
+
+
+def _answer(text: str, truncated: bool, rec: PromptRecord) -> str | None:
+    """The normalized final answer for majority voting (None when cut off or absent)."""
+    if truncated:
+        return None
+    found = extract_answer(text, requested=route(rec.data_source, rec.extra_info)[1], strict=False)
+    return normalize_answer(found.answer).replace(" ", "") if found else None
+
+
+def evaluate_records(
+    engine: RolloutEngine,
+    records: Sequence[PromptRecord],
+    tokenizer: Any,
+    grader: RewardManager,
+    cfg: EvalConfig,
+    progress: bool = False,
+) -> list[GradedPrompt]:
+    """Sample `cfg.n` responses per record in batches of `cfg.batch_size`, grade them, and return
+    one `GradedPrompt` per record (in order). `progress` prints a progress line (with ETA)."""
+    params = cfg.sampling
+    graded: list[GradedPrompt] = []
+    with Progress("evaluation", total=len(records), unit="prompts", enabled=progress) as bar:
+        for start in range(0, len(records), cfg.batch_size):
+            chunk = records[start : start + cfg.batch_size]
+            seeds = [prompt_seed(cfg.seed, 0, r.index, validation=True) for r in chunk]
+            batch = generate(engine, chunk, params, seeds)
+            texts = batch.decode(tokenizer)
+            truncated = batch.truncated
+            rows = batch.row_records
+            scored = grader.score(
+                [
+                    RewardItem(r.data_source, t, r.ground_truth, r.extra_info, c, r.messages or r.prompt_text)
+                    for r, t, c in zip(rows, texts, truncated, strict=True)
+                ]
+            )
+            members: list[list[int]] = [[] for _ in chunk]
+            for row, g in enumerate(batch.group.tolist()):
+                members[g].append(row)
+            lengths = batch.lengths.tolist()
+            for rec, mine in zip(chunk, members, strict=True):
+                graded.append(
+                    GradedPrompt(
+                        record=rec,
+                        responses=[texts[i] for i in mine],
+                        acc=[scored.acc[i] for i in mine],
+                        scores=[scored.scores[i] for i in mine],
+                        answers=[_answer(texts[i], truncated[i], rec) for i in mine],
+                        lengths=[lengths[i] for i in mine],
+                        finish_reasons=[batch.finish_reasons[i] for i in mine],
+                    )
+                )
+            bar.update(len(chunk))
+    return graded
