@@ -130,7 +130,7 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_AR}.actor.use_kl_loss", ALIAS, "actor.use_kl_loss"),
     Rule(f"{_AR}.actor.kl_loss_coef", ALIAS, "actor.kl_loss_coef"),
     Rule(f"{_AR}.actor.kl_loss_type", ALIAS, "actor.kl_loss_type"),
-    Rule(f"{_AR}.actor.policy_loss.loss_mode", IGNORED, only=("vanilla",), note="the dual-clip PPO loss"),
+    Rule(f"{_AR}.actor.policy_loss.loss_mode", ALIAS, "actor.policy_loss"),
     Rule(f"{_AR}.actor.ulysses_sequence_parallel_size", IGNORED, only=(1,), note=_off("sequence parallelism")),
     Rule(f"{_AR}.actor.checkpoint.*", IGNORED, note="checkpoints always hold model, optimizer and extra state"),
     Rule(f"{_AR}.actor.optim.lr", ALIAS, "actor.optim.lr"),
