@@ -335,16 +335,14 @@ def _check_world(launcher: dict[str, Any], compat: _Compat) -> None:
         raise compat.error(f"trainer.n_gpus_per_node / trainer.nnodes must be positive integers, got {launcher}")
     wanted = per_node * nodes
     hint = _torchrun_hint(nodes, per_node)
-    world = os.environ.get("WORLD_SIZE")
-    if world is None and wanted > 1:
+    from npu_rl.config.environment import world_size
+
+    world = world_size()
+    if world != wanted:
+        launch = "this is a single process" if world == 1 else f"this launch has WORLD_SIZE={world}"
         raise compat.error(
-            f"trainer.n_gpus_per_node={per_node} trainer.nnodes={nodes} (verl keys): npu_rl takes the number of "
-            f"processes from its launcher, and this is a single process. Launch with: {hint}"
-        )
-    if world is not None and int(world) != wanted:
-        raise compat.error(
-            f"trainer.n_gpus_per_node={per_node} x trainer.nnodes={nodes} = {wanted} processes, but this launch has "
-            f"WORLD_SIZE={world}. Launch with: {hint} (or drop the two verl keys)"
+            f"trainer.n_gpus_per_node={per_node} x trainer.nnodes={nodes} = {wanted} processes (verl keys), but "
+            f"{launch}: npu_rl takes its processes from the launcher. Launch with: {hint}"
         )
     compat.notices.append(f"verl keys trainer.n_gpus_per_node/nnodes: this run's world size ({wanted}) agrees")
 
@@ -480,8 +478,9 @@ def to_native(tree: dict[str, Any], overrides: list[str] | tuple[str, ...] = ())
     out: dict[str, Any] = {}
     for target, value in flat.items():
         _set(out, target, _resolve(value, target, flat, compat))
-    for line in dict.fromkeys(compat.notices):
-        print(f"[npu_rl] {line}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # once per run, not once per rank
+        for line in dict.fromkeys(compat.notices):
+            print(f"[npu_rl] {line}", file=sys.stderr)
     return out
 
 

@@ -76,7 +76,7 @@ def test_a_verl_grpo_example_command_line_loads(monkeypatch, capsys):
 
 def test_world_size_keys_answer_with_the_torchrun_command(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    with pytest.raises(ConfigError, match=r"torchrun --nproc_per_node 8 -m npu_rl.train"):
+    with pytest.raises(ConfigError, match=r"single process.*torchrun --nproc_per_node 8 -m npu_rl.train"):
         load_config(None, shlex.split(VERL_GSM8K_GRPO))
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(ConfigError, match=r"WORLD_SIZE=4.*torchrun --nnodes 2 .*--nproc_per_node 4"):
