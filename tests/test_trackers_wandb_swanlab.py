@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,13 @@ def test_wandb_offline_run_without_network_reads_back(tmp_path, wandb_env):
 
     (run_file,) = (tmp_path / "logs" / "wandb").glob("offline-run-*/run-*.wandb")
     records = read_wandb_run(run_file)
-    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    deadline = time.monotonic() + 30
+    while "exit" not in {r.WhichOneof("record_type") for r in records} and time.monotonic() < deadline:
+        time.sleep(0.5)  # wandb's service process may still be writing the log on a loaded machine
+        records = read_wandb_run(run_file)
+    kinds = [r.WhichOneof("record_type") for r in records]
+    run = next((r.run for r in records if r.WhichOneof("record_type") == "run"), None)
+    assert run is not None, f"no run record in {run_file} ({run_file.stat().st_size} bytes): {kinds}"
     assert (run.project, run.display_name) == ("proj", "exp1")
     config = {item.key: json.loads(item.value_json) for item in run.config.update}
     assert config["trainer"]["experiment_name"] == "exp1"
