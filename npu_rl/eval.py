@@ -196,7 +196,8 @@ def evaluate(model: str | Path, data_files: str | Path | Sequence[str | Path], *
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m npu_rl.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="HF folder, global_step_N checkpoint dir, or checkpoint root")
-    p.add_argument("--data", required=True, nargs="+", help="parquet file(s) in verl's row schema")
+    p.add_argument("--data", nargs="+", help="parquet file(s) in verl's row schema")
+    p.add_argument("--suite", nargs="+", help="benchmarks evaluated one by one into one table (npu_rl.eval_suite)")
     p.add_argument("--n", type=int, default=1, help="samples per prompt (default 1)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -248,32 +249,41 @@ def grader_config(grader: str, workers: int) -> RewardConfig:
     return reward
 
 
+def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """`Evaluator.evaluate` keywords from the command line, other than n, k and the output folder."""
+    return {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "max_samples": args.max_samples,
+        "tag": args.tag,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.data) == bool(args.suite):
+        parser.error("give either --data or --suite")
+    if args.grader == "math_verify" and not math_verify_available():
+        print(f"npu_rl.eval: --grader math_verify needs math-verify: {MATH_VERIFY_HINT}", file=sys.stderr)
+        raise SystemExit(2)
+    if args.suite:
+        from npu_rl.eval_suite import main as suite_main  # several benchmarks, one table
+
+        return suite_main(args)
     ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
     try:
         EvalConfig(args.n, args.temperature, max_new_tokens=args.max_new_tokens).validate(ks or [])
     except ValueError as err:
         print(f"npu_rl.eval: {err}", file=sys.stderr)
         raise SystemExit(2) from err
-    if args.grader == "math_verify" and not math_verify_available():
-        print(f"npu_rl.eval: --grader math_verify needs math-verify: {MATH_VERIFY_HINT}", file=sys.stderr)
-        raise SystemExit(2)
     output_dir = args.output_dir or str(Path("outputs") / "eval" / Path(args.model).resolve().name)
     with evaluator_from_args(args) as ev:
         summary = ev.evaluate(
-            args.data,
-            n=args.n,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_new_tokens=args.max_new_tokens,
-            k=ks,
-            seed=args.seed,
-            max_samples=args.max_samples,
-            output_dir=output_dir,
-            tag=args.tag,
-            verbose=True,
+            args.data, n=args.n, k=ks, output_dir=output_dir, verbose=True, **sampling_from_args(args)
         )
     print(format_table(summary, args.n, summary["sampling"]["k"]))
     print(f"generations: {summary['files']['generations']}\nsummary:     {summary['files']['summary']}")

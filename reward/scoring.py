@@ -64,7 +64,7 @@ class ScorerSpec:
     custom_path: str | None = None  # verl's custom_reward_function: replaces the default reward
     custom_name: str = "compute_score"
     custom_kwargs: dict[str, Any] = field(default_factory=dict)  # verl's custom_reward_function.reward_kwargs
-    strict: bool = True
+    strict: bool = False  # True: only the requested answer form counts (form as a gate)
     tiers: Tiers = field(default_factory=Tiers)
     timeout_s: float = 5.0
 

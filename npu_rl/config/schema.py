@@ -215,7 +215,7 @@ class RewardConfig(Section):
 
     custom_function: CustomRewardFunction = knob(CustomRewardFunction, "verl-style custom reward")
     functions: list[WeightedReward] = knob([], "weighted reward terms; empty: the default tiered math reward")
-    strict: bool = knob(True, "training extracts only the requested answer format")
+    strict: bool = knob(False, "true: only the requested answer form is graded; false: any clearly stated final answer")
     timeout_s: float = knob(5.0, "wall-clock budget per graded item, seconds", gt=0)
     num_workers: int = knob(2, "grading processes; 0 grades in-process", ge=0)
     incorrect_score: float = knob(0.0, "default reward of a wrong or missing answer")
