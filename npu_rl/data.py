@@ -202,7 +202,7 @@ def _check_ground_truth(value: Any, bad: Any) -> str:
 
 
 def _check_row(
-    file: str, row: int, values: dict[str, Any], prompt_key: str, problems: _Problems
+    file: str, row: int, values: dict[str, Any], prompt_key: str, problems: _Problems, chat: bool = True
 ) -> PromptRecord | None:
     before = len(problems)
 
@@ -212,7 +212,14 @@ def _check_row(
     data_source = values["data_source"]
     if not isinstance(data_source, str) or not data_source.strip():
         bad("data_source", "empty" if isinstance(data_source, str) else _bad_value("a string", data_source))
-    messages = _check_messages(values[prompt_key], prompt_key, bad)
+    plain = ""  # data.apply_chat_template=false: the prompt is a string, used verbatim
+    if chat:
+        messages = _check_messages(values[prompt_key], prompt_key, bad)
+    elif isinstance(values[prompt_key], str) and values[prompt_key].strip():
+        messages, plain = [], values[prompt_key]
+    else:
+        messages = []
+        bad(prompt_key, _bad_value("a plain-string prompt (data.apply_chat_template=false)", values[prompt_key]))
     ground_truth = _check_ground_truth(values["reward_model"], bad)
     ability = values.get("ability")
     if ability is None:
@@ -226,11 +233,11 @@ def _check_row(
     if len(problems) > before:
         return None
     return PromptRecord(
-        -1, [], "", messages, data_source, ground_truth, ability, extra or {}, file, row
+        -1, [], plain, messages, data_source, ground_truth, ability, extra or {}, file, row
     )  # index, ids: later
 
 
-def _read_file(file: str, prompt_key: str, problems: _Problems) -> list[PromptRecord]:
+def _read_file(file: str, prompt_key: str, problems: _Problems, chat: bool = True) -> list[PromptRecord]:
     path = Path(file)
     if not path.is_file():
         problems.add(file, None, "", "not found" if not path.exists() else "not a file")
@@ -259,24 +266,34 @@ def _read_file(file: str, prompt_key: str, problems: _Problems) -> list[PromptRe
     if table.num_rows == 0:
         problems.add(file, None, "", "has no rows")
         return []
-    rows = (_check_row(file, i, {c: data[c][i] for c in columns}, prompt_key, problems) for i in range(len(table)))
+    rows = (
+        _check_row(file, i, {c: data[c][i] for c in columns}, prompt_key, problems, chat) for i in range(len(table))
+    )
     return [r for r in rows if r is not None]
 
 
-def _read_split(files: Sequence[str | Path], prompt_key: str, problems: _Problems) -> list[PromptRecord]:
+def _read_split(
+    files: Sequence[str | Path], prompt_key: str, problems: _Problems, chat: bool = True
+) -> list[PromptRecord]:
     if isinstance(files, str | Path):
         files = [files]
     if not files:
         problems.add("(no files)", None, "", "no parquet files given")
-    return [row for f in files for row in _read_file(str(f), prompt_key, problems)]
+    return [row for f in files for row in _read_file(str(f), prompt_key, problems, chat)]
 
 
 def _tokenize(rows: list[PromptRecord], tokenizer: Any, cfg: DataConfig, problems: _Problems) -> PromptDataset:
     """Render and tokenize validated rows; overlong prompts are dropped and counted, or are problems."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError("the tokenizer has no chat template; prompts are chat messages and need one")
+    if cfg.apply_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            "the tokenizer has no chat template; prompts are chat messages and need one "
+            "(plain-string prompts: data.apply_chat_template=false)"
+        )
     texts: list[str] = []
     for r in rows:
+        if not cfg.apply_chat_template:
+            texts.append(r.prompt_text)
+            continue
         try:
             texts.append(tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False))
         except Exception as err:  # a user's Jinja template may raise anything (e.g. roles must alternate)
@@ -306,7 +323,7 @@ def _tokenize(rows: list[PromptRecord], tokenizer: Any, cfg: DataConfig, problem
 def _load(splits: list[Sequence[str | Path]], tokenizer: Any, cfg: DataConfig) -> list[PromptDataset]:
     """Validate every row of every split first, then tokenize: bad data fails before any compute."""
     problems = _Problems()
-    rows = [_read_split(files, cfg.prompt_key, problems) for files in splits]
+    rows = [_read_split(files, cfg.prompt_key, problems, cfg.apply_chat_template) for files in splits]
     problems.raise_if_any()
     datasets = [_tokenize(r, tokenizer, cfg, problems) for r in rows]
     problems.raise_if_any()

@@ -2,6 +2,7 @@
 
     python -m npu_rl.eval --model <HF folder | checkpoint dir> --data test.parquet \\
         [--n 8 --temperature 1.0 --k 1,4,8 --rollout hf|vllm --max-new-tokens 1024 --output-dir DIR]
+        [--grader builtin|math_verify]
 
 Reports accuracy (mean@N) per data_source, and per level / subject when extra_info has them, the
 unbiased pass@k, maj@N and the mean response length; writes every generation to
@@ -35,7 +36,7 @@ import torch
 from npu_rl import device
 from npu_rl.checkpoint import CheckpointManager, is_complete
 from npu_rl.compute import build_plan
-from npu_rl.config import Config, DataConfig, RewardConfig
+from npu_rl.config import Config, DataConfig, RewardConfig, WeightedReward
 from npu_rl.data import load_prompts
 from npu_rl.distributed import DistInfo
 from npu_rl.eval_metrics import default_ks, format_table, summarize
@@ -44,6 +45,8 @@ from npu_rl.merge import merge_checkpoint
 from npu_rl.model import load_model, load_tokenizer
 from npu_rl.reward_manager import RewardManager
 from npu_rl.rollout import build_rollout
+from reward.math_verify_adapter import INSTALL_HINT as MATH_VERIFY_HINT
+from reward.math_verify_adapter import available as math_verify_available
 
 
 def resolve_model_dir(path: str | Path) -> tuple[Path, tempfile.TemporaryDirectory | None]:
@@ -200,7 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=-1)
     p.add_argument("--k", default=None, help="comma-separated k for pass@k (default 1,2,4,..,n)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="1024, as the Ascend sample's OpenCompass run")
+    p.add_argument(
+        "--grader",
+        choices=["builtin", "math_verify"],
+        default="builtin",
+        help="builtin: our lenient grader (default); math_verify: correctness by math-verify (pip install "
+        "math-verify), to put a number next to harnesses that use it",
+    )
     p.add_argument("--max-prompt-length", type=int, default=1024)
     p.add_argument("--max-samples", type=int, default=-1, help="evaluate only the first N prompts")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
@@ -226,9 +236,17 @@ def evaluator_from_args(args: argparse.Namespace) -> Evaluator:
         batch_size=args.batch_size,
         max_prompt_length=args.max_prompt_length,
         max_new_tokens=args.max_new_tokens,
-        reward=RewardConfig(num_workers=args.reward_workers),
+        reward=grader_config(args.grader, args.reward_workers),
         num_threads=args.num_threads,
     )
+
+
+def grader_config(grader: str, workers: int) -> RewardConfig:
+    """The lenient built-in grader, or math-verify's verdict alone (`--grader math_verify`)."""
+    reward = RewardConfig(num_workers=workers)
+    if grader == "math_verify":
+        reward.functions = [WeightedReward(name="math_verify")]
+    return reward
 
 
 def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -249,6 +267,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if bool(args.data) == bool(args.suite):
         parser.error("give either --data or --suite")
+    if args.grader == "math_verify" and not math_verify_available():
+        print(f"npu_rl.eval: --grader math_verify needs math-verify: {MATH_VERIFY_HINT}", file=sys.stderr)
+        raise SystemExit(2)
     if args.suite:
         from npu_rl.eval_suite import main as suite_main  # several benchmarks, one table
 

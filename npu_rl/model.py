@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -18,6 +19,15 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def resolve_dtype(name: str, acc: Accelerator) -> torch.dtype:
     """`auto` is bf16 on accelerators (FSDP keeps fp32 reduction) and fp32 on the CPU."""
     return acc.default_dtype() if name == "auto" else _DTYPES[name]
+
+
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """`from_pretrained`'s dtype argument: `dtype=` since transformers 4.56, `torch_dtype=` before.
+
+    Older releases do not know `dtype=` and pass it on to the model's config, silently loading fp32.
+    """
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
 def looks_local(path: str) -> bool:
@@ -46,20 +56,16 @@ def source_kwargs(path: str, key: str) -> dict[str, Any]:
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
     path, key = (cfg.tokenizer_path, "model.tokenizer_path") if cfg.tokenizer_path else (cfg.path, "model.path")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **source_kwargs(path, key))
-    if tokenizer.chat_template is None:
-        raise ValueError(
-            f"the tokenizer in {cfg.tokenizer_path or cfg.path} has no chat template; prompts are chat "
-            "messages, so use an instruct model's tokenizer (or set one with tokenizer.chat_template)"
-        )
-    return tokenizer
+    # A missing chat template is reported by npu_rl.data when the prompts need one (chat-formatted data);
+    # plain-string prompts (data.apply_chat_template=false) work with a base model's tokenizer.
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **source_kwargs(path, key))
 
 
 def load_model(cfg: ModelConfig, acc: Accelerator, *, trainable: bool) -> nn.Module:
     """The causal LM on the chosen device; a frozen copy (`trainable=False`) is put in eval mode."""
     model = AutoModelForCausalLM.from_pretrained(
         cfg.path,
-        dtype=resolve_dtype(cfg.dtype, acc),
+        **dtype_kwarg(resolve_dtype(cfg.dtype, acc)),
         trust_remote_code=cfg.trust_remote_code,
         attn_implementation="sdpa",
         **source_kwargs(cfg.path, "model.path"),

@@ -120,7 +120,12 @@ class GRPOTrainer:
         texts = batch.decode(self.tokenizer)
         rows = zip(batch.row_records, texts, batch.truncated, strict=True)
         return self.reward.score(
-            [RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, cut) for rec, text, cut in rows]
+            [
+                RewardItem(
+                    rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages or rec.prompt_text
+                )
+                for rec, text, cut in rows
+            ]
         )
 
     # ------------------------------------------------------------------------------------------

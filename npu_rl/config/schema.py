@@ -8,7 +8,7 @@ installed packages). `load_config` runs all of it before any model or data is to
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from npu_rl.config import environment
 from npu_rl.config.fields import ConfigError, Section, join, knob
@@ -52,6 +52,9 @@ class DataConfig(Section):
     shuffle: bool = knob(True, "reshuffle the training prompts every epoch")
     seed: int = knob(1, "seed of the shuffling order", ge=0)
     filter_overlong_prompts: bool = knob(True, "drop prompts over max_prompt_length; false: such a prompt is an error")
+    apply_chat_template: bool = knob(
+        True, "prompts are chat messages rendered by the tokenizer's template; false: plain strings, as written"
+    )
 
     def check(self, path: str) -> None:
         if not self.train_files:
@@ -179,6 +182,7 @@ class CustomRewardFunction(Section):
 
     path: str | None = knob(None, "Python file defining the function; replaces the default reward")
     name: str = knob("compute_score", "function name in that file")
+    reward_kwargs: dict[str, Any] = knob({}, "extra keyword arguments for the function (verl's reward_kwargs)")
 
     def check(self, path: str) -> None:
         environment.check_file(self.path, join(path, "path"))
@@ -196,6 +200,10 @@ class WeightedReward(Section):
     )
     weight: float = knob(1.0, "weight of this term in the sum")
     path: str | None = knob(None, "Python file defining the function `name`")
+    kwargs: dict[str, Any] = knob({}, "extra keyword arguments for the function")
+    style: Literal["auto", "verl", "trl"] = knob(
+        "auto", "calling convention: verl per item by keyword, trl batched (prompts, completions, **columns)"
+    )
 
     def check(self, path: str) -> None:
         environment.check_file(self.path, join(path, "path"))
