@@ -23,6 +23,8 @@ import os
 import sys
 from collections.abc import MutableMapping
 
+from npu_rl.device import Accelerator
+
 ALLOC_CONF_VARS = ("PYTORCH_NPU_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 
 
@@ -37,15 +39,9 @@ def _disable_in_process(device_type: str) -> None:
     """Best effort: an allocator already initialised with expandable segments reads the env no more."""
     try:
         if device_type == "npu":
-            import torch_npu  # type: ignore[import-not-found]
+            import torch_npu  # type: ignore[import-not-found]  # noqa: F401 - registers torch.npu
 
-            setter = getattr(torch_npu.npu.memory, "_set_allocator_settings", None)
-        else:
-            import torch
-
-            setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)
-        if setter is not None:
-            setter("expandable_segments:False")
+        Accelerator(device_type).set_allocator_settings("expandable_segments:False")
     except Exception as err:  # an older torch / torch_npu without the runtime switch: the env change stands
         print(f"[npu_rl] note: could not switch expandable segments off at runtime ({err})", file=sys.stderr)
 

@@ -98,6 +98,16 @@ class Accelerator:
             "perf/max_memory_reserved_gb": self.module.max_memory_reserved() / gib,
         }
 
+    def set_allocator_settings(self, settings: str) -> bool:
+        """Change the caching allocator's settings at runtime (e.g. "expandable_segments:False");
+        False where this torch / torch_npu has no runtime switch (then only the env var applies)."""
+        memory = getattr(self.module, "memory", None)
+        setter = getattr(memory, "_set_allocator_settings", None)
+        if setter is None:
+            return False
+        setter(settings)
+        return True
+
     def device_name(self) -> str:
         if self.module is None:
             return "cpu"
