@@ -15,7 +15,8 @@ Layout (verl's, so users find their way around)::
 DCP stores each tensor with its global shape and the chunks every rank held, so a checkpoint
 written by 2 ranks loads into 1 or 8 (it reshards on read) and the model state dict is all the
 merger needs. Without a process group DCP runs in single-process mode, so the same files come out
-of a plain `python -m npu_rl.train`.
+of a plain `python -m npu_rl.train`. Turning state into files and back (DCP, RNG state, the checks
+before a save) is npu_rl.checkpoint_state; this module owns the layout and the publish protocol.
 
 Crash safety: everything is written into `.tmp_global_step_N/`, fsynced, renamed into place (the
 parent directory fsynced), and only then is the `latest` marker replaced (temp file + fsync +
@@ -31,7 +32,6 @@ path. Loading never unpickles code (npu_rl.safe_load): a crafted checkpoint fail
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -43,9 +43,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
@@ -54,14 +52,38 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.tensor import DTensor
 
 import npu_rl
 from npu_rl import device
+from npu_rl.checkpoint_state import (
+    dcp_load,
+    dcp_save,
+    estimate_bytes,
+    mesh_info,
+    nonfinite_tensors,
+    plain_bytes,
+    restore_rng_state,
+    rng_state_for_save,
+)
 from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo, all_reduce, barrier
-from npu_rl.safe_load import SafeFileSystemReader, SafeLoadPlanner, UnsafeCheckpointError, load_plain
+from npu_rl.safe_load import load_plain
 from npu_rl.storage import fmt_bytes, free_bytes, fsync_dir, fsync_tree, torch_bytes, write_atomic, write_durable
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MARKER",
+    "SPACE_EXTRA_BYTES",
+    "SPACE_MARGIN",
+    "CheckpointError",
+    "CheckpointManager",
+    "dcp_load",
+    "dcp_save",
+    "estimate_bytes",
+    "is_complete",
+    "nonfinite_tensors",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,105 +98,6 @@ SPACE_EXTRA_BYTES = 64 << 20  # tokenizer, configs, RNG and scheduler files
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or does not fit; the message names the path."""
-
-
-def _no_dist() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized())
-
-
-def dcp_save(state_dict: dict[str, Any], path: Path) -> None:
-    """DCP save that also works without a process group (DCP's single-process mode, warning muted).
-
-    Host-resident state is written without DCP's overlapping device-to-host loader: that loader
-    takes a stream of whatever GPU torch can see, so a CPU run would otherwise touch a visible GPU.
-    """
-    on_host = all(t.device.type == "cpu" for t in _tensors(state_dict))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        if on_host:
-            writer = dcp.FileSystemWriter(path, per_thread_copy_ahead=0)
-            dcp.save(state_dict, storage_writer=writer, no_dist=_no_dist())
-        else:
-            dcp.save(state_dict, checkpoint_id=path, no_dist=_no_dist())
-
-
-def _tensors(tree: Any) -> list[torch.Tensor]:
-    """Every tensor in a nested state dict (the local shard of a DTensor)."""
-    if isinstance(tree, DTensor):
-        return [tree.to_local()]
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for v in tree.values() for t in _tensors(v)]
-    if isinstance(tree, (list, tuple)):
-        return [t for v in tree for t in _tensors(v)]
-    return []
-
-
-def dcp_load(state_dict: dict[str, Any], path: Path) -> None:
-    """DCP load in place into `state_dict`, resharding to whatever shapes its tensors have.
-
-    Metadata and non-tensor entries are read by npu_rl.safe_load: a crafted file fails, running nothing.
-    """
-    reader = SafeFileSystemReader(path)
-    reader.read_metadata()  # a refused file raises here, not wrapped into DCP's CheckpointException
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        try:
-            dcp.load(state_dict, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=_no_dist())
-        except CheckpointException as err:  # DCP wraps every rank's error; a refusal should read as one
-            refused = [exc for exc, _ in err.failures.values() if isinstance(exc, UnsafeCheckpointError)]
-            if refused:
-                raise refused[0] from None
-            raise
-
-
-def _safe_rng_state(acc: Accelerator) -> dict[str, Any]:
-    """RNG state in types `torch.load(weights_only=True)` accepts (NumPy's key array as a tensor)."""
-    state = device.rng_state(acc)
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)
-    return state
-
-
-def _restore_rng_state(state: dict[str, Any], acc: Accelerator) -> None:
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    state = dict(state, numpy=(kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    device.set_rng_state(state, acc)
-
-
-def _check_plain(obj: Any, what: str) -> bytes:
-    """Serialize `obj` and prove it loads back with weights_only, so a bad value fails at save, not resume."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    try:
-        torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
-    except Exception as err:
-        raise TypeError(f"{what} must hold only dicts, lists, tuples, str, numbers, None and tensors: {err}") from err
-    return buf.getvalue()
-
-
-def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
-    """Names of floating-point tensors holding NaN or inf in this rank's part of `state_dict`."""
-    return [
-        name
-        for name, value in state_dict.items()
-        if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in _tensors(value))
-    ]
-
-
-def estimate_bytes(model_sd: dict[str, Any], optimizer: torch.optim.Optimizer | None) -> int:
-    """Bytes this rank's shards of the model and optimizer state take on disk (tensor payload)."""
-    tensors = _tensors(model_sd) + (_tensors(list(optimizer.state.values())) if optimizer is not None else [])
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _mesh_info(model: nn.Module) -> dict[str, Any] | None:
-    for p in model.parameters():
-        if isinstance(p, DTensor):
-            mesh = p.device_mesh
-            return {"device_type": mesh.device_type, "shape": list(mesh.shape), "dim_names": mesh.mesh_dim_names}
-    return None
 
 
 def is_complete(step_dir: Path) -> bool:
@@ -221,7 +144,7 @@ class CheckpointManager:
         final = self.step_dir(step)
         tmp = self.root / f".tmp_global_step_{step}"
         actor = tmp / "actor"
-        state_bytes = _check_plain(trainer_state, "trainer_state")  # fail before writing anything
+        state_bytes = plain_bytes(trainer_state, "trainer_state")  # fail before writing anything
         model_sd = get_model_state_dict(model)
         self._check_finite(step, model_sd)
         self._check_space(step, model_sd, optimizer)
@@ -236,7 +159,7 @@ class CheckpointManager:
                     "format_version": FORMAT_VERSION,
                     "step": step,
                     "world_size": self.dist.world_size,
-                    "mesh": _mesh_info(model),
+                    "mesh": mesh_info(model),
                     "dtypes": dict(Counter(str(t.dtype).removeprefix("torch.") for t in model_sd.values())),
                     "has_optimizer": optimizer is not None,
                     "has_scheduler": scheduler is not None,
@@ -303,7 +226,7 @@ class CheckpointManager:
         dcp_save(model_sd, actor / "model")
         if optimizer is not None:
             dcp_save(get_optimizer_state_dict(model, optimizer), actor / "optim")
-        write_durable(actor / "rng" / f"rank_{self.dist.rank}.pt", torch_bytes(_safe_rng_state(self.acc)))
+        write_durable(actor / "rng" / f"rank_{self.dist.rank}.pt", torch_bytes(rng_state_for_save(self.acc)))
         if self.dist.is_main:
             if scheduler is not None:
                 write_durable(actor / "scheduler.pt", torch_bytes(scheduler.state_dict()))
@@ -455,7 +378,7 @@ class CheckpointManager:
 
         rng_file = actor / "rng" / f"rank_{self.dist.rank}.pt"
         if meta["world_size"] == self.dist.world_size and rng_file.is_file():
-            _restore_rng_state(load_plain(rng_file), self.acc)
+            restore_rng_state(load_plain(rng_file), self.acc)
         else:
             seed = 1_000_003 * (int(meta["step"]) + 1) + self.dist.rank
             warnings.warn(
