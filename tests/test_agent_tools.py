@@ -372,6 +372,12 @@ def test_bad_tool_configs_name_the_file_and_key(tmp_path, text, message):
     assert str(path) in str(excinfo.value)
 
 
+@needs_root
+def test_unknown_run_as_user_is_a_config_error():
+    with pytest.raises(ToolConfigError, match=r"tools\[0\]\.config\.run_as: no user 'no_such_user_npu_rl'"):
+        build_tools({"tools": [{"class_name": "code_interpreter", "config": {"run_as": "no_such_user_npu_rl"}}]})
+
+
 def test_missing_tool_config_file(tmp_path):
     with pytest.raises(ToolConfigError, match="cannot read the tool config"):
         load_tools(tmp_path / "absent.yaml")

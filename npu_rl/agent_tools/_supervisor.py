@@ -100,12 +100,13 @@ def _kill_all() -> int:
 
 
 def _nproc_in_use(uid: int) -> int:
-    """Processes owned by `uid` right now: RLIMIT_NPROC counts all of them, not only the sandbox's."""
+    """Tasks (threads included) owned by `uid` now: RLIMIT_NPROC counts all of them, not only the sandbox's."""
     count = 0
     for name in os.listdir("/proc"):
         if name.isdigit():
             with contextlib.suppress(OSError):
-                count += os.stat(f"/proc/{name}").st_uid == uid
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    count += len(os.listdir(f"/proc/{name}/task"))
     return count
 
 

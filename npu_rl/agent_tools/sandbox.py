@@ -60,6 +60,11 @@ class SandboxLimits:
             raise ValueError(f"{where}.max_open_files: Python needs at least 16 file descriptors")
         if self.python is not None and not os.access(self.python, os.X_OK):
             raise ValueError(f"{where}.python: {self.python!r} is not an executable file")
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam(self.run_as)
+            except KeyError:
+                raise ValueError(f"{where}.run_as: no user {self.run_as!r} on this machine") from None
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class SandboxResult:
     truncated: bool
     elapsed_s: float  # wall time of the code, without start-up of the supervisor
     network: str  # "namespace+python-block" or "python-block"
-    leftover: int  # processes the sweep could not kill (0 unless something is badly wrong)
+    leftover: int  # processes the sweep could not kill (0 unless something is badly wrong; -1: unknown)
     supervisor_pid: int  # its process group and session id too; gone when this returns
 
 
@@ -161,7 +166,7 @@ def run_python(code: str, limits: SandboxLimits) -> SandboxResult:
     try:
         status = json.loads(status_text.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):  # the supervisor crashed or was killed; say so through exit_code=None
-        status = {"exit_code": None, "timed_out": True, "elapsed_s": 0.0, "network": "unknown", "leftover": -1}
+        status = {"exit_code": None, "timed_out": False, "elapsed_s": 0.0, "network": "unknown", "leftover": -1}
         output += f"\n[sandbox supervisor failed: {status_text.decode(errors='replace')[-500:]}]"
     return SandboxResult(
         output=output,
