@@ -93,4 +93,13 @@ class Tool(ABC):
         return value
 
 
+def one_string_parameter(name: str, description: str) -> dict[str, Any]:
+    """JSON schema of a function taking one required string argument (both built-in tools do)."""
+    return {
+        "type": "object",
+        "properties": {name: {"type": "string", "description": description}},
+        "required": [name],
+    }
+
+
 TOOLS: Registry[type[Tool]] = Registry("tool class")

@@ -13,9 +13,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, ClassVar
+from typing import Any
 
-from npu_rl.agent_tools.base import TOOLS, Tool, ToolResult
+from npu_rl.agent_tools.base import TOOLS, Tool, ToolResult, one_string_parameter
 from reward.evaluate import rational_value
 from reward.limits import GradeTimeout, Unsupported, time_budget
 from reward.parser import parse
@@ -52,11 +52,7 @@ class CalculatorTool(Tool):
 
     default_name = "calculator"
     default_description = "Evaluate an arithmetic expression exactly, e.g. (12 + 30) * 3 / 4 or 2^10."
-    default_parameters: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "properties": {"expression": {"type": "string", "description": "Numbers with + - * / ^ % ( ) and !"}},
-        "required": ["expression"],
-    }
+    default_parameters = one_string_parameter("expression", "Numbers with + - * / ^ % ( ) and !")
     config_class = CalculatorConfig
 
     def execute(self, args: Mapping[str, Any]) -> ToolResult:

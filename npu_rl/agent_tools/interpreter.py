@@ -9,10 +9,11 @@ limits, language) are ignored because the code runs locally, not in a SandboxFus
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from npu_rl.agent_tools.base import TOOLS, Tool, ToolResult
+from npu_rl.agent_tools.base import TOOLS, Tool, ToolResult, one_string_parameter
 from npu_rl.agent_tools.sandbox import SandboxLimits, run_python
 
 MAX_CODE_CHARS = 100_000  # longer code is refused without starting a process
@@ -24,11 +25,7 @@ class CodeInterpreterTool(Tool):
 
     default_name = "code_interpreter"
     default_description = "Run a Python program and return what it prints. Use print() to see results."
-    default_parameters: ClassVar[dict[str, Any]] = {
-        "type": "object",
-        "properties": {"code": {"type": "string", "description": "A complete Python program."}},
-        "required": ["code"],
-    }
+    default_parameters = one_string_parameter("code", "A complete Python program.")
     config_class = SandboxLimits
     config_aliases: ClassVar[dict[str, str]] = {"default_timeout": "timeout_s", "memory_limit_mb": "memory_mb"}
     ignored_keys = frozenset(
@@ -46,7 +43,9 @@ class CodeInterpreterTool(Tool):
             return code
         if len(code) > MAX_CODE_CHARS:
             return ToolResult(f"Error: code longer than {MAX_CODE_CHARS} characters.", metrics={"tool/error": 1.0})
+        start = time.perf_counter()
         result = run_python(code, self.config)
+        latency = time.perf_counter() - start  # what the rollout waits: start-up and clean-up included
         text = result.output
         if result.truncated:
             text += f"\n[output truncated to {self.config.max_output_bytes} bytes]"
@@ -56,7 +55,7 @@ class CodeInterpreterTool(Tool):
             text += f"\n[exit code {result.exit_code}]"
         failed = result.timed_out or result.exit_code != 0
         metrics = {
-            "tool/latency_s": result.elapsed_s,
+            "tool/latency_s": latency,
             "tool/error": float(failed),
             "tool/timeout": float(result.timed_out),
             "tool/truncated": float(result.truncated),
