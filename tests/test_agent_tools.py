@@ -115,7 +115,7 @@ def test_huge_memory_allocation_fails_inside_the_sandbox():
 
 
 def test_working_directory_is_fresh_and_removed(tmp_path):
-    code = "import os\nopen('left.txt', 'w').write('x')\nprint(os.getcwd())"
+    code = "import os\nos.makedirs('d/e')\nopen('d/e/left.txt', 'w').write('x')\nos.chmod('d', 0)\nprint(os.getcwd())"
     result = run_python(code, FAST)
     cwd = Path(result.output.strip())
     assert cwd.name.startswith("npu_rl_sandbox_") and not cwd.exists()

@@ -118,6 +118,15 @@ def _clean_env(cwd: str) -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": cwd, "TMPDIR": cwd, "LANG": "C.UTF-8"}
 
 
+def _remove_tree(path: str) -> None:
+    """Remove the working folder even where the program made folders unreadable (chmod 000)."""
+    for root, dirs, _ in os.walk(path):  # top-down: each folder is unlocked before the walk lists it
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def run_python(code: str, limits: SandboxLimits) -> SandboxResult:
     """Run `code` as a program under `limits`; blocks until it and everything it started are gone."""
     uid, gid = _identity(limits)
@@ -157,12 +166,13 @@ def run_python(code: str, limits: SandboxLimits) -> SandboxResult:
             status_text = proc.stderr.read(STATUS_MAX_BYTES) if proc.returncode is not None else b""
         finally:
             if proc.returncode is None:  # the supervisor hung: kill its whole group (its sweep did not run)
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             proc.stdout.close()
             proc.stderr.close()
     finally:
-        shutil.rmtree(cwd, ignore_errors=True)
+        _remove_tree(cwd)
     try:
         status = json.loads(status_text.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):  # the supervisor crashed or was killed; say so through exit_code=None
