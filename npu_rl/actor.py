@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from npu_rl import core_algos, distributed, prefix
+from npu_rl import core_algos, distributed, packing, prefix
 from npu_rl.compute import ComputePlan
 from npu_rl.config import ActorConfig, OptimConfig
 from npu_rl.metrics import StepStats
@@ -104,30 +104,55 @@ def forward_logprobs(
     The entropy is only differentiated when it is part of the loss (`entropy_grad`): as a metric it
     would otherwise keep a second vocabulary-sized graph alive through backward.
     `plan` (npu_rl.compute) says how the forward runs: `plain` is one forward over the rows (the
-    reference path); `shared_prefix` / `fused` run each distinct prompt once (npu_rl.prefix) and
-    give the same numbers up to fp32 reassociation. Response columns that are padding in every
+    reference path); `shared_prefix` / `fused` run each distinct prompt once (npu_rl.prefix),
+    `packed` runs only the real tokens (npu_rl.packing); all give the same numbers up to fp32
+    reassociation. Response columns that are padding in every
     row are not run (they are returned as 0).
     """
     width = batch.response_width
     used = max(1, int(batch.response_mask.sum(-1).max().item()))  # responses are left-aligned
     keep = batch.input_ids.shape[1] - width + used
     ids, mask, pos = batch.input_ids[:, :keep], batch.attention_mask[:, :keep], batch.position_ids[:, :keep]
+    if plan.forward == "packed":
+        layout = packing.build_layout(ids, mask, pos, batch.response_mask[:, :used], batch.group)
+        if layout is not None:
+            logits = packing.packed_logits(model, layout, plan.attention, plan.linears.linear)
+            return _token_logprobs(logits, layout.targets, temperature, with_entropy, entropy_grad, layout, width)
     logits = None
-    if plan.forward != "plain":
+    if plan.forward not in ("plain", "packed"):
         logits = prefix.response_logits(model, plan, ids, mask, pos, batch.group, used)
     if logits is None:
         with plan.linears.around():
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=used + 1)
         logits = out.logits[:, :-1]  # position t predicts token t + 1
+    logprobs, entropy = _token_logprobs(logits, ids[:, -used:], temperature, with_entropy, entropy_grad)
+    if used < width:
+        logprobs = nn.functional.pad(logprobs, (0, width - used))
+        entropy = None if entropy is None else nn.functional.pad(entropy, (0, width - used))
+    return logprobs, entropy
+
+
+def _token_logprobs(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+    entropy_grad: bool,
+    layout: packing.PackedLayout | None = None,
+    width: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of `targets` under temperature-scaled `logits`; packed per-token
+    values are scattered back to the [N, width] grid through `layout`."""
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-    logprobs = core_algos.logprobs_from_logits(logits, ids[:, -used:])
+    logprobs = core_algos.logprobs_from_logits(logits, targets)
     entropy = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = core_algos.entropy_from_logits(logits if entropy_grad else logits.detach())
-    if used < width:
-        logprobs = nn.functional.pad(logprobs, (0, width - used))
-        entropy = None if entropy is None else nn.functional.pad(entropy, (0, width - used))
+    if layout is not None:
+        shape = (len(layout.tail_lens), width)
+        logprobs = packing.scatter_rows(logprobs, layout, shape)
+        entropy = None if entropy is None else packing.scatter_rows(entropy, layout, shape)
     return logprobs, entropy
 
 

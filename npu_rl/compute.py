@@ -6,8 +6,13 @@ Two choices, both explicit in config and both resolved here from the device and 
   `plain` one transformers forward over [prompt | response] rows (the reference path);
   `shared_prefix` each distinct prompt runs once and its n responses reuse its key/values
   (npu_rl.prefix); `fused` the same sharing through the fused Llama-family forward (npu_rl.llama);
-  `auto` = fused where the model is supported, else shared_prefix, and plain under gradient
+  `packed` padding-free: only real tokens, each prompt once, attention kept within rows
+  (npu_rl.packing; Llama-family models, the fused layers);
+  `auto` = packed where the model is supported, else shared_prefix, and plain under gradient
   checkpointing (its backward re-runs the forward without the prompt cache).
+  The packed pass's attention backend is chosen here too (`attention_backend`):
+  varlen flash attention on CUDA with flash_attn, npu_fusion_attention on Ascend, else exact
+  per-segment SDPA.
 - `rollout.decoder` — the hf rollout's decode steps: `fast` fused Llama-family decode with a
   preallocated cache (npu_rl.rollout.fast_decode), `plain` the transformers forward with a
   DynamicCache; `auto` = fast where supported.
@@ -19,6 +24,7 @@ here) unless NPU_RL_ONEDNN_LINEAR=0 or gradient checkpointing is on; elsewhere t
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +36,8 @@ from torch.nn import functional as F
 from npu_rl import llama
 from npu_rl.device import Accelerator
 
-FORWARD_MODES = ("auto", "plain", "shared_prefix", "fused")
+FORWARD_MODES = ("auto", "plain", "shared_prefix", "fused", "packed")
+FUSED_FORWARDS = ("fused", "packed")  # the modes that run npu_rl.llama's layers
 DECODER_MODES = ("auto", "plain", "fast")
 
 
@@ -69,16 +76,27 @@ def linears_for(acc: Accelerator, enabled: bool = True) -> Linears:
     return Linears("onednn", onednn.linear, onednn.pack, onednn.packed_linear, onednn.linear_mode)
 
 
+def attention_backend(device_type: str) -> str:
+    """The packed pass's attention (npu_rl.packing): varlen kernels where their package is installed."""
+    if device_type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_varlen"
+    if device_type == "npu" and importlib.util.find_spec("torch_npu") is not None:
+        return "npu_fusion"
+    return "segments"
+
+
 @dataclass(frozen=True)
 class ComputePlan:
     """The resolved choices for one model (the policy and the reference each get one)."""
 
-    forward: str  # plain | shared_prefix | fused
+    forward: str  # plain | shared_prefix | fused | packed
     decoder: str  # plain | fast
     linears: Linears = field(default=TORCH_LINEARS)
+    attention: str = "segments"  # the packed pass's attention (packing.ATTENTION_BACKENDS)
 
     def describe(self) -> str:
-        return f"forward={self.forward} decoder={self.decoder} linears={self.linears.name}"
+        extra = f" attention={self.attention}" if self.forward == "packed" else ""
+        return f"forward={self.forward}{extra} decoder={self.decoder} linears={self.linears.name}"
 
 
 class ComputeError(ValueError):
@@ -99,10 +117,10 @@ def build_plan(
         raise ComputeError(f"rollout.decoder: {decoder!r} is not one of {list(DECODER_MODES)}")
     fusable = llama.supports(model)
     if forward == "auto":
-        forward = "plain" if gradient_checkpointing else ("fused" if fusable else "shared_prefix")
-    if forward == "fused" and not fusable:
+        forward = "plain" if gradient_checkpointing else ("packed" if fusable else "shared_prefix")
+    if forward in FUSED_FORWARDS and not fusable:
         raise ComputeError(
-            f"actor.forward=fused: {type(model).__name__} is not a plain Llama-family model "
+            f"actor.forward={forward}: {type(model).__name__} is not a plain Llama-family model "
             f"({', '.join(llama.SUPPORTED_TYPES)}, unsharded); use actor.forward=shared_prefix or auto"
         )
     if forward != "plain" and gradient_checkpointing:
@@ -115,7 +133,8 @@ def build_plan(
         decoder = "fast" if decodable else "plain"
     if decoder == "fast" and not decodable:
         raise ComputeError(f"rollout.decoder=fast does not support {type(model).__name__}; use plain or auto")
-    return ComputePlan(forward, decoder, linears_for(acc, enabled=not gradient_checkpointing))
+    linears = linears_for(acc, enabled=not gradient_checkpointing)
+    return ComputePlan(forward, decoder, linears, attention_backend(acc.type))
 
 
 # The plan of the straightforward reference path, against which the fast paths are tested.

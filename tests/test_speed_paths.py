@@ -41,8 +41,9 @@ def make_batch(pad_id: int, lengths: list[int], width: int = 7) -> actor.PolicyB
 
 
 def plan_of(model, share: bool):
-    """`auto` on the CPU (fused for Llama-family, shared_prefix otherwise) or the reference plan."""
-    return build_plan(model, CPU) if share else REFERENCE_PLAN
+    """The shared-prompt plans (fused for Llama-family, shared_prefix otherwise) or the reference plan;
+    the packed plan (`auto` for Llama-family) has its own tests in test_packing.py."""
+    return build_plan(model, CPU, forward="fused" if llama.supports(model) else "auto") if share else REFERENCE_PLAN
 
 
 def logprobs_and_grads(model, batch, share: bool):

@@ -99,11 +99,12 @@ class ActorConfig(Section):
     policy_loss: str = knob(
         "vanilla", "policy loss (verl's policy_loss.loss_mode)", registry="npu_rl.core_algos:POLICY_LOSSES"
     )
-    forward: Literal["auto", "plain", "shared_prefix", "fused"] = knob(
+    forward: Literal["auto", "plain", "shared_prefix", "fused", "packed"] = knob(
         "auto",
         "logprob/training forward: plain = one forward over padded rows; shared_prefix = each prompt once, "
         "its KV reused by its n responses; fused = Llama-family fused kernels with shared prompts; "
-        "auto = fused where supported else shared_prefix, plain under gradient checkpointing",
+        "packed = fused kernels over the real tokens only (no padding), attention kept within rows; "
+        "auto = packed where supported else shared_prefix, plain under gradient checkpointing",
     )
     clip_ratio_low: float = knob(0.2, "PPO ratio clipped below at 1 - clip_ratio_low", ge=0, lt=1)
     clip_ratio_high: float = knob(0.2, "PPO ratio clipped above at 1 + clip_ratio_high (> low: DAPO clip-higher)", ge=0)
