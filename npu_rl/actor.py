@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
-from npu_rl import core_algos, distributed, packing, prefix
+from npu_rl import core_algos, distributed, packing, prefix, seqlen
 from npu_rl.compute import ComputePlan
 from npu_rl.config import ActorConfig, OptimConfig
 from npu_rl.metrics import StepStats
@@ -164,18 +164,19 @@ def compute_logprobs(
     micro_batch_size: int,
     plan: ComputePlan,
     device: torch.device | None = None,
+    max_tokens: int | None = None,
 ) -> torch.Tensor:
     """Logprobs of a whole batch without gradients, in micro-batches (old policy or reference).
 
-    `device` is where the model computes (default: where its parameters are), which with
-    offloaded FSDP shards is not where its parameters rest.
+    Micro-batches hold `micro_batch_size` rows, or about `max_tokens` tokens when that is given
+    (npu_rl.seqlen; a collective under torchrun). `device` is where the model computes (default:
+    where its parameters are), which with offloaded FSDP shards is not where its parameters rest.
     """
     device = device or next(model.parameters()).device
-    parts = [
-        forward_logprobs(model, batch.slice(i, i + micro_batch_size).to(device), temperature, plan)[0].cpu()
-        for i in range(0, len(batch), micro_batch_size)
-    ]
-    return torch.cat(parts)
+    out = torch.zeros(batch.response_mask.shape)
+    for rows in micro_batch_rows(batch, micro_batch_size, max_tokens):
+        out[rows] = forward_logprobs(model, batch.select(rows).to(device), temperature, plan)[0].cpu()
+    return out
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -201,9 +202,14 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, cfg))
 
 
-def _micro_batches(batch: PolicyBatch, size: int) -> Iterator[PolicyBatch]:
-    for start in range(0, len(batch), size):
-        yield batch.slice(start, start + size)
+def micro_batch_rows(batch: PolicyBatch, size: int, max_tokens: int | None = None) -> list[torch.Tensor]:
+    """Row indices of each micro-batch: consecutive runs of `size` rows, or, with a token budget
+    (`use_dynamic_bsz`), parts of about `max_tokens` prompt + response tokens balanced by
+    npu_rl.seqlen (the same number of parts on every rank)."""
+    if max_tokens is None:
+        return [torch.arange(start, min(start + size, len(batch))) for start in range(0, len(batch), size)]
+    costs = batch.attention_mask.sum(-1).tolist()
+    return [torch.tensor(rows) for rows in seqlen.token_budget_rows(costs, max_tokens)]
 
 
 def _micro_step(
@@ -264,7 +270,8 @@ def update_policy(
 ) -> None:
     """PPO epochs over mini-batches with micro-batch accumulation; one optimizer step per mini-batch.
 
-    A mini-batch is `mini_batch_groups` whole groups (prompts) of this rank, whatever their sizes.
+    A mini-batch is `mini_batch_groups` whole groups (prompts) of this rank, whatever their sizes;
+    its micro-batches are fixed in rows or, with `actor.use_dynamic_bsz`, in tokens (micro_batch_rows).
     When `batch.old_logprobs` is None the update is on-policy (one update per rollout), so the old
     policy is the current one and its logprobs are the detached current logprobs: no extra
     forward pass. The first mini-batch's forward, made before any weight changes, is also compared
@@ -282,9 +289,11 @@ def update_policy(
             # Mini-batch totals across ranks normalise every micro-batch's loss (see aggregate_loss).
             totals = distributed.all_reduce(torch.tensor([mini.response_mask.sum().item(), float(len(mini))]), "sum")
             optimizer.zero_grad(set_to_none=True)
-            for micro in _micro_batches(mini, cfg.ppo_micro_batch_size_per_device):
+            budget = cfg.ppo_max_token_len_per_device if cfg.use_dynamic_bsz else None
+            for rows in micro_batch_rows(mini, cfg.ppo_micro_batch_size_per_device, budget):
+                micro = mini.select(rows).to(device)
                 micro_stats = _micro_step(
-                    model, micro.to(device), cfg, temperature, plan, totals[0], totals[1], horizon, world_size
+                    model, micro, cfg, temperature, plan, totals[0], totals[1], horizon, world_size
                 )
                 for key, value in micro_stats.items():
                     if not key.startswith("_") or (epoch == 0 and mini_index == 0):

@@ -136,13 +136,13 @@ class GRPOTrainer:
                 with timer.section("old_log_prob"):
                     batch.old_logprobs = actor.compute_logprobs(
                         self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device,
-                        self.plan, self.device,
+                        self.plan, self.device, cfg.token_budgets()["rollout.log_prob_max_token_len_per_device"],
                     )  # fmt: skip
             if self.ref is not None:
                 with timer.section("ref"):
                     batch.ref_logprobs = actor.compute_logprobs(
                         self.ref, batch, params.temperature, cfg.ref.log_prob_micro_batch_size_per_device,
-                        self.ref_plan, self.device,
+                        self.ref_plan, self.device, cfg.token_budgets()["ref.log_prob_max_token_len_per_device"],
                     )  # fmt: skip
 
             with timer.section("adv"):

@@ -96,6 +96,12 @@ class ActorConfig(Section):
     ppo_mini_batch_size: int = knob(8, "prompts per optimizer step (x rollout.n sequences), as in verl", gt=0)
     ppo_micro_batch_size_per_device: int = knob(8, "sequences per forward/backward on each device", gt=0)
     ppo_epochs: int = knob(1, "passes over each rollout batch", gt=0)
+    use_dynamic_bsz: bool = knob(
+        False, "micro-batches by token count (ppo_max_token_len_per_device) instead of by rows, as in verl"
+    )
+    ppo_max_token_len_per_device: int = knob(
+        16384, "with use_dynamic_bsz: prompt + response tokens per training micro-batch (about; balanced)", gt=0
+    )
     policy_loss: str = knob(
         "vanilla", "policy loss (verl's policy_loss.loss_mode)", registry="npu_rl.core_algos:POLICY_LOSSES"
     )
@@ -124,6 +130,10 @@ class RefConfig(Section):
     """The frozen reference policy; only built when a KL term is on."""
 
     log_prob_micro_batch_size_per_device: int = knob(16, "sequences per reference logprob forward", gt=0)
+    log_prob_use_dynamic_bsz: bool | None = knob(None, "reference micro-batches by tokens; null: actor.use_dynamic_bsz")
+    log_prob_max_token_len_per_device: int = knob(
+        16384, "with dynamic batching: tokens per reference logprob micro-batch", gt=0
+    )
     param_offload: bool = knob(False, "keep the reference's FSDP shards in CPU memory")
 
 
@@ -154,6 +164,12 @@ class RolloutConfig(Section):
     max_new_tokens: int = knob(1024, "longest response in tokens", gt=0)
     micro_batch_size: int = knob(64, "prompts per generate call of the hf backend", gt=0)
     log_prob_micro_batch_size_per_device: int = knob(16, "sequences per old-policy logprob forward", gt=0)
+    log_prob_use_dynamic_bsz: bool | None = knob(
+        None, "old-policy logprob micro-batches by tokens; null: actor.use_dynamic_bsz"
+    )
+    log_prob_max_token_len_per_device: int = knob(
+        16384, "with dynamic batching: tokens per old-policy logprob micro-batch", gt=0
+    )
     val_kwargs: ValKwargs = knob(ValKwargs, "validation sampling")
     gpu_memory_utilization: float = knob(0.5, "vllm: fraction of device memory for weights and KV cache", gt=0, le=1)
     tensor_parallel_size: int = knob(1, "vllm: ranks per engine (must divide the world size)", gt=0)
@@ -282,7 +298,32 @@ class Config(Section):
             )
         if rollout.name == "vllm":
             environment.check_tensor_parallel(rollout.tensor_parallel_size, world)
+        longest = data.max_prompt_length + rollout.max_new_tokens
+        for key, budget in self.token_budgets().items():
+            if budget is not None and budget < longest:
+                raise ConfigError(
+                    f"{key} ({budget}) must hold the longest row: data.max_prompt_length + rollout.max_new_tokens "
+                    f"= {longest}; raise it or turn dynamic batching off"
+                )
         environment.warn_single_sample_groups(self.algorithm.adv_estimator, rollout.n)
+
+    def token_budgets(self) -> dict[str, int | None]:
+        """Tokens per micro-batch of the training, old-logprob and reference passes (None: fixed rows),
+        keyed by the config key that sets each."""
+        dynamic = self.actor.use_dynamic_bsz
+
+        def pick(flag: bool | None, budget: int) -> int | None:
+            return budget if (dynamic if flag is None else flag) else None
+
+        return {
+            "actor.ppo_max_token_len_per_device": pick(dynamic, self.actor.ppo_max_token_len_per_device),
+            "rollout.log_prob_max_token_len_per_device": pick(
+                self.rollout.log_prob_use_dynamic_bsz, self.rollout.log_prob_max_token_len_per_device
+            ),
+            "ref.log_prob_max_token_len_per_device": pick(
+                self.ref.log_prob_use_dynamic_bsz, self.ref.log_prob_max_token_len_per_device
+            ),
+        }
 
     @property
     def kl_in_loss(self) -> bool:
