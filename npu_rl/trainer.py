@@ -47,8 +47,8 @@ class GRPOTrainer:
         self.cfg = cfg
         self.acc = device.select(cfg.trainer.device)  # decided once; everything below is handed this
         self.dist = distributed.init_distributed(self.acc)
-        if self.acc.type == "cpu" and cfg.trainer.num_threads > 0:
-            torch.set_num_threads(cfg.trainer.num_threads)
+        if self.acc.type == "cpu":
+            torch.set_num_threads(device.cpu_threads(cfg.trainer.num_threads))
         device.seed_everything(cfg.trainer.seed, self.acc)
         self.log_dir = Path(format_path(cfg.trainer.log_dir, cfg))
         self.tokenizer = load_tokenizer(cfg.model)

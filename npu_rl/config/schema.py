@@ -261,7 +261,9 @@ class TrainerConfig(Section):
     default_local_dir: str = knob("checkpoints/{project_name}/{experiment_name}", "checkpoint directory")
     resume_mode: str = knob("auto", "auto (latest checkpoint if any) | disable | path to a global_step_N folder")
     max_ckpt_to_keep: int = knob(-1, "checkpoints kept; -1: all", ge=-1)
-    num_threads: int = knob(0, "torch intra-op threads on CPU; 0: torch's default", ge=0)
+    num_threads: int = knob(
+        0, "torch intra-op threads on CPU; 0: the cores this process may use (affinity) / ranks on the node", ge=0
+    )
 
     def check(self, path: str) -> None:
         environment.check_resume_mode(self.resume_mode, join(path, "resume_mode"))
