@@ -108,3 +108,21 @@ def test_token_budget_on_two_ranks_equals_one_process_fixed_size(tmp_path):
     expected = update_grads(sharp_model("qwen2"), policy_batch(), None, 4)
     torch.save(expected, tmp_path / "expected.pt")
     run_workers(_two_rank_worker, 2, str(tmp_path / "expected.pt"))
+
+
+def test_multi_tensor_adamw_steps_like_the_per_parameter_loop():
+    from npu_rl.config import OptimConfig
+
+    models = [sharp_model("qwen2") for _ in range(2)]
+    batch = policy_batch()
+    opts = [actor.build_optimizer(models[0], OptimConfig(lr=1e-3))]
+    opts.append(torch.optim.AdamW(models[1].parameters(), lr=1e-3, weight_decay=0.01, foreach=False))
+    assert opts[0].defaults["foreach"]
+    for model, opt in zip(models, opts, strict=True):
+        for _ in range(2):
+            opt.zero_grad()
+            logprobs, _ = actor.forward_logprobs(model, batch, 1.0, build_plan(model, CPU))
+            (logprobs * batch.advantages).sum().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)

@@ -83,6 +83,11 @@ class FSDPConfig(Section):
     """FSDP2 settings; ignored in a single process without torch.distributed."""
 
     param_offload: bool = knob(False, "keep parameter shards in CPU memory between uses")
+    optimizer_offload: bool = knob(
+        False,
+        "keep optimizer states in CPU memory and step there; under FSDP2 this is the same CPUOffloadPolicy as "
+        "param_offload (parameter, gradient and optimizer shards on the host); no effect on the CPU device",
+    )
     reshard_after_forward: bool = knob(True, "free gathered parameters after forward (less memory, one more gather)")
     mixed_precision: bool = knob(True, "bf16 parameters with fp32 reduction on accelerators; always fp32 on CPU")
 
