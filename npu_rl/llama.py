@@ -40,6 +40,8 @@ def supports(model: nn.Module, allow_sharded: bool = False) -> bool:
         return False
     if not allow_sharded and any(hasattr(p, "device_mesh") for p in model.parameters()):
         return False
+    if any(".lora_A." in name for name, _ in model.named_parameters()):  # adapters (npu_rl.lora) go unread here
+        return False
     inner = getattr(model, "model", None)
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
     return inner is not None and all(hasattr(inner, n) for n in needed) and hasattr(model, "lm_head")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from npu_rl import actor, core_algos, device, distributed
+from npu_rl import actor, core_algos, device, distributed, lora
 from npu_rl.checkpoint import CheckpointManager
 from npu_rl.compute import build_plan
 from npu_rl.config import Config, format_path, save_config
@@ -60,6 +60,8 @@ class GRPOTrainer:
         self.total_steps = cfg.trainer.total_training_steps if cfg.trainer.total_training_steps > 0 else steps
 
         model = load_model(cfg.model, self.acc, trainable=True)
+        if cfg.actor.lora.rank > 0:
+            model = lora.wrap(model, cfg.actor.lora.rank, cfg.actor.lora.alpha, cfg.actor.lora.target_modules)
         self.num_params = num_parameters(model)
         self.model = self._place(model, trainable=True)
         ckpt = cfg.model.gradient_checkpointing
@@ -171,7 +173,7 @@ class GRPOTrainer:
                     world_size=self.dist.world_size,
                 )
             with timer.section("update_weights"):
-                self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
+                self.rollout.update_weights(lora.merged_tensors(distributed.iter_full_state_dict(self.model)))
 
         timer.record(stats)
         judged = [float(a) for a in graded.acc if a is not None]
@@ -247,7 +249,7 @@ class GRPOTrainer:
         self.global_step = int(state["global_step"])
         self.sampler.load_state_dict(state["sampler"])
         # An engine with its own copy of the weights (vLLM) still holds model.path's: sync before sampling.
-        self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
+        self.rollout.update_weights(lora.merged_tensors(distributed.iter_full_state_dict(self.model)))
         if self.dist.is_main:
             print(f"[npu_rl] resumed from {path} at step {self.global_step}")
 

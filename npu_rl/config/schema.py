@@ -7,6 +7,7 @@ installed packages). `load_config` runs all of it before any model or data is to
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Literal
 
@@ -93,11 +94,28 @@ class FSDPConfig(Section):
 
 
 @dataclass
+class LoraConfig(Section):
+    """LoRA adapters through peft (npu_rl.lora); rank 0 trains every weight."""
+
+    rank: int = knob(0, "adapter rank; 0: no LoRA, full fine-tuning", ge=0)
+    alpha: float = knob(16.0, "LoRA alpha (the update is scaled by alpha / rank)", gt=0)
+    target_modules: list[str] = knob(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "linear layers that get adapters (peft's target_modules; 'all-linear' for every one)",
+    )
+
+    def check(self, path: str) -> None:
+        if self.rank > 0 and importlib.util.find_spec("peft") is None:
+            raise ConfigError(f"{join(path, 'rank')} > 0 (LoRA) needs peft: pip install 'npu_rl[lora]'")
+
+
+@dataclass
 class ActorConfig(Section):
     """The trained policy: PPO update, loss and how its forward passes run."""
 
     optim: OptimConfig = knob(OptimConfig, "optimizer")
     fsdp: FSDPConfig = knob(FSDPConfig, "sharding")
+    lora: LoraConfig = knob(LoraConfig, "LoRA adapters (peft)")
     ppo_mini_batch_size: int = knob(8, "prompts per optimizer step (x rollout.n sequences), as in verl", gt=0)
     ppo_micro_batch_size_per_device: int = knob(8, "sequences per forward/backward on each device", gt=0)
     ppo_epochs: int = knob(1, "passes over each rollout batch", gt=0)
