@@ -3,6 +3,7 @@
     python bench/long_tail.py                       # small model, 4 prompts x 8 samples, up to 256 tokens
     python bench/long_tail.py --size tiny --max-new-tokens 64 --repeats 1   # seconds (the CI smoke run)
     python bench/long_tail.py --memory              # peak RSS of one training step per variant
+    python bench/long_tail.py --uniform --prompts 2 --max-new-tokens 64   # no padding: packing's cost
 
 The workload is what GRPO on math looks like: most responses stop early (30 to ~120 tokens) and
 a tail runs to the length limit. The rollout batch is synthetic (seeded prompt and response
@@ -59,9 +60,10 @@ def build_model(size: str) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
-def long_tail_batch(prompts: int, n: int, max_new: int, seed: int = 0) -> actor.PolicyBatch:
+def long_tail_batch(prompts: int, n: int, max_new: int, seed: int = 0, uniform: bool = False) -> actor.PolicyBatch:
     """A seeded batch: prompts of 20-60 tokens; 70 % of responses 30-120 tokens, 30 % from half the
-    limit to the limit (short responses clipped to the limit when it is small)."""
+    limit to the limit (short responses clipped to the limit when it is small); `uniform`: every
+    response at the limit (no padding to remove: what packing costs where it cannot help)."""
     from npu_rl.data import PromptRecord
     from npu_rl.rollout import RolloutBatch, RolloutOutput
     from npu_rl.rollout.base import grouped
@@ -76,6 +78,8 @@ def long_tail_batch(prompts: int, n: int, max_new: int, seed: int = 0) -> actor.
     short = torch.randint(30, 121, (rows,), generator=gen)
     long = torch.randint(max_new // 2, max_new + 1, (rows,), generator=gen)
     lengths = torch.where(torch.rand(rows, generator=gen) < 0.7, short, long).clamp(1, max_new)
+    if uniform:
+        lengths = torch.full((rows,), max_new)
     responses = torch.randint(3, 1000, (rows, max_new), generator=gen)
     responses[torch.arange(max_new)[None, :] >= lengths[:, None]] = 0
     group, sample = grouped(n, prompts)
@@ -130,7 +134,7 @@ def one_step(model, optimizer, batch, cfg, plan, budget) -> tuple[float, float]:
 
 def run_speed(args: argparse.Namespace) -> None:
     model = build_model(args.size)
-    batch = long_tail_batch(args.prompts, args.n, args.max_new_tokens)
+    batch = long_tail_batch(args.prompts, args.n, args.max_new_tokens, uniform=args.uniform)
     tokens = int(batch.attention_mask.sum())
     lengths = batch.response_mask.sum(-1)
     params = sum(p.numel() for p in model.parameters()) / 1e6
@@ -169,15 +173,17 @@ def memory_child(args: argparse.Namespace) -> None:
         from npu_rl import lora
 
         model = lora.wrap(model, rank=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
-    cfg, plan, budget = variant_setup("packed", model, batch)
+    cfg = ActorConfig()
+    cfg.ppo_micro_batch_size_per_device = MICRO
+    plan = build_plan(model, Accelerator("cpu"))  # auto: packed, or shared_prefix for a LoRA model
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    one_step(model, actor.build_optimizer(model, cfg.optim), batch, cfg, plan, budget)
-    print(f"{loaded:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+    one_step(model, actor.build_optimizer(model, cfg.optim), batch, cfg, plan, None)
+    print(f"{plan.forward} {loaded:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 
 def run_memory(args: argparse.Namespace) -> None:
-    print(f"peak RSS of one training step (packed), model {args.size}, {args.prompts} x {args.n} rows")
-    print(f"{'variant':>10} {'after load MiB':>14} {'peak MiB':>9} {'step adds MiB':>13}")
+    print(f"peak RSS of one step (2 logprob passes + update), model {args.size}, {args.prompts} x {args.n} rows")
+    print(f"{'variant':>10} {'forward':>13} {'after load MiB':>14} {'peak MiB':>9} {'step adds MiB':>13}")
     for variant in ("full", "lora"):
         cmd = [sys.executable, __file__, "--memory-child", variant, "--size", args.size, "--prompts",
                str(args.prompts), "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens)]  # fmt: skip
@@ -185,8 +191,9 @@ def run_memory(args: argparse.Namespace) -> None:
         if proc.returncode:
             print(f"{variant:>10} failed: {proc.stderr.strip().splitlines()[-1]}")
             continue
-        loaded, peak = map(float, proc.stdout.split()[-2:])
-        print(f"{variant:>10} {loaded:>14.0f} {peak:>9.0f} {peak - loaded:>13.0f}")
+        forward, loaded, peak = proc.stdout.split()[-3:]
+        added = float(peak) - float(loaded)
+        print(f"{variant:>10} {forward:>13} {float(loaded):>14.0f} {float(peak):>9.0f} {added:>13.0f}")
     print("optimizer offload moves AdamW state off an accelerator; on the CPU there is nothing to move")
 
 
@@ -197,6 +204,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--uniform", action="store_true", help="every response at the limit (packing's overhead)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the process's cores)")
     parser.add_argument("--memory", action="store_true", help="peak RSS per variant instead of speed")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
