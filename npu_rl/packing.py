@@ -83,25 +83,33 @@ class PackedLayout:
         split, device = self.prompt_tokens, self.tokens.device
         pidx, pvalid = _padded_index(_offsets(self.prompt_lens)[:-1], self.prompt_lens)
         tidx, tvalid = _padded_index(split + _offsets(self.tail_lens)[:-1], self.tail_lens)
-        p, t, n = pidx.shape[1], tidx.shape[1], len(self.tail_lens)
+        (g, p), (n, t) = pidx.shape, tidx.shape
+        # Segments of one length need no gather: the packed tokens already are the padded layout.
+        p_even, t_even = bool(pvalid.all()), bool(tvalid.all())
         causal_p = torch.ones(p, p, dtype=torch.bool, device=device).tril()
         pmask = causal_p & pvalid[:, None, :]  # every prompt is non-empty: no query row is all masked
         causal_t = torch.ones(t, t, dtype=torch.bool, device=device).tril()
         tmask = torch.cat([pvalid[self.group][:, None, :].expand(n, t, p), causal_t & tvalid[:, None, :]], -1)
+        biases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # built at the first layer, reused by the rest
+
+        def padded(z: torch.Tensor, even: bool, lo: int, shape: tuple[int, int], index: torch.Tensor) -> torch.Tensor:
+            part = z[lo : lo + shape[0] * shape[1]].view(*shape, *z.shape[1:]) if even else z[index]
+            return part.transpose(1, 2)  # [segments, heads, length, d]
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             groups = q.shape[1] // k.shape[1]
-            pbias, tbias = llama.group_mask(pmask, groups, q.dtype), llama.group_mask(tmask, groups, q.dtype)
-            qp, kp, vp = (z[pidx].transpose(1, 2) for z in (q, k, v))  # [G, heads, P, d]
-            out = q.new_zeros(q.shape[0], q.shape[1] * q.shape[2])
-            out_p = llama.grouped_attention(qp, kp, vp, pbias).transpose(1, 2)
-            out = out.index_put((pidx[pvalid],), out_p[pvalid].flatten(1))
+            if groups not in biases:
+                biases[groups] = (llama.group_mask(pmask, groups, dtype), llama.group_mask(tmask, groups, dtype))
+            pbias, tbias = biases[groups]
+            qp, kp, vp = (padded(z, p_even, 0, (g, p), pidx) for z in (q, k, v))
+            out_p = llama.grouped_attention(qp, kp, vp, pbias).transpose(1, 2)  # [G, P, heads, d]
+            outs = [out_p.reshape(g * p, -1) if p_even else out_p[pvalid].flatten(1)]
             if t:
-                qt, kt, vt = (z[tidx].transpose(1, 2) for z in (q, k, v))
+                qt, kt, vt = (padded(z, t_even, split, (n, t), tidx) for z in (q, k, v))
                 keys, values = torch.cat([kp[self.group], kt], 2), torch.cat([vp[self.group], vt], 2)
                 out_t = llama.grouped_attention(qt, keys, values, tbias).transpose(1, 2)
-                out = out.index_put((tidx[tvalid],), out_t[tvalid].flatten(1))
-            return out
+                outs.append(out_t.reshape(n * t, -1) if t_even else out_t[tvalid].flatten(1))
+            return torch.cat(outs)  # prompts then tails, each in order: the packed order
 
         return attend
 

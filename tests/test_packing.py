@@ -41,9 +41,19 @@ def run(model, batch, plan):
     return logprobs.detach(), entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("rows", [slice(0, 9), slice(1, 8), slice(4, 5)], ids=["all", "cut-groups", "one-row"])
-def test_packed_pass_equals_padded_pass(model, tiny_tokenizer, rows):
-    batch = make_batch(tiny_tokenizer.pad_token_id, LENGTHS).slice(rows.start, rows.stop)
+CASES = {  # (lengths, rows): uneven prompts and responses; segments of one length take the no-gather path
+    "all": (LENGTHS, slice(0, 9)),
+    "cut-groups": (LENGTHS, slice(1, 8)),
+    "one-row": (LENGTHS, slice(4, 5)),
+    "even-responses": ([12] * 9, slice(0, 9)),
+    "one-prompt-even": ([12] * 9, slice(0, 3)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_packed_pass_equals_padded_pass(model, tiny_tokenizer, case):
+    lengths, rows = CASES[case]
+    batch = make_batch(tiny_tokenizer.pad_token_id, lengths).slice(rows.start, rows.stop)
     plan = build_plan(model, CPU, forward="packed")
     assert plan.forward == "packed" and plan.attention == "segments"
     mask = batch.response_mask.bool()
