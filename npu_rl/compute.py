@@ -18,12 +18,14 @@ Two choices, both explicit in config and both resolved here from the device and 
   DynamicCache; `auto` = fast where supported.
 
 Linear layers: on the CPU, fp32 matmuls go through oneDNN (npu_rl.kernels.onednn, imported only
-here) unless NPU_RL_ONEDNN_LINEAR=0 or gradient checkpointing is on; elsewhere torch's own.
+here) for the weight shapes where it measures faster on this CPU (decoding always), unless
+NPU_RL_ONEDNN_LINEAR=0 or gradient checkpointing is on; elsewhere torch's own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,15 +67,31 @@ class Linears:
 TORCH_LINEARS = Linears("torch")
 
 
-def linears_for(acc: Accelerator, enabled: bool = True) -> Linears:
-    """oneDNN linears on a CPU whose torch has them (see npu_rl.kernels.onednn), else torch's."""
+def weight_shapes(model: nn.Module) -> frozenset[tuple[int, int]]:
+    """(out, in) of every linear weight the passes multiply by, the fused q/k/v and gate/up included."""
+    shapes = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Linear)}
+    if llama.supports(model):
+        fused = llama.fused_weights(model.model.layers[0])
+        shapes |= {tuple(fused["qkv_w"].shape), tuple(fused["gate_up_w"].shape)}
+    return frozenset(shapes)
+
+
+def linears_for(acc: Accelerator, enabled: bool = True, model: nn.Module | None = None) -> Linears:
+    """oneDNN linears on a CPU whose torch has them (see npu_rl.kernels.onednn), else torch's.
+
+    Given `model`, the training kernels go through oneDNN only for the weight shapes where a short
+    measurement finds it faster on this CPU (`onednn.faster_shapes`); pre-packed decoding always does.
+    """
     if not enabled or acc.type != "cpu":
         return TORCH_LINEARS
     from npu_rl.kernels import onednn
 
     if not onednn.available():
         return TORCH_LINEARS
-    return Linears("onednn", onednn.linear, onednn.pack, onednn.packed_linear, onednn.linear_mode)
+    shapes = None if model is None else onednn.faster_shapes(weight_shapes(model))
+    around = functools.partial(onednn.linear_mode, True, shapes)
+    name = "onednn" if shapes is None else f"onednn({len(shapes)}/{len(weight_shapes(model))} shapes)"
+    return Linears(name, onednn.linear_for(shapes), onednn.pack, onednn.packed_linear, around)
 
 
 def attention_backend(device_type: str) -> str:
@@ -133,7 +151,7 @@ def build_plan(
         decoder = "fast" if decodable else "plain"
     if decoder == "fast" and not decodable:
         raise ComputeError(f"rollout.decoder=fast does not support {type(model).__name__}; use plain or auto")
-    linears = linears_for(acc, enabled=not gradient_checkpointing)
+    linears = linears_for(acc, enabled=not gradient_checkpointing, model=model)
     return ComputePlan(forward, decoder, linears, attention_backend(acc.type))
 
 
