@@ -210,12 +210,15 @@ def build_scheduler(
 
 def micro_batch_rows(batch: PolicyBatch, size: int, max_tokens: int | None = None) -> list[torch.Tensor]:
     """Row indices of each micro-batch: consecutive runs of `size` rows, or, with a token budget
-    (`use_dynamic_bsz`), parts of about `max_tokens` prompt + response tokens balanced by
+    (`use_dynamic_bsz`), parts of about `max_tokens` tokens (each prompt counted once) balanced by
     npu_rl.seqlen (the same number of parts on every rank)."""
     if max_tokens is None:
         return [torch.arange(start, min(start + size, len(batch))) for start in range(0, len(batch), size)]
-    costs = batch.attention_mask.sum(-1).tolist()
-    return [torch.tensor(rows) for rows in seqlen.token_budget_rows(costs, max_tokens)]
+    width = batch.response_width
+    prompt = batch.attention_mask[:, :-width].sum(-1).tolist()
+    response = batch.response_mask.sum(-1).long().tolist()
+    parts = seqlen.token_budget_rows(batch.group.tolist(), prompt, response, max_tokens)
+    return [torch.tensor(rows) for rows in parts]
 
 
 def _micro_step(

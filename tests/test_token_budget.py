@@ -68,10 +68,19 @@ def test_balanced_parts_are_deterministic_balanced_and_cover_every_row():
     assert max(totals) - min(totals) <= max(costs)  # LPT's bound; here much tighter
     assert max(totals) <= 60  # 228 tokens over 4 parts: 57 on average
     assert seqlen.balanced_parts(costs, 4) == parts
-    assert seqlen.token_budget_rows(costs, 60) == seqlen.balanced_parts(costs, 4)  # ceil(228 / 60) parts
-    assert seqlen.token_budget_rows(costs, 1) == [[r] for r in range(len(costs))]  # never more parts than rows
+    alone = list(range(len(costs)))  # every row its own prompt, of no tokens: the costs are the rows'
+    no_prompt = [0] * len(costs)
+    assert seqlen.token_budget_rows(alone, no_prompt, costs, 60) == parts  # ceil(228 / 60) = 4 parts
+    assert seqlen.token_budget_rows(alone, no_prompt, costs, 1) == [[r] for r in alone]  # never an empty part
     with pytest.raises(ValueError, match="non-empty"):
         seqlen.balanced_parts(costs, 13)
+
+
+def test_a_prompts_responses_stay_together_within_the_budget():
+    group, prompt, response = [0, 0, 0, 1, 1, 1], [10] * 6, [5, 5, 5, 30, 30, 30]
+    units = seqlen.prompt_units(group, prompt, response, 50)
+    assert units == [([0, 1, 2], 25), ([3], 40), ([4], 40), ([5], 40)]  # the prompt counted once per unit
+    assert seqlen.token_budget_rows(group, prompt, response, 50) == [[0, 1, 2, 3], [4], [5]]  # 145 tokens: 3 parts
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "llama"])
@@ -96,8 +105,11 @@ def _two_rank_worker(info, expected_path: str) -> None:
     batch = policy_batch()
     half = len(PROMPTS) // 2 * N  # rank 0: the first two prompts' rows, rank 1: the last two
     mine = batch.slice(info.rank * half, (info.rank + 1) * half)
-    costs = mine.attention_mask.sum(-1).tolist()
-    assert -(-sum(costs) // 20) != -(-(batch.attention_mask.sum() - sum(costs)) // 20)  # ranks want different counts
+    need = []
+    for part in (batch.slice(0, half), batch.slice(half, 2 * half)):
+        prompt, response = part.attention_mask[:, :-12].sum(-1).tolist(), part.response_mask.sum(-1).long().tolist()
+        need.append(-(-sum(c for _, c in seqlen.prompt_units(part.group.tolist(), prompt, response, 20)) // 20))
+    assert need[0] != need[1]  # the ranks want different numbers of micro-batches: the count is agreed
     grads = update_grads(model, mine, 20, 4, world_size=2)
     for a, b in zip(expected, grads, strict=True):
         torch.testing.assert_close(b, a, atol=4e-5 * float(a.abs().max()), rtol=0)
