@@ -120,8 +120,9 @@ class PackedLayout:
         cu_p, cu_t = _offsets(self.prompt_lens), _offsets(self.tail_lens)
         key_lens = self.prompt_lens[self.group] + self.tail_lens
         cu_k = _offsets(key_lens)
-        row = torch.repeat_interleave(torch.arange(len(key_lens), device=key_lens.device), key_lens)
-        offset = torch.arange(int(cu_k[-1]), device=key_lens.device) - cu_k[:-1][row]
+        position = torch.arange(int(cu_k[-1]), device=key_lens.device)
+        row = torch.searchsorted(cu_k[1:], position, right=True)  # which row's keys each position holds
+        offset = position - cu_k[:-1][row]
         plen = self.prompt_lens[self.group][row]
         index = torch.where(offset < plen, cu_p[:-1][self.group][row] + offset, split + cu_t[:-1][row] + offset - plen)
         return cu_p, cu_t, cu_k, index
@@ -132,7 +133,7 @@ class PackedLayout:
         split = self.prompt_tokens
         cu_p, cu_t, cu_k, index = self._varlen_index()
         cu_p, cu_t, cu_k = cu_p.int(), cu_t.int(), cu_k.int()
-        max_p, max_t, max_k = (int((c[1:] - c[:-1]).max(initial=0)) for c in (cu_p, cu_t, cu_k))
+        max_p, max_t, max_k = (int((c[1:] - c[:-1]).max()) for c in (cu_p, cu_t, cu_k))  # >= 1 segment each
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             out_p = flash_attn_varlen_func(q[:split], k[:split], v[:split], cu_p, cu_p, max_p, max_p, causal=True)

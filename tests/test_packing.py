@@ -6,6 +6,8 @@ micro-batches that cut prompt groups, and rows whose response is one token long.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from _arch_models import rollout_batch, sharp_model
@@ -104,3 +106,36 @@ def test_auto_chooses_packed_and_mistral_cannot(tiny_tokenizer, model):
     assert build_plan(mistral, CPU).forward == "shared_prefix"
     with pytest.raises(ComputeError, match="packed"):
         build_plan(mistral, CPU, forward="packed")
+
+
+def _reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal=True):
+    """flash_attn_varlen_func's contract in plain torch: per segment, bottom-right causal, GQA."""
+    out = torch.zeros_like(q)
+    for i in range(len(cu_q) - 1):
+        (qs, qe), (ks, ke) = (int(cu_q[i]), int(cu_q[i + 1])), (int(cu_k[i]), int(cu_k[i + 1]))
+        if qe == qs:
+            continue
+        groups = q.shape[1] // k.shape[1]
+        qi = q[qs:qe].transpose(0, 1)
+        ki, vi = (z[ks:ke].transpose(0, 1).repeat_interleave(groups, 0) for z in (k, v))
+        allowed = torch.ones(qe - qs, ke - ks, dtype=torch.bool).tril(diagonal=(ke - ks) - (qe - qs))
+        out[qs:qe] = torch.nn.functional.scaled_dot_product_attention(qi, ki, vi, attn_mask=allowed).transpose(0, 1)
+    return out
+
+
+def test_varlen_backend_indexing_matches_the_segments_backend(model, tiny_tokenizer, monkeypatch):
+    """The CUDA varlen path's cu_seqlens and key gathering (not the kernel: none here) give the
+    segments backend's numbers when the kernel is replaced by its contract written in torch."""
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_varlen_func=_reference_varlen))
+    batch = make_batch(tiny_tokenizer.pad_token_id, LENGTHS).slice(1, 8)
+    segments = build_plan(model, CPU, forward="packed")
+    varlen = dataclasses.replace(segments, attention="flash_varlen")
+    mask = batch.response_mask.bool()
+    expected = run(model, batch, segments)
+    got = run(model, batch, varlen)
+    torch.testing.assert_close(got[0][mask], expected[0][mask], atol=1.5e-5, rtol=0)  # bounds as above
+    for name, grad in expected[2].items():
+        torch.testing.assert_close(got[2][name], grad, atol=4e-5 * float(grad.abs().max()), rtol=0, msg=name)
