@@ -133,13 +133,13 @@ def build_plan(
         raise ComputeError(f"actor.forward: {forward!r} is not one of {list(FORWARD_MODES)}")
     if decoder not in DECODER_MODES:
         raise ComputeError(f"rollout.decoder: {decoder!r} is not one of {list(DECODER_MODES)}")
-    fusable = llama.supports(model)
+    fusable = llama.supports(model, allow_sharded=True)  # the fused passes run through FSDP's hooks
     if forward == "auto":
         forward = "plain" if gradient_checkpointing else ("packed" if fusable else "shared_prefix")
     if forward in FUSED_FORWARDS and not fusable:
         raise ComputeError(
             f"actor.forward={forward}: {type(model).__name__} is not a plain Llama-family model "
-            f"({', '.join(llama.SUPPORTED_TYPES)}, unsharded); use actor.forward=shared_prefix or auto"
+            f"({', '.join(llama.SUPPORTED_TYPES)}); use actor.forward=shared_prefix or auto"
         )
     if forward != "plain" and gradient_checkpointing:
         raise ComputeError(

@@ -14,6 +14,7 @@ projection. Models it does not reproduce exactly go through transformers (`suppo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,7 +28,7 @@ def supports(model: nn.Module, allow_sharded: bool = False) -> bool:
     """Whether `model` has exactly the structure reproduced here and in rollout.fast_decode.
 
     Sharded (FSDP2 DTensor) weights are refused unless `allow_sharded`: the decoder runs while the
-    hf rollout holds them gathered, the training forward does not.
+    hf rollout holds them gathered, and the fused/packed passes run each layer through `through`.
     """
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in SUPPORTED_TYPES:
@@ -45,6 +46,17 @@ def supports(model: nn.Module, allow_sharded: bool = False) -> bool:
     inner = getattr(model, "model", None)
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
     return inner is not None and all(hasattr(inner, n) for n in needed) and hasattr(model, "lm_head")
+
+
+def through(module: nn.Module, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """`fn(*args)` run as `module`'s forward, so the hooks on the module run around it: with FSDP2
+    that gathers its weights before, reshards after and reduce-scatters their gradients in backward,
+    which lets the fused passes read `module`'s weights directly on a sharded model too."""
+    module.forward = fn  # an instance attribute: nn.Module.__call__ looks it up before the class's
+    try:
+        return module(*args)
+    finally:
+        del module.forward
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -135,7 +147,8 @@ def decoder_stack(
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     eps = cfg.rms_norm_eps
-    for layer in inner.layers:
+
+    def run_layer(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
         w = fused_weights(layer)
         x = rms_norm(h, layer.input_layernorm.weight, eps)
         qkv = linear(x, w["qkv_w"], w["qkv_b"])
@@ -147,11 +160,21 @@ def decoder_stack(
         h = h + linear(attend(qk[:, :heads], qk[:, heads:], v), w["o_w"], w["o_b"])
         x = rms_norm(h, layer.post_attention_layernorm.weight, eps)
         gate, up = linear(x, w["gate_up_w"], w["gate_up_b"]).chunk(2, dim=-1)
-        h = h + linear(F.silu(gate) * up, w["down_w"], w["down_b"])
+        return h + linear(F.silu(gate) * up, w["down_w"], w["down_b"])
+
+    for layer in inner.layers:
+        h = through(layer, functools.partial(run_layer, layer), h)
     return rms_norm(h, inner.norm.weight, eps)
 
 
 def shared_prompt_logits(
+    model: nn.Module, *args: torch.Tensor, linear: Callable[..., torch.Tensor] = F.linear
+) -> torch.Tensor:
+    """`_shared_prompt_logits` run as the model's forward (see `through`)."""
+    return through(model, functools.partial(_shared_prompt_logits, model, linear=linear), *args)
+
+
+def _shared_prompt_logits(
     model: nn.Module,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,

@@ -13,7 +13,8 @@ Attention backends (chosen once by npu_rl.compute.attention_backend, `PackedLayo
 - `segments` (CPU, any device): queries and keys are gathered into a padded [segments, length]
   layout for SDPA with an additive mask and scattered back; exact, tested against the padded path.
 - `flash_varlen` (CUDA with the `flash_attn` package): `flash_attn_varlen_func` over cu_seqlens;
-  each response's keys are its prompt's followed by its own (bottom-right causal). Untested here.
+  each response's keys are its prompt's followed by its own (bottom-right causal). The indexing is
+  tested against a torch version of the kernel's contract; the kernel is untested here.
 - `npu_fusion` (Ascend, torch_npu): `npu_fusion_attention` in TND layout with the same cu_seqlens
   and sparse_mode=3 (bottom-right causal). Untested here.
 """
@@ -127,7 +128,7 @@ class PackedLayout:
         index = torch.where(offset < plen, cu_p[:-1][self.group][row] + offset, split + cu_t[:-1][row] + offset - plen)
         return cu_p, cu_t, cu_k, index
 
-    def _flash_varlen(self) -> llama.Attend:  # pragma: no cover - needs CUDA and flash_attn
+    def _flash_varlen(self) -> llama.Attend:
         from flash_attn import flash_attn_varlen_func
 
         split = self.prompt_tokens
@@ -203,11 +204,16 @@ def build_layout(
 def packed_logits(
     model: nn.Module, layout: PackedLayout, backend: str, linear: Callable[..., torch.Tensor]
 ) -> torch.Tensor:
-    """Logits [M, V] predicting each response token of the layout (only those tokens reach the head)."""
-    h, cos, sin = llama.embed(model, layout.tokens, layout.positions)
-    attend = layout.attend_fn(backend, model.config.num_attention_heads, h.dtype)
-    h = llama.decoder_stack(model, h, cos, sin, attend, linear)
-    return linear(h[layout.predictors], model.lm_head.weight, model.lm_head.bias)
+    """Logits [M, V] predicting each response token of the layout (only those tokens reach the head);
+    run as the model's forward (llama.through), so FSDP2-sharded models work too."""
+
+    def forward(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        h, cos, sin = llama.embed(model, tokens, positions)
+        attend = layout.attend_fn(backend, model.config.num_attention_heads, h.dtype)
+        h = llama.decoder_stack(model, h, cos, sin, attend, linear)
+        return linear(h[layout.predictors], model.lm_head.weight, model.lm_head.bias)
+
+    return llama.through(model, forward, layout.tokens, layout.positions)
 
 
 def scatter_rows(values: torch.Tensor, layout: PackedLayout, shape: tuple[int, int]) -> torch.Tensor:

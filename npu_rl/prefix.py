@@ -67,7 +67,7 @@ def response_logits(
             attention_mask[:, tail],
             position_ids[:, tail],
             inverse,
-            plan.linears.linear,
+            linear=plan.linears.linear,
         )
     with plan.linears.around():
         cache = DynamicCache()

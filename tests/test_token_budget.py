@@ -102,6 +102,7 @@ def _two_rank_worker(info, expected_path: str) -> None:
 
     expected = torch.load(expected_path)
     model = shard_model(sharp_model("qwen2"), FSDPConfig(), CPU, info, trainable=True)
+    assert build_plan(model, CPU).forward == "packed"  # the packed pass runs through FSDP2's hooks
     batch = policy_batch()
     half = len(PROMPTS) // 2 * N  # rank 0: the first two prompts' rows, rank 1: the last two
     mine = batch.slice(info.rank * half, (info.rank + 1) * half)
