@@ -13,7 +13,9 @@ What it does, in order (each phase prints one line; a failure names its phase):
    step split (gen / old_log_prob / ref / update_actor / update_weights) of the last step;
 3. merge: `python -m npu_rl.merge` of that checkpoint, loaded back with transformers;
 4. resume: the same run for one more step, resumed from the checkpoint (must start at its step);
-5. TRL: GRPOTrainer on the same model, data, reward and settings (bf16, no vLLM), its step time
+5. offload: one step with `actor.fsdp.optimizer_offload=true`, whose loss and gradient norm must
+   match the plain run's first step (2 %), with its peak memory;
+6. TRL: GRPOTrainer on the same model, data, reward and settings (bf16, no vLLM), its step time
    from its own callbacks; prints npu_rl / TRL step-time ratio (medians, first step excluded).
 
 No network is needed. torch, transformers and accelerate are expected on the machine; anything
@@ -97,10 +99,11 @@ def train_args(args: argparse.Namespace, model: Path, data: Path, work: Path, st
     ]  # fmt: skip
 
 
-def run_npu_rl(args: argparse.Namespace, model: Path, data: Path, work: Path, steps: int) -> list[dict]:
+def run_npu_rl(args: argparse.Namespace, model: Path, data: Path, work: Path, steps: int, *extra: str) -> list[dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "npu_rl.train"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([*cmd, *train_args(args, model, data, work, steps)], env=env, text=True, capture_output=True)
+    overrides = [*train_args(args, model, data, work, steps), *extra]
+    proc = subprocess.run([*cmd, *overrides], env=env, text=True, capture_output=True)
     if proc.returncode:
         sys.exit(f"[gpu_check] npu_rl run failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     rows = [json.loads(line) for line in (work / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -190,7 +193,7 @@ def main() -> None:
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     log("assets", f"torch {torch.__version__}, {card}; work dir {work}")
     model, data = build_model(Path(args.work) / "assets", args.dry_run)
-    for stale in ("logs", "ckpt"):
+    for stale in ("logs", "ckpt", "offload"):
         subprocess.run(["rm", "-rf", str(work / stale)], check=True)
     rows = run_npu_rl(args, model, data, work, args.steps)
     npu_step = report_npu_rl(rows)
@@ -200,6 +203,14 @@ def main() -> None:
     if len(resumed) != args.steps + 1 or not new:
         sys.exit(f"[gpu_check] resume: expected step {args.steps + 1} after the checkpoint, got {len(resumed)} rows")
     log("resume", f"resumed at step {args.steps} and ran step {args.steps + 1}: pg_loss {new[0]['actor/pg_loss']:.4f}")
+    offload = run_npu_rl(args, model, data, work / "offload", 1, "actor.fsdp.optimizer_offload=true")
+    plain, moved = rows[0], offload[0]
+    for key in ("actor/pg_loss", "actor/grad_norm"):
+        if abs(moved[key] - plain[key]) > 0.02 * abs(plain[key]) + 1e-6:
+            sys.exit(f"[gpu_check] offload: first-step {key} {moved[key]} differs from the plain run's {plain[key]}")
+    memory = {k: round(v, 2) for k, v in moved.items() if "memory" in k or "rss" in k}
+    log("offload", f"optimizer_offload: first step matches (grad_norm {moved['actor/grad_norm']:.4f} vs "
+        f"{plain['actor/grad_norm']:.4f}); memory {memory}")  # fmt: skip
     trl_step = None if args.skip_trl else run_trl(args, model, data, work)
     if trl_step:
         log("ratio", f"npu_rl / TRL step time = {npu_step:.2f} / {trl_step:.2f} = {npu_step / trl_step:.3f}")

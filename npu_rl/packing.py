@@ -74,6 +74,8 @@ class PackedLayout:
 
     def attend_fn(self, backend: str, num_heads: int, dtype: torch.dtype) -> llama.Attend:
         """The `attend(q, k, v)` of llama.decoder_stack for this layout (masks built once)."""
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"packed attention {backend!r} is not one of {ATTENTION_BACKENDS}")
         if backend == "flash_varlen":
             return self._flash_varlen()
         if backend == "npu_fusion":
