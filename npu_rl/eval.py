@@ -95,8 +95,8 @@ class Evaluator:
         self.model_arg = str(model)
         self.model_dir, self._tmp = resolve_model_dir(model)
         self.acc = device.select(device_name)
-        if self.acc.type == "cpu" and num_threads > 0:
-            torch.set_num_threads(num_threads)
+        if self.acc.type == "cpu":
+            torch.set_num_threads(device.cpu_threads(num_threads))
         cfg = Config()
         cfg.model.path, cfg.model.dtype = str(self.model_dir), dtype
         cfg.rollout.name, cfg.rollout.micro_batch_size = rollout, batch_size
@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "npu", "cuda", "cpu"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0 = the cores this process may use)")
     p.add_argument("--reward-workers", type=int, default=2, help="grading processes (0 = in-process)")
     p.add_argument("--output-dir", default=None, help="default: outputs/eval/<model folder name>")
     p.add_argument("--tag", default=None, help="file name prefix (default n<N>_t<T>)")

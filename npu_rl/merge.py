@@ -40,6 +40,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from npu_rl import lora
 from npu_rl.safe_load import SafeFileSystemReader
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -224,6 +225,25 @@ def _write_shard(
                 del t
 
 
+def _write_lora_merged(
+    work: Path, entries: list[_Entry], load: Callable[[list[_Entry]], dict[str, torch.Tensor]]
+) -> str:
+    """A LoRA checkpoint (npu_rl.lora): adapters merged into their base weights under the base
+    model's names, one file. Reads the whole model at once (not streamed: A, B and the base
+    weight of a layer are needed together)."""
+    from safetensors.torch import save_file
+
+    tensors = load(entries)
+    out = {e.name: e.out_dtype for e in entries}
+    order = sorted(tensors, key=lambda n: n != lora.SCALING_BUFFER)  # the scaling first
+    merged = {}
+    for name, tensor in lora.merged_tensors((n, tensors.pop(n)) for n in order):
+        source = name if name in out else name.replace(".weight", ".base_layer.weight")
+        merged[name] = tensor.to(out.get(source, tensor.dtype)).contiguous()
+    save_file(merged, str(work / "model.safetensors"), metadata={"format": "pt"})
+    return "model.safetensors"
+
+
 def _write_config(hf: Path, out: Path, dtypes: Counter) -> None:
     """Copy config/tokenizer files and record the dtype the weights are actually stored in."""
     for item in hf.iterdir():
@@ -301,8 +321,12 @@ def merge_checkpoint(
                 return _load(reader, group)
 
         budget = max(e.nbytes // e.out_dtype.itemsize * e.saved_dtype.itemsize for e in entries)
+        if any(lora.is_lora_name(e.name) for e in entries):
+            names = [_write_lora_merged(work, entries, load)]
+            shards = [entries]
         for name, shard in zip(names, shards, strict=True):
-            _write_shard(work / name, shard, load, budget)
+            if not (work / name).exists():
+                _write_shard(work / name, shard, load, budget)
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": total},

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from npu_rl import actor, core_algos, device, distributed
+from npu_rl import actor, core_algos, device, distributed, lora
 from npu_rl.checkpoint import CheckpointManager
 from npu_rl.compute import build_plan
 from npu_rl.config import Config, format_path
@@ -57,8 +57,8 @@ class GRPOTrainer:
         self.cfg = cfg
         self.acc = device.select(cfg.trainer.device)  # decided once; everything below is handed this
         self.dist = distributed.init_distributed(self.acc)
-        if self.acc.type == "cpu" and cfg.trainer.num_threads > 0:
-            torch.set_num_threads(cfg.trainer.num_threads)
+        if self.acc.type == "cpu":
+            torch.set_num_threads(device.cpu_threads(cfg.trainer.num_threads))
         device.seed_everything(cfg.trainer.seed, self.acc)
         self.log_dir = Path(format_path(cfg.trainer.log_dir, cfg))
         self.tokenizer = load_tokenizer(cfg.model)
@@ -71,6 +71,8 @@ class GRPOTrainer:
 
         self._resume_from = self._open_run()  # lock, clean up, pick the checkpoint, check the config (reliability)
         model = load_model(cfg.model, self.acc, trainable=True)
+        if cfg.actor.lora.rank > 0:
+            model = lora.wrap(model, cfg.actor.lora.rank, cfg.actor.lora.alpha, cfg.actor.lora.target_modules)
         self.num_params = num_parameters(model)
         self.model = self._place(model, trainable=True)
         ckpt = cfg.model.gradient_checkpointing
@@ -152,13 +154,13 @@ class GRPOTrainer:
                 with timer.section("old_log_prob"):
                     batch.old_logprobs = actor.compute_logprobs(
                         self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device,
-                        self.plan, self.device,
+                        self.plan, self.device, cfg.token_budgets()["rollout.log_prob_max_token_len_per_device"],
                     )  # fmt: skip
             if self.ref is not None:
                 with timer.section("ref"):
                     batch.ref_logprobs = actor.compute_logprobs(
                         self.ref, batch, params.temperature, cfg.ref.log_prob_micro_batch_size_per_device,
-                        self.ref_plan, self.device,
+                        self.ref_plan, self.device, cfg.token_budgets()["ref.log_prob_max_token_len_per_device"],
                     )  # fmt: skip
 
             with timer.section("adv"):
@@ -187,7 +189,7 @@ class GRPOTrainer:
                     world_size=self.dist.world_size,
                 )
             with timer.section("update_weights"):
-                self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
+                self.rollout.update_weights(lora.merged_tensors(distributed.iter_full_state_dict(self.model)))
 
         timer.record(stats)
         judged = [float(a) for a in graded.acc if a is not None]
@@ -310,7 +312,7 @@ class GRPOTrainer:
         if any(key.startswith("actor.optim.") or key.startswith("trainer.total_") for key in changed):
             apply_optim_config(self.optimizer, self.scheduler, self.cfg.actor.optim)
         # An engine with its own copy of the weights (vLLM) still holds model.path's: sync before sampling.
-        self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
+        self.rollout.update_weights(lora.merged_tensors(distributed.iter_full_state_dict(self.model)))
         if self.dist.is_main:
             print(f"[npu_rl] resumed from {path} at step {self.global_step}")
             if changed:

@@ -7,6 +7,7 @@ installed packages). `load_config` runs all of it before any model or data is to
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -86,8 +87,29 @@ class FSDPConfig(Section):
     """FSDP2 settings; ignored in a single process without torch.distributed."""
 
     param_offload: bool = knob(False, "keep parameter shards in CPU memory between uses")
+    optimizer_offload: bool = knob(
+        False,
+        "keep optimizer states in CPU memory and step there; under FSDP2 this is the same CPUOffloadPolicy as "
+        "param_offload (parameter, gradient and optimizer shards on the host); no effect on the CPU device",
+    )
     reshard_after_forward: bool = knob(True, "free gathered parameters after forward (less memory, one more gather)")
     mixed_precision: bool = knob(True, "bf16 parameters with fp32 reduction on accelerators; always fp32 on CPU")
+
+
+@dataclass
+class LoraConfig(Section):
+    """LoRA adapters through peft (npu_rl.lora); rank 0 trains every weight."""
+
+    rank: int = knob(0, "adapter rank; 0: no LoRA, full fine-tuning", ge=0)
+    alpha: float = knob(16.0, "LoRA alpha (the update is scaled by alpha / rank)", gt=0)
+    target_modules: list[str] = knob(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "linear layers that get adapters (peft's target_modules; 'all-linear' for every one)",
+    )
+
+    def check(self, path: str) -> None:
+        if self.rank > 0 and importlib.util.find_spec("peft") is None:
+            raise ConfigError(f"{join(path, 'rank')} > 0 (LoRA) needs peft: pip install 'npu_rl[lora]'")
 
 
 @dataclass
@@ -96,17 +118,25 @@ class ActorConfig(Section):
 
     optim: OptimConfig = knob(OptimConfig, "optimizer")
     fsdp: FSDPConfig = knob(FSDPConfig, "sharding")
+    lora: LoraConfig = knob(LoraConfig, "LoRA adapters (peft)")
     ppo_mini_batch_size: int = knob(8, "prompts per optimizer step (x rollout.n sequences), as in verl", gt=0)
     ppo_micro_batch_size_per_device: int = knob(8, "sequences per forward/backward on each device", gt=0)
     ppo_epochs: int = knob(1, "passes over each rollout batch", gt=0)
+    use_dynamic_bsz: bool = knob(
+        False, "micro-batches by token count (ppo_max_token_len_per_device) instead of by rows, as in verl"
+    )
+    ppo_max_token_len_per_device: int = knob(
+        16384, "with use_dynamic_bsz: prompt + response tokens per training micro-batch (about; balanced)", gt=0
+    )
     policy_loss: str = knob(
         "vanilla", "policy loss (verl's policy_loss.loss_mode)", registry="npu_rl.core_algos:POLICY_LOSSES"
     )
-    forward: Literal["auto", "plain", "shared_prefix", "fused"] = knob(
+    forward: Literal["auto", "plain", "shared_prefix", "fused", "packed"] = knob(
         "auto",
         "logprob/training forward: plain = one forward over padded rows; shared_prefix = each prompt once, "
         "its KV reused by its n responses; fused = Llama-family fused kernels with shared prompts; "
-        "auto = fused where supported else shared_prefix, plain under gradient checkpointing",
+        "packed = fused kernels over the real tokens only (no padding), attention kept within rows; "
+        "auto = packed where supported else shared_prefix, plain under gradient checkpointing",
     )
     clip_ratio_low: float = knob(0.2, "PPO ratio clipped below at 1 - clip_ratio_low", ge=0, lt=1)
     clip_ratio_high: float = knob(0.2, "PPO ratio clipped above at 1 + clip_ratio_high (> low: DAPO clip-higher)", ge=0)
@@ -126,6 +156,10 @@ class RefConfig(Section):
     """The frozen reference policy; only built when a KL term is on."""
 
     log_prob_micro_batch_size_per_device: int = knob(16, "sequences per reference logprob forward", gt=0)
+    log_prob_use_dynamic_bsz: bool | None = knob(None, "reference micro-batches by tokens; null: actor.use_dynamic_bsz")
+    log_prob_max_token_len_per_device: int = knob(
+        16384, "with dynamic batching: tokens per reference logprob micro-batch", gt=0
+    )
     param_offload: bool = knob(False, "keep the reference's FSDP shards in CPU memory")
 
 
@@ -156,6 +190,12 @@ class RolloutConfig(Section):
     max_new_tokens: int = knob(1024, "longest response in tokens", gt=0)
     micro_batch_size: int = knob(64, "prompts per generate call of the hf backend", gt=0)
     log_prob_micro_batch_size_per_device: int = knob(16, "sequences per old-policy logprob forward", gt=0)
+    log_prob_use_dynamic_bsz: bool | None = knob(
+        None, "old-policy logprob micro-batches by tokens; null: actor.use_dynamic_bsz"
+    )
+    log_prob_max_token_len_per_device: int = knob(
+        16384, "with dynamic batching: tokens per old-policy logprob micro-batch", gt=0
+    )
     val_kwargs: ValKwargs = knob(ValKwargs, "validation sampling")
     gpu_memory_utilization: float = knob(0.5, "vllm: fraction of device memory for weights and KV cache", gt=0, le=1)
     tensor_parallel_size: int = knob(1, "vllm: ranks per engine (must divide the world size)", gt=0)
@@ -252,7 +292,9 @@ class TrainerConfig(Section):
     default_local_dir: str = knob("checkpoints/{project_name}/{experiment_name}", "checkpoint directory")
     resume_mode: str = knob("auto", "auto (latest checkpoint if any) | disable | path to a global_step_N folder")
     max_ckpt_to_keep: int = knob(-1, "checkpoints kept; -1: all", ge=-1)
-    num_threads: int = knob(0, "torch intra-op threads on CPU; 0: torch's default", ge=0)
+    num_threads: int = knob(
+        0, "torch intra-op threads on CPU; 0: the cores this process may use (affinity) / ranks on the node", ge=0
+    )
     max_nonfinite_steps: int = knob(
         3, "stop after this many steps in a row whose update was skipped for a NaN/inf loss or gradient", gt=0
     )
@@ -295,7 +337,32 @@ class Config(Section):
             )
         if rollout.name == "vllm":
             environment.check_tensor_parallel(rollout.tensor_parallel_size, world)
+        longest = data.max_prompt_length + rollout.max_new_tokens
+        for key, budget in self.token_budgets().items():
+            if budget is not None and budget < longest:
+                raise ConfigError(
+                    f"{key} ({budget}) must hold the longest row: data.max_prompt_length + rollout.max_new_tokens "
+                    f"= {longest}; raise it or turn dynamic batching off"
+                )
         environment.warn_single_sample_groups(self.algorithm.adv_estimator, rollout.n)
+
+    def token_budgets(self) -> dict[str, int | None]:
+        """Tokens per micro-batch of the training, old-logprob and reference passes (None: fixed rows),
+        keyed by the config key that sets each."""
+        dynamic = self.actor.use_dynamic_bsz
+
+        def pick(flag: bool | None, budget: int) -> int | None:
+            return budget if (dynamic if flag is None else flag) else None
+
+        return {
+            "actor.ppo_max_token_len_per_device": pick(dynamic, self.actor.ppo_max_token_len_per_device),
+            "rollout.log_prob_max_token_len_per_device": pick(
+                self.rollout.log_prob_use_dynamic_bsz, self.rollout.log_prob_max_token_len_per_device
+            ),
+            "ref.log_prob_max_token_len_per_device": pick(
+                self.ref.log_prob_use_dynamic_bsz, self.ref.log_prob_max_token_len_per_device
+            ),
+        }
 
     @property
     def kl_in_loss(self) -> bool:
