@@ -1,5 +1,5 @@
-"""A Qwen2.5-style chat template with tool calling (the same rendering as Qwen2.5-Instruct's:
-tools listed in the system turn inside <tools>, assistant calls as <tool_call>{json}</tool_call>,
+"""A Qwen2.5-style chat template with tool calling (Qwen2.5-Instruct's rendering with a shorter
+instruction text: tools listed in the system turn inside <tools>, assistant calls as <tool_call>{json}</tool_call>,
 consecutive tool answers in one user turn inside <tool_response>), for tokenizers built offline."""
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ QWEN2_TOOL_TEMPLATE = (
     "{%- if tools %}"
     "{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"
-    "{{- '# Tools\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}"
+    "{{- '# Tools\\n\\n<tools>' }}"
     "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
-    "{{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
-    '<tool_call></tool_call> XML tags:\\n<tool_call>\\n{"name": <function-name>, "arguments": <args-json-object>}'
-    "\\n</tool_call><|im_end|>\\n' }}"
+    '{{- \'\\n</tools>\\n\\nCall a function as <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>\' }}'
+    "{{- '<|im_end|>\\n' }}"
     "{%- elif messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
     "{%- endif %}"
@@ -39,7 +38,9 @@ QWEN2_TOOL_TEMPLATE = (
 
 
 def with_tool_template(tokenizer: Any) -> Any:
-    """A copy of `tokenizer` rendering tools the Qwen2.5 way."""
+    """A copy of `tokenizer` rendering tools the Qwen2.5 way, with <tool_call> and </tool_call> as
+    added (not special) tokens, as in Qwen2.5's vocabulary."""
     tok = copy.deepcopy(tokenizer)
+    tok.add_tokens(["<tool_call>", "</tool_call>"])
     tok.chat_template = QWEN2_TOOL_TEMPLATE
     return tok

@@ -24,6 +24,7 @@ __all__ = [
     "build_rollout",
     "eos_and_pad_ids",
     "generate",
+    "tool_schemas",
 ]
 
 
@@ -94,6 +95,15 @@ def _vllm(cfg: Config, model: nn.Module | None, tokenizer: Any, acc: Any, dist: 
         max_model_len=min(max_len, int(limit)) if limit else max_len,
         seed=cfg.trainer.seed,
     )
+
+
+def tool_schemas(cfg: Config) -> list[dict[str, Any]] | None:
+    """The function schemas prompts are rendered with (chat template `tools=`) when multi-turn is on."""
+    if not cfg.rollout.multi_turn.enable:
+        return None
+    from npu_rl.agent_tools import load_tools
+
+    return [tool.schema for tool in load_tools(cfg.rollout.multi_turn.tool_config_path).values()]
 
 
 def build_rollout(

@@ -109,6 +109,7 @@ class _Row:
     calls: int = 0
     successes: int = 0
     latency: float = 0.0
+    tool_reward: float = 0.0
 
     def extend(self, ids: list[int], logprobs: list[float] | None) -> None:
         self.ids += ids
@@ -192,6 +193,7 @@ class MultiTurnRollout:
         result = tool.execute(call.arguments)
         row.latency += time.monotonic() - start
         row.successes += int(result.ok)
+        row.tool_reward += result.reward
         ids = self.tokenizer(result.text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_tool_response_tokens:
             return self.tokenizer.decode(ids[: self.max_tool_response_tokens]) + "\n...[truncated]"
@@ -224,6 +226,7 @@ class MultiTurnRollout:
                 "tool_calls": per_row(r.calls for r in rows),
                 "tool_successes": per_row(r.successes for r in rows),
                 "tool_latency_s": per_row(r.latency for r in rows),
+                "tool_reward": per_row(r.tool_reward for r in rows),
             },
         )
 
