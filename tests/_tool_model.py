@@ -23,7 +23,10 @@ tools:
   - class_name: calculator
     tool_schema:
       type: function
-      function: {name: calculator, description: arithmetic, parameters: {type: object, properties: {expression: {type: string}}}}
+      function:
+        name: calculator
+        description: arithmetic
+        parameters: {type: object, properties: {expression: {type: string}}}
 """
 SCHEMA = {"type": "function", "function": {"name": "calculator", "description": "arithmetic",
           "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}  # fmt: skip
