@@ -160,4 +160,19 @@ def test_unknown_tool_and_bad_arguments_are_answered_as_errors(tok, tools) -> No
     text = tok.decode(batch.response_ids[0, : int(batch.lengths[0])].tolist())
     assert "no tool named 'search'" in text
     assert batch.row_metrics["tool_calls"].tolist() == [1.0] and batch.row_metrics["tool_successes"].tolist() == [0.0]
-    assert json.loads('{"ok": 1}')  # the module parses JSON with the standard library only
+
+
+def test_gsm8k_tool_prompt_option_adds_the_system_message(tmp_path) -> None:
+    import preprocess_gsm8k
+    import pyarrow.parquet as pq
+
+    rows = [{"question": "Tom has 3 boxes of 4 pens. How many pens?", "answer": "3*4=12\n#### 12"}]
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = [str(tmp_path / "train.jsonl"), str(tmp_path / "test.jsonl")]
+    assert preprocess_gsm8k.main(["--input", *files, "--output-dir", str(tmp_path / "out"), "--tool-prompt"]) == 0
+    (row,) = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
+    system, user = row["prompt"]
+    assert system == {"role": "system", "content": preprocess_gsm8k.TOOL_SYSTEM_PROMPT}
+    assert "use tools to verify calculations" in system["content"] and user["role"] == "user"
+    assert row["reward_model"]["ground_truth"] == "12"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import resource
 import shutil
@@ -35,6 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
 NOBODY = 65534
 _SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Installed before the user's code runs; an audit hook cannot be removed from Python.
@@ -100,15 +102,21 @@ def _namespace_prefix() -> list[str]:
 @functools.lru_cache(maxsize=1)
 def available_isolation() -> str:
     """ "namespaces" when `unshare` works for the sandbox uid here, else "audit" (probed once)."""
-    if shutil.which("unshare") is None:
-        return "audit"
-    try:
-        done = subprocess.run(
-            [*_namespace_prefix(), "true"], preexec_fn=_drop_privileges, capture_output=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "audit"
-    return "namespaces" if done.returncode == 0 else "audit"
+    why = "`unshare` (util-linux) is not installed"
+    if shutil.which("unshare") is not None:
+        try:
+            done = subprocess.run(
+                [*_namespace_prefix(), "true"], preexec_fn=_drop_privileges, capture_output=True, timeout=10
+
+            )
+        except (OSError, subprocess.SubprocessError) as err:
+            why = str(err)
+        else:
+            if done.returncode == 0:
+                return "namespaces"
+            why = done.stderr.decode(errors="replace").strip()
+    logger.warning("tool sandbox: no namespaces here (%s); using the audit-hook fallback (weaker isolation)", why)
+    return "audit"
 
 
 def _drop_privileges() -> None:
