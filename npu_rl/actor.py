@@ -84,11 +84,12 @@ def build_policy_batch(batch: RolloutBatch, pad_token_id: int) -> PolicyBatch:
     for row, prompt in enumerate(prompts):
         prompt_ids[row, prompt_width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
         prompt_mask[row, prompt_width - len(prompt) :] = 1
-    response_mask = (torch.arange(width)[None, :] < batch.lengths[:, None]).long()
+    attended = (torch.arange(width)[None, :] < batch.lengths[:, None]).long()  # tool answers are attended
     input_ids = torch.cat([prompt_ids[batch.group], batch.response_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask[batch.group], response_mask], dim=1)
+    attention_mask = torch.cat([prompt_mask[batch.group], attended], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return PolicyBatch(input_ids, attention_mask, position_ids, response_mask.float(), batch.group.clone())
+    # The loss mask is the rollout's: 0 at tool answers inside a multi-turn response.
+    return PolicyBatch(input_ids, attention_mask, position_ids, batch.response_mask.float(), batch.group.clone())
 
 
 def forward_logprobs(
@@ -110,7 +111,8 @@ def forward_logprobs(
     row are not run (they are returned as 0).
     """
     width = batch.response_width
-    used = max(1, int(batch.response_mask.sum(-1).max().item()))  # responses are left-aligned
+    # Responses are left-aligned; the attention mask also covers tool answers (the loss mask does not).
+    used = max(1, int(batch.attention_mask[:, -width:].sum(-1).max().item()))
     keep = batch.input_ids.shape[1] - width + used
     ids, mask, pos = batch.input_ids[:, :keep], batch.attention_mask[:, :keep], batch.position_ids[:, :keep]
     if plan.forward == "packed":

@@ -48,8 +48,11 @@ class PromptDataset:
             yield self.records[start : start + batch_size]
 
 
-def _tokenize(rows: list[PromptRecord], tokenizer: Any, cfg: DataConfig, problems: Problems) -> PromptDataset:
-    """Render and tokenize validated rows; overlong prompts are dropped and counted, or are problems."""
+def _tokenize(
+    rows: list[PromptRecord], tokenizer: Any, cfg: DataConfig, problems: Problems, tools: list[dict] | None = None
+) -> PromptDataset:
+    """Render and tokenize validated rows; overlong prompts are dropped and counted, or are problems.
+    `tools` (function schemas) are rendered into the prompt by the chat template (multi-turn tool use)."""
     if cfg.apply_chat_template and not getattr(tokenizer, "chat_template", None):
         raise DataError(
             "the tokenizer has no chat template; prompts are chat messages and need one "
@@ -61,7 +64,10 @@ def _tokenize(rows: list[PromptRecord], tokenizer: Any, cfg: DataConfig, problem
             texts.append(r.prompt_text)
             continue
         try:
-            texts.append(tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False))
+            kwargs = {"tools": tools} if tools else {}
+            texts.append(
+                tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False, **kwargs)
+            )
         except Exception as err:  # a user's Jinja template may raise anything (e.g. roles must alternate)
             problems.add(r.file, r.row, cfg.prompt_key, f"chat template failed: {err}")
             texts.append("")
@@ -86,12 +92,14 @@ def _tokenize(rows: list[PromptRecord], tokenizer: Any, cfg: DataConfig, problem
     return PromptDataset(records, num_rows=len(rows), filtered=dict(overlong))
 
 
-def _load(splits: list[Sequence[str | Path]], tokenizer: Any, cfg: DataConfig) -> list[PromptDataset]:
+def _load(
+    splits: list[Sequence[str | Path]], tokenizer: Any, cfg: DataConfig, tools: list[dict] | None = None
+) -> list[PromptDataset]:
     """Validate every row of every split first, then tokenize: bad data fails before any compute."""
     problems = Problems()
     rows = [read_split(files, cfg.prompt_key, problems, cfg.apply_chat_template) for files in splits]
     problems.raise_if_any()
-    datasets = [_tokenize(r, tokenizer, cfg, problems) for r in rows]
+    datasets = [_tokenize(r, tokenizer, cfg, problems, tools) for r in rows]
     problems.raise_if_any()
     return datasets
 
@@ -106,11 +114,13 @@ def load_prompts(
     return dataset
 
 
-def build_datasets(cfg: DataConfig, tokenizer: Any) -> tuple[PromptDataset, PromptDataset | None]:
+def build_datasets(
+    cfg: DataConfig, tokenizer: Any, tools: list[dict] | None = None
+) -> tuple[PromptDataset, PromptDataset | None]:
     """Train and (when `data.val_files` is set) validation prompts, the latter cut to `data.val_max_samples`."""
     if not cfg.val_files:
-        return _load([cfg.train_files], tokenizer, cfg)[0], None
-    train, val = _load([cfg.train_files, cfg.val_files], tokenizer, cfg)
+        return _load([cfg.train_files], tokenizer, cfg, tools)[0], None
+    train, val = _load([cfg.train_files, cfg.val_files], tokenizer, cfg, tools)
     if cfg.val_max_samples >= 0:
         val.records = val.records[: cfg.val_max_samples]
     return train, val

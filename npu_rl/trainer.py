@@ -33,7 +33,8 @@ from npu_rl.resume import (
     record_config,
 )
 from npu_rl.reward_manager import RewardBatch, RewardItem, RewardManager
-from npu_rl.rollout import RolloutBatch, SamplingParams, build_rollout, eos_and_pad_ids, generate
+from npu_rl.rollout import RolloutBatch, SamplingParams, build_rollout, eos_and_pad_ids, generate, tool_schemas
+from npu_rl.rollout.tool_metrics import record_tool_metrics, tool_shaping
 from npu_rl.run_guard import NonFiniteGuard, RunLock, StopRequested, StopSignals
 from npu_rl.seeds import prompt_seed
 from npu_rl.tracking import Tracking
@@ -62,7 +63,7 @@ class GRPOTrainer:
         device.seed_everything(cfg.trainer.seed, self.acc)
         self.log_dir = Path(format_path(cfg.trainer.log_dir, cfg))
         self.tokenizer = load_tokenizer(cfg.model)
-        self.train_data, self.val_data = build_datasets(cfg.data, self.tokenizer)
+        self.train_data, self.val_data = build_datasets(cfg.data, self.tokenizer, tools=tool_schemas(cfg))
         self.sampler = BatchSampler(
             self.train_data.records, cfg.data.train_batch_size, shuffle=cfg.data.shuffle, seed=cfg.data.seed
         )
@@ -144,6 +145,10 @@ class GRPOTrainer:
             with timer.section("reward"):
                 graded = self._grade(rollout)
                 scores = torch.tensor(graded.scores, dtype=torch.float32)
+                shaping = tool_shaping(rollout.row_metrics, cfg.rollout.multi_turn)
+                if shaping is not None:  # multi-turn tool-use shaping, logged as its own term
+                    scores = scores + shaping
+                    graded.components["tool_shaping"] = shaping.tolist()
 
             batch = actor.build_policy_batch(rollout, self.pad_token_id)
             mask = batch.response_mask
@@ -197,6 +202,7 @@ class GRPOTrainer:
         record_data(
             stats, scores, rewards, seq_adv, rollout.lengths, rollout.prompt_lengths, params.max_new_tokens, components
         )
+        record_tool_metrics(stats, rollout.row_metrics)
         stats.add_sum("reward/timeouts", graded.timeouts)
         stats.add_sum("reward/errors", graded.errors)
         stats.add_sum("perf/total_num_tokens", int(batch.attention_mask.sum()))

@@ -174,6 +174,25 @@ class ValKwargs(Section):
 
 
 @dataclass
+class MultiTurnConfig(Section):
+    """Multi-turn tool use: the policy may call tools between assistant turns (docs/multi_turn.md)."""
+
+    enable: bool = knob(False, "generate in turns, executing the tool calls the model makes")
+    tool_config_path: str | None = knob(None, "verl-style tool config YAML (required when enabled)")
+    max_assistant_turns: int = knob(5, "assistant turns per response (the last one's tool calls are not run)", gt=0)
+    max_tool_response_tokens: int = knob(256, "a tool answer is cut to this many tokens", gt=0)
+    tool_call_bonus: float = knob(0.0, "reward added per successful tool call (shaping; 0: off)", ge=0)
+    failed_call_penalty: float = knob(0.0, "reward subtracted per failed tool call (shaping; 0: off)", ge=0)
+    shaping_cap: float = knob(0.2, "the shaping term is clipped to [-cap, cap]", ge=0)
+
+    def check(self, path: str) -> None:
+        if self.enable:
+            if not self.tool_config_path:
+                raise ConfigError(f"{join(path, 'tool_config_path')} is required when {join(path, 'enable')} is true")
+            environment.check_file(self.tool_config_path, join(path, "tool_config_path"))
+
+
+@dataclass
 class RolloutConfig(Section):
     """Response generation: backend, sampling and engine settings."""
 
@@ -197,6 +216,7 @@ class RolloutConfig(Section):
         16384, "with dynamic batching: tokens per old-policy logprob micro-batch", gt=0
     )
     val_kwargs: ValKwargs = knob(ValKwargs, "validation sampling")
+    multi_turn: MultiTurnConfig = knob(MultiTurnConfig, "multi-turn tool use")
     gpu_memory_utilization: float = knob(0.5, "vllm: fraction of device memory for weights and KV cache", gt=0, le=1)
     tensor_parallel_size: int = knob(1, "vllm: ranks per engine (must divide the world size)", gt=0)
     enforce_eager: bool = knob(True, "vllm: no graph capture (faster start, slower decode)")
