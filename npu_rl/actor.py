@@ -41,6 +41,8 @@ class PolicyBatch:
     old_logprobs: torch.Tensor | None = None  # [N, T]
     ref_logprobs: torch.Tensor | None = None  # [N, T]
     rollout_logprobs: torch.Tensor | None = None  # [N, T], as the generation engine reported them
+    values: torch.Tensor | None = None  # [N, T], the critic's at rollout (PPO with GAE)
+    returns: torch.Tensor | None = None  # [N, T], the critic's regression targets
 
     @property
     def response_width(self) -> int:
@@ -298,7 +300,9 @@ def update_policy(
     for epoch in range(cfg.ppo_epochs):
         for mini_index, mini in enumerate(minis):
             # Mini-batch totals across ranks normalise every micro-batch's loss (see aggregate_loss).
-            totals = distributed.all_reduce(torch.tensor([mini.response_mask.sum().item(), float(len(mini))]), "sum")
+            # A fully masked row is no sequence for the seq-mean modes (verl 0.9.1).
+            seqs = float(core_algos.count_sequences(mini.response_mask))
+            totals = distributed.all_reduce(torch.tensor([mini.response_mask.sum().item(), seqs]), "sum")
             optimizer.zero_grad(set_to_none=True)
             budget = cfg.ppo_max_token_len_per_device if cfg.use_dynamic_bsz else None
             for rows in micro_batch_rows(mini, cfg.ppo_micro_batch_size_per_device, budget):

@@ -134,7 +134,11 @@ class CheckpointManager:
         tokenizer: Any | None,
         generation_config: Any | None = None,
         extra_files: dict[str, bytes] | None = None,
+        others: dict[str, tuple[nn.Module, torch.optim.Optimizer, Any]] | None = None,
     ) -> Path:
+
+        `others` maps a role (e.g. "critic") to its (model, optimizer, scheduler), saved beside the actor
+        in `global_step_N/<role>/{model,optim,scheduler.pt}` within the same atomic publish.
         """Write `global_step_{step}` (collective: every rank calls it) and mark it latest; return its path.
 
         `extra_files` (name -> bytes) are written into `actor/` by the main rank, e.g. the run's config.
@@ -227,6 +231,12 @@ class CheckpointManager:
         if optimizer is not None:
             dcp_save(get_optimizer_state_dict(model, optimizer), actor / "optim")
         write_durable(actor / "rng" / f"rank_{self.dist.rank}.pt", torch_bytes(rng_state_for_save(self.acc)))
+        for role, (other, other_optim, other_sched) in (others or {}).items():
+            dcp_save(get_model_state_dict(other), tmp / role / "model")
+            dcp_save(get_optimizer_state_dict(other, other_optim), tmp / role / "optim")
+            if self.dist.is_main:
+                write_durable(tmp / role / "scheduler.pt", torch_bytes(other_sched.state_dict()))
+
         if self.dist.is_main:
             if scheduler is not None:
                 write_durable(actor / "scheduler.pt", torch_bytes(scheduler.state_dict()))
@@ -345,7 +355,12 @@ class CheckpointManager:
     # load
 
     def load(
-        self, path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any | None
+        self,
+        path: str | Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: Any | None,
+        others: dict[str, tuple[nn.Module, torch.optim.Optimizer, Any]] | None = None,
     ) -> dict[str, Any]:
         """Restore model, optimizer, scheduler and this rank's RNG (collective); return the trainer state.
 
@@ -375,6 +390,16 @@ class CheckpointManager:
             set_optimizer_state_dict(model, optimizer, optim_sd)
         if scheduler is not None:
             scheduler.load_state_dict(load_plain(actor / "scheduler.pt"))
+        for role, (other, other_optim, other_sched) in (others or {}).items():
+            if not (step_dir / role / "model" / ".metadata").is_file():
+                raise CheckpointError(f"{step_dir} holds no {role} (saved by a run without one); resume_mode=disable")
+            other_sd = get_model_state_dict(other)
+            dcp_load(other_sd, step_dir / role / "model")
+            set_model_state_dict(other, other_sd)
+            other_optim_sd = get_optimizer_state_dict(other, other_optim)
+            dcp_load(other_optim_sd, step_dir / role / "optim")
+            set_optimizer_state_dict(other, other_optim, other_optim_sd)
+            other_sched.load_state_dict(load_plain(step_dir / role / "scheduler.pt"))
 
         rng_file = actor / "rng" / f"rank_{self.dist.rank}.pt"
         if meta["world_size"] == self.dist.world_size and rng_file.is_file():

@@ -4,9 +4,11 @@ Shapes: N sequences, T response tokens. `mask` is 1.0 on real response tokens, 0
 Each family is a registry (npu_rl.registry) named by a config key, so a config string picks the
 function and a new variant is one decorated function; every member of a family has one signature:
 
-- ADV_ESTIMATORS (algorithm.adv_estimator): fn(scores [N], group_ids [N], norm_by_std, ...) -> [N]
+- ADV_ESTIMATORS (algorithm.adv_estimator): fn(AdvantageInputs) -> (advantages [N, T], returns [N, T])
+  (npu_rl.algos.advantages: grpo, rloo, reinforce_plus_plus(_baseline), gae)
 - POLICY_LOSSES (actor.policy_loss): fn(logprob, old_logprob, advantages, mask, cfg: ActorConfig)
   -> (loss_mat [N, T], stats: dict of scalar tensors)
+  (vanilla here; gspo in npu_rl.algos.policy_losses)
 - KL_ESTIMATORS (actor.kl_loss_type, algorithm.kl_penalty): fn(logprob, ref_logprob) -> [N, T]
 - LOSS_AGG_MODES (actor.loss_agg_mode): fn(loss_mat, mask, num_tokens, num_seqs, horizon) -> scalar
 """
@@ -51,7 +53,6 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-@register_adv_estimator("grpo", group_relative=True)
 def grpo_advantages(
     scores: torch.Tensor, group_ids: torch.Tensor, norm_by_std: bool = True, eps: float = 1e-6
 ) -> torch.Tensor:
@@ -101,6 +102,44 @@ def kl_k3(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
     return (neg.exp() - neg - 1).clamp(-10.0, 10.0)
 
 
+@KL_ESTIMATORS.register("abs")
+def kl_abs(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+    """|log pi - log pi_ref| (verl's `abs`)."""
+    return _log_ratio(logprob, ref_logprob).abs()
+
+
+def _straight_through(value_fn: KLEstimator) -> KLEstimator:
+    def estimate(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+        value = value_fn(logprob, ref_logprob)
+        grad = kl_k2(logprob, ref_logprob)
+        return grad - grad.detach() + value.detach()
+
+    estimate.__doc__ = f"The value of {value_fn.__name__} with the gradient of k2 (verl 0.9.1's '+' suffix)."
+    return estimate
+
+
+KL_ESTIMATORS.register("k1+")(_straight_through(kl_k1))
+KL_ESTIMATORS.register("k3+", "low_var_kl+")(_straight_through(kl_k3))
+
+
+class AdaptiveKLController:
+    """The in-reward KL coefficient, adapted towards a target KL (Ziegler et al. 2019; verl's
+    AdaptiveKLController): after each step, coef *= 1 + clip(kl / target - 1, -0.2, 0.2) * n / horizon,
+    where `kl` is the step's mean per-sequence token-mean KL and `n` the step's number of sequences.
+    With `target_kl=None` the coefficient stays fixed (verl's FixedKLController)."""
+
+    def __init__(self, init_coef: float, target_kl: float | None = None, horizon: int = 10000) -> None:
+        if target_kl is not None and (target_kl <= 0 or horizon <= 0):
+            raise ValueError(f"adaptive KL needs target_kl > 0 and horizon > 0, got {target_kl}, {horizon}")
+        self.value, self.target, self.horizon = float(init_coef), target_kl, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        if self.target is not None:
+            error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+            self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+
 def kl_estimate(logprob: torch.Tensor, ref_logprob: torch.Tensor, kind: str) -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from sampled-token logprobs by the estimator `kind`."""
     return KL_ESTIMATORS.get(kind)(logprob, ref_logprob)
@@ -112,6 +151,14 @@ def agg_token_mean(
 ) -> torch.Tensor:
     """Every token of the mini-batch weighs the same (long answers weigh more)."""
     return (loss_mat * mask).sum() / torch.as_tensor(num_tokens, dtype=loss_mat.dtype).clamp(min=1)
+
+
+@LOSS_AGG_MODES.register("token-sum")
+def agg_token_sum(
+    loss_mat: torch.Tensor, mask: torch.Tensor, num_tokens: Count, num_seqs: Count, horizon: int
+) -> torch.Tensor:
+    """Sum over every valid token of the mini-batch (no normalisation; scales with batch and length)."""
+    return (loss_mat * mask).sum()
 
 
 def _seq_mean(per_seq: torch.Tensor, num_seqs: Count) -> torch.Tensor:
@@ -142,6 +189,11 @@ def agg_seq_mean_token_sum_norm(
     return _seq_mean((loss_mat * mask).sum(dim=-1) / float(horizon), num_seqs)
 
 
+def count_sequences(mask: torch.Tensor) -> torch.Tensor:
+    """Rows with at least one valid token: the sequences the seq-mean modes average over."""
+    return (mask.sum(dim=-1) > 0).sum().to(torch.float32)
+
+
 def aggregate_loss(
     loss_mat: torch.Tensor,
     mask: torch.Tensor,
@@ -152,6 +204,9 @@ def aggregate_loss(
 ) -> torch.Tensor:
     """Reduce a [N, T] per-token loss to a scalar with the LOSS_AGG_MODES member `mode`.
 
+    In the seq-mean modes a row whose mask is all zero is not a sequence (it adds 0 and is not
+    counted in `num_seqs`), as in verl 0.9.1: such rows occur with uneven micro-batches.
+
     `num_tokens` / `num_seqs` are the mini-batch totals (across micro-batches and ranks). Passing
     them makes the sum of micro-batch losses equal the loss of the whole mini-batch, so gradient
     accumulation and data parallelism do not change the result. They default to this batch's own
@@ -160,7 +215,7 @@ def aggregate_loss(
     fn = LOSS_AGG_MODES.get(mode)
     mask = mask.to(loss_mat.dtype)
     num_tokens = num_tokens if num_tokens is not None else mask.sum()
-    num_seqs = num_seqs if num_seqs is not None else loss_mat.shape[0]
+    num_seqs = num_seqs if num_seqs is not None else count_sequences(mask)
     return fn(loss_mat, mask, num_tokens, num_seqs, horizon or loss_mat.shape[-1])
 
 
@@ -219,3 +274,8 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     """log softmax(logits)[label] without materialising the full log-softmax tensor."""
     logits = logits.float()
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+# The other families' members register themselves on import (they import the registries above).
+from npu_rl.algos import advantages as _advantages  # noqa: E402, F401
+from npu_rl.algos import policy_losses as _policy_losses  # noqa: E402, F401

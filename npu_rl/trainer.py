@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from npu_rl import actor, core_algos, device, distributed, lora
+from npu_rl import actor, core_algos, critic, device, distributed, lora
+from npu_rl.algos import dapo, policy_losses
+from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.checkpoint import CheckpointManager
 from npu_rl.compute import build_plan
 from npu_rl.config import Config, format_path
@@ -85,6 +87,12 @@ class GRPOTrainer:
         self.device = self.acc.torch_device(self.dist.local_rank)
         self.optimizer = actor.build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = actor.build_scheduler(self.optimizer, self.total_steps, cfg.actor.optim)
+        self.critic = self.critic_optimizer = self.critic_scheduler = None
+        if cfg.use_critic:  # PPO with GAE: the policy's architecture with a value head
+            init = dataclasses.replace(cfg.model, path=cfg.critic.model_path or cfg.model.path)
+            self.critic = self._place(critic.ValueModel(load_model(init, self.acc, trainable=True)), trainable=True)
+            self.critic_optimizer = actor.build_optimizer(self.critic, cfg.critic.optim)
+            self.critic_scheduler = actor.build_scheduler(self.critic_optimizer, self.total_steps, cfg.critic.optim)
         self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist, self.plan)
         self.pad_token_id = eos_and_pad_ids(self.tokenizer, model)[1]
         self.reward = RewardManager(cfg.reward)
@@ -96,6 +104,9 @@ class GRPOTrainer:
         self.checkpoints = CheckpointManager(
             format_path(cfg.trainer.default_local_dir, cfg), cfg.trainer.max_ckpt_to_keep, self.dist, self.acc
         )
+        a = cfg.algorithm
+        target = a.kl_ctrl.target_kl if a.kl_ctrl.type == "adaptive" else None
+        self.kl_ctrl = core_algos.AdaptiveKLController(a.kl_coef, target, a.kl_ctrl.horizon)
         self.global_step = 0
         self.tracking: Tracking | None = None
         if self.dist.is_main:
@@ -134,33 +145,32 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------------------
     def train_step(self, records: list[PromptRecord]) -> dict[str, float]:
         """One GRPO step on this rank's share of the step's prompts."""
-        cfg, step = self.cfg, self.global_step
+        cfg = self.cfg
         timer = Timer(self.acc.synchronize)
         stats = StepStats()
         params = self.sampling_params()
         with timer.section("step"):
-            with timer.section("gen"):
-                seeds = [prompt_seed(cfg.trainer.seed, step, r.index) for r in records]
-                rollout = generate(self.rollout, records, params, seeds)
-            with timer.section("reward"):
-                graded = self._grade(rollout)
-                scores = torch.tensor(graded.scores, dtype=torch.float32)
-                shaping = tool_shaping(rollout.row_metrics, cfg.rollout.multi_turn)
-                if shaping is not None:  # multi-turn tool-use shaping, logged as its own term
-                    scores = scores + shaping
-                    graded.components["tool_shaping"] = shaping.tolist()
+            rollout, graded, num_gen_batches = self._sample(records, params, timer)
+            scores = torch.tensor(graded.scores, dtype=torch.float32)
+            stats.add_max("batch/num_gen_batches", num_gen_batches)  # ranks generate in lockstep
 
             batch = actor.build_policy_batch(rollout, self.pad_token_id)
             mask = batch.response_mask
             batch.rollout_logprobs = rollout.logprobs
             on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size == cfg.data.train_batch_size
             kl_in_reward = cfg.algorithm.use_kl_in_reward and self.ref is not None
-            if not on_policy or kl_in_reward:  # several updates per rollout, or KL priced into the reward
+            tis = cfg.algorithm.rollout_correction.rollout_is == "token"
+            # several updates per rollout, KL priced into the reward, or the engine's logprobs corrected
+            if not on_policy or kl_in_reward or tis:
                 with timer.section("old_log_prob"):
                     batch.old_logprobs = actor.compute_logprobs(
                         self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device,
                         self.plan, self.device, cfg.token_budgets()["rollout.log_prob_max_token_len_per_device"],
                     )  # fmt: skip
+            if self.critic is not None:
+                with timer.section("values"):
+                    micro = cfg.critic.ppo_micro_batch_size_per_device
+                    batch.values = critic.compute_values(self.critic, batch, micro, self.device)
             if self.ref is not None:
                 with timer.section("ref"):
                     batch.ref_logprobs = actor.compute_logprobs(
@@ -169,30 +179,54 @@ class GRPOTrainer:
                     )  # fmt: skip
 
             with timer.section("adv"):
-                rewards = scores
-                if kl_in_reward:  # each sequence's reward pays for its summed divergence from the reference
-                    kl = core_algos.kl_estimate(batch.old_logprobs, batch.ref_logprobs, cfg.algorithm.kl_penalty)
-                    rewards = scores - cfg.algorithm.kl_coef * (kl * mask).sum(-1)
-                seq_adv = core_algos.ADV_ESTIMATORS[cfg.algorithm.adv_estimator](
-                    rewards, rollout.group, norm_by_std=cfg.algorithm.norm_adv_by_std_in_grpo
-                )
-                batch.advantages = seq_adv[:, None] * mask
+                token_rewards = place_scores(scores, mask)
+                if kl_in_reward:  # every token pays for its divergence from the reference
+                    token_rewards = token_rewards - self._reward_kl(batch, stats) * mask
+                rewards = token_rewards.sum(-1)
+                a = cfg.algorithm
+                inputs = AdvantageInputs(
+                    token_rewards, mask, rollout.group, batch.values, a.gamma, a.lam, a.norm_adv_by_std_in_grpo,
+                    all_sum=lambda t: distributed.all_reduce(t, "sum"),
+                )  # fmt: skip
+                batch.advantages, batch.returns = core_algos.ADV_ESTIMATORS[a.adv_estimator](inputs)
+                seq_adv = (batch.advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+                if tis:  # scaling A by w > 0 scales every clipped/dual-clipped token loss by w
+                    cap = cfg.algorithm.rollout_correction.rollout_is_threshold
+                    weight, is_stats = policy_losses.truncated_is_weight(
+                        batch.old_logprobs, rollout.logprobs, mask, cap
+                    )
+                    batch.advantages = batch.advantages * weight
+                    stats.add_max("rollout_corr/is_max", float(is_stats.pop("is_max")))
+                    for key, value in is_stats.items():
+                        stats.add_ratio(f"rollout_corr/{key}", float(value) * float(mask.sum()), float(mask.sum()))
 
-            with timer.section("update_actor"):
-                actor.update_policy(
-                    self.model,
-                    self.optimizer,
-                    self.scheduler,
-                    batch,
-                    cfg.actor,
-                    params.temperature,
-                    self.plan,
-                    cfg.actor.ppo_mini_batch_size // self.dist.world_size,
-                    horizon=cfg.rollout.max_new_tokens,
-                    stats=stats,
-                    device=self.device,
-                    world_size=self.dist.world_size,
-                )
+            mini_groups = cfg.actor.ppo_mini_batch_size // self.dist.world_size
+            if self.critic is not None:
+                with timer.section("update_critic"):
+                    critic.update_critic(
+                        self.critic, self.critic_optimizer, self.critic_scheduler, batch, cfg.critic,
+                        cfg.actor.ppo_epochs, mini_groups, cfg.rollout.max_new_tokens, stats, self.device,
+                        self.dist.world_size,
+                    )  # fmt: skip
+                valid = mask.bool()
+                stats.add_values("critic/values", batch.values[valid])
+                stats.add_values("critic/returns", batch.returns[valid])
+            if self.global_step >= cfg.trainer.critic_warmup:  # the critic learns alone during its warm-up
+                with timer.section("update_actor"):
+                    actor.update_policy(
+                        self.model,
+                        self.optimizer,
+                        self.scheduler,
+                        batch,
+                        cfg.actor,
+                        params.temperature,
+                        self.plan,
+                        mini_groups,
+                        horizon=cfg.rollout.max_new_tokens,
+                        stats=stats,
+                        device=self.device,
+                        world_size=self.dist.world_size,
+                    )
             with timer.section("update_weights"):
                 self.rollout.update_weights(lora.merged_tensors(distributed.iter_full_state_dict(self.model)))
 
@@ -212,6 +246,76 @@ class GRPOTrainer:
         )
         metrics.update(self.acc.memory_stats())
         return metrics
+
+    def _generate_and_grade(
+        self, records: list[PromptRecord], params: SamplingParams, timer: Timer
+    ) -> tuple[RolloutBatch, RewardBatch]:
+        with timer.section("gen"):
+            seeds = [prompt_seed(self.cfg.trainer.seed, self.global_step, r.index) for r in records]
+            rollout = generate(self.rollout, records, params, seeds)
+        with timer.section("reward"):
+            graded = self._grade(rollout)
+            ob = self.cfg.reward.overlong_buffer
+            if ob.enable:
+                penalty = dapo.overlong_penalty(rollout.lengths, params.max_new_tokens, ob.len, ob.penalty_factor)
+                graded.scores = [s + float(p) for s, p in zip(graded.scores, penalty, strict=True)]
+                graded.components["overlong_reward"] = penalty.tolist()
+            shaping = tool_shaping(rollout.row_metrics, self.cfg.rollout.multi_turn)
+            if shaping is not None:  # multi-turn tool-use shaping, logged as its own term
+                graded.scores = [s + float(p) for s, p in zip(graded.scores, shaping, strict=True)]
+                graded.components["tool_shaping"] = shaping.tolist()
+        return rollout, graded
+
+    def _sample(
+        self, records: list[PromptRecord], params: SamplingParams, timer: Timer
+    ) -> tuple[RolloutBatch, RewardBatch, int]:
+        """This rank's graded rollouts, and how many generation batches they took.
+
+        With algorithm.filter_groups.enable (DAPO dynamic sampling), groups whose metric is equal on
+        every sample are dropped and further training batches are drawn from the sampler (each rank
+        its shard, as for the step's first batch) until every rank holds as many informative groups
+        as it was given prompts; each rank then keeps its first ones. Filtering per rank keeps the
+        mini-batches whole groups with the same count on every rank, with no gather of rollouts; the
+        price is that the kept set depends on the world size (verl filters the gathered batch).
+        """
+        fg = self.cfg.algorithm.filter_groups
+        rollout, graded = self._generate_and_grade(records, params, timer)
+        if not fg.enable:
+            return rollout, graded, 1
+        need, parts, kept, num_gen = len(records), [], 0, 1
+        while True:
+            keep = dapo.informative_groups(dapo.metric_values(graded, fg.metric), rollout.group, rollout.num_groups)
+            parts.append((rollout, graded, keep))
+            kept += int(keep.sum())
+            short = distributed.all_reduce(torch.tensor([float(kept < need)]), "sum")
+            if float(short[0]) == 0:
+                return (*dapo.take_groups(parts, need), num_gen)
+            if 0 < fg.max_num_gen_batches <= num_gen:
+                raise RuntimeError(
+                    f"dynamic sampling found {kept} of {need} groups with unequal rewards on this rank after "
+                    f"{num_gen} generation batches (algorithm.filter_groups.max_num_gen_batches="
+                    f"{fg.max_num_gen_batches}): the prompts are too easy or too hard for the policy; raise "
+                    "algorithm.filter_groups.max_num_gen_batches (0: no cap), raise rollout.n, or filter the data"
+                )
+            more = self.sampler.next_batch()
+            mini = self.cfg.actor.ppo_mini_batch_size
+            mine = shard_prompts(more, mini, self.dist.rank, self.dist.world_size)
+            rollout, graded = self._generate_and_grade(mine, params, timer)
+            num_gen += 1
+
+    def _reward_kl(self, batch: actor.PolicyBatch, stats: StepStats) -> torch.Tensor:
+        """coef * per-token KL for the reward, then the coefficient's update from this step's mean
+        per-sequence token-mean KL over all ranks (verl's apply_kl_penalty with its kl_ctrl)."""
+        mask = batch.response_mask
+        kl = core_algos.kl_estimate(batch.old_logprobs, batch.ref_logprobs, self.cfg.algorithm.kl_penalty) * mask
+        coef = self.kl_ctrl.value
+        seq_kl = kl.sum(-1) / mask.sum(-1).clamp(min=1)
+        total = distributed.all_reduce(torch.tensor([float(seq_kl.sum()), float(len(seq_kl))], dtype=torch.float64))
+        current = float(total[0] / total[1].clamp(min=1))
+        self.kl_ctrl.update(current, int(total[1]))
+        stats.add_max("actor/reward_kl_penalty", current)  # equal on every rank
+        stats.add_max("actor/reward_kl_penalty_coeff", coef)
+        return coef * kl
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -293,12 +397,19 @@ class GRPOTrainer:
             self.model,
             self.optimizer,
             self.scheduler,
-            {"global_step": self.global_step, "sampler": self.sampler.state_dict()},
+            {"global_step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value},
             self.model.config,
             self.tokenizer,
             getattr(self.model, "generation_config", None),
             extra_files={RUN_CONFIG: config_yaml(self.cfg)},
+            others=self._others(),
         )
+
+    def _others(self) -> dict[str, tuple]:
+        """Trained modules checkpointed beside the actor."""
+        if self.critic is None:
+            return {}
+        return {"critic": (self.critic, self.critic_optimizer, self.critic_scheduler)}
 
     def maybe_resume(self) -> None:
         path = self._resume_from
@@ -306,8 +417,9 @@ class GRPOTrainer:
             return
         changed = {key for key, *_ in self._config_changes}
         sampler_keys = {"data.seed", "data.shuffle", "data.train_batch_size"}
-        state = self.checkpoints.load(path, self.model, self.optimizer, self.scheduler)
+        state = self.checkpoints.load(path, self.model, self.optimizer, self.scheduler, self._others())
         self.global_step = int(state["global_step"])
+        self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))  # adaptive KL resumes where it was
         sampler_state = state["sampler"]
         if changed & sampler_keys:  # allowed (trainer.allow_config_change): the new order starts at the next epoch
             sampler_state = dict(sampler_state, seed=self.sampler.seed, shuffle=self.sampler.shuffle)

@@ -111,7 +111,7 @@ esac
 
 # ---- launch -------------------------------------------------------------------------------
 ARGS=(
-    --config run/configs/qwen2_5_1_5b_grpo.yaml
+    --config "${CONFIG:-run/configs/qwen2_5_1_5b_grpo.yaml}"
     "model.path=$MODEL_PATH"
     "data.train_files=[$DATA_DIR/train.parquet]"
     "data.val_files=[$DATA_DIR/test.parquet]"

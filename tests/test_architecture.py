@@ -61,7 +61,7 @@ def test_unequal_groups_through_advantages_and_one_update():
     assert rollout.prompt_lengths.tolist() == [4, 4, 4, 3, 3, 3, 3, 3]
 
     scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0])
-    adv = core_algos.ADV_ESTIMATORS["grpo"](scores, rollout.group, norm_by_std=True)
+    adv = core_algos.grpo_advantages(scores, rollout.group, norm_by_std=True)
     # by hand: group 0 mean 1/3, unbiased std sqrt(1/3); group 1 mean 2/5, std sqrt(0.3)
     expected = torch.tensor([2 / 3, -1 / 3, -1 / 3]) / (torch.tensor(1 / 3).sqrt() + 1e-6)
     torch.testing.assert_close(adv[:3], expected)

@@ -171,8 +171,9 @@ def test_speed_path_choices_default_to_auto():
         ("actor.kl_loss_type=k4", r"actor\.kl_loss_type: unknown KL estimator 'k4'.*"
          r"registered: k1, k2, k3, low_var_kl"),
         ("algorithm.kl_penalty=low_var", r"algorithm\.kl_penalty: .*did you mean 'low_var_kl'"),
-        ("actor.loss_agg_mode=token-sum", r"actor\.loss_agg_mode: unknown loss aggregation mode 'token-sum'.*"
-         r"registered: token-mean, seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm"),
+        ("actor.loss_agg_mode=token-avg", r"actor\.loss_agg_mode: unknown loss aggregation mode 'token-avg'.*"
+         r"registered: token-mean, token-sum, seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm"),
+        ("algorithm.kl_ctrl.type=pid", r"algorithm\.kl_ctrl\.type"),
         ("rollout.name=vlm", r"rollout\.name: unknown rollout backend 'vlm' \(did you mean 'vllm'\?\); "
          r"registered: hf, vllm"),
         ("reward.functions=[{name: maths}]", r"reward\.functions\[0\]\.name: unknown reward 'maths' \(did you mean "
@@ -190,9 +191,9 @@ def test_a_newly_registered_estimator_is_accepted_without_a_config_edit(monkeypa
 
     estimators = Registry("advantage estimator")
     estimators.add("grpo", core_algos.ADV_ESTIMATORS["grpo"])
-    estimators.add("rloo", lambda scores, group_ids, **kw: scores)
+    estimators.add("my_estimator", lambda inputs: (inputs.token_rewards, inputs.token_rewards))
     monkeypatch.setattr(core_algos, "ADV_ESTIMATORS", estimators)
-    assert load_config(None, [*BASE, "algorithm.adv_estimator=rloo"]).algorithm.adv_estimator == "rloo"
+    assert load_config(None, [*BASE, "algorithm.adv_estimator=my_estimator"]).algorithm.adv_estimator == "my_estimator"
 
 
 def test_reward_term_with_a_file_is_not_checked_against_the_registry(tmp_path):

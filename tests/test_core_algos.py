@@ -131,8 +131,8 @@ def _reference_kl(logprob, ref, kind):
 
 
 def _reference_agg(loss, mask, mode, num_tokens=None, num_seqs=None, horizon=None):
-    """Loss aggregation as written before the registry."""
-    n_seq = num_seqs if num_seqs is not None else loss.shape[0]
+    """Loss aggregation as written before the registry, with verl's count of sequences (non-empty rows)."""
+    n_seq = num_seqs if num_seqs is not None else int((mask.sum(-1) > 0).sum())
     if mode == "token-mean":
         denom = num_tokens if num_tokens is not None else mask.sum()
         return (loss * mask).sum() / torch.as_tensor(denom, dtype=loss.dtype).clamp(min=1)
@@ -147,8 +147,8 @@ def _reference_agg(loss, mask, mode, num_tokens=None, num_seqs=None, horizon=Non
 def test_kl_registry_gives_the_former_numbers():
     gen = torch.Generator().manual_seed(0)
     logp, ref = -torch.rand(6, 9, generator=gen) * 30, -torch.rand(6, 9, generator=gen) * 30
-    assert core_algos.KL_ESTIMATORS.names() == ["k1", "k2", "k3", "low_var_kl"]
-    for kind in core_algos.KL_ESTIMATORS:
+    assert core_algos.KL_ESTIMATORS.names()[:4] == ["k1", "k2", "k3", "low_var_kl"]
+    for kind in ["k1", "k2", "k3", "low_var_kl"]:
         assert torch.equal(core_algos.kl_estimate(logp, ref, kind), _reference_kl(logp, ref, kind))
         assert torch.equal(core_algos.KL_ESTIMATORS[kind](logp, ref), _reference_kl(logp, ref, kind))
 
@@ -158,8 +158,7 @@ def test_loss_aggregation_registry_gives_the_former_numbers(totals):
     gen = torch.Generator().manual_seed(1)
     loss = torch.randn(6, 9, generator=gen)
     mask = (torch.arange(9)[None, :] < torch.tensor([9, 4, 1, 0, 7, 2])[:, None]).float()  # one empty row
-    assert len(core_algos.LOSS_AGG_MODES) == 4
-    for mode in core_algos.LOSS_AGG_MODES:
+    for mode in ["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]:
         got = core_algos.aggregate_loss(loss, mask, mode, *totals)
         assert torch.equal(got, _reference_agg(loss, mask, mode, *totals)), mode
 
@@ -171,7 +170,7 @@ def test_vanilla_policy_loss_is_dual_clip_ppo_with_the_actor_clip_ratios():
     new, old = -torch.rand(4, 5, generator=gen), -torch.rand(4, 5, generator=gen)
     adv, mask = torch.randn(4, 5, generator=gen), torch.ones(4, 5)
     cfg = ActorConfig(clip_ratio_low=0.1, clip_ratio_high=0.28, clip_ratio_c=2.5)
-    assert core_algos.POLICY_LOSSES.names() == ["vanilla"] and ActorConfig().policy_loss == "vanilla"
+    assert ActorConfig().policy_loss == "vanilla"
     loss, stats = core_algos.POLICY_LOSSES["vanilla"](new, old, adv, mask, cfg)
     ref_loss, ref_stats = core_algos.ppo_policy_loss(new, old, adv, mask, 0.1, 0.28, 2.5)
     assert torch.equal(loss, ref_loss) and stats.keys() == ref_stats.keys()
@@ -191,15 +190,15 @@ def test_unknown_names_list_the_registered_ones():
     from npu_rl.registry import UnknownName
 
     with pytest.raises(
-        UnknownName, match=r"unknown loss aggregation mode 'token-sum'.*; registered: token-mean, seq-mean-token-sum"
+        UnknownName, match=r"unknown loss aggregation mode 'token-avg'.*; registered: token-mean, token-"
     ):
-        core_algos.aggregate_loss(LOSS, MASK, "token-sum")
+        core_algos.aggregate_loss(LOSS, MASK, "token-avg")
     with pytest.raises(UnknownName, match=r"actor\.policy_loss: unknown policy loss 'vanila' \(did you mean 'vanilla'"):
         core_algos.POLICY_LOSSES.get("vanila", key="actor.policy_loss")
-    with pytest.raises(KeyError, match=r"unknown advantage estimator 'rloo'; registered: grpo"):
-        core_algos.ADV_ESTIMATORS["rloo"]
+    with pytest.raises(KeyError, match=r"unknown advantage estimator 'ppo'; registered: grpo, rloo"):
+        core_algos.ADV_ESTIMATORS["ppo"]
 
 
-def test_grpo_is_registered_as_group_relative():
-    assert core_algos.ADV_ESTIMATORS["grpo"] is core_algos.grpo_advantages
-    assert core_algos.grpo_advantages.group_relative is True
+def test_group_relative_estimators_are_marked():
+    relative = {name for name in core_algos.ADV_ESTIMATORS if core_algos.ADV_ESTIMATORS[name].group_relative}
+    assert relative == {"grpo", "rloo", "reinforce_plus_plus_baseline"}

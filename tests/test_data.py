@@ -139,6 +139,14 @@ def test_plain_string_prompt_explains_the_fix(tmp_path):
     ]
 
 
+def test_raw_string_prompts_when_the_config_says_so(tmp_path, tiny_tokenizer):
+    path = write(tmp_path / "train.parquet", [make_row(i, prompt=f"Question: {i}+1?\nAnswer:") for i in range(2)])
+    ds = load_prompts(path, tiny_tokenizer, DataConfig(apply_chat_template=False))
+    rec = ds.records[1]
+    assert rec.prompt_text == "Question: 1+1?\nAnswer:"  # no chat template around it
+    assert tiny_tokenizer.decode(rec.prompt_ids) == rec.prompt_text
+
+
 def test_wrong_types(tmp_path):
     rows = [make_row(i, data_source=i) for i in range(8)]
     path = write(tmp_path / "a.parquet", rows)

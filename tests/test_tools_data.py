@@ -255,3 +255,14 @@ def test_plot_of_a_real_training_run(tmp_path, tiny_model_dir, synthetic_parquet
     subprocess.run(plot, check=True, capture_output=True, timeout=120)
     size, colors = _png_size_and_colors(tmp_path / "p.png")
     assert size == (1500, 900) and colors > 50
+
+
+def test_math_levels_filter_keeps_the_held_out_set_whole(tmp_path, math_download):
+    assert (
+        preprocess_math.main(
+            ["--input", str(math_download), "--output-dir", str(tmp_path / "o"), "--levels", "3", "4", "5"]
+        )
+        == 0
+    )
+    assert [r["extra_info"]["level"] for r in read_rows(tmp_path / "o" / "train.parquet")] == ["Level 3"]
+    assert [r["extra_info"]["level"] for r in read_rows(tmp_path / "o" / "test.parquet")] == ["Level 1"]

@@ -61,7 +61,15 @@ def boxed_answer(solution: str) -> str | None:
     return answer or None
 
 
-def convert_split(files: list[Path], split: str, data_source: str, template: str = "verl") -> list[dict]:
+def _level(value: object) -> int | None:
+    """MATH's "Level 3" (or 3) as 3; None when absent or unreadable."""
+    digits = "".join(ch for ch in str(value or "") if ch.isdigit())
+    return int(digits) if digits else None
+
+
+def convert_split(
+    files: list[Path], split: str, data_source: str, levels: set[int] | None = None, template: str = "verl"
+) -> list[dict]:
     rows, problems = [], []
     for path in files:
         for i, record in enumerate(read_records(path)):
@@ -74,6 +82,8 @@ def convert_split(files: list[Path], split: str, data_source: str, template: str
                 problems.append(f"{where}: column 'solution' has no complete \\boxed{{...}} answer")
             if not (problem and solution and truth):
                 continue
+            if levels is not None and _level(record.get("level")) not in levels:
+                continue  # e.g. --levels 3 4 5 (SimpleRL-Zero trains on the harder problems)
             extra = {"problem": problem, "solution": solution}
             for key in ("level", "type", "subject"):
                 if record.get(key) not in (None, ""):
@@ -92,12 +102,14 @@ def convert(
     subset: str | None = None,
     data_source: str = DATA_SOURCE,
     template: str = "verl",
+    train_levels: set[int] | None = None,
 ) -> dict[str, Path]:
     if template not in SYSTEM_PROMPTS:
         raise DatasetError(f"--prompt-template {template!r}: use one of {sorted(SYSTEM_PROMPTS)}")
     out = {}
     for split, files in find_split_files(inputs, subset).items():
-        rows = convert_split(files, split, data_source, template)
+        levels = train_levels if split == "train" else None  # the held-out set stays whole
+        rows = convert_split(files, split, data_source, levels, template)
         out[split] = write_parquet(rows, Path(output_dir) / f"{split}.parquet")
     return out
 
@@ -115,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         help="verl: instruction only (default); ascend_sample: plus the Ascend GRPO sample's <think>/<answer> "
         "system prompt",
     )
+    p.add_argument("--levels", nargs="+", type=int, default=None, help="keep only these MATH levels in train")
     args = p.parse_args(argv)
     try:
-        written = convert(args.input, args.output_dir, args.subset, args.data_source, args.prompt_template)
+        levels = set(args.levels) if args.levels else None
+        written = convert(args.input, args.output_dir, args.subset, args.data_source, args.prompt_template, levels)
     except DatasetError as err:
         print(f"preprocess_math: {err}", file=sys.stderr)
         return 1

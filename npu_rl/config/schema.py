@@ -152,6 +152,24 @@ class ActorConfig(Section):
 
 
 @dataclass
+class CriticConfig(Section):
+    """The value model of PPO with GAE, built when algorithm.adv_estimator=gae (verl's critic)."""
+
+    model_path: str = knob("", "initialise the critic's decoder from this model folder; empty: from model.path")
+    optim: OptimConfig = knob(OptimConfig, "the critic's AdamW and schedule (verl: critic.optim; e.g. lr 1e-5)")
+    ppo_micro_batch_size_per_device: int = knob(8, "sequences per critic forward/backward", gt=0)
+    cliprange_value: float = knob(0.5, "value clip around the values at rollout", gt=0)
+    loss_agg_mode: str = knob(
+        "token-mean", "how per-token value losses reduce to one", registry="npu_rl.core_algos:LOSS_AGG_MODES"
+    )
+    grad_clip: float = knob(1.0, "max gradient norm", gt=0)
+
+    def check(self, path: str) -> None:
+        if self.model_path:
+            environment.check_local_path(self.model_path, join(path, "model_path"))
+
+
+@dataclass
 class RefConfig(Section):
     """The frozen reference policy; only built when a KL term is on."""
 
@@ -226,6 +244,33 @@ class RolloutConfig(Section):
 
 
 @dataclass
+class KLControlConfig(Section):
+    """How the in-reward KL coefficient (algorithm.kl_coef, its initial value) moves (verl's algorithm.kl_ctrl)."""
+
+    type: Literal["fixed", "adaptive"] = knob("fixed", "fixed coefficient, or adapted towards target_kl")
+    target_kl: float = knob(0.1, "adaptive: the KL per token the coefficient steers towards", gt=0)
+    horizon: int = knob(10000, "adaptive: sequences over which the coefficient moves by up to 20%", gt=0)
+
+
+@dataclass
+class RolloutCorrectionConfig(Section):
+    """Truncated importance sampling between the rollout engine's and the trainer's logprobs
+    (verl's algorithm.rollout_correction)."""
+
+    rollout_is: Literal["none", "token"] = knob("none", "token: weight each token by min(pi_train/pi_rollout, C)")
+    rollout_is_threshold: float = knob(2.0, "the cap C of the importance weight", gt=0)
+
+
+@dataclass
+class FilterGroupsConfig(Section):
+    """DAPO dynamic sampling (verl's algorithm.filter_groups)."""
+
+    enable: bool = knob(False, "drop groups whose metric is equal on every sample; sample more prompts to refill")
+    metric: Literal["acc", "score", "seq_final_reward"] = knob("acc", "the per-sample value compared in a group")
+    max_num_gen_batches: int = knob(0, "generation batches per step before giving up with an error; 0: no cap", ge=0)
+
+
+@dataclass
 class AlgorithmConfig(Section):
     """Advantage estimation and the in-reward KL penalty."""
 
@@ -233,7 +278,12 @@ class AlgorithmConfig(Section):
     norm_adv_by_std_in_grpo: bool = knob(True, "divide by the group's std; false: Dr.GRPO")
     use_kl_in_reward: bool = knob(False, "subtract a KL penalty from the reward")
     kl_penalty: str = knob("k1", "KL estimator of the reward penalty", registry=_KL)
-    kl_coef: float = knob(0.001, "weight of the reward KL penalty", ge=0)
+    kl_coef: float = knob(0.001, "weight of the reward KL penalty (initial value when adaptive)", ge=0)
+    kl_ctrl: KLControlConfig = knob(KLControlConfig, "in-reward KL coefficient control")
+    gamma: float = knob(1.0, "discount of token returns (reinforce_plus_plus, gae)", ge=0, le=1)
+    lam: float = knob(1.0, "GAE lambda", ge=0, le=1)
+    rollout_correction: RolloutCorrectionConfig = knob(RolloutCorrectionConfig, "rollout/trainer mismatch correction")
+    filter_groups: FilterGroupsConfig = knob(FilterGroupsConfig, "DAPO dynamic sampling")
 
 
 @dataclass
@@ -270,6 +320,15 @@ class WeightedReward(Section):
 
 
 @dataclass
+class OverlongBufferConfig(Section):
+    """DAPO's soft overlong punishment (verl's reward_model.overlong_buffer)."""
+
+    enable: bool = knob(False, "penalise responses that reach into the last `len` tokens of rollout.max_new_tokens")
+    len: int = knob(0, "buffer length in tokens (the penalty ramps over it)", ge=0)
+    penalty_factor: float = knob(1.0, "penalty of a response that reaches rollout.max_new_tokens", ge=0)
+
+
+@dataclass
 class RewardConfig(Section):
     """How responses are graded (docs/reward.md)."""
 
@@ -282,11 +341,14 @@ class RewardConfig(Section):
     correct_score: float = knob(1.0, "default reward of a correct answer")
     format_bonus: float = knob(0.1, "added when a correct answer is in the requested form")
     reasoning_bonus: float = knob(0.1, "added (x completeness) when a correct answer shows its reasoning")
+    overlong_buffer: OverlongBufferConfig = knob(OverlongBufferConfig, "soft overlong punishment (DAPO)")
     answer_format: Literal["", "boxed", "hash", "answer_tag", "answer_is"] = knob(
         "", "requested answer form for every row; empty: from data_source (gsm8k: hash, else boxed)"
     )
 
     def check(self, path: str) -> None:
+        if self.overlong_buffer.enable and self.overlong_buffer.len <= 0:
+            raise ConfigError(f"{path}.overlong_buffer.len must be > 0 when {path}.overlong_buffer.enable is true")
         if self.custom_function.path and self.functions:
             raise ConfigError(f"set either {path}.custom_function.path or {path}.functions, not both")
 
@@ -310,6 +372,7 @@ class TrainerConfig(Section):
     val_before_train: bool = knob(True, "validate once before the first step")
     save_freq: int = knob(-1, "checkpoint every N steps; -1: only at the end", ge=-1)
     default_local_dir: str = knob("checkpoints/{project_name}/{experiment_name}", "checkpoint directory")
+    critic_warmup: int = knob(0, "steps that train only the critic before the actor starts (PPO with GAE)", ge=0)
     resume_mode: str = knob("auto", "auto (latest checkpoint if any) | disable | path to a global_step_N folder")
     max_ckpt_to_keep: int = knob(-1, "checkpoints kept; -1: all", ge=-1)
     num_threads: int = knob(
@@ -336,6 +399,7 @@ class Config(Section):
     data: DataConfig = knob(DataConfig, "DataConfig")
     actor: ActorConfig = knob(ActorConfig, "ActorConfig")
     ref: RefConfig = knob(RefConfig, "RefConfig")
+    critic: CriticConfig = knob(CriticConfig, "CriticConfig")
     rollout: RolloutConfig = knob(RolloutConfig, "RolloutConfig")
     algorithm: AlgorithmConfig = knob(AlgorithmConfig, "AlgorithmConfig")
     reward: RewardConfig = knob(RewardConfig, "RewardConfig")
@@ -365,6 +429,11 @@ class Config(Section):
                     f"= {longest}; raise it or turn dynamic batching off"
                 )
         environment.warn_single_sample_groups(self.algorithm.adv_estimator, rollout.n)
+        if self.reward.overlong_buffer.enable and self.reward.overlong_buffer.len >= rollout.max_new_tokens:
+            raise ConfigError(
+                f"reward.overlong_buffer.len ({self.reward.overlong_buffer.len}) must be smaller than "
+                f"rollout.max_new_tokens ({rollout.max_new_tokens})"
+            )
 
     def token_budgets(self) -> dict[str, int | None]:
         """Tokens per micro-batch of the training, old-logprob and reference passes (None: fixed rows),
@@ -387,6 +456,11 @@ class Config(Section):
     @property
     def kl_in_loss(self) -> bool:
         return self.actor.use_kl_loss and self.actor.kl_loss_coef > 0
+
+    @property
+    def use_critic(self) -> bool:
+        """A value model is trained when the estimator reads values (verl: adv_estimator == gae)."""
+        return self.algorithm.adv_estimator == "gae"
 
     @property
     def needs_ref(self) -> bool:

@@ -1,0 +1,166 @@
+"""Advantage estimators: every member of ADV_ESTIMATORS takes one `AdvantageInputs` and returns
+(advantages [N, T], returns [N, T]), both zero on mask-0 tokens.
+
+Sequence-level estimators (grpo, rloo, reinforce_plus_plus_baseline) read only each row's summed
+reward and its group; token-level ones (reinforce_plus_plus, gae) read the per-token rewards
+(the score on the last response token, minus a per-token KL penalty when KL is in the reward) and,
+for GAE, the critic's values. Batch whitening sums its statistics through `inputs.all_sum`, so an
+estimator sees the whole step batch when the rows are sharded over ranks (verl computes advantages
+on the full batch on its driver).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from npu_rl.core_algos import grpo_advantages, register_adv_estimator
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """What an estimator may read. `token_rewards` [N, T] holds each row's score on its last valid
+    token (see `place_scores`); `values` [N, T] are the critic's (GAE only)."""
+
+    token_rewards: torch.Tensor
+    response_mask: torch.Tensor
+    group: torch.Tensor
+    values: torch.Tensor | None = None
+    gamma: float = 1.0
+    lam: float = 1.0
+    norm_by_std: bool = True
+    eps: float = 1e-6
+    all_sum: Callable[[torch.Tensor], torch.Tensor] = _identity  # sums a tensor over data-parallel ranks
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """Each row's total reward (outcome estimators' input), as verl's token_level_rewards.sum(-1)."""
+        return self.token_rewards.float().sum(dim=-1)
+
+
+def place_scores(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[N] scores -> [N, T] token rewards with the score on each row's last valid token (verl's
+    reward manager). A row with no response token keeps its score on column 0, so its total is kept."""
+    rewards = torch.zeros(response_mask.shape, dtype=torch.float32)
+    last = (response_mask.sum(dim=-1).long() - 1).clamp(min=0)
+    rewards[torch.arange(len(scores)), last] = scores.float()
+    return rewards
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, all_sum: Callable = _identity) -> torch.Tensor:
+    """(values - mean) / sqrt(var + 1e-8) over the masked entries, var unbiased (Bessel), as
+    verl_F.masked_whiten; the statistics are summed through `all_sum` (all ranks' tokens).
+
+    Matches verl 0.9.1, which raises when fewer than two tokens are valid: we raise too, naming why.
+    """
+    values, mask = values.float(), mask.float()
+    count_sum = all_sum(torch.stack([(values * mask).sum(), mask.sum()]))
+    count = float(count_sum[1])
+    if count < 2:
+        raise ValueError(
+            f"batch whitening needs at least 2 valid response tokens in the step batch, got {count:g} "
+            "(every response empty?); raise rollout.max_new_tokens or check the stop strings"
+        )
+    mean = count_sum[0] / count
+    var = all_sum(((values - mean).square() * mask).sum()) / count * (count / (count - 1))
+    return (values - mean) * torch.rsqrt(var + 1e-8)
+
+
+def _group_means(scores: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's group mean and group size."""
+    _, inverse, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    sums = torch.zeros(counts.numel(), dtype=scores.dtype).index_add_(0, inverse, scores)
+    return (sums / counts)[inverse], counts[inverse].to(scores.dtype)
+
+
+def _per_token(seq: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    adv = seq[:, None] * mask.float()
+    return adv, adv
+
+
+@register_adv_estimator("grpo", group_relative=True)
+def grpo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO: (r - group mean) / (group std + eps); see core_algos.grpo_advantages (matches verl 0.9.1:
+    a group of one gets mean 0, std 1)."""
+    adv = grpo_advantages(inputs.scores, inputs.group, inputs.norm_by_std, inputs.eps)
+    return _per_token(adv, inputs.response_mask)
+
+
+@register_adv_estimator("rloo", group_relative=True)
+def rloo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """RLOO: r_i minus the mean of the other n-1 rewards of its group, i.e. (r_i - mean) * n / (n - 1).
+
+    Matches verl 0.9.1: a group of one keeps its raw reward (no baseline); an all-equal group gets 0.
+    """
+    scores = inputs.scores
+    mean, n = _group_means(scores, inputs.group)
+    adv = torch.where(n > 1, (scores - mean) * n / (n - 1).clamp(min=1), scores)
+    return _per_token(adv, inputs.response_mask)
+
+
+@register_adv_estimator("reinforce_plus_plus_baseline", group_relative=True)
+def reinforce_plus_plus_baseline(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++-baseline: r - group mean on every valid token, then whitened over all valid tokens
+    of the step batch (so longer answers weigh more in the batch statistics).
+
+    Matches verl 0.9.1: a group of one has baseline 0; returns equal the advantages.
+    """
+    scores = inputs.scores
+    mean, n = _group_means(scores, inputs.group)
+    centred = torch.where(n > 1, scores - mean, scores)
+    mask = inputs.response_mask.float()
+    adv = masked_whiten(centred[:, None] * mask, mask, inputs.all_sum) * mask
+    return adv, adv
+
+
+@register_adv_estimator("reinforce_plus_plus")
+def reinforce_plus_plus(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++: discounted return G_t = r_t + gamma * G_{t+1} per token, whitened over all valid
+    tokens of the step batch (no critic, no group baseline).
+
+    A token whose mask is 0 inside a response (a tool observation) adds no reward and no discount:
+    the return is carried through it unchanged to the tokens before it (the field notes' verl 0.9.1
+    semantics; verl <= 0.5 reset it to 0 there, which cut the reward off from earlier turns).
+    Returns are the undiscounted-by-whitening G_t, zero on mask-0 tokens.
+    """
+    rewards, mask = inputs.token_rewards.float(), inputs.response_mask.float()
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        m = mask[:, t]
+        running = m * (rewards[:, t] + inputs.gamma * running) + (1 - m) * running
+        returns[:, t] = running
+    adv = masked_whiten(returns, mask, inputs.all_sum) * mask
+    return adv, returns * mask
+
+
+@register_adv_estimator("gae")
+def gae(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation for PPO with a critic.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma * lam * A_{t+1}; tokens whose mask is
+    0 are skipped (their value and TD error are not used: the next valid token's value and advantage
+    carry through), returns = A + V (before whitening), then A is whitened over the valid tokens of
+    the step batch. Matches verl 0.9.1's compute_gae_advantage_return.
+    """
+    if inputs.values is None:
+        raise ValueError("gae needs the critic's values (AdvantageInputs.values), got None")
+    rewards, mask, values = inputs.token_rewards.float(), inputs.response_mask.float(), inputs.values.float()
+    n, width = rewards.shape
+    next_value, last_adv = torch.zeros(n), torch.zeros(n)
+    adv = torch.zeros_like(rewards)
+    for t in reversed(range(width)):
+        m = mask[:, t]
+        delta = rewards[:, t] + inputs.gamma * next_value - values[:, t]
+        step_adv = delta + inputs.gamma * inputs.lam * last_adv
+        next_value = m * values[:, t] + (1 - m) * next_value
+        last_adv = m * step_adv + (1 - m) * last_adv
+        adv[:, t] = last_adv
+    returns = adv + values
+    return masked_whiten(adv, mask, inputs.all_sum) * mask, returns * mask

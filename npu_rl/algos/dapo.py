@@ -1,0 +1,86 @@
+"""DAPO's data-side pieces (Yu et al. 2025): dynamic sampling and the soft overlong punishment.
+
+Dynamic sampling drops groups whose rewards are all equal (they have zero GRPO advantage, so they
+only dilute the batch) and samples more prompts until the step has `train_batch_size` informative
+groups. The filter is a pure function of the graded rows; the trainer drives the sampling loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+
+import torch
+
+from npu_rl.reward_manager import RewardBatch
+from npu_rl.rollout.batch import RolloutBatch
+
+
+def overlong_penalty(lengths: torch.Tensor, max_new_tokens: int, buffer_len: int, factor: float) -> torch.Tensor:
+    """Soft overlong punishment, added to the score: 0 up to max_new_tokens - buffer_len tokens, then
+    falling linearly to -factor at max_new_tokens: min(-(L - (max - buffer)) / buffer * factor, 0).
+
+    Matches verl 0.9.1's DAPO reward manager (reward.overlong_buffer.{len,penalty_factor}); a response
+    cut at the limit gets exactly -factor.
+    """
+    exceed = lengths.float() - (max_new_tokens - buffer_len)
+    return (-exceed / buffer_len * factor).clamp(max=0.0)
+
+
+def informative_groups(values: torch.Tensor, group: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """[num_groups] bool: groups whose metric values are not all equal (population std > 0).
+
+    Matches verl 0.9.1's filter_groups: a group of one is kept (it has no spread to lose), and a
+    group with no rows is dropped.
+    """
+    values = values.double()
+    counts = torch.bincount(group, minlength=num_groups)
+    sums = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, group, values)
+    means = sums / counts.clamp(min=1)
+    spread = torch.zeros(num_groups, dtype=torch.float64).index_add_(0, group, (values - means[group]).abs())
+    return (counts == 1) | ((counts > 1) & (spread > 0))
+
+
+def metric_values(graded: RewardBatch, metric: str) -> torch.Tensor:
+    """The per-row value filter_groups compares: `acc` (1/0; unjudged rows count as 0) or `score`
+    (the final reward, verl's seq_final_reward)."""
+    if metric == "acc":
+        return torch.tensor([float(bool(a)) for a in graded.acc])
+    return torch.tensor(graded.scores, dtype=torch.float64)
+
+
+def take_groups(
+    parts: Sequence[tuple[RolloutBatch, RewardBatch, torch.Tensor]], limit: int
+) -> tuple[RolloutBatch, RewardBatch]:
+    """The first `limit` kept groups over `parts` (each a batch, its grades and its [num_groups] keep
+    mask), as one batch whose groups are renumbered 0..limit-1 in order and whose rows are ordered by
+    group; response columns are right-padded to the widest part. Reward components and the timeout
+    and error counts cover every graded row (they describe the grader's work, not the kept rows)."""
+    width = max(p[0].response_ids.shape[1] for p in parts)
+    cols: dict[str, list] = {f.name: [] for f in fields(RolloutBatch) if f.name != "records"}
+    records, scores, acc = [], [], []
+    for batch, graded, keep in parts:
+        for g in keep.nonzero().squeeze(-1).tolist():
+            if len(records) == limit:
+                break
+            rows = (batch.group == g).nonzero().squeeze(-1)
+            pad = width - batch.response_ids.shape[1]
+            cols["response_ids"].append(torch.nn.functional.pad(batch.response_ids[rows], (0, pad)))
+            cols["logprobs"].append(torch.nn.functional.pad(batch.logprobs[rows], (0, pad)))
+            cols["lengths"].append(batch.lengths[rows])
+            cols["finish_reasons"].extend(batch.finish_reasons[i] for i in rows.tolist())
+            cols["group"].append(torch.full((len(rows),), len(records), dtype=torch.long))
+            cols["sample"].append(batch.sample[rows])
+            scores.extend(graded.scores[i] for i in rows.tolist())
+            acc.extend(graded.acc[i] for i in rows.tolist())
+            records.append(batch.records[g])
+    merged = RolloutBatch(
+        **{k: (v if k == "finish_reasons" else torch.cat(v)) for k, v in cols.items()}, records=records
+    )
+    components: dict[str, list[float]] = {}
+    for _, graded, _ in parts:
+        for name, values in graded.components.items():
+            components.setdefault(name, []).extend(values)
+    timeouts = sum(p[1].timeouts for p in parts)
+    errors = sum(p[1].errors for p in parts)
+    return merged, RewardBatch(scores, acc, components, timeouts, errors)

@@ -1,0 +1,264 @@
+"""Estimators, GSPO, KL variants, the KL controller and rollout correction against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from npu_rl import core_algos
+from npu_rl.algos.advantages import AdvantageInputs, masked_whiten, place_scores
+from npu_rl.algos.policy_losses import gspo_loss, truncated_is_weight
+from npu_rl.config import ActorConfig
+
+
+def _inputs(scores, group, lengths, width=3, **kw):
+    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).float()
+    return AdvantageInputs(place_scores(torch.tensor(scores), mask), mask, torch.tensor(group), **kw)
+
+
+def test_place_scores_puts_the_score_on_the_last_valid_token():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    got = place_scores(torch.tensor([2.0, 3.0, 4.0]), mask)
+    assert got.tolist() == [[0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [4.0, 0.0, 0.0]]
+
+
+def test_rloo_leave_one_out_and_group_of_one_keeps_raw_reward():
+    # group 0: rewards 1, 0, 0 -> 1 - 0 = 1; 0 - 0.5 = -0.5 (twice). group 1 (alone): 0.7 stays 0.7.
+    adv, ret = core_algos.ADV_ESTIMATORS["rloo"](_inputs([1.0, 0.0, 0.0, 0.7], [0, 0, 0, 1], [2, 3, 1, 2]))
+    torch.testing.assert_close(adv[:, 0], torch.tensor([1.0, -0.5, -0.5, 0.7]))
+    assert adv[0, 2] == 0 and adv[2, 1] == 0  # zero on padding
+    assert torch.equal(adv, ret)
+
+
+def test_rloo_all_equal_group_is_zero():
+    adv, _ = core_algos.ADV_ESTIMATORS["rloo"](_inputs([1.0, 1.0], [3, 3], [1, 1]))
+    assert torch.equal(adv, torch.zeros(2, 3))
+
+
+def test_grpo_registered_estimator_spreads_the_sequence_advantage():
+    adv, _ = core_algos.ADV_ESTIMATORS["grpo"](_inputs([1.0, 0.0], [0, 0], [2, 1], eps=0.0))
+    s = math.sqrt(0.5)
+    torch.testing.assert_close(adv, torch.tensor([[0.5 / s, 0.5 / s, 0.0], [-0.5 / s, 0.0, 0.0]]))
+
+
+def test_masked_whiten_unbiased_over_valid_tokens():
+    values = torch.tensor([[1.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # mean 2, unbiased var ((1)^2 + (1)^2) / 1 = 2
+    torch.testing.assert_close(masked_whiten(values, mask)[0, :2], torch.tensor([-1.0, 1.0]) / math.sqrt(2 + 1e-8))
+    with pytest.raises(ValueError, match="at least 2 valid response tokens"):
+        masked_whiten(values, torch.tensor([[1.0, 0.0, 0.0]]))
+
+
+def test_whitening_statistics_come_from_all_ranks():
+    """Rows split over two 'ranks' whiten like the whole batch when all_sum adds the other rank's share."""
+    values, mask = torch.tensor([[1.0, 2.0], [4.0, 7.0]]), torch.ones(2, 2)
+
+    def all_sum_rank0(t: torch.Tensor) -> torch.Tensor:  # rank 1 holds row 1
+        if t.numel() == 2:  # [sum, count]
+            return t + torch.stack([values[1].sum(), torch.tensor(2.0)])
+        return t + ((values[1] - values.mean()) ** 2).sum()  # squared deviations from the global mean
+
+    torch.testing.assert_close(masked_whiten(values[:1], mask[:1], all_sum_rank0), masked_whiten(values, mask)[:1])
+
+
+def test_reinforce_plus_plus_baseline_centres_per_group_then_whitens():
+    # group 0 rewards 1, 0 (mean 0.5) -> 0.5 on 2 tokens, -0.5 on 1 token; lone row (group 1) keeps 2.0 on 1 token
+    adv, _ = core_algos.ADV_ESTIMATORS["reinforce_plus_plus_baseline"](_inputs([1.0, 0.0, 2.0], [0, 0, 1], [2, 1, 1]))
+    tokens = torch.tensor([0.5, 0.5, -0.5, 2.0])
+    mean, var = tokens.mean(), tokens.var()  # torch.var is unbiased
+    w = (tokens - mean) / torch.sqrt(var + 1e-8)
+    torch.testing.assert_close(adv[0, :2], w[:2])
+    torch.testing.assert_close(adv[1, 0], w[2])
+    torch.testing.assert_close(adv[2, 0], w[3])
+    assert adv[1, 1] == 0 and adv[2, 2] == 0
+
+
+def test_reinforce_plus_plus_discounts_and_carries_through_masked_tokens():
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 1.0], [0.0, 2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])  # row 0: an observation token at t=1
+    inputs = AdvantageInputs(rewards, mask, torch.tensor([0, 1]), gamma=0.5)
+    adv, ret = core_algos.ADV_ESTIMATORS["reinforce_plus_plus"](inputs)
+    # row 0: G3 = 1, G2 = 0.5, t=1 skipped (carries 0.5, no discount), G0 = 0.25; row 1: G1 = 2, G0 = 1
+    torch.testing.assert_close(ret, torch.tensor([[0.25, 0.0, 0.5, 1.0], [1.0, 2.0, 0.0, 0.0]]))
+    valid = torch.tensor([0.25, 0.5, 1.0, 1.0, 2.0])
+    w = (valid - valid.mean()) / torch.sqrt(valid.var() + 1e-8)
+    torch.testing.assert_close(adv[mask.bool()], w)
+    assert adv[0, 1] == 0 and adv[1, 3] == 0
+
+
+def test_gae_by_hand_with_a_skipped_token():
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    values = torch.tensor([[0.5, 9.0, 0.25], [0.5, 0.5, 9.0]])
+    mask = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    inputs = AdvantageInputs(rewards, mask, torch.tensor([0, 1]), values=values, gamma=0.9, lam=0.5)
+    adv, ret = core_algos.ADV_ESTIMATORS["gae"](inputs)
+    # row 0: t=2: delta = 1 - 0.25 = 0.75, A2 = 0.75. t=1 masked: skipped (V=9 unused), carries V=0.25, A=0.75.
+    #        t=0: delta = 0 + 0.9*0.25 - 0.5 = -0.275; A0 = -0.275 + 0.45*0.75 = 0.0625
+    # row 1: t=2 masked (next V stays 0, A stays 0). t=1: delta = 1 - 0.5 = 0.5, A1 = 0.5.
+    #        t=0: delta = 0.9*0.5 - 0.5 = -0.05; A0 = -0.05 + 0.45*0.5 = 0.175
+    raw = torch.tensor([0.0625, 0.75, 0.175, 0.5])
+    torch.testing.assert_close(ret[mask.bool()], raw + torch.tensor([0.5, 0.25, 0.5, 0.5]))
+    w = (raw - raw.mean()) / torch.sqrt(raw.var() + 1e-8)
+    torch.testing.assert_close(adv[mask.bool()], w)
+    with pytest.raises(ValueError, match="critic's values"):
+        core_algos.ADV_ESTIMATORS["gae"](AdvantageInputs(rewards, mask, torch.tensor([0, 1])))
+
+
+def test_gspo_sequence_ratio_clip_and_token_gradient():
+    logprob = torch.tensor([[-1.0, -2.0, -5.0], [-1.0, -1.0, -1.0]], requires_grad=True)
+    old = torch.tensor([[-1.2, -2.2, 0.0], [-1.0, -1.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0]])
+    loss, stats = gspo_loss(logprob, old, adv, mask, 0.1, 0.1)
+    # row 0: mean log-ratio over valid tokens = 0.2 -> s = e^0.2 = 1.2214 > 1.1: clipped to 1.1, loss -1.1
+    # row 1: ratio 1 -> loss 2
+    torch.testing.assert_close(loss[0, :2], torch.tensor([-1.1, -1.1]))
+    torch.testing.assert_close(loss[1], torch.tensor([2.0, 2.0, 2.0]))
+    torch.testing.assert_close(stats["pg_clipfrac"], torch.tensor(2 / 5))
+    torch.testing.assert_close(stats["ppo_kl"], torch.tensor(-0.4 / 5))
+    # row 1 unclipped: d loss / d logprob_t = -A * s = 2 per token (gradient through the token's own logprob)
+    (loss * mask).sum().backward()
+    torch.testing.assert_close(logprob.grad[1], torch.tensor([2.0, 2.0, 2.0]))
+    assert torch.equal(logprob.grad[0], torch.zeros(3))  # clipped row: no gradient
+
+
+def test_gspo_clamps_the_log_ratio_at_10_and_is_registered():
+    logprob, old = torch.zeros(1, 2), torch.full((1, 2), -30.0)
+    loss, _ = gspo_loss(logprob, old, -torch.ones(1, 2), torch.ones(1, 2), 0.2, 0.2)
+    torch.testing.assert_close(loss, torch.full((1, 2), math.exp(10.0)))
+    cfg = ActorConfig(clip_ratio_low=0.1, clip_ratio_high=0.1)
+    a = core_algos.POLICY_LOSSES["gspo"](logprob, old, -torch.ones(1, 2), torch.ones(1, 2), cfg)[0]
+    assert torch.equal(a, gspo_loss(logprob, old, -torch.ones(1, 2), torch.ones(1, 2), 0.1, 0.1)[0])
+
+
+def test_kl_abs_and_straight_through_variants():
+    logprob = torch.tensor([-1.0, -3.0], requires_grad=True)
+    ref = torch.tensor([-2.0, -2.0])
+    torch.testing.assert_close(core_algos.KL_ESTIMATORS["abs"](logprob, ref), torch.tensor([1.0, 1.0]))
+    for name, base in (("k1+", "k1"), ("k3+", "k3"), ("low_var_kl+", "k3")):
+        value = core_algos.KL_ESTIMATORS[name](logprob, ref)
+        torch.testing.assert_close(value, core_algos.KL_ESTIMATORS[base](logprob, ref))
+        (grad,) = torch.autograd.grad(value.sum(), logprob)
+        torch.testing.assert_close(grad, torch.tensor([1.0, -1.0]))  # d/dx 0.5 (x - ref)^2 = x - ref
+
+
+def test_adaptive_kl_controller_steps_and_clips():
+    ctrl = core_algos.AdaptiveKLController(0.1, target_kl=0.5, horizon=100)
+    assert ctrl.update(0.6, 10) == pytest.approx(0.1 * (1 + 0.2 * 10 / 100))  # error 0.2
+    ctrl = core_algos.AdaptiveKLController(0.1, target_kl=0.5, horizon=100)
+    assert ctrl.update(5.0, 10) == pytest.approx(0.1 * 1.02)  # error 9 clipped to 0.2
+    assert ctrl.update(0.0, 50) == pytest.approx(0.1 * 1.02 * 0.9)  # error -1 clipped to -0.2
+    fixed = core_algos.AdaptiveKLController(0.1)
+    assert fixed.update(5.0, 10) == 0.1
+    with pytest.raises(ValueError, match="target_kl > 0"):
+        core_algos.AdaptiveKLController(0.1, target_kl=0.0)
+
+
+def test_token_sum_and_seq_mean_skip_fully_masked_rows():
+    loss = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])  # the last row is fully masked
+    assert core_algos.aggregate_loss(loss, mask, "token-sum").item() == 6.0
+    assert core_algos.aggregate_loss(loss, mask, "seq-mean-token-sum").item() == pytest.approx((3 + 3) / 2)
+    assert core_algos.aggregate_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx((1.5 + 3) / 2)
+    assert core_algos.count_sequences(mask).item() == 2
+
+
+def test_truncated_is_weight_caps_the_ratio():
+    logprob = torch.tensor([[0.0, -1.0, math.log(3.0)]])
+    rollout = torch.tensor([[0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0]])
+    weight, stats = truncated_is_weight(logprob, rollout, mask, cap=2.0)
+    torch.testing.assert_close(weight, torch.tensor([[1.0, math.exp(-1.0), 2.0]]))
+    torch.testing.assert_close(stats["is_mean"], torch.tensor((1 + math.exp(-1.0) + 3) / 3))
+    torch.testing.assert_close(stats["is_max"], torch.tensor(3.0))
+    torch.testing.assert_close(stats["is_clipfrac"], torch.tensor(1 / 3))
+    masked, _ = truncated_is_weight(logprob, rollout, torch.tensor([[1.0, 0.0, 0.0]]), cap=2.0)
+    assert masked.tolist() == [[1.0, 0.0, 0.0]]
+
+
+def test_overlong_penalty_ramps_over_the_buffer():
+    from npu_rl.algos.dapo import overlong_penalty
+
+    # max 20, buffer 4: free up to 16 tokens, then -0.25 per token (factor 1), -1 at 20
+    got = overlong_penalty(torch.tensor([3, 16, 17, 18, 20]), 20, 4, 1.0)
+    torch.testing.assert_close(got, torch.tensor([0.0, 0.0, -0.25, -0.5, -1.0]))
+    torch.testing.assert_close(overlong_penalty(torch.tensor([20]), 20, 4, 0.5), torch.tensor([-0.5]))
+
+
+def test_informative_groups_drop_all_equal_keep_singletons():
+    from npu_rl.algos.dapo import informative_groups
+
+    values = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.3])
+    group = torch.tensor([0, 0, 1, 1, 2, 2, 3])
+    assert informative_groups(values, group, 5).tolist() == [False, True, False, True, False]  # group 4: no rows
+
+
+def test_take_groups_renumbers_pads_and_stops_at_the_limit():
+    from npu_rl.algos.dapo import take_groups
+    from npu_rl.data import PromptRecord
+    from npu_rl.reward_manager import RewardBatch
+    from npu_rl.rollout.batch import RolloutBatch
+
+    def rec(i):
+        return PromptRecord(i, [1, 2], "p", [], "s", "1", "math", {}, "f.parquet", i)
+
+    def batch(width, groups, first):
+        n = len(groups)
+        return RolloutBatch(
+            torch.full((n, width), 7), torch.full((n, width), -0.5), torch.full((n,), width), ["stop"] * n,
+            torch.tensor(groups), torch.arange(n), records=[rec(first), rec(first + 1)],
+        )  # fmt: skip
+
+    a = batch(2, [0, 0, 1, 1], 10)
+    b = batch(3, [0, 1, 1], 20)
+    ga = RewardBatch([1.0, 0.0, 1.0, 1.0], [True, False, True, True], {"x": [1.0] * 4}, timeouts=1)
+    gb = RewardBatch([0.0, 1.0, 0.0], [False, True, False], {"x": [0.0] * 3}, errors=2)
+    merged, graded = take_groups([(a, ga, torch.tensor([True, False])), (b, gb, torch.tensor([True, True]))], 2)
+    assert [r.index for r in merged.records] == [10, 20]
+    assert merged.group.tolist() == [0, 0, 1] and merged.response_ids.shape == (3, 3)
+    assert merged.response_ids[0].tolist() == [7, 7, 0] and merged.lengths.tolist() == [2, 2, 3]
+    assert graded.scores == [1.0, 0.0, 0.0] and graded.acc == [True, False, False]
+    assert (graded.timeouts, graded.errors, len(graded.components["x"])) == (1, 2, 7)
+
+
+def test_value_loss_clips_around_the_old_values():
+    from npu_rl.algos.policy_losses import value_loss
+
+    vpreds = torch.tensor([[1.0, 0.0, 3.0]])
+    old = torch.tensor([[0.0, 0.0, 0.0]])
+    returns = torch.tensor([[0.0, 1.0, 2.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, stats = value_loss(vpreds, old, returns, mask, cliprange_value=0.5)
+    # t0: unclipped (1-0)^2 = 1, clipped (0.5-0)^2 = 0.25 -> 0.5 * 1; t1: both (0-1)^2 = 1 -> 0.5
+    # t2 (masked): unclipped 1, clipped (0.5-2)^2 = 2.25 -> 1.125, counted in neither stat
+    torch.testing.assert_close(loss, torch.tensor([[0.5, 0.5, 1.125]]))
+    torch.testing.assert_close(stats["vf_clipfrac"], torch.tensor(0.0))
+    torch.testing.assert_close(stats["vpred_mean"], torch.tensor(0.5))
+    # v = 2 moved past old 0 + 0.5 towards R = 2: unclipped 0, clipped (0.5 - 2)^2 = 2.25 wins (no credit for the jump)
+    loss, stats = value_loss(torch.tensor([[2.0]]), torch.tensor([[0.0]]), torch.tensor([[2.0]]), torch.ones(1, 1), 0.5)
+    torch.testing.assert_close(loss, torch.tensor([[1.125]]))
+    torch.testing.assert_close(stats["vf_clipfrac"], torch.tensor(1.0))
+
+
+def _whiten_on_rank(info, rewards, mask, expected):
+    from npu_rl import distributed
+
+    rows = slice(info.rank * 2, info.rank * 2 + 2)  # each rank holds two rows of the step batch
+    inputs = AdvantageInputs(
+        rewards[rows], mask[rows], torch.arange(2), gamma=0.9, all_sum=lambda t: distributed.all_reduce(t, "sum")
+    )
+    adv, _ = core_algos.ADV_ESTIMATORS["reinforce_plus_plus"](inputs)
+    torch.testing.assert_close(adv, expected[rows])
+
+
+def test_reinforce_plus_plus_whitens_over_both_ranks_like_one_process():
+    from _dist_utils import run_workers
+
+    gen = torch.Generator().manual_seed(3)
+    rewards = torch.rand(4, 5, generator=gen)
+    mask = (torch.arange(5)[None, :] < torch.tensor([5, 2, 4, 1])[:, None]).float()
+    whole, _ = core_algos.ADV_ESTIMATORS["reinforce_plus_plus"](
+        AdvantageInputs(rewards, mask, torch.arange(4), gamma=0.9)
+    )
+    run_workers(_whiten_on_rank, 2, rewards, mask, whole)

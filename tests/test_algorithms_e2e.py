@@ -1,0 +1,140 @@
+"""The trainer runs end to end with each estimator, policy loss and stabiliser (tiny random model, CPU)."""
+
+import json
+
+import pytest
+import torch
+from test_trainer import make_cfg, run
+
+BASE = ("trainer.total_training_steps=2", "trainer.test_freq=0", "trainer.save_freq=0")
+
+
+def _train_rows(tmp_path):
+    rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "actor/pg_loss" in r]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("algorithm.adv_estimator=rloo",),
+        ("algorithm.adv_estimator=reinforce_plus_plus", "algorithm.gamma=0.99"),
+        ("algorithm.adv_estimator=reinforce_plus_plus_baseline", "actor.loss_agg_mode=token-sum"),
+        ("actor.policy_loss=gspo", "actor.loss_agg_mode=seq-mean-token-mean", "actor.kl_loss_type=k3+"),
+    ],
+    ids=["rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo"],
+)
+def test_each_estimator_and_loss_trains(tmp_path, tiny_model_dir, synthetic_parquet, extra):
+    run(make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, *BASE, *extra))
+    rows = _train_rows(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["actor/grad_norm"] > 1e-6 for r in rows), "the reward varies, so the policy must move"
+
+
+def test_adaptive_kl_in_reward_and_rollout_correction_log_their_metrics(tmp_path, tiny_model_dir, synthetic_parquet):
+    run(
+        make_cfg(
+            tmp_path, tiny_model_dir, synthetic_parquet, *BASE,
+            "actor.use_kl_loss=false", "algorithm.use_kl_in_reward=true", "algorithm.kl_coef=0.1",
+            "algorithm.kl_ctrl.type=adaptive", "algorithm.kl_ctrl.target_kl=0.01", "algorithm.kl_ctrl.horizon=10",
+            "algorithm.rollout_correction.rollout_is=token", "algorithm.rollout_correction.rollout_is_threshold=2.0",
+        )
+    )  # fmt: skip
+    first, second = _train_rows(tmp_path)
+    assert first["actor/reward_kl_penalty_coeff"] == pytest.approx(0.1)
+    # step 1's KL (the policy was the reference) is 0: error -1 clipped to -0.2, 12 sequences over horizon 10
+    assert second["actor/reward_kl_penalty_coeff"] == pytest.approx(0.1 * (1 - 0.2 * 12 / 10))
+    for row in (first, second):
+        assert 0.5 < row["rollout_corr/is_mean"] < 2.0
+        assert row["rollout_corr/is_max"] >= row["rollout_corr/is_mean"]
+        assert 0.0 <= row["rollout_corr/is_clipfrac"] <= 1.0
+
+
+HALF_CONSTANT = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    if extra_info["index"] % 2:  # every odd prompt's group is all-equal: dynamic sampling drops it
+        return 0.25
+    return sum(ch.isdigit() for ch in solution_str) / max(1, len(solution_str))
+"""
+
+
+def test_dynamic_sampling_refills_and_reports_generation_batches(tmp_path, tiny_model_dir, synthetic_parquet):
+    reward = tmp_path / "half_constant.py"
+    reward.write_text(HALF_CONSTANT)
+    trainer = run(
+        make_cfg(
+            tmp_path, tiny_model_dir, synthetic_parquet, *BASE,
+            "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=score",
+            "algorithm.filter_groups.max_num_gen_batches=8", f"reward.custom_function.path={reward}",
+            "reward.overlong_buffer.enable=true", "reward.overlong_buffer.len=4",
+            "reward.overlong_buffer.penalty_factor=0.5",
+        )
+    )  # fmt: skip
+    rows = _train_rows(tmp_path)
+    assert max(r["batch/num_gen_batches"] for r in rows) >= 2, "half the groups are dropped: the batch needs refills"
+    assert all(r["batch/num_gen_batches"] <= 8 for r in rows)
+    assert all(-0.5 <= r["reward/overlong_reward/mean"] <= 0.0 for r in rows)
+    assert all(r["critic/score/max"] > r["critic/score/min"] for r in rows)
+    # extra prompts came from the sampler: it moved past the two steps' own 2 x 4 prompts
+    assert trainer.sampler.position + trainer.sampler.epoch * 48 > 8
+
+
+def test_dynamic_sampling_cap_names_the_key(tmp_path, tiny_model_dir, synthetic_parquet):
+    constant = tmp_path / "constant.py"
+    constant.write_text("def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n  return 1.0\n")
+    cfg = make_cfg(
+        tmp_path, tiny_model_dir, synthetic_parquet, *BASE,
+        "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=score",
+        "algorithm.filter_groups.max_num_gen_batches=2", f"reward.custom_function.path={constant}",
+    )  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"0 of 4 groups .* after 2 generation batches .*max_num_gen_batches=2"):
+        run(cfg)
+
+
+def test_ppo_with_a_critic_trains_and_logs_critic_metrics(tmp_path, tiny_model_dir, synthetic_parquet):
+    run(
+        make_cfg(
+            tmp_path, tiny_model_dir, synthetic_parquet, "trainer.total_training_steps=3", "trainer.test_freq=0",
+            "trainer.save_freq=0", "algorithm.adv_estimator=gae", "algorithm.lam=0.95", "critic.optim.lr=1e-3",
+            "critic.ppo_micro_batch_size_per_device=4", "trainer.critic_warmup=1",
+        )
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "critic/vf_loss" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert "actor/pg_loss" not in rows[0] and "actor/pg_loss" in rows[1]  # one critic warm-up step
+    assert rows[0]["critic/values/mean"] == 0.0 and rows[0]["critic/values/max"] == 0.0  # zero-initialised head
+    assert rows[1]["critic/values/max"] != 0.0, "the critic learned from step 1's returns"
+    for key in ("critic/vf_clipfrac", "critic/vpred_mean", "critic/returns/mean", "critic/grad_norm", "critic/lr"):
+        assert key in rows[-1], key
+
+
+def test_ppo_resume_reproduces_the_uninterrupted_run_critic_included(tmp_path, tiny_model_dir, synthetic_parquet):
+    ppo = ("algorithm.adv_estimator=gae", "critic.optim.lr=1e-3", "trainer.test_freq=0", "trainer.save_freq=2")
+    straight = run(make_cfg(tmp_path / "a", tiny_model_dir, synthetic_parquet, *ppo))
+    first = make_cfg(tmp_path / "b", tiny_model_dir, synthetic_parquet, *ppo)
+    first.trainer.total_training_steps = 2
+    run(first)
+    resumed = run(make_cfg(tmp_path / "b", tiny_model_dir, synthetic_parquet, *ppo))
+    assert resumed.global_step == 4
+    assert (tmp_path / "b" / "ckpt" / "global_step_2" / "critic" / "model" / ".metadata").is_file()
+    for a, b in ((straight.model, resumed.model), (straight.critic, resumed.critic)):
+        sa, sb = a.state_dict(), b.state_dict()
+        for name in sa:
+            torch.testing.assert_close(sa[name], sb[name], rtol=0, atol=1e-6, msg=name)
+    assert (
+        straight.critic_optimizer.state_dict()["state"].keys() == resumed.critic_optimizer.state_dict()["state"].keys()
+    )
+
+
+def test_the_ppo_recipe_config_loads(tiny_model_dir, synthetic_parquet):
+    from npu_rl.config import load_config
+
+    cfg = load_config(
+        "run/configs/qwen2_5_math_7b_ppo.yaml",
+        [f"model.path={tiny_model_dir}", f"data.train_files=[{synthetic_parquet['train']}]", "data.val_files=[]"],
+    )
+    assert cfg.use_critic and cfg.needs_ref and cfg.algorithm.kl_coef == 0.01
+    assert (cfg.actor.optim.lr, cfg.critic.optim.lr, cfg.rollout.temperature) == (5e-7, 9e-6, 0.6)
+    assert (cfg.data.train_batch_size, cfg.actor.ppo_mini_batch_size, cfg.rollout.n) == (1024, 128, 8)
+    assert (cfg.data.max_prompt_length, cfg.rollout.max_new_tokens) == (1024, 3000)
