@@ -136,12 +136,11 @@ class CheckpointManager:
         extra_files: dict[str, bytes] | None = None,
         others: dict[str, tuple[nn.Module, torch.optim.Optimizer, Any]] | None = None,
     ) -> Path:
-
-        `others` maps a role (e.g. "critic") to its (model, optimizer, scheduler), saved beside the actor
-        in `global_step_N/<role>/{model,optim,scheduler.pt}` within the same atomic publish.
         """Write `global_step_{step}` (collective: every rank calls it) and mark it latest; return its path.
 
         `extra_files` (name -> bytes) are written into `actor/` by the main rank, e.g. the run's config.
+        `others` maps a role (e.g. "critic") to its (model, optimizer, scheduler), saved beside the actor
+        in `global_step_N/<role>/{model,optim,scheduler.pt}` within the same atomic publish.
         Refused before anything is written when a parameter is not finite or the disk lacks room;
         a failed write raises `CheckpointError` naming the path, and the previous checkpoint stays latest.
         """
