@@ -153,7 +153,7 @@ class CheckpointManager:
         self._check_space(step, model_sd, optimizer)
         try:
             parts = (hf_config, tokenizer, generation_config)
-            self._write(tmp, model, model_sd, optimizer, scheduler, state_bytes, parts)
+            self._write(tmp, model, model_sd, optimizer, scheduler, state_bytes, parts, others or {})
             if self.dist.is_main:
                 for name, data in (extra_files or {}).items():
                     write_durable(actor / name, data)
@@ -218,6 +218,7 @@ class CheckpointManager:
         scheduler: Any | None,
         state_bytes: bytes,
         hf_parts: tuple[Any, ...],
+        others: dict[str, tuple[nn.Module, torch.optim.Optimizer, Any]],
     ) -> None:
         """Every rank's shards and the main rank's small files into `tmp` (complete once this returns)."""
         actor = tmp / "actor"
@@ -230,7 +231,7 @@ class CheckpointManager:
         if optimizer is not None:
             dcp_save(get_optimizer_state_dict(model, optimizer), actor / "optim")
         write_durable(actor / "rng" / f"rank_{self.dist.rank}.pt", torch_bytes(rng_state_for_save(self.acc)))
-        for role, (other, other_optim, other_sched) in (others or {}).items():
+        for role, (other, other_optim, other_sched) in others.items():
             dcp_save(get_model_state_dict(other), tmp / role / "model")
             dcp_save(get_optimizer_state_dict(other, other_optim), tmp / role / "optim")
             if self.dist.is_main:
