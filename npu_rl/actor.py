@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
-from npu_rl import core_algos, distributed, prefix
+from npu_rl import core_algos, distributed, packing, prefix, seqlen
 from npu_rl.compute import ComputePlan
 from npu_rl.config import ActorConfig, OptimConfig
 from npu_rl.metrics import StepStats
@@ -86,11 +86,12 @@ def build_policy_batch(batch: RolloutBatch, pad_token_id: int) -> PolicyBatch:
     for row, prompt in enumerate(prompts):
         prompt_ids[row, prompt_width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
         prompt_mask[row, prompt_width - len(prompt) :] = 1
-    response_mask = (torch.arange(width)[None, :] < batch.lengths[:, None]).long()
+    attended = (torch.arange(width)[None, :] < batch.lengths[:, None]).long()  # tool answers are attended
     input_ids = torch.cat([prompt_ids[batch.group], batch.response_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask[batch.group], response_mask], dim=1)
+    attention_mask = torch.cat([prompt_mask[batch.group], attended], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return PolicyBatch(input_ids, attention_mask, position_ids, response_mask.float(), batch.group.clone())
+    # The loss mask is the rollout's: 0 at tool answers inside a multi-turn response.
+    return PolicyBatch(input_ids, attention_mask, position_ids, batch.response_mask.float(), batch.group.clone())
 
 
 def forward_logprobs(
@@ -106,30 +107,56 @@ def forward_logprobs(
     The entropy is only differentiated when it is part of the loss (`entropy_grad`): as a metric it
     would otherwise keep a second vocabulary-sized graph alive through backward.
     `plan` (npu_rl.compute) says how the forward runs: `plain` is one forward over the rows (the
-    reference path); `shared_prefix` / `fused` run each distinct prompt once (npu_rl.prefix) and
-    give the same numbers up to fp32 reassociation. Response columns that are padding in every
+    reference path); `shared_prefix` / `fused` run each distinct prompt once (npu_rl.prefix),
+    `packed` runs only the real tokens (npu_rl.packing); all give the same numbers up to fp32
+    reassociation. Response columns that are padding in every
     row are not run (they are returned as 0).
     """
     width = batch.response_width
-    used = max(1, int(batch.response_mask.sum(-1).max().item()))  # responses are left-aligned
+    # Responses are left-aligned; the attention mask also covers tool answers (the loss mask does not).
+    used = max(1, int(batch.attention_mask[:, -width:].sum(-1).max().item()))
     keep = batch.input_ids.shape[1] - width + used
     ids, mask, pos = batch.input_ids[:, :keep], batch.attention_mask[:, :keep], batch.position_ids[:, :keep]
+    if plan.forward == "packed":
+        layout = packing.build_layout(ids, mask, pos, batch.response_mask[:, :used], batch.group)
+        if layout is not None:
+            logits = packing.packed_logits(model, layout, plan.attention, plan.linears.linear)
+            return _token_logprobs(logits, layout.targets, temperature, with_entropy, entropy_grad, layout, width)
     logits = None
-    if plan.forward != "plain":
+    if plan.forward not in ("plain", "packed"):
         logits = prefix.response_logits(model, plan, ids, mask, pos, batch.group, used)
     if logits is None:
         with plan.linears.around():
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=used + 1)
         logits = out.logits[:, :-1]  # position t predicts token t + 1
+    logprobs, entropy = _token_logprobs(logits, ids[:, -used:], temperature, with_entropy, entropy_grad)
+    if used < width:
+        logprobs = nn.functional.pad(logprobs, (0, width - used))
+        entropy = None if entropy is None else nn.functional.pad(entropy, (0, width - used))
+    return logprobs, entropy
+
+
+def _token_logprobs(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+    entropy_grad: bool,
+    layout: packing.PackedLayout | None = None,
+    width: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (and entropies) of `targets` under temperature-scaled `logits`; packed per-token
+    values are scattered back to the [N, width] grid through `layout`."""
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-    logprobs = core_algos.logprobs_from_logits(logits, ids[:, -used:])
+    logprobs = core_algos.logprobs_from_logits(logits, targets)
     entropy = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = core_algos.entropy_from_logits(logits if entropy_grad else logits.detach())
-    if used < width:
-        logprobs = nn.functional.pad(logprobs, (0, width - used))
-        entropy = None if entropy is None else nn.functional.pad(entropy, (0, width - used))
+    if layout is not None:
+        shape = (len(layout.tail_lens), width)
+        logprobs = packing.scatter_rows(logprobs, layout, shape)
+        entropy = None if entropy is None else packing.scatter_rows(entropy, layout, shape)
     return logprobs, entropy
 
 
@@ -141,23 +168,30 @@ def compute_logprobs(
     micro_batch_size: int,
     plan: ComputePlan,
     device: torch.device | None = None,
+    max_tokens: int | None = None,
 ) -> torch.Tensor:
     """Logprobs of a whole batch without gradients, in micro-batches (old policy or reference).
 
-    `device` is where the model computes (default: where its parameters are), which with
-    offloaded FSDP shards is not where its parameters rest.
+    Micro-batches hold `micro_batch_size` rows, or about `max_tokens` tokens when that is given
+    (npu_rl.seqlen; a collective under torchrun). `device` is where the model computes (default:
+    where its parameters are), which with offloaded FSDP shards is not where its parameters rest.
     """
     device = device or next(model.parameters()).device
-    parts = [
-        forward_logprobs(model, batch.slice(i, i + micro_batch_size).to(device), temperature, plan)[0].cpu()
-        for i in range(0, len(batch), micro_batch_size)
-    ]
-    return torch.cat(parts)
+    out = torch.zeros(batch.response_mask.shape)
+    for rows in micro_batch_rows(batch, micro_batch_size, max_tokens):
+        out[rows] = forward_logprobs(model, batch.select(rows).to(device), temperature, plan)[0].cpu()
+    return out
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, one multi-tensor kernel per step instead of one loop
+    iteration per parameter: `fused` where every parameter is on a CUDA device, else `foreach`
+    (the same arithmetic as the loop, grouped; works on FSDP2 shards and offloaded shards)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    kernel = {"fused": True} if params and all(p.device.type == "cuda" for p in params) else {"foreach": True}
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **kernel
+    )
 
 
 def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
@@ -178,9 +212,17 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, cfg))
 
 
-def _micro_batches(batch: PolicyBatch, size: int) -> Iterator[PolicyBatch]:
-    for start in range(0, len(batch), size):
-        yield batch.slice(start, start + size)
+def micro_batch_rows(batch: PolicyBatch, size: int, max_tokens: int | None = None) -> list[torch.Tensor]:
+    """Row indices of each micro-batch: consecutive runs of `size` rows, or, with a token budget
+    (`use_dynamic_bsz`), parts of about `max_tokens` tokens (each prompt counted once) balanced by
+    npu_rl.seqlen (the same number of parts on every rank)."""
+    if max_tokens is None:
+        return [torch.arange(start, min(start + size, len(batch))) for start in range(0, len(batch), size)]
+    width = batch.response_width
+    prompt = batch.attention_mask[:, :-width].sum(-1).tolist()
+    response = batch.response_mask.sum(-1).long().tolist()
+    parts = seqlen.token_budget_rows(batch.group.tolist(), prompt, response, max_tokens)
+    return [torch.tensor(rows) for rows in parts]
 
 
 def _micro_step(
@@ -241,7 +283,8 @@ def update_policy(
 ) -> None:
     """PPO epochs over mini-batches with micro-batch accumulation; one optimizer step per mini-batch.
 
-    A mini-batch is `mini_batch_groups` whole groups (prompts) of this rank, whatever their sizes.
+    A mini-batch is `mini_batch_groups` whole groups (prompts) of this rank, whatever their sizes;
+    its micro-batches are fixed in rows or, with `actor.use_dynamic_bsz`, in tokens (micro_batch_rows).
     When `batch.old_logprobs` is None the update is on-policy (one update per rollout), so the old
     policy is the current one and its logprobs are the detached current logprobs: no extra
     forward pass. The first mini-batch's forward, made before any weight changes, is also compared
@@ -261,9 +304,11 @@ def update_policy(
             seqs = float(core_algos.count_sequences(mini.response_mask))
             totals = distributed.all_reduce(torch.tensor([mini.response_mask.sum().item(), seqs]), "sum")
             optimizer.zero_grad(set_to_none=True)
-            for micro in _micro_batches(mini, cfg.ppo_micro_batch_size_per_device):
+            budget = cfg.ppo_max_token_len_per_device if cfg.use_dynamic_bsz else None
+            for rows in micro_batch_rows(mini, cfg.ppo_micro_batch_size_per_device, budget):
+                micro = mini.select(rows).to(device)
                 micro_stats = _micro_step(
-                    model, micro.to(device), cfg, temperature, plan, totals[0], totals[1], horizon, world_size
+                    model, micro, cfg, temperature, plan, totals[0], totals[1], horizon, world_size
                 )
                 for key, value in micro_stats.items():
                     if not key.startswith("_") or (epoch == 0 and mini_index == 0):
@@ -281,5 +326,6 @@ def update_policy(
     stats.add_max("actor/grad_norm", sum(grad_norms) / updates)  # a global norm: equal on every rank
     stats.add_max("actor/lr", scheduler.get_last_lr()[0])
     scheduler.step()
+    stats.add_max("actor/nonfinite_skipped", float(sum(not math.isfinite(g) for g in grad_norms)))  # same on all ranks
     if batch.rollout_logprobs is not None:
         stats.add_ratio("rollout/logprob_diff", sums["_diff_sum"], sums["_diff_tokens"])

@@ -15,16 +15,23 @@ Layout (verl's, so users find their way around)::
 DCP stores each tensor with its global shape and the chunks every rank held, so a checkpoint
 written by 2 ranks loads into 1 or 8 (it reshards on read) and the model state dict is all the
 merger needs. Without a process group DCP runs in single-process mode, so the same files come out
-of a plain `python -m npu_rl.train`.
+of a plain `python -m npu_rl.train`. Turning state into files and back (DCP, RNG state, the checks
+before a save) is npu_rl.checkpoint_state; this module owns the layout and the publish protocol.
 
-Crash safety: everything is written into `.tmp_global_step_N/`, renamed into place, and only then
-is the `latest` marker replaced (temp file + fsync + os.replace). A save killed at any point leaves
-the previous marker pointing at a complete checkpoint.
+Crash safety: everything is written into `.tmp_global_step_N/`, fsynced, renamed into place (the
+parent directory fsynced), and only then is the `latest` marker replaced (temp file + fsync +
+os.replace + directory fsync). A save killed at any point leaves the previous marker pointing at a
+complete checkpoint; `clean_debris` (run at start-up, under the run lock) puts back a checkpoint
+whose same-step replacement was interrupted and removes every leftover (`.tmp_global_step_N`,
+`.old_global_step_N`, `.latest_checkpointed_iteration.txt.tmp-PID`).
+
+Safety: a save is refused before writing anything when a parameter is NaN/inf or the disk lacks
+the estimated room (message names the path and the bytes); a failing write is reported with the
+path. Loading never unpickles code (npu_rl.safe_load): a crafted checkpoint fails to load.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -36,22 +43,47 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.tensor import DTensor
 
 import npu_rl
 from npu_rl import device
+from npu_rl.checkpoint_state import (
+    dcp_load,
+    dcp_save,
+    estimate_bytes,
+    mesh_info,
+    nonfinite_tensors,
+    plain_bytes,
+    restore_rng_state,
+    rng_state_for_save,
+)
 from npu_rl.device import Accelerator
-from npu_rl.distributed import DistInfo, barrier
+from npu_rl.distributed import DistInfo, all_reduce, barrier
+from npu_rl.safe_load import load_plain
+from npu_rl.storage import fmt_bytes, free_bytes, fsync_dir, fsync_tree, torch_bytes, write_atomic, write_durable
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MARKER",
+    "SPACE_EXTRA_BYTES",
+    "SPACE_MARGIN",
+    "CheckpointError",
+    "CheckpointManager",
+    "dcp_load",
+    "dcp_save",
+    "estimate_bytes",
+    "is_complete",
+    "nonfinite_tensors",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,97 +91,13 @@ MARKER = "latest_checkpointed_iteration.txt"
 FORMAT = "npu_rl.fsdp_dcp"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^global_step_(\d+)$")
+_DEBRIS = re.compile(rf"^(\.tmp_global_step_\d+|\.old_global_step_\d+|\.{re.escape(MARKER)}\.tmp-\d+)$")
+SPACE_MARGIN = 1.05  # the estimate counts tensor bytes only: headroom for file headers and metadata
+SPACE_EXTRA_BYTES = 64 << 20  # tokenizer, configs, RNG and scheduler files
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or does not fit; the message names the path."""
-
-
-def _no_dist() -> bool:
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized())
-
-
-def dcp_save(state_dict: dict[str, Any], path: Path) -> None:
-    """DCP save that also works without a process group (DCP's single-process mode, warning muted).
-
-    Host-resident state is written without DCP's overlapping device-to-host loader: that loader
-    takes a stream of whatever GPU torch can see, so a CPU run would otherwise touch a visible GPU.
-    """
-    on_host = all(t.device.type == "cpu" for t in _tensors(state_dict))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        if on_host:
-            writer = dcp.FileSystemWriter(path, per_thread_copy_ahead=0)
-            dcp.save(state_dict, storage_writer=writer, no_dist=_no_dist())
-        else:
-            dcp.save(state_dict, checkpoint_id=path, no_dist=_no_dist())
-
-
-def _tensors(tree: Any) -> list[torch.Tensor]:
-    """Every tensor in a nested state dict (the local shard of a DTensor)."""
-    if isinstance(tree, DTensor):
-        return [tree.to_local()]
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, dict):
-        return [t for v in tree.values() for t in _tensors(v)]
-    if isinstance(tree, (list, tuple)):
-        return [t for v in tree for t in _tensors(v)]
-    return []
-
-
-def dcp_load(state_dict: dict[str, Any], path: Path) -> None:
-    """DCP load in place into `state_dict`, resharding to whatever shapes its tensors have."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state_dict, checkpoint_id=path, no_dist=_no_dist())
-
-
-def _safe_rng_state(acc: Accelerator) -> dict[str, Any]:
-    """RNG state in types `torch.load(weights_only=True)` accepts (NumPy's key array as a tensor)."""
-    state = device.rng_state(acc)
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    state["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)
-    return state
-
-
-def _restore_rng_state(state: dict[str, Any], acc: Accelerator) -> None:
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    state = dict(state, numpy=(kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    device.set_rng_state(state, acc)
-
-
-def _load_plain(path: Path) -> Any:
-    """Read a small torch file of plain containers, tensors and numbers; refuses pickled code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _check_plain(obj: Any, what: str) -> bytes:
-    """Serialize `obj` and prove it loads back with weights_only, so a bad value fails at save, not resume."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    try:
-        torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
-    except Exception as err:
-        raise TypeError(f"{what} must hold only dicts, lists, tuples, str, numbers, None and tensors: {err}") from err
-    return buf.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _mesh_info(model: nn.Module) -> dict[str, Any] | None:
-    for p in model.parameters():
-        if isinstance(p, DTensor):
-            mesh = p.device_mesh
-            return {"device_type": mesh.device_type, "shape": list(mesh.shape), "dim_names": mesh.mesh_dim_names}
-    return None
 
 
 def is_complete(step_dir: Path) -> bool:
@@ -185,87 +133,175 @@ class CheckpointManager:
         hf_config: Any | None,
         tokenizer: Any | None,
         generation_config: Any | None = None,
+        extra_files: dict[str, bytes] | None = None,
         others: dict[str, tuple[nn.Module, torch.optim.Optimizer, Any]] | None = None,
     ) -> Path:
         """Write `global_step_{step}` (collective: every rank calls it) and mark it latest; return its path.
 
+        `extra_files` (name -> bytes) are written into `actor/` by the main rank, e.g. the run's config.
         `others` maps a role (e.g. "critic") to its (model, optimizer, scheduler), saved beside the actor
-        in `global_step_N/<role>/{model,optim,scheduler.pt}` within the same atomic publish."""
+        in `global_step_N/<role>/{model,optim,scheduler.pt}` within the same atomic publish.
+        Refused before anything is written when a parameter is not finite or the disk lacks room;
+        a failed write raises `CheckpointError` naming the path, and the previous checkpoint stays latest.
+        """
         final = self.step_dir(step)
         tmp = self.root / f".tmp_global_step_{step}"
         actor = tmp / "actor"
-        state_bytes = _check_plain(trainer_state, "trainer_state")  # fail before writing anything
+        state_bytes = plain_bytes(trainer_state, "trainer_state")  # fail before writing anything
+        model_sd = get_model_state_dict(model)
+        self._check_finite(step, model_sd)
+        self._check_space(step, model_sd, optimizer)
+        try:
+            parts = (hf_config, tokenizer, generation_config)
+            self._write(tmp, model, model_sd, optimizer, scheduler, state_bytes, parts, others or {})
+            if self.dist.is_main:
+                for name, data in (extra_files or {}).items():
+                    write_durable(actor / name, data)
+                meta = {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "step": step,
+                    "world_size": self.dist.world_size,
+                    "mesh": mesh_info(model),
+                    "dtypes": dict(Counter(str(t.dtype).removeprefix("torch.") for t in model_sd.values())),
+                    "has_optimizer": optimizer is not None,
+                    "has_scheduler": scheduler is not None,
+                    "tie_word_embeddings": bool(getattr(hf_config, "tie_word_embeddings", False)),
+                    "npu_rl_version": npu_rl.__version__,
+                    "torch_version": torch.__version__,
+                    "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                }
+                write_durable(actor / "metadata.json", (json.dumps(meta, indent=2) + "\n").encode())
+                fsync_tree(tmp)
+                self._publish(tmp, final, step)
+        except (OSError, RuntimeError, CheckpointException) as err:
+            if self.dist.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)  # a half-written step would only take space
+            previous = self.latest()
+            raise CheckpointError(
+                f"saving the step {step} checkpoint into {tmp} failed: {type(err).__name__}: {err}. "
+                f"The latest complete checkpoint is still {previous or 'none'}; check that {self.root} is "
+                "writable and has free space"
+            ) from err
+        if self.dist.is_main:
+            self._prune(keep=final)
+        barrier()
+        return final
+
+    def _check_finite(self, step: int, model_sd: dict[str, Any]) -> None:
+        bad = nonfinite_tensors(model_sd)
+        if int(all_reduce(torch.tensor(float(len(bad))), "sum")):
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise CheckpointError(
+                f"refusing to save step {step} to {self.root}: parameters hold NaN/inf ({shown or 'on another rank'}); "
+                f"the latest good checkpoint is {self.latest() or 'none'}"
+            )
+
+    def _check_space(self, step: int, model_sd: dict[str, Any], optimizer: torch.optim.Optimizer | None) -> None:
+        needed = all_reduce(torch.tensor(float(estimate_bytes(model_sd, optimizer))), "sum").item()
+        needed = int(needed * SPACE_MARGIN) + SPACE_EXTRA_BYTES
+        free = free_bytes(self.root)
+        if free < needed:
+            raise CheckpointError(
+                f"not enough free space to save step {step} in {self.root}: the checkpoint needs about "
+                f"{fmt_bytes(needed)} ({needed} bytes: parameters and optimizer state), {fmt_bytes(free)} "
+                "are free. Free space there, point trainer.default_local_dir elsewhere or set "
+                f"trainer.max_ckpt_to_keep; the latest checkpoint is still {self.latest() or 'none'}"
+            )
+
+    def _write(
+        self,
+        tmp: Path,
+        model: nn.Module,
+        model_sd: dict[str, Any],
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: Any | None,
+        state_bytes: bytes,
+        hf_parts: tuple[Any, ...],
+        others: dict[str, tuple[nn.Module, torch.optim.Optimizer, Any]],
+    ) -> None:
+        """Every rank's shards and the main rank's small files into `tmp` (complete once this returns)."""
+        actor = tmp / "actor"
         if self.dist.is_main:
             if tmp.exists():
                 shutil.rmtree(tmp)  # leftovers of a save that crashed
             (actor / "rng").mkdir(parents=True)
         barrier()
-
-        model_sd = get_model_state_dict(model)
         dcp_save(model_sd, actor / "model")
         if optimizer is not None:
             dcp_save(get_optimizer_state_dict(model, optimizer), actor / "optim")
-        torch.save(_safe_rng_state(self.acc), actor / "rng" / f"rank_{self.dist.rank}.pt")
-        for role, (other, other_optim, other_sched) in (others or {}).items():
+        write_durable(actor / "rng" / f"rank_{self.dist.rank}.pt", torch_bytes(rng_state_for_save(self.acc)))
+        for role, (other, other_optim, other_sched) in others.items():
             dcp_save(get_model_state_dict(other), tmp / role / "model")
             dcp_save(get_optimizer_state_dict(other, other_optim), tmp / role / "optim")
             if self.dist.is_main:
-                torch.save(other_sched.state_dict(), tmp / role / "scheduler.pt")
+                write_durable(tmp / role / "scheduler.pt", torch_bytes(other_sched.state_dict()))
 
         if self.dist.is_main:
             if scheduler is not None:
-                torch.save(scheduler.state_dict(), actor / "scheduler.pt")
-            (actor / "trainer_state.pt").write_bytes(state_bytes)
+                write_durable(actor / "scheduler.pt", torch_bytes(scheduler.state_dict()))
+            write_durable(actor / "trainer_state.pt", state_bytes)
             hf_dir = actor / "huggingface"
             hf_dir.mkdir()
-            for part in (hf_config, tokenizer, generation_config):
+            for part in hf_parts:  # config, tokenizer, generation config
                 if part is not None:
                     part.save_pretrained(hf_dir)
         barrier()  # every rank's files are in place before metadata declares the checkpoint complete
 
-        if self.dist.is_main:
-            meta = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "step": step,
-                "world_size": self.dist.world_size,
-                "mesh": _mesh_info(model),
-                "dtypes": dict(Counter(str(t.dtype).removeprefix("torch.") for t in model_sd.values())),
-                "has_optimizer": optimizer is not None,
-                "has_scheduler": scheduler is not None,
-                "tie_word_embeddings": bool(getattr(hf_config, "tie_word_embeddings", False)),
-                "npu_rl_version": npu_rl.__version__,
-                "torch_version": torch.__version__,
-                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            }
-            (actor / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-            self._publish(tmp, final, step)
-            self._prune(keep=final)
-        barrier()
-        return final
-
     def _publish(self, tmp: Path, final: Path, step: int) -> None:
-        """Rename the finished directory into place, then point the marker at it (the commit point)."""
-        if final.exists():  # same step saved again (e.g. the last step after a resume)
+        """Rename the finished directory into place, then point the marker at it (the commit point).
+
+        Replacing the same step (the last step saved again after a resume) moves the old copy to
+        `.old_global_step_N` first; `clean_debris` repairs a kill between the two renames.
+        """
+        if final.exists():
             old = final.with_name(f".old_{final.name}")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(final, old)
             os.replace(tmp, final)
+            fsync_dir(self.root)
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
-        _write_atomic(self.root / MARKER, f"{step}\n".encode())
+            fsync_dir(self.root)
+        write_atomic(self.root / MARKER, f"{step}\n".encode())
 
     def _prune(self, keep: Path) -> None:
-        for stale in self.root.glob(".tmp_global_step_*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        self.clean_debris()
         if self.max_to_keep <= 0:
             return
         steps = self.complete_steps()
         for step in steps[: max(0, len(steps) - self.max_to_keep)]:
             if self.step_dir(step) != keep:
                 shutil.rmtree(self.step_dir(step), ignore_errors=True)
+
+    def clean_debris(self) -> list[str]:
+        """Repair an interrupted same-step replacement, then remove every leftover of interrupted saves.
+
+        Call only while holding the run lock (npu_rl.run_guard): another live run's temp directory
+        looks exactly like debris. Returns the names removed or restored, for a log line.
+        """
+        if not self.root.is_dir():
+            return []
+        done = []
+        for old in self.root.glob(".old_global_step_*"):
+            final = self.root / old.name.removeprefix(".old_")
+            tmp = self.root / f".tmp_{final.name}"
+            if not final.exists() and _STEP_DIR.match(final.name):
+                # killed between "final -> .old" and ".tmp -> final": the new copy if it is whole, else the old one
+                os.replace(tmp if is_complete(tmp) else old, final)
+                done.append(f"restored {final.name}")
+        for item in sorted(self.root.iterdir()):
+            if _DEBRIS.match(item.name):
+                if item.is_dir():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink(missing_ok=True)
+                done.append(f"removed {item.name}")
+        if done:
+            fsync_dir(self.root)
+        return done
 
     # ------------------------------------------------------------------------------------------
     # find
@@ -353,7 +389,7 @@ class CheckpointManager:
             dcp_load(optim_sd, actor / "optim")
             set_optimizer_state_dict(model, optimizer, optim_sd)
         if scheduler is not None:
-            scheduler.load_state_dict(_load_plain(actor / "scheduler.pt"))
+            scheduler.load_state_dict(load_plain(actor / "scheduler.pt"))
         for role, (other, other_optim, other_sched) in (others or {}).items():
             if not (step_dir / role / "model" / ".metadata").is_file():
                 raise CheckpointError(f"{step_dir} holds no {role} (saved by a run without one); resume_mode=disable")
@@ -363,11 +399,11 @@ class CheckpointManager:
             other_optim_sd = get_optimizer_state_dict(other, other_optim)
             dcp_load(other_optim_sd, step_dir / role / "optim")
             set_optimizer_state_dict(other, other_optim, other_optim_sd)
-            other_sched.load_state_dict(_load_plain(step_dir / role / "scheduler.pt"))
+            other_sched.load_state_dict(load_plain(step_dir / role / "scheduler.pt"))
 
         rng_file = actor / "rng" / f"rank_{self.dist.rank}.pt"
         if meta["world_size"] == self.dist.world_size and rng_file.is_file():
-            _restore_rng_state(_load_plain(rng_file), self.acc)
+            restore_rng_state(load_plain(rng_file), self.acc)
         else:
             seed = 1_000_003 * (int(meta["step"]) + 1) + self.dist.rank
             warnings.warn(
@@ -377,6 +413,6 @@ class CheckpointManager:
                 stacklevel=2,
             )
             device.seed_everything(seed, self.acc)
-        trainer_state = _load_plain(actor / "trainer_state.pt")
+        trainer_state = load_plain(actor / "trainer_state.pt")
         barrier()
         return trainer_state

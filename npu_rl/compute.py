@@ -6,19 +6,27 @@ Two choices, both explicit in config and both resolved here from the device and 
   `plain` one transformers forward over [prompt | response] rows (the reference path);
   `shared_prefix` each distinct prompt runs once and its n responses reuse its key/values
   (npu_rl.prefix); `fused` the same sharing through the fused Llama-family forward (npu_rl.llama);
-  `auto` = fused where the model is supported, else shared_prefix, and plain under gradient
+  `packed` padding-free: only real tokens, each prompt once, attention kept within rows
+  (npu_rl.packing; Llama-family models, the fused layers);
+  `auto` = packed where the model is supported, else shared_prefix, and plain under gradient
   checkpointing (its backward re-runs the forward without the prompt cache).
+  The packed pass's attention backend is chosen here too (`attention_backend`):
+  varlen flash attention on CUDA with flash_attn, npu_fusion_attention on Ascend, else exact
+  per-segment SDPA.
 - `rollout.decoder` — the hf rollout's decode steps: `fast` fused Llama-family decode with a
   preallocated cache (npu_rl.rollout.fast_decode), `plain` the transformers forward with a
   DynamicCache; `auto` = fast where supported.
 
 Linear layers: on the CPU, fp32 matmuls go through oneDNN (npu_rl.kernels.onednn, imported only
-here) unless NPU_RL_ONEDNN_LINEAR=0 or gradient checkpointing is on; elsewhere torch's own.
+here) for the weight shapes where it measures faster on this CPU (decoding always), unless
+NPU_RL_ONEDNN_LINEAR=0 or gradient checkpointing is on; elsewhere torch's own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +38,8 @@ from torch.nn import functional as F
 from npu_rl import llama
 from npu_rl.device import Accelerator
 
-FORWARD_MODES = ("auto", "plain", "shared_prefix", "fused")
+FORWARD_MODES = ("auto", "plain", "shared_prefix", "fused", "packed")
+FUSED_FORWARDS = ("fused", "packed")  # the modes that run npu_rl.llama's layers
 DECODER_MODES = ("auto", "plain", "fast")
 
 
@@ -58,27 +67,54 @@ class Linears:
 TORCH_LINEARS = Linears("torch")
 
 
-def linears_for(acc: Accelerator, enabled: bool = True) -> Linears:
-    """oneDNN linears on a CPU whose torch has them (see npu_rl.kernels.onednn), else torch's."""
+def weight_shapes(model: nn.Module) -> frozenset[tuple[int, int]]:
+    """(out, in) of every linear weight the passes multiply by, the fused q/k/v and gate/up included."""
+    shapes = {tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Linear)}
+    if llama.supports(model):
+        fused = llama.fused_weights(model.model.layers[0])
+        shapes |= {tuple(fused["qkv_w"].shape), tuple(fused["gate_up_w"].shape)}
+    return frozenset(shapes)
+
+
+def linears_for(acc: Accelerator, enabled: bool = True, model: nn.Module | None = None) -> Linears:
+    """oneDNN linears on a CPU whose torch has them (see npu_rl.kernels.onednn), else torch's.
+
+    Given `model`, the training kernels go through oneDNN only for the weight shapes where a short
+    measurement finds it faster on this CPU (`onednn.faster_shapes`); pre-packed decoding always does.
+    """
     if not enabled or acc.type != "cpu":
         return TORCH_LINEARS
     from npu_rl.kernels import onednn
 
     if not onednn.available():
         return TORCH_LINEARS
-    return Linears("onednn", onednn.linear, onednn.pack, onednn.packed_linear, onednn.linear_mode)
+    shapes = None if model is None else onednn.faster_shapes(weight_shapes(model))
+    around = functools.partial(onednn.linear_mode, True, shapes)
+    name = "onednn" if shapes is None else f"onednn({len(shapes)}/{len(weight_shapes(model))} shapes)"
+    return Linears(name, onednn.linear_for(shapes), onednn.pack, onednn.packed_linear, around)
+
+
+def attention_backend(device_type: str) -> str:
+    """The packed pass's attention (npu_rl.packing): varlen kernels where their package is installed."""
+    if device_type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_varlen"
+    if device_type == "npu" and importlib.util.find_spec("torch_npu") is not None:
+        return "npu_fusion"
+    return "segments"
 
 
 @dataclass(frozen=True)
 class ComputePlan:
     """The resolved choices for one model (the policy and the reference each get one)."""
 
-    forward: str  # plain | shared_prefix | fused
+    forward: str  # plain | shared_prefix | fused | packed
     decoder: str  # plain | fast
     linears: Linears = field(default=TORCH_LINEARS)
+    attention: str = "segments"  # the packed pass's attention (packing.ATTENTION_BACKENDS)
 
     def describe(self) -> str:
-        return f"forward={self.forward} decoder={self.decoder} linears={self.linears.name}"
+        extra = f" attention={self.attention}" if self.forward == "packed" else ""
+        return f"forward={self.forward}{extra} decoder={self.decoder} linears={self.linears.name}"
 
 
 class ComputeError(ValueError):
@@ -97,13 +133,13 @@ def build_plan(
         raise ComputeError(f"actor.forward: {forward!r} is not one of {list(FORWARD_MODES)}")
     if decoder not in DECODER_MODES:
         raise ComputeError(f"rollout.decoder: {decoder!r} is not one of {list(DECODER_MODES)}")
-    fusable = llama.supports(model)
+    fusable = llama.supports(model, allow_sharded=True)  # the fused passes run through FSDP's hooks
     if forward == "auto":
-        forward = "plain" if gradient_checkpointing else ("fused" if fusable else "shared_prefix")
-    if forward == "fused" and not fusable:
+        forward = "plain" if gradient_checkpointing else ("packed" if fusable else "shared_prefix")
+    if forward in FUSED_FORWARDS and not fusable:
         raise ComputeError(
-            f"actor.forward=fused: {type(model).__name__} is not a plain Llama-family model "
-            f"({', '.join(llama.SUPPORTED_TYPES)}, unsharded); use actor.forward=shared_prefix or auto"
+            f"actor.forward={forward}: {type(model).__name__} is not a plain Llama-family model "
+            f"({', '.join(llama.SUPPORTED_TYPES)}); use actor.forward=shared_prefix or auto"
         )
     if forward != "plain" and gradient_checkpointing:
         raise ComputeError(
@@ -115,7 +151,8 @@ def build_plan(
         decoder = "fast" if decodable else "plain"
     if decoder == "fast" and not decodable:
         raise ComputeError(f"rollout.decoder=fast does not support {type(model).__name__}; use plain or auto")
-    return ComputePlan(forward, decoder, linears_for(acc, enabled=not gradient_checkpointing))
+    linears = linears_for(acc, enabled=not gradient_checkpointing, model=model)
+    return ComputePlan(forward, decoder, linears, attention_backend(acc.type))
 
 
 # The plan of the straightforward reference path, against which the fast paths are tested.

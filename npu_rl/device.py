@@ -98,6 +98,16 @@ class Accelerator:
             "perf/max_memory_reserved_gb": self.module.max_memory_reserved() / gib,
         }
 
+    def set_allocator_settings(self, settings: str) -> bool:
+        """Change the caching allocator's settings at runtime (e.g. "expandable_segments:False");
+        False where this torch / torch_npu has no runtime switch (then only the env var applies)."""
+        memory = getattr(self.module, "memory", None)
+        setter = getattr(memory, "_set_allocator_settings", None)
+        if setter is None:
+            return False
+        setter(settings)
+        return True
+
     def device_name(self) -> str:
         if self.module is None:
             return "cpu"
@@ -186,3 +196,13 @@ def set_rng_state(state: dict, acc: Accelerator) -> None:
     torch.set_rng_state(state["torch"])
     if acc.module is not None and acc.type in state:
         acc.module.set_rng_state_all(state[acc.type])
+
+
+def cpu_threads(requested: int = 0) -> int:
+    """Intra-op threads for a CPU process: `requested`, or (0) the cores this process may run on
+    (its affinity mask, which containers and taskset narrow; torch's own default counts every
+    physical core) shared among the ranks torchrun started on this node."""
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))

@@ -185,7 +185,8 @@ def shard_model(
     A trainable model under mixed precision is first cast to fp32: the sharded parameters are the
     optimizer's master weights, while FSDP all-gathers bf16 copies for compute and reduces gradients
     in fp32. A frozen model (the reference) keeps its dtype and gets no gradients; `param_offload`
-    parks its shards in host memory between uses (meaningless, and skipped, on the CPU).
+    parks its shards in host memory between uses, `optimizer_offload` does the same for a trainable
+    model, whose AdamW then steps on the host (meaningless, and skipped, on the CPU).
     Tied input/output embeddings sit in the root unit together, so the tie survives sharding.
     """
     if not dist_info.is_distributed:
@@ -197,7 +198,9 @@ def shard_model(
             model.to(torch.float32)
     else:
         mp = MixedPrecisionPolicy()
-    offload = CPUOffloadPolicy(pin_memory=True) if fsdp_cfg.param_offload and on_accel else OffloadPolicy()
+    # FSDP2 offloads parameter, gradient and optimizer shards together: either flag turns it on.
+    offloaded = (fsdp_cfg.param_offload or (trainable and fsdp_cfg.optimizer_offload)) and on_accel
+    offload = CPUOffloadPolicy(pin_memory=True) if offloaded else OffloadPolicy()
     if not trainable:
         model.requires_grad_(False)
     mesh = device_mesh(acc)

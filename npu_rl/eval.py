@@ -2,6 +2,7 @@
 
     python -m npu_rl.eval --model <HF folder | checkpoint dir> --data test.parquet \\
         [--n 8 --temperature 1.0 --k 1,4,8 --rollout hf|vllm --max-new-tokens 1024 --output-dir DIR]
+        [--grader builtin|math_verify]
 
 Reports accuracy (mean@N) per data_source, and per level / subject when extra_info has them, the
 unbiased pass@k, maj@N and the mean response length; writes every generation to
@@ -35,7 +36,7 @@ import torch
 from npu_rl import device
 from npu_rl.checkpoint import CheckpointManager, is_complete
 from npu_rl.compute import build_plan
-from npu_rl.config import Config, DataConfig, RewardConfig
+from npu_rl.config import Config, DataConfig, RewardConfig, WeightedReward
 from npu_rl.data import load_prompts
 from npu_rl.distributed import DistInfo
 from npu_rl.eval_metrics import default_ks, format_table, summarize
@@ -44,6 +45,8 @@ from npu_rl.merge import merge_checkpoint
 from npu_rl.model import load_model, load_tokenizer
 from npu_rl.reward_manager import RewardManager
 from npu_rl.rollout import build_rollout
+from reward.math_verify_adapter import INSTALL_HINT as MATH_VERIFY_HINT
+from reward.math_verify_adapter import available as math_verify_available
 
 
 def resolve_model_dir(path: str | Path) -> tuple[Path, tempfile.TemporaryDirectory | None]:
@@ -92,8 +95,8 @@ class Evaluator:
         self.model_arg = str(model)
         self.model_dir, self._tmp = resolve_model_dir(model)
         self.acc = device.select(device_name)
-        if self.acc.type == "cpu" and num_threads > 0:
-            torch.set_num_threads(num_threads)
+        if self.acc.type == "cpu":
+            torch.set_num_threads(device.cpu_threads(num_threads))
         cfg = Config()
         cfg.model.path, cfg.model.dtype = str(self.model_dir), dtype
         cfg.rollout.name, cfg.rollout.micro_batch_size = rollout, batch_size
@@ -193,13 +196,21 @@ def evaluate(model: str | Path, data_files: str | Path | Sequence[str | Path], *
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m npu_rl.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="HF folder, global_step_N checkpoint dir, or checkpoint root")
-    p.add_argument("--data", required=True, nargs="+", help="parquet file(s) in verl's row schema")
+    p.add_argument("--data", nargs="+", help="parquet file(s) in verl's row schema")
+    p.add_argument("--suite", nargs="+", help="benchmarks evaluated one by one into one table (npu_rl.eval_suite)")
     p.add_argument("--n", type=int, default=1, help="samples per prompt (default 1)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=-1)
     p.add_argument("--k", default=None, help="comma-separated k for pass@k (default 1,2,4,..,n)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="1024, as the Ascend sample's OpenCompass run")
+    p.add_argument(
+        "--grader",
+        choices=["builtin", "math_verify"],
+        default="builtin",
+        help="builtin: our lenient grader (default); math_verify: correctness by math-verify (pip install "
+        "math-verify), to put a number next to harnesses that use it",
+    )
     p.add_argument("--max-prompt-length", type=int, default=1024)
     p.add_argument("--max-samples", type=int, default=-1, help="evaluate only the first N prompts")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
@@ -207,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "npu", "cuda", "cpu"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0 = the cores this process may use)")
     p.add_argument("--reward-workers", type=int, default=2, help="grading processes (0 = in-process)")
     p.add_argument("--output-dir", default=None, help="default: outputs/eval/<model folder name>")
     p.add_argument("--tag", default=None, help="file name prefix (default n<N>_t<T>)")
@@ -225,13 +236,44 @@ def evaluator_from_args(args: argparse.Namespace) -> Evaluator:
         batch_size=args.batch_size,
         max_prompt_length=args.max_prompt_length,
         max_new_tokens=args.max_new_tokens,
-        reward=RewardConfig(num_workers=args.reward_workers),
+        reward=grader_config(args.grader, args.reward_workers),
         num_threads=args.num_threads,
     )
 
 
+def grader_config(grader: str, workers: int) -> RewardConfig:
+    """The lenient built-in grader, or math-verify's verdict alone (`--grader math_verify`)."""
+    reward = RewardConfig(num_workers=workers)
+    if grader == "math_verify":
+        reward.functions = [WeightedReward(name="math_verify")]
+    return reward
+
+
+def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """`Evaluator.evaluate` keywords from the command line, other than n, k and the output folder."""
+    return {
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "max_samples": args.max_samples,
+        "tag": args.tag,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.data) == bool(args.suite):
+        parser.error("give either --data or --suite")
+    if args.grader == "math_verify" and not math_verify_available():
+        print(f"npu_rl.eval: --grader math_verify needs math-verify: {MATH_VERIFY_HINT}", file=sys.stderr)
+        raise SystemExit(2)
+    if args.suite:
+        from npu_rl.eval_suite import main as suite_main  # several benchmarks, one table
+
+        return suite_main(args)
     ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
     try:
         EvalConfig(args.n, args.temperature, max_new_tokens=args.max_new_tokens).validate(ks or [])
@@ -241,18 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     output_dir = args.output_dir or str(Path("outputs") / "eval" / Path(args.model).resolve().name)
     with evaluator_from_args(args) as ev:
         summary = ev.evaluate(
-            args.data,
-            n=args.n,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_new_tokens=args.max_new_tokens,
-            k=ks,
-            seed=args.seed,
-            max_samples=args.max_samples,
-            output_dir=output_dir,
-            tag=args.tag,
-            verbose=True,
+            args.data, n=args.n, k=ks, output_dir=output_dir, verbose=True, **sampling_from_args(args)
         )
     print(format_table(summary, args.n, summary["sampling"]["k"]))
     print(f"generations: {summary['files']['generations']}\nsummary:     {summary['files']['summary']}")

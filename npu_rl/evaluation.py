@@ -131,7 +131,7 @@ def evaluate_records(
             rows = batch.row_records
             scored = grader.score(
                 [
-                    RewardItem(r.data_source, t, r.ground_truth, r.extra_info, c)
+                    RewardItem(r.data_source, t, r.ground_truth, r.extra_info, c, r.messages or r.prompt_text)
                     for r, t, c in zip(rows, texts, truncated, strict=True)
                 ]
             )

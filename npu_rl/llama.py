@@ -14,6 +14,7 @@ projection. Models it does not reproduce exactly go through transformers (`suppo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,7 +28,7 @@ def supports(model: nn.Module, allow_sharded: bool = False) -> bool:
     """Whether `model` has exactly the structure reproduced here and in rollout.fast_decode.
 
     Sharded (FSDP2 DTensor) weights are refused unless `allow_sharded`: the decoder runs while the
-    hf rollout holds them gathered, the training forward does not.
+    hf rollout holds them gathered, and the fused/packed passes run each layer through `through`.
     """
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in SUPPORTED_TYPES:
@@ -40,9 +41,22 @@ def supports(model: nn.Module, allow_sharded: bool = False) -> bool:
         return False
     if not allow_sharded and any(hasattr(p, "device_mesh") for p in model.parameters()):
         return False
+    if any(".lora_A." in name for name, _ in model.named_parameters()):  # adapters (npu_rl.lora) go unread here
+        return False
     inner = getattr(model, "model", None)
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
     return inner is not None and all(hasattr(inner, n) for n in needed) and hasattr(model, "lm_head")
+
+
+def through(module: nn.Module, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """`fn(*args)` run as `module`'s forward, so the hooks on the module run around it: with FSDP2
+    that gathers its weights before, reshards after and reduce-scatters their gradients in backward,
+    which lets the fused passes read `module`'s weights directly on a sharded model too."""
+    module.forward = fn  # an instance attribute: nn.Module.__call__ looks it up before the class's
+    try:
+        return module(*args)
+    finally:
+        del module.forward
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -105,7 +119,62 @@ def group_mask(mask: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Ten
     return bias.repeat(1, groups, 1)[:, None]
 
 
+def embed(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Embeddings [S, hidden] of packed token ids [S] and their rotary tables ([S, 1, d] each)."""
+    emb = model.model.embed_tokens
+    h = F.embedding(ids, emb.weight, emb.padding_idx)
+    cos, sin = rotary_tables(model, h, positions[None])
+    return h, cos[0, :, None], sin[0, :, None]
+
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def decoder_stack(
+    model: nn.Module,
+    h: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    attend: Attend,
+    linear: Callable[..., torch.Tensor] = F.linear,
+) -> torch.Tensor:
+    """Every decoder layer and the final norm over packed tokens h [S, hidden].
+
+    `attend(q [S, H, d], k [S, KV, d], v [S, KV, d]) -> [S, H * d]` is the only place that knows
+    how the tokens are laid out (which token may see which); everything else is per token.
+    """
+    cfg, inner = model.config, model.model
+    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    eps = cfg.rms_norm_eps
+
+    def run_layer(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        w = fused_weights(layer)
+        x = rms_norm(h, layer.input_layernorm.weight, eps)
+        qkv = linear(x, w["qkv_w"], w["qkv_b"])
+        qk = qkv[:, : (heads + kv) * dim].view(-1, heads + kv, dim)
+        if w["q_norm"] is not None:
+            qk = torch.cat([rms_norm(qk[:, :heads], w["q_norm"], eps), rms_norm(qk[:, heads:], w["k_norm"], eps)], 1)
+        qk = rotate(qk, cos, sin)
+        v = qkv[:, (heads + kv) * dim :].view(-1, kv, dim)
+        h = h + linear(attend(qk[:, :heads], qk[:, heads:], v), w["o_w"], w["o_b"])
+        x = rms_norm(h, layer.post_attention_layernorm.weight, eps)
+        gate, up = linear(x, w["gate_up_w"], w["gate_up_b"]).chunk(2, dim=-1)
+        return h + linear(F.silu(gate) * up, w["down_w"], w["down_b"])
+
+    for layer in inner.layers:
+        h = through(layer, functools.partial(run_layer, layer), h)
+    return rms_norm(h, inner.norm.weight, eps)
+
+
 def shared_prompt_logits(
+    model: nn.Module, *args: torch.Tensor, linear: Callable[..., torch.Tensor] = F.linear
+) -> torch.Tensor:
+    """`_shared_prompt_logits` run as the model's forward (see `through`)."""
+    return through(model, functools.partial(_shared_prompt_logits, model, linear=linear), *args)
+
+
+def _shared_prompt_logits(
     model: nn.Module,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
@@ -122,16 +191,12 @@ def shared_prompt_logits(
     `group[i]`. Both are packed into one token matrix for the projections; only attention sees
     the two layouts. `linear` is the plan's linear kernel (npu_rl.compute).
     """
-    cfg, inner = model.config, model.model
-    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    eps = cfg.rms_norm_eps
+    cfg = model.config
+    groups = cfg.num_attention_heads // cfg.num_key_value_heads
     (g, p), (n, t) = prompt_ids.shape, tail_ids.shape
     split = g * p
-    embed = inner.embed_tokens
-    h = F.embedding(torch.cat([prompt_ids.reshape(-1), tail_ids.reshape(-1)]), embed.weight, embed.padding_idx)
-    cos, sin = rotary_tables(model, h, torch.cat([prompt_pos.reshape(-1), tail_pos.reshape(-1)])[None])
-    cos, sin = cos[0, :, None], sin[0, :, None]  # [S, 1, d] against [S, heads, d]
+    ids = torch.cat([prompt_ids.reshape(-1), tail_ids.reshape(-1)])
+    h, cos, sin = embed(model, ids, torch.cat([prompt_pos.reshape(-1), tail_pos.reshape(-1)]))
 
     # Masks: causal over real tokens; a padding query sees itself only (finite, never read).
     prompt_valid, tail_valid = prompt_mask.bool(), tail_mask.bool()
@@ -141,30 +206,17 @@ def shared_prompt_logits(
     causal_t = torch.ones(t, t, dtype=torch.bool, device=h.device).tril()
     own = (causal_t & tail_valid[:, None, :]) | torch.eye(t, dtype=torch.bool, device=h.device)
     tmask = torch.cat([prompt_valid[group][:, None, :].expand(n, t, p), own], dim=-1)
-    pmask, tmask = group_mask(pmask, heads // kv, h.dtype), group_mask(tmask, heads // kv, h.dtype)
+    pmask, tmask = group_mask(pmask, groups, h.dtype), group_mask(tmask, groups, h.dtype)
 
-    for layer in inner.layers:
-        w = fused_weights(layer)
-        x = rms_norm(h, layer.input_layernorm.weight, eps)
-        qkv = linear(x, w["qkv_w"], w["qkv_b"])
-        qk = qkv[:, : (heads + kv) * dim].view(-1, heads + kv, dim)
-        if w["q_norm"] is not None:
-            qk = torch.cat([rms_norm(qk[:, :heads], w["q_norm"], eps), rms_norm(qk[:, heads:], w["k_norm"], eps)], 1)
-        qk = rotate(qk, cos, sin)
-        v = qkv[:, (heads + kv) * dim :].view(-1, kv, dim)
-        q, k = qk[:, :heads], qk[:, heads:]
-        qp, kp, vp = (z[:split].view(g, p, z.shape[1], dim).transpose(1, 2) for z in (q, k, v))
-        qt, kt, vt = (z[split:].view(n, t, z.shape[1], dim).transpose(1, 2) for z in (q, k, v))
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        qp, kp, vp = (z[:split].view(g, p, z.shape[1], z.shape[2]).transpose(1, 2) for z in (q, k, v))
+        qt, kt, vt = (z[split:].view(n, t, z.shape[1], z.shape[2]).transpose(1, 2) for z in (q, k, v))
         out_p = grouped_attention(qp, kp, vp, pmask)
         out_t = grouped_attention(qt, torch.cat([kp[group], kt], 2), torch.cat([vp[group], vt], 2), tmask)
-        attn = torch.cat(
-            [out_p.transpose(1, 2).reshape(split, heads * dim), out_t.transpose(1, 2).reshape(n * t, heads * dim)]
-        )
-        h = h + linear(attn, w["o_w"], w["o_b"])
-        x = rms_norm(h, layer.post_attention_layernorm.weight, eps)
-        gate, up = linear(x, w["gate_up_w"], w["gate_up_b"]).chunk(2, dim=-1)
-        h = h + linear(F.silu(gate) * up, w["down_w"], w["down_b"])
-    h = rms_norm(h, inner.norm.weight, eps)
+        width = q.shape[1] * q.shape[2]
+        return torch.cat([out_p.transpose(1, 2).reshape(split, width), out_t.transpose(1, 2).reshape(n * t, width)])
+
+    h = decoder_stack(model, h, cos, sin, attend, linear)
     last_prompt = h[:split].view(g, p, -1)[:, -1][group][:, None]
     hidden = torch.cat([last_prompt, h[split:].view(n, t, h.shape[-1])], dim=1)
     return linear(hidden, model.lm_head.weight, model.lm_head.bias)

@@ -1,7 +1,10 @@
 """Turn a sharded npu_rl checkpoint into a Hugging Face model folder, one tensor at a time.
 
-    python -m npu_rl.merge --backend fsdp \\
+    python -m npu_rl.merge [merge] --backend fsdp \\
         --local_dir checkpoints/<project>/<experiment>/global_step_N/actor --target_dir <out>
+
+(`merge` is optional: verl's model merger spells it that way.) verl's own FSDP checkpoints
+(`model_world_size_W_rank_R.pt`) are converted too, by `npu_rl.merge_verl`.
 
 Why it streams: the DCP metadata already records every tensor's global shape and dtype, so the
 safetensors headers (and the shard split) are computed before any weight is read; tensors are then
@@ -28,6 +31,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +39,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from npu_rl import lora
+from npu_rl.safe_load import SafeFileSystemReader
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ST_DTYPE = {
@@ -100,10 +107,15 @@ def _find_actor_dir(local_dir: Path) -> Path:
         local_dir = local_dir / "actor"  # a global_step_N directory was given
     if not local_dir.is_dir():
         raise MergeError(f"--local_dir {local_dir} does not exist; expected <ckpt>/global_step_N/actor")
+    from npu_rl.merge_verl import is_verl_checkpoint
+
+    if is_verl_checkpoint(local_dir):
+        return local_dir
     if not (local_dir / "model" / ".metadata").is_file():
         raise MergeError(
-            f"no DCP metadata at {local_dir / 'model' / '.metadata'}: not an npu_rl FSDP checkpoint "
-            "(expected <ckpt>/global_step_N/actor), or its save was interrupted before completing"
+            f"no DCP metadata at {local_dir / 'model' / '.metadata'} and no model_world_size_W_rank_R.pt: neither "
+            "an npu_rl nor a verl FSDP checkpoint (expected <ckpt>/global_step_N/actor), or its save was "
+            "interrupted before completing"
         )
     return local_dir
 
@@ -118,22 +130,31 @@ def _hf_dir(actor: Path, override: Path | None) -> Path:
     return hf
 
 
+def checked_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    if dtype not in _ST_DTYPE:
+        raise MergeError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store")
+    return dtype
+
+
+def _drop_tied(entries: list[_Entry], tie_word_embeddings: bool) -> list[_Entry]:
+    names = {e.name for e in entries}
+    if tie_word_embeddings and "lm_head.weight" in names and "model.embed_tokens.weight" in names:
+        entries = [e for e in entries if e.name != "lm_head.weight"]  # from_pretrained re-ties it
+    return entries
+
+
 def plan_tensors(actor: Path, dtype: torch.dtype | None, tie_word_embeddings: bool) -> list[_Entry]:
     """Every tensor to write, from DCP metadata alone (no weights read)."""
-    meta = FileSystemReader(actor / "model").read_metadata()
+    meta = SafeFileSystemReader(actor / "model").read_metadata()  # never unpickles code
     entries = []
     for name, item in meta.state_dict_metadata.items():
         if not isinstance(item, TensorStorageMetadata):
             warnings.warn(f"skipping non-tensor entry {name!r} of the model state dict", stacklevel=2)
             continue
-        saved = item.properties.dtype
-        if saved not in _ST_DTYPE:
-            raise MergeError(f"tensor {name!r} has dtype {saved}, which safetensors cannot store")
+        saved = checked_dtype(name, item.properties.dtype)
         out = dtype if dtype is not None and saved.is_floating_point else saved
         entries.append(_Entry(name, list(item.size), saved, out))
-    names = {e.name for e in entries}
-    if tie_word_embeddings and "lm_head.weight" in names and "model.embed_tokens.weight" in names:
-        entries = [e for e in entries if e.name != "lm_head.weight"]  # from_pretrained re-ties it
+    entries = _drop_tied(entries, tie_word_embeddings)
     if not entries:
         raise MergeError(f"{actor / 'model'} holds no tensors")
     return entries
@@ -168,17 +189,6 @@ def _header(entries: list[_Entry]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-class _Reader(FileSystemReader):
-    """DCP's file reader with the checkpoint metadata parsed once instead of on every load call."""
-
-    _metadata = None
-
-    def read_metadata(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if self._metadata is None:
-            self._metadata = super().read_metadata(*args, **kwargs)
-        return self._metadata
-
-
 def _load(reader: FileSystemReader, entries: list[_Entry]) -> dict[str, torch.Tensor]:
     """Read full tensors from however many rank chunks hold them (one DCP call for the group)."""
     tensors = {e.name: torch.empty(e.shape, dtype=e.saved_dtype) for e in entries}
@@ -202,15 +212,36 @@ def _groups(entries: list[_Entry], budget: int) -> list[list[_Entry]]:
     return groups
 
 
-def _write_shard(path: Path, entries: list[_Entry], reader: FileSystemReader, budget: int) -> None:
+def _write_shard(
+    path: Path, entries: list[_Entry], load: Callable[[list[_Entry]], dict[str, torch.Tensor]], budget: int
+) -> None:
     with open(path, "wb") as fh:
         fh.write(_header(entries))
         for group in _groups(entries, budget):
-            tensors = _load(reader, group)
+            tensors = load(group)
             for e in group:
                 t = tensors.pop(e.name).to(e.out_dtype).contiguous()
                 fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
                 del t
+
+
+def _write_lora_merged(
+    work: Path, entries: list[_Entry], load: Callable[[list[_Entry]], dict[str, torch.Tensor]]
+) -> str:
+    """A LoRA checkpoint (npu_rl.lora): adapters merged into their base weights under the base
+    model's names, one file. Reads the whole model at once (not streamed: A, B and the base
+    weight of a layer are needed together)."""
+    from safetensors.torch import save_file
+
+    tensors = load(entries)
+    out = {e.name: e.out_dtype for e in entries}
+    order = sorted(tensors, key=lambda n: n != lora.SCALING_BUFFER)  # the scaling first
+    merged = {}
+    for name, tensor in lora.merged_tensors((n, tensors.pop(n)) for n in order):
+        source = name if name in out else name.replace(".weight", ".base_layer.weight")
+        merged[name] = tensor.to(out.get(source, tensor.dtype)).contiguous()
+    save_file(merged, str(work / "model.safetensors"), metadata={"format": "pt"})
+    return "model.safetensors"
 
 
 def _write_config(hf: Path, out: Path, dtypes: Counter) -> None:
@@ -249,12 +280,22 @@ def merge_checkpoint(
     config = json.loads((hf / "config.json").read_text())
     if dtype is not None and dtype not in DTYPES:
         raise MergeError(f"--dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    entries = plan_tensors(actor, DTYPES.get(dtype or ""), bool(config.get("tie_word_embeddings", False)))
+    tie = bool(config.get("tie_word_embeddings", False))
+    verl = None
+    if (actor / "model" / ".metadata").is_file():
+        entries = plan_tensors(actor, DTYPES.get(dtype or ""), tie)
+    else:  # a verl checkpoint (_find_actor_dir accepted nothing else)
+        from npu_rl.merge_verl import VerlSource
+
+        verl = VerlSource(actor)
+        entries = _drop_tied(verl.entries(DTYPES.get(dtype or "")), tie)
+        if not entries:
+            raise MergeError(f"{actor} holds no tensors")
 
     target = Path(target_dir)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise MergeError(f"--target_dir {target} exists and is not empty; pass --overwrite to replace it")
-    if not (actor / "metadata.json").is_file():
+    if verl is None and not (actor / "metadata.json").is_file():
         warnings.warn(f"{actor / 'metadata.json'} is missing; merging from the DCP metadata alone", stacklevel=2)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = target.with_name(f".{target.name}.merging-{os.getpid()}")
@@ -271,10 +312,21 @@ def merge_checkpoint(
     total = sum(e.nbytes for e in entries)
     dtypes = Counter(e.out_dtype for e in entries)
     try:
-        reader = _Reader(actor / "model")
+        if verl is not None:
+            load = verl.load
+        else:
+            reader = SafeFileSystemReader(actor / "model")  # metadata parsed once, safely
+
+            def load(group: list[_Entry]) -> dict[str, torch.Tensor]:
+                return _load(reader, group)
+
         budget = max(e.nbytes // e.out_dtype.itemsize * e.saved_dtype.itemsize for e in entries)
+        if any(lora.is_lora_name(e.name) for e in entries):
+            names = [_write_lora_merged(work, entries, load)]
+            shards = [entries]
         for name, shard in zip(names, shards, strict=True):
-            _write_shard(work / name, shard, reader, budget)
+            if not (work / name).exists():
+                _write_shard(work / name, shard, load, budget)
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": total},
@@ -303,8 +355,10 @@ def merge_checkpoint(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m npu_rl.merge",
+        usage="python -m npu_rl.merge [merge] --backend fsdp --local_dir DIR --target_dir DIR [options]",
         description=(
-            "Merge an npu_rl FSDP checkpoint (torch.distributed.checkpoint shards, any world size) into a "
+            "Merge an npu_rl FSDP checkpoint (torch.distributed.checkpoint shards, any world size) or a verl "
+            "FSDP checkpoint (model_world_size_W_rank_R.pt + fsdp_config.json) into a "
             "Hugging Face model folder: safetensors weights (sharded with model.safetensors.index.json above "
             "--max_shard_size), config.json, tokenizer and generation config. Tensors are streamed in groups "
             "no larger than the largest tensor, so peak memory stays near twice that, whatever the model size."
@@ -330,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["merge"]:  # verl's spelling: python -m verl.model_merger merge --backend fsdp ...
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     try:
         report = merge_checkpoint(

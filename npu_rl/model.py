@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -19,23 +21,54 @@ def resolve_dtype(name: str, acc: Accelerator) -> torch.dtype:
     return acc.default_dtype() if name == "auto" else _DTYPES[name]
 
 
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """`from_pretrained`'s dtype argument: `dtype=` since transformers 4.56, `torch_dtype=` before.
+
+    Older releases do not know `dtype=` and pass it on to the model's config, silently loading fp32.
+    """
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def looks_local(path: str) -> bool:
+    """Whether `path` is meant as a folder on disk rather than a Hub repo id ("org/name").
+
+    Absolute, home- or dot-relative paths, paths with more than one "/" or a backslash, and anything
+    that exists are local; only a bare "name" or "org/name" that does not exist may be a Hub id.
+    """
+    p = Path(path).expanduser()
+    return p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path or p.exists()
+
+
+def source_kwargs(path: str, key: str) -> dict[str, Any]:
+    """`from_pretrained` arguments for `path`: a local-looking one must be a folder and is read offline,
+    so a typo fails at once naming the path instead of asking the Hub about it (or retrying for a minute)."""
+    if not path:
+        raise FileNotFoundError(f"{key} is empty; set it to a Hugging Face model folder")
+    if not looks_local(path):
+        return {}
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise FileNotFoundError(f"{key}={path!r} {what}; expected a Hugging Face model folder (with config.json)")
+    return {"local_files_only": True}
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
-    tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path or cfg.path, trust_remote_code=cfg.trust_remote_code)
-    if tokenizer.chat_template is None:
-        raise ValueError(
-            f"the tokenizer in {cfg.tokenizer_path or cfg.path} has no chat template; prompts are chat "
-            "messages, so use an instruct model's tokenizer (or set one with tokenizer.chat_template)"
-        )
-    return tokenizer
+    path, key = (cfg.tokenizer_path, "model.tokenizer_path") if cfg.tokenizer_path else (cfg.path, "model.path")
+    # A missing chat template is reported by npu_rl.data when the prompts need one (chat-formatted data);
+    # plain-string prompts (data.apply_chat_template=false) work with a base model's tokenizer.
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **source_kwargs(path, key))
 
 
 def load_model(cfg: ModelConfig, acc: Accelerator, *, trainable: bool) -> nn.Module:
     """The causal LM on the chosen device; a frozen copy (`trainable=False`) is put in eval mode."""
     model = AutoModelForCausalLM.from_pretrained(
         cfg.path,
-        dtype=resolve_dtype(cfg.dtype, acc),
+        **dtype_kwarg(resolve_dtype(cfg.dtype, acc)),
         trust_remote_code=cfg.trust_remote_code,
         attn_implementation="sdpa",
+        **source_kwargs(cfg.path, "model.path"),
     )
     model.config.use_cache = False
     if trainable and cfg.gradient_checkpointing:

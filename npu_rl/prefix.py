@@ -48,12 +48,15 @@ def response_logits(
     if prompt_width <= 0 or width <= 0:
         return None
     starts, inverse = group_starts(group)
-    if len(starts) == len(input_ids) and plan.forward != "fused":
+    # Sharded (FSDP) weights: every rank must make the same model calls, whatever its rows, or the
+    # ranks' all-gathers stop pairing up; so no data-dependent shortcut, and the tail always runs.
+    sharded = any(hasattr(p, "device_mesh") for p in model.parameters())
+    if len(starts) == len(input_ids) and plan.forward != "fused" and not sharded:
         return None
     # Columns that are padding in every distinct prompt carry nothing: drop them.
     first_col = int(attention_mask[starts, :prompt_width].any(0).nonzero()[0])
     cols = slice(first_col, prompt_width)
-    tail = slice(prompt_width, prompt_width + width - 1)  # the last response token predicts nothing
+    tail = slice(prompt_width, prompt_width + width - 1 + sharded)  # the last response token predicts nothing
     if plan.forward == "fused":
         return llama.shared_prompt_logits(
             model,
@@ -64,7 +67,7 @@ def response_logits(
             attention_mask[:, tail],
             position_ids[:, tail],
             inverse,
-            plan.linears.linear,
+            linear=plan.linears.linear,
         )
     with plan.linears.around():
         cache = DynamicCache()
@@ -77,7 +80,7 @@ def response_logits(
             logits_to_keep=1,
         )
         first = head.logits[:, -1:][inverse]  # the last prompt token predicts response token 0
-        if width == 1:
+        if width == 1 and not sharded:
             return first
         cache = head.past_key_values
         cache.batch_select_indices(inverse)
@@ -88,4 +91,4 @@ def response_logits(
             past_key_values=cache,
             use_cache=True,
         )
-    return torch.cat([first, tail_out.logits], dim=1)
+    return torch.cat([first, tail_out.logits[:, : width - 1]], dim=1)

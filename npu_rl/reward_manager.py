@@ -27,6 +27,7 @@ class RewardItem:
     ground_truth: Any  # a string in verl's schema; a list means several accepted answers
     extra_info: dict[str, Any] | None = None
     truncated: bool = False  # the response hit max_new_tokens: graded as no answer
+    prompt: Any = None  # chat messages or a string; passed to TRL-style reward functions
 
 
 @dataclass
@@ -42,9 +43,10 @@ def spec_from_config(cfg: RewardConfig, strict: bool) -> ScorerSpec:
     """The plain-data reward description shipped to worker processes (`cfg` validated: its own checks)."""
     cfg.validate("reward")
     return ScorerSpec(
-        terms=tuple(Term(f.name, f.weight, f.path) for f in cfg.functions),
+        terms=tuple(Term(f.name, f.weight, f.path, dict(f.kwargs), f.style) for f in cfg.functions),
         custom_path=cfg.custom_function.path,
         custom_name=cfg.custom_function.name,
+        custom_kwargs=dict(cfg.custom_function.reward_kwargs),
         strict=strict,
         tiers=Tiers(cfg.incorrect_score, cfg.correct_score, cfg.format_bonus, cfg.reasoning_bonus),
         timeout_s=cfg.timeout_s,
@@ -72,7 +74,7 @@ class RewardManager:
             extra["truncated"] = True
         if self.cfg.answer_format and "answer_format" not in extra:
             extra["answer_format"] = self.cfg.answer_format
-        return (item.data_source, item.solution_str, item.ground_truth, extra)
+        return (item.data_source, item.solution_str, item.ground_truth, extra, item.prompt)
 
     def score(self, items: list[RewardItem]) -> RewardBatch:
         args = [self._args(i) for i in items]

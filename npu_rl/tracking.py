@@ -1,7 +1,7 @@
-"""Metric trackers behind one small interface, chosen by `trainer.logger=[console,jsonl,tensorboard,swanlab]`.
+"""Metric trackers behind one small interface, chosen by `trainer.logger=[console,jsonl,tensorboard,swanlab,wandb]`.
 
 The trainer only sees `Tracking`, which fans every call out to the configured trackers. Trackers with
-optional dependencies (TensorBoard, SwanLab) live in `npu_rl.trackers` and are imported only when
+optional dependencies (TensorBoard, SwanLab, W&B) live in `npu_rl.trackers` and are imported only when
 selected, so a missing package fails at start with an install hint instead of at import time.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class JsonlTracker:
         }
         self._fh.write(json.dumps(row) + "\n")
         self._fh.flush()
+        os.fsync(self._fh.fileno())  # durable before the trainer publishes the checkpoint covering this step
 
     def log_samples(self, samples: list[dict[str, Any]], step: int) -> None:
         with open(self.samples_path, "a", encoding="utf-8") as fh:
@@ -138,6 +140,14 @@ def _swanlab(run: RunInfo) -> Tracker:
     from npu_rl.trackers.swanlab_tracker import SwanLabTracker
 
     return SwanLabTracker(run)
+
+
+@REGISTRY.register("wandb")
+@requires("wandb")
+def _wandb(run: RunInfo) -> Tracker:
+    from npu_rl.trackers.wandb_tracker import WandbTracker
+
+    return WandbTracker(run)
 
 
 class Tracking:

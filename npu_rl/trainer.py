@@ -15,18 +15,29 @@ from pathlib import Path
 
 import torch
 
-from npu_rl import actor, core_algos, critic, device, distributed
+from npu_rl import actor, core_algos, critic, device, distributed, lora
 from npu_rl.algos import dapo, policy_losses
 from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.checkpoint import CheckpointManager
 from npu_rl.compute import build_plan
-from npu_rl.config import Config, format_path, save_config
+from npu_rl.config import Config, format_path
 from npu_rl.data import BatchSampler, PromptRecord, build_datasets
 from npu_rl.evaluation import EvalConfig, evaluate_records
 from npu_rl.metrics import StepStats, Timer, perf_metrics, record_data
 from npu_rl.model import load_model, load_tokenizer, num_parameters
+from npu_rl.resume import (
+    LOGS,
+    RUN_CONFIG,
+    apply_optim_config,
+    check_resume_config,
+    config_yaml,
+    reconcile_log,
+    record_config,
+)
 from npu_rl.reward_manager import RewardBatch, RewardItem, RewardManager
-from npu_rl.rollout import RolloutBatch, SamplingParams, build_rollout, eos_and_pad_ids, generate
+from npu_rl.rollout import RolloutBatch, SamplingParams, build_rollout, eos_and_pad_ids, generate, tool_schemas
+from npu_rl.rollout.tool_metrics import record_tool_metrics, tool_shaping
+from npu_rl.run_guard import NonFiniteGuard, RunLock, StopRequested, StopSignals
 from npu_rl.seeds import prompt_seed
 from npu_rl.tracking import Tracking
 
@@ -49,19 +60,22 @@ class GRPOTrainer:
         self.cfg = cfg
         self.acc = device.select(cfg.trainer.device)  # decided once; everything below is handed this
         self.dist = distributed.init_distributed(self.acc)
-        if self.acc.type == "cpu" and cfg.trainer.num_threads > 0:
-            torch.set_num_threads(cfg.trainer.num_threads)
+        if self.acc.type == "cpu":
+            torch.set_num_threads(device.cpu_threads(cfg.trainer.num_threads))
         device.seed_everything(cfg.trainer.seed, self.acc)
         self.log_dir = Path(format_path(cfg.trainer.log_dir, cfg))
         self.tokenizer = load_tokenizer(cfg.model)
-        self.train_data, self.val_data = build_datasets(cfg.data, self.tokenizer)
+        self.train_data, self.val_data = build_datasets(cfg.data, self.tokenizer, tools=tool_schemas(cfg))
         self.sampler = BatchSampler(
             self.train_data.records, cfg.data.train_batch_size, shuffle=cfg.data.shuffle, seed=cfg.data.seed
         )
         steps = cfg.trainer.total_epochs * self.sampler.steps_per_epoch
         self.total_steps = cfg.trainer.total_training_steps if cfg.trainer.total_training_steps > 0 else steps
 
+        self._resume_from = self._open_run()  # lock, clean up, pick the checkpoint, check the config (reliability)
         model = load_model(cfg.model, self.acc, trainable=True)
+        if cfg.actor.lora.rank > 0:
+            model = lora.wrap(model, cfg.actor.lora.rank, cfg.actor.lora.alpha, cfg.actor.lora.target_modules)
         self.num_params = num_parameters(model)
         self.model = self._place(model, trainable=True)
         ckpt = cfg.model.gradient_checkpointing
@@ -96,7 +110,7 @@ class GRPOTrainer:
         self.global_step = 0
         self.tracking: Tracking | None = None
         if self.dist.is_main:
-            save_config(cfg, self.log_dir / "config.yaml")
+            self._record_run()
             self.tracking = Tracking(cfg.trainer.logger, str(self.log_dir), self.total_steps, config=cfg)
             for name, count in self.train_data.filtered.items():
                 print(f"[npu_rl] filtered {count} prompts longer than {cfg.data.max_prompt_length} tokens in {name}")
@@ -120,7 +134,12 @@ class GRPOTrainer:
         texts = batch.decode(self.tokenizer)
         rows = zip(batch.row_records, texts, batch.truncated, strict=True)
         return self.reward.score(
-            [RewardItem(rec.data_source, text, rec.ground_truth, rec.extra_info, cut) for rec, text, cut in rows]
+            [
+                RewardItem(
+                    rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages or rec.prompt_text
+                )
+                for rec, text, cut in rows
+            ]
         )
 
     # ------------------------------------------------------------------------------------------
@@ -146,7 +165,7 @@ class GRPOTrainer:
                 with timer.section("old_log_prob"):
                     batch.old_logprobs = actor.compute_logprobs(
                         self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device,
-                        self.plan, self.device,
+                        self.plan, self.device, cfg.token_budgets()["rollout.log_prob_max_token_len_per_device"],
                     )  # fmt: skip
             if self.critic is not None:
                 with timer.section("values"):
@@ -156,7 +175,7 @@ class GRPOTrainer:
                 with timer.section("ref"):
                     batch.ref_logprobs = actor.compute_logprobs(
                         self.ref, batch, params.temperature, cfg.ref.log_prob_micro_batch_size_per_device,
-                        self.ref_plan, self.device,
+                        self.ref_plan, self.device, cfg.token_budgets()["ref.log_prob_max_token_len_per_device"],
                     )  # fmt: skip
 
             with timer.section("adv"):
@@ -209,7 +228,7 @@ class GRPOTrainer:
                         world_size=self.dist.world_size,
                     )
             with timer.section("update_weights"):
-                self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
+                self.rollout.update_weights(lora.merged_tensors(distributed.iter_full_state_dict(self.model)))
 
         timer.record(stats)
         judged = [float(a) for a in graded.acc if a is not None]
@@ -217,6 +236,7 @@ class GRPOTrainer:
         record_data(
             stats, scores, rewards, seq_adv, rollout.lengths, rollout.prompt_lengths, params.max_new_tokens, components
         )
+        record_tool_metrics(stats, rollout.row_metrics)
         stats.add_sum("reward/timeouts", graded.timeouts)
         stats.add_sum("reward/errors", graded.errors)
         stats.add_sum("perf/total_num_tokens", int(batch.attention_mask.sum()))
@@ -240,6 +260,10 @@ class GRPOTrainer:
                 penalty = dapo.overlong_penalty(rollout.lengths, params.max_new_tokens, ob.len, ob.penalty_factor)
                 graded.scores = [s + float(p) for s, p in zip(graded.scores, penalty, strict=True)]
                 graded.components["overlong_reward"] = penalty.tolist()
+            shaping = tool_shaping(rollout.row_metrics, self.cfg.rollout.multi_turn)
+            if shaping is not None:  # multi-turn tool-use shaping, logged as its own term
+                graded.scores = [s + float(p) for s, p in zip(graded.scores, shaping, strict=True)]
+                graded.components["tool_shaping"] = shaping.tolist()
         return rollout, graded
 
     def _sample(
@@ -331,7 +355,43 @@ class GRPOTrainer:
         return metrics
 
     # ------------------------------------------------------------------------------------------
+    def _open_run(self) -> Path | None:
+        """Before the model loads: lock the run's directories (main rank), clean up interrupted saves,
+        pick the checkpoint to resume and refuse a config change a resume would not apply cleanly."""
+        cfg = self.cfg
+        checkpoints = CheckpointManager(format_path(cfg.trainer.default_local_dir, cfg), dist=self.dist)
+        self.run_lock: RunLock | None = None
+        if self.dist.is_main:
+            self.run_lock = RunLock([self.log_dir, checkpoints.root])
+        try:
+            if self.run_lock is not None:
+                for note in self.run_lock.taken_over + checkpoints.clean_debris():
+                    print(f"[npu_rl] {note}")
+            distributed.barrier()
+            path = checkpoints.resolve(cfg.trainer.resume_mode)
+            changes = [] if path is None else check_resume_config(cfg, path, self.log_dir, self.dist.is_main)
+        except BaseException:
+            if self.run_lock is not None:  # a refused start must not keep the directories locked
+                self.run_lock.release()
+            raise
+        self._config_changes = changes
+        return path
+
+    def _record_run(self) -> None:
+        """Main rank, before the trackers open: logs cut back to the resumed step, this start's config recorded."""
+        path = self._resume_from
+        step = -1 if path is None else int(path.name.removeprefix("global_step_"))
+        for name in LOGS:
+            dropped, missing = reconcile_log(self.log_dir / name, step)
+            if dropped:
+                print(f"[npu_rl] {name}: moved {dropped} rows after step {max(step, 0)} to the .discarded.jsonl file")
+            if missing:
+                print(f"[npu_rl] warning: {name} has no rows for steps {missing} (logged by an older version?)")
+        record_config(self.cfg, self.log_dir, f"resumed from {path}" if path else "fresh start")
+
     def save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            print(f"[npu_rl] saving checkpoint of step {self.global_step} to {self.checkpoints.root}", flush=True)
         self.checkpoints.save(
             self.global_step,
             self.model,
@@ -341,6 +401,7 @@ class GRPOTrainer:
             self.model.config,
             self.tokenizer,
             getattr(self.model, "generation_config", None),
+            extra_files={RUN_CONFIG: config_yaml(self.cfg)},
             others=self._others(),
         )
 
@@ -351,49 +412,85 @@ class GRPOTrainer:
         return {"critic": (self.critic, self.critic_optimizer, self.critic_scheduler)}
 
     def maybe_resume(self) -> None:
-        path = self.checkpoints.resolve(self.cfg.trainer.resume_mode)
+        path = self._resume_from
         if path is None:
             return
+        changed = {key for key, *_ in self._config_changes}
+        sampler_keys = {"data.seed", "data.shuffle", "data.train_batch_size"}
         state = self.checkpoints.load(path, self.model, self.optimizer, self.scheduler, self._others())
         self.global_step = int(state["global_step"])
-        self.sampler.load_state_dict(state["sampler"])
         self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))  # adaptive KL resumes where it was
+        sampler_state = state["sampler"]
+        if changed & sampler_keys:  # allowed (trainer.allow_config_change): the new order starts at the next epoch
+            sampler_state = dict(sampler_state, seed=self.sampler.seed, shuffle=self.sampler.shuffle)
+            sampler_state["batch_size"] = self.sampler.batch_size
+            if sampler_state["position"]:
+                sampler_state.update(epoch=sampler_state["epoch"] + 1, position=0)
+        self.sampler.load_state_dict(sampler_state)
+        if any(key.startswith("actor.optim.") or key.startswith("trainer.total_") for key in changed):
+            apply_optim_config(self.optimizer, self.scheduler, self.cfg.actor.optim)
         # An engine with its own copy of the weights (vLLM) still holds model.path's: sync before sampling.
-        self.rollout.update_weights(distributed.iter_full_state_dict(self.model))
+        self.rollout.update_weights(lora.merged_tensors(distributed.iter_full_state_dict(self.model)))
         if self.dist.is_main:
             print(f"[npu_rl] resumed from {path} at step {self.global_step}")
+            if changed:
+                print(f"[npu_rl] applied from step {self.global_step + 1} on: {', '.join(sorted(changed))}")
 
     def log(self, metrics: dict[str, float]) -> None:
         if self.tracking is not None:
             self.tracking.log(metrics, self.global_step)
 
     def fit(self) -> dict[str, float]:
-        """Train to `total_steps`, validating and checkpointing on schedule; returns the last metrics."""
+        """Train to `total_steps`, validating and checkpointing on schedule; returns the last metrics.
+
+        Each step's row (validation included) is logged durably before the checkpoint covering it is
+        published, so a kill at any point loses no logged step. A first SIGTERM/SIGINT finishes the
+        step, saves and exits with `StopRequested` (status 128 + signal); a second exits at once.
+        """
         tcfg = self.cfg.trainer
         self.maybe_resume()
         last: dict[str, float] = {}
-        if tcfg.val_before_train and self.global_step == 0 and self.val_data is not None:
-            self.log(self.validate())
-        while self.global_step < self.total_steps:
-            batch = self.sampler.next_batch()
-            mine = shard_prompts(batch, self.cfg.actor.ppo_mini_batch_size, self.dist.rank, self.dist.world_size)
-            start = time.perf_counter()
-            last = self.train_step(mine)
-            self.global_step += 1
-            last["training/global_step"] = self.global_step
-            last["training/epoch"] = self.sampler.epoch
-            is_last = self.global_step == self.total_steps
-            if self.val_data is not None and tcfg.test_freq > 0 and (self.global_step % tcfg.test_freq == 0 or is_last):
-                last.update(self.validate())
-            if (tcfg.save_freq > 0 and self.global_step % tcfg.save_freq == 0) or is_last:
-                self.save_checkpoint()
-            last["timing_s/step_total"] = time.perf_counter() - start
-            self.log(last)
+        nonfinite = NonFiniteGuard(tcfg.max_nonfinite_steps, self.dist.is_main)
+        with StopSignals() as stop:
+            if tcfg.val_before_train and self.global_step == 0 and self.val_data is not None:
+                self.log(self.validate())
+            while self.global_step < self.total_steps:
+                batch = self.sampler.next_batch()
+                mine = shard_prompts(batch, self.cfg.actor.ppo_mini_batch_size, self.dist.rank, self.dist.world_size)
+                start = time.perf_counter()
+                last = self.train_step(mine)
+                self.global_step += 1
+                last["training/global_step"] = self.global_step
+                last["training/epoch"] = self.sampler.epoch
+                is_last = self.global_step == self.total_steps
+                val_due = tcfg.test_freq > 0 and (self.global_step % tcfg.test_freq == 0 or is_last)
+                if self.val_data is not None and val_due:
+                    last.update(self.validate())
+                last["timing_s/step_total"] = time.perf_counter() - start  # the checkpoint save is not counted
+                self.log(last)  # durable (fsynced) before the checkpoint that covers this step
+                nonfinite.check(last, self.global_step, self.model, self.checkpoints.latest)
+                signum = int(distributed.all_reduce(torch.tensor(float(stop.signum)), "max"))  # ranks stop together
+                if (tcfg.save_freq > 0 and self.global_step % tcfg.save_freq == 0) or is_last or signum:
+                    self.save_checkpoint()
+                if signum and not is_last:
+                    raise StopRequested(self._stopped(signum))
         return last
+
+    def _stopped(self, signum: int) -> int:
+        """Say where the run stopped; the exit status (128 + signal, as if the signal had ended it)."""
+        if self.dist.is_main:
+            print(
+                f"[npu_rl] stopped by signal {signum} after step {self.global_step}; checkpoint saved in "
+                f"{self.checkpoints.root}. Run the same command again to resume",
+                flush=True,
+            )
+        return 128 + signum
 
     def close(self) -> None:
         if self.tracking is not None:
             self.tracking.close()
+        if self.run_lock is not None:
+            self.run_lock.release()
         self.reward.close()
         self.val_reward.close()
         self.rollout.close()  # before the process group goes: vLLM's shutdown uses it

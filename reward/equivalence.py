@@ -24,7 +24,7 @@ from typing import Any
 
 from reward.evaluate import Undefined, context, numeric_value, rational_value, symbols
 from reward.limits import MAX_ANSWER_CHARS, MAX_PLUS_MINUS, Unsupported, check_deadline
-from reward.normalize import normalize_answer, text_key
+from reward.normalize import choice_value, normalize_answer, text_key
 from reward.parser import Node, parse
 
 _PLAIN_NUMBER_RE = re.compile(r"([-+]?)(\d{1,3}(?:,\d{3})+|\d{1,3}(?: \d{3})+|\d+)(\.\d+)?(%?)")
@@ -84,6 +84,13 @@ def answers_equal(ground_truth: str, answer: str) -> bool:
     g_text, a_text = normalize_answer(ground_truth), normalize_answer(answer)
     if not a_text:
         return False
+    if _texts_equal(g_text, a_text):
+        return True
+    value = choice_value(a_text)  # "(C) 18": the value of the chosen option is the answer
+    return value is not None and choice_value(g_text) is None and _texts_equal(g_text, value)
+
+
+def _texts_equal(g_text: str, a_text: str) -> bool:
     if g_text.replace(" ", "") == a_text.replace(" ", ""):
         return True
     g, a = answer_node(g_text), answer_node(a_text)
@@ -108,6 +115,46 @@ def _assignment(node: Node) -> tuple[str, Node] | None:
     if node[3][0] == "sym":
         return node[3][1], node[2]
     return None
+
+
+def _has_number(node: Any) -> bool:
+    if isinstance(node, tuple) and node:
+        return node[0] == "num" or any(_has_number(x) for x in node[1:])
+    if isinstance(node, list):
+        return any(_has_number(x) for x in node)
+    return False
+
+
+def _stated_value(node: Node, truth_symbols: set[str]) -> Node | None:
+    """The value an equation chain states, when the truth is a plain value.
+
+    `(x, y) = (2, -1)` states (2, -1); `f(x) = 2x + 3` states 2x + 3; `4 \\cdot 6 = 24` states 24.
+    Each side before the last must be a pure label (symbols, no numbers) or a pure computation (no
+    symbols), so that an equation to solve (`2x + 3 = 7`) is never read as stating 7.
+    """
+    if node[0] == "rel" and node[1] == "=":
+        sides = [node[2], node[3]]
+    elif node[0] == "chain" and set(node[1]) == {"="}:
+        sides = list(node[2])
+    else:
+        return None
+    last = sides[-1]
+    if not symbols(last) <= truth_symbols:
+        return None
+    for side in sides[:-1]:
+        if symbols(side) and _has_number(side):
+            return None
+    return last
+
+
+def _by_label(node: Node) -> Node:
+    """A list of assignments to distinct names (`y = -1, x = 2`) as the tuple ordered by name."""
+    if node[0] not in ("list", "tuple"):
+        return node
+    pairs = [_assignment(x) for x in node[1]]
+    if len(pairs) < 2 or any(p is None for p in pairs) or len({p[0] for p in pairs}) != len(pairs):
+        return node
+    return ("tuple", [value for _, value in sorted(pairs, key=lambda p: p[0])])
 
 
 def _expand_pm(node: Node, budget: list[int]) -> list[Node]:
@@ -200,6 +247,10 @@ def nodes_equal(g: Node, a: Node) -> bool:
         return nodes_equal(g, aa[1])
     if ga and a[0] != "rel":
         return nodes_equal(ga[1], a)
+    if g[0] not in ("rel", "chain"):
+        stated = _stated_value(a, symbols(g))
+        if stated is not None:
+            return nodes_equal(g, stated)
     if _is_intervalish(g) or _is_intervalish(a):
         from reward.intervals import intervals_equal  # only answers that look like sets of reals
 
@@ -207,6 +258,8 @@ def nodes_equal(g: Node, a: Node) -> bool:
     if g[0] == "rel" or a[0] == "rel":
         return g[0] == a[0] == "rel" and g[1] == a[1] == "=" and _equations_equal(g, a)
     if g[0] in _COLLECTIONS or a[0] in _COLLECTIONS:
+        if g[0] in ("tuple", "pair", "matrix"):
+            a = _by_label(a)
         return _collections_equal(g, a)
     return scalars_equal(g, a)
 

@@ -24,6 +24,7 @@ from reward.parser import Node
 
 _ARITH = {"num", "add", "neg", "mul", "div", "pow", "pct", "fact", "abs"}
 MAX_MAGNITUDE_BITS = 4096  # |x| < 2**4096 for arguments of exp, trig, gamma and exponents
+MAX_POWER_LOG = 2.0**20  # |exponent * ln|base|| of a power: beyond it the result is refused, not computed
 
 
 class Undefined(ArithmeticError):
@@ -208,4 +209,6 @@ def _power(ctx: Any, base: Any, exp: Any) -> Any:
         raise Undefined("power of a non-finite value")
     if exp != 0 and ctx.mag(exp) > MAX_MAGNITUDE_BITS:
         raise Undefined("exponent too large")  # the result's exponent would not fit in memory
+    if abs(exp) * abs(ctx.log(abs(base))) > MAX_POWER_LOG:
+        raise Undefined("power too large")  # mpmath's exact integer powers take time in the exponent's size
     return ctx.power(base, exp)

@@ -1,22 +1,29 @@
 """Finding the final answer in a response.
 
 Forms: the last ``\\boxed{}`` / ``\\fbox{}`` (nested braces), ``<answer>...</answer>``, GSM8K's
-``#### 1,234``, "The answer is ...", and (lenient only) a response that is nothing but a short
-formula. In strict mode (training) only the requested form counts, so the policy is rewarded for
-following the prompt's instruction; lenient mode (evaluation) accepts any of them, requested first.
+``#### 1,234``, final-answer statements in prose as the common harnesses write them ("The answer
+is ...", Minerva's "Final Answer: The final answer is ...", "Answer:" lines, a "Final Answer"
+heading; see reward.statements), and a response that is nothing but a short formula.
 
-Two deliberate refusals: an answer whose marker was opened but never closed (the response was cut
-off mid-answer) yields nothing rather than an earlier intermediate result, and several boxed
-answers joined by "or" / "," are returned together so that a hedge cannot match a single truth.
-Nothing here scrapes numbers out of the reasoning.
+By default any clearly stated final answer counts (correctness is graded by meaning; whether it
+came in the requested form is the format tier's business). `strict=True` accepts only the
+requested form, for users who want the form as a gate.
+
+Deliberate refusals: an answer whose marker was opened but never closed (the response was cut off
+mid-answer), or a `<think>` block that never closed, yields nothing rather than an earlier
+intermediate result; several boxed answers joined by "or" / "," are returned together so that a
+hedge cannot match a single truth. Nothing here scrapes numbers out of the reasoning.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
 from reward.limits import MAX_RESPONSE_CHARS
+from reward.numwords import NUMBER_WORDS
+from reward.statements import answer_is, heading
 
 FORMS = ("boxed", "answer_tag", "hash", "answer_is")
 
@@ -35,16 +42,11 @@ class Extraction:
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 _HASH_RE = re.compile(r"####[ \t]*([^\n]*)")
-_ANSWER_IS_RE = re.compile(
-    r"\banswer\s*(?:\*\*)?\s*(?:is\b|:|=)\s*(?:\*\*)?\s*:?[ \t]*([^\n]+)",
-    re.IGNORECASE,
-)
 # Text allowed between boxed answers that are read together ("\boxed{2} or x = \boxed{-2}").
 _JOINER_RE = re.compile(
     r"[\s$,;]*(?:(?:\\text\{\s*)?(?:or|and)(?:\s*\})?)?[\s$,;]*(?:[a-zA-Z]\s*=\s*)?[\s$]*",
     re.IGNORECASE,
 )
-_SENTENCE_END_RE = re.compile(r"\.(?:\s|$)")
 
 
 def match_brace(text: str, open_idx: int) -> int:
@@ -140,22 +142,14 @@ def _from_hash(text: str) -> Extraction | None:
     return Extraction(last.group(1).strip(), "hash", last.start(), last.end(), len(matches), text)
 
 
-def _cut_sentence(s: str) -> str:
-    m = _SENTENCE_END_RE.search(s)
-    if m is not None:
-        s = s[: m.start()]
-    return s.strip().rstrip(".").strip()
-
-
 def _from_answer_is(text: str) -> Extraction | None:
-    matches = list(_ANSWER_IS_RE.finditer(text))
-    if not matches:
-        return None
-    last = matches[-1]
-    raw = last.group(1)
-    boxed = _from_boxed(raw)
-    answer = boxed.answer if boxed else _cut_sentence(raw.replace("**", ""))
-    return Extraction(answer, "answer_is", last.start(), last.end(), len(matches), text)
+    found = answer_is(text)
+    return None if found is None else Extraction(found[0], "answer_is", found[1], found[2], found[3], text)
+
+
+def _from_heading(text: str) -> Extraction | None:
+    found = heading(text)
+    return None if found is None else Extraction(found[0], "answer_is", found[1], found[2], found[3], text)
 
 
 def _from_bare(text: str) -> Extraction | None:
@@ -169,18 +163,64 @@ def _from_bare(text: str) -> Extraction | None:
 
 
 _EXTRACTORS = {"boxed": _from_boxed, "answer_tag": _from_tag, "hash": _from_hash, "answer_is": _from_answer_is}
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+_PROSE_RE = re.compile(r"[a-zA-Z]{3,}")
+_OVERRIDE_RE = re.compile(r"[\\\d]|^\(?[A-J]\)?$")
 
 
-def extract_answer(response: str, requested: str = "boxed", strict: bool = True) -> Extraction | None:
-    """The final answer in the requested form (strict) or in any supported form (lenient)."""
+def _answer_like(found: Extraction) -> bool:
+    """A statement's answer, not a sentence that merely mentions "the answer" (at most 3 words)."""
+    words = _PROSE_RE.findall(found.answer.replace("\\", " \\"))
+    return 0 < len(found.answer) <= 200 and sum(w.lower() not in NUMBER_WORDS for w in words) <= 3
+
+
+def _cut_off(text: str) -> bool:
+    """A final answer marker that was opened and never closed: the response stopped mid-answer."""
+    if find_boxed(text)[1]:
+        return True
+    lower = text.lower()
+    return lower.rfind("<answer>") > lower.rfind("</answer>")
+
+
+def extract_answer(response: str, requested: str = "boxed", strict: bool = False) -> Extraction | None:
+    """The final answer in the requested form (strict) or in any clearly stated form (default).
+
+    Default (lenient): the requested form, unless a later final-answer statement in another form
+    gives a different mathematical-looking answer (the model revised itself: "... \\boxed{10}.
+    Wait, ... so the final answer is 12."); the latest other statement when the requested form is
+    absent; a response that is nothing but a short formula last. Never: an answer after a cut-off
+    (an unclosed box or answer tag, or a `<think>` block that never closed), a number from prose.
+    """
     if requested not in _EXTRACTORS:
         raise ValueError(f"unknown answer form {requested!r}; expected one of {', '.join(FORMS)}")
     text = response[-MAX_RESPONSE_CHARS:]
-    order = [requested] if strict else [requested, *(f for f in FORMS if f != requested)]
-    for form in order:
-        found = _EXTRACTORS[form](text)
-        if found is not None and found.answer:
-            return found
-    if not strict:
-        return _from_bare(text)
-    return None
+    base = 0
+    if _THINK_CLOSE in text:
+        base = text.rindex(_THINK_CLOSE) + len(_THINK_CLOSE)  # reasoning inside <think> states nothing
+    elif _THINK_OPEN in text:
+        return None  # still thinking when the response ended
+    found = _select(text[base:], requested, strict)
+    if found is None or base == 0:
+        return found
+    return dataclasses.replace(found, start=found.start + base, end=found.end + base, text=text)
+
+
+def _select(text: str, requested: str, strict: bool) -> Extraction | None:
+    if _cut_off(text):
+        return None
+    wanted = _EXTRACTORS[requested](text)
+    wanted = wanted if wanted is not None and wanted.answer else None
+    if strict:
+        return wanted
+    others = [f(text) for form, f in (*_EXTRACTORS.items(), ("heading", _from_heading)) if form != requested]
+    statements = [f for f in others if f is not None and (f.form != "answer_is" or _answer_like(f))]
+    latest = max(statements, key=lambda f: f.start, default=None)
+    if wanted is None:
+        return latest if latest is not None else _from_bare(text)
+    revised = (
+        latest is not None
+        and latest.start > wanted.end
+        and _OVERRIDE_RE.search(latest.answer) is not None
+        and "".join(latest.answer.split()) != "".join(wanted.answer.split())
+    )
+    return latest if revised and latest is not None else wanted

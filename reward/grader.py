@@ -40,6 +40,10 @@ _ROUTES: tuple[tuple[str, str, str], ...] = (
 _MC_SOURCES = {"mc", "choice", "choices"}
 _LETTER_RE = re.compile(r"\(?([A-J])\)?(?:[.:)]?\s.*|[.:)])?|\(?([a-j])\)?")
 _TRUTH_LETTER_RE = re.compile(r"\(?([A-J])\)?")
+# Digits separated by a space in plain text (not 3-digit thousands groups): "9 6" is two numbers.
+# Inside LaTeX math spaces are ignored ("\boxed{9 6}" renders as 96), so only plain forms are checked.
+_SPLIT_DIGITS_RE = re.compile(r"\d +(?!\d{3}(?!\d))\d")
+_PLAIN_FORMS = ("hash",)
 
 
 def route(data_source: str, extra_info: dict[str, Any] | None = None) -> tuple[str, str]:
@@ -105,7 +109,7 @@ def grade(
     ground_truth: Any,
     extra_info: dict[str, Any] | None = None,
     *,
-    strict: bool = True,
+    strict: bool = False,
     tiers: Tiers = DEFAULT_TIERS,
 ) -> dict[str, Any]:
     """Tiered grade of one response; raises GradeTimeout when this thread's budget runs out."""
@@ -115,8 +119,11 @@ def grade(
     found: Extraction | None = None
     if not _truncated(extra_info):
         found = extract_answer(str(solution_str), requested=form, strict=strict)
-    acc = found is not None and any(
-        _is_correct(kind, _truth_text(t, kind), found.answer) for t in _truths(ground_truth)
+    split = found is not None and found.form in _PLAIN_FORMS and _SPLIT_DIGITS_RE.search(found.answer) is not None
+    acc = (
+        found is not None
+        and not split
+        and any(_is_correct(kind, _truth_text(t, kind), found.answer) for t in _truths(ground_truth))
     )
     formatted = acc and found is not None and in_requested_form(found, form)
     reasoning = reasoning_completeness(found, tiers.reasoning_min_steps) if acc and found is not None else 0.0
@@ -138,7 +145,7 @@ def compute_score(
     ground_truth: Any,
     extra_info: dict[str, Any] | None = None,
     *,
-    strict: bool = True,
+    strict: bool = False,
     tiers: Tiers = DEFAULT_TIERS,
     timeout_s: float | None = 5.0,
 ) -> dict[str, Any]:

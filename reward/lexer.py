@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from reward.limits import MAX_FRACTION_DIGITS, MAX_INT_DIGITS, MAX_TOKENS, Unsupported
+from reward.limits import MAX_EXPONENT, MAX_FRACTION_DIGITS, MAX_INT_DIGITS, MAX_TOKENS, Unsupported
 
 
 class Token(NamedTuple):
@@ -54,10 +54,14 @@ _ENV_RE = re.compile(r"\{\s*([a-zA-Z*]+)\s*\}")
 
 
 def _num_ok(text: str) -> None:
-    mantissa = re.split(r"[eE]", text)[0]
+    """Bound a literal before anything converts it: `1e999999` would be a million-digit Fraction."""
+    mantissa, _, exponent = text.replace("E", "e").partition("e")
     whole, _, frac = mantissa.partition(".")
     if len(whole) > MAX_INT_DIGITS or len(frac) > MAX_FRACTION_DIGITS:
         raise Unsupported("number literal too long")
+    digits = exponent.lstrip("+-").lstrip("0")
+    if len(digits) > len(str(MAX_EXPONENT)) or (digits and int(digits) > MAX_EXPONENT):
+        raise Unsupported("exponent of a number literal too large")
 
 
 def _word_tokens(word: str, spaced: bool) -> list[Token]:

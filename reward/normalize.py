@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from reward.extract import match_brace
+from reward.numwords import MAX_WORDS, words_to_number
 
 _UNICODE = {
     "−": "-",
@@ -34,7 +35,10 @@ _UNICODE = {
     "°": "",
     "\u00a0": " ",
 }
-_WRAPPERS = ("text", "textbf", "textit", "textrm", "mathrm", "mathbf", "mathit", "mbox", "operatorname", "textnormal")
+_WRAPPERS = (
+    "boxed", "fbox", "text", "textbf", "textit", "textrm", "mathrm", "mathbf", "mathit", "mbox", "operatorname",
+    "textnormal",
+)  # fmt: skip
 _WRAP_RE = re.compile(r"\\(?:" + "|".join(_WRAPPERS) + r")\s*\{")
 # A matrix row break (two backslashes) is matched first, so that it is not read as a backslash
 # followed by the spacing command backslash-space.
@@ -55,6 +59,14 @@ _UNIT = r"(?:\s*(?:" + _UNIT_WORDS + r")|\s+(?:m|s|g|l|in))\b\.?(?:\s*\^\s*\{?\d
 _TRAILING_UNITS_RE = re.compile(r"^(.*?[\d}%)])(?:" + _UNIT + r"(?:\s*(?:/|per))?)+$", re.IGNORECASE)
 # "18 pears": a plain number followed only by words is the number (the words name what is counted).
 _NUMBER_THEN_WORDS_RE = re.compile(r"^([-+]?\d[\d,]*(?:\.\d+)?%?)\s+[a-zA-Z][a-zA-Z' -]*$")
+_FRACTION_WORDS_RE = re.compile(
+    r"^(?:halves|half|thirds?|quarters?|fourths?|fifths?|sixths?|sevenths?|eighths?|ninths?|tenths?|hundredths?|"
+    r"thousandths?|percent|times|plus|minus|over|divided)\b",
+    re.IGNORECASE,
+)
+_WORD_RE = re.compile(r"[a-zA-Z][a-zA-Z']*$")
+# A choice label before the value, as AMC solutions write it: "(C) 18", "C. 18", "C) 18".
+_CHOICE_LABEL_RE = re.compile(r"\(([A-E])\)\s*[.:]?\s*(.+)|([A-E])[.):]\s+(.+)")
 _HEDGE_RE = re.compile(r"\b(?:either|maybe|possibly|perhaps|probably)\b", re.IGNORECASE)
 _OR_AND_RE = re.compile(r"\s+(?:or|and)\s+|,\s*(?:or|and)\s+", re.IGNORECASE)
 
@@ -104,10 +116,35 @@ def normalize_answer(answer: str) -> str:
     s = _HEDGE_RE.sub(" ", s)
     s = _OR_AND_RE.sub(", ", s)
     s = " ".join(s.split())
+    s = _number_words(s)
     m = _TRAILING_UNITS_RE.match(s) or _NUMBER_THEN_WORDS_RE.match(s)
     if m is not None:
         s = m.group(1)
     return s.strip().rstrip(".").strip().rstrip(",;").strip()
+
+
+def _number_words(s: str) -> str:
+    """ "seven", "3 million", "twenty-one apples" as numbers; other text unchanged (bounded word count)."""
+    words = s.split(" ")
+    if len(words) > 2 * MAX_WORDS or not any(c.isalpha() for c in s):
+        return s
+    for k in range(min(len(words), MAX_WORDS), 0, -1):
+        value = words_to_number(" ".join(words[:k]))
+        if value is None:
+            continue
+        rest = words[k:]
+        if all(_WORD_RE.match(w) for w in rest) and not (rest and _FRACTION_WORDS_RE.match(rest[0])):
+            return value  # the words after the number name what is counted
+        return s
+    return s
+
+
+def choice_value(normalized: str) -> str | None:
+    """The value after a choice label ("(C) 18" -> "18"), or None when there is no label."""
+    m = _CHOICE_LABEL_RE.fullmatch(normalized)
+    if m is None:
+        return None
+    return (m.group(2) or m.group(4)).strip()
 
 
 def text_key(s: str) -> str:

@@ -25,7 +25,10 @@ from npu_rl.registry import Registry
 from reward.format_rewards import format_soft_xml, format_strict_xml, int_answer, xml_tags
 from reward.grader import compute_score
 from reward.limits import GradeTimeout
+from reward.math_verify_adapter import math_verify_score
+from reward.presets import ascend_sample_math
 from reward.tiers import Tiers
+from reward.user_functions import call_user_function, detect_style
 
 RewardFn = Callable[..., Any]
 REGISTRY: Registry[RewardFn] = Registry("reward")  # names for reward.functions[i].name
@@ -35,6 +38,8 @@ REGISTRY.add("format_strict_xml", format_strict_xml)
 REGISTRY.add("format_soft_xml", format_soft_xml)
 REGISTRY.add("int_answer", int_answer)
 REGISTRY.add("xml_tags", xml_tags)
+REGISTRY.add("ascend_sample_math", ascend_sample_math)  # the Ascend GRPO sample's 0.7 / 0.2 / 0.1 (reward/presets.py)
+REGISTRY.add("math_verify", math_verify_score)  # correctness by math-verify when installed (math_verify_adapter)
 _OWN_GRADERS = {"math", "accuracy"}
 
 
@@ -47,6 +52,8 @@ class Term:
     name: str
     weight: float = 1.0
     path: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments (verl's reward_kwargs)
+    style: str = "auto"  # auto | verl | trl: how a user function is called (reward/user_functions.py)
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ class ScorerSpec:
     terms: tuple[Term, ...] = ()  # empty: the tiered math reward alone
     custom_path: str | None = None  # verl's custom_reward_function: replaces the default reward
     custom_name: str = "compute_score"
-    strict: bool = True
+    custom_kwargs: dict[str, Any] = field(default_factory=dict)  # verl's custom_reward_function.reward_kwargs
+    strict: bool = False  # True: only the requested answer form counts (form as a gate)
     tiers: Tiers = field(default_factory=Tiers)
     timeout_s: float = 5.0
 
@@ -69,6 +77,7 @@ class ScorerSpec:
             terms=tuple(Term(**t) for t in data["terms"]),
             custom_path=data["custom_path"],
             custom_name=data["custom_name"],
+            custom_kwargs=data.get("custom_kwargs", {}),
             strict=data["strict"],
             tiers=Tiers(**data["tiers"]),
             timeout_s=data["timeout_s"],
@@ -96,7 +105,7 @@ def load_function(path: str, name: str, key: str = "reward.custom_function") -> 
     return fn
 
 
-def _call_bounded(fn: RewardFn, args: tuple[Any, ...], timeout_s: float) -> Any:
+def _call_bounded(fn: Callable[[], Any], timeout_s: float) -> Any:
     """Call user code in-process: preempted by SIGALRM in the main thread, else timed afterwards.
 
     Only the worker pool (reward.pool) can stop user code in any thread; this is the best
@@ -104,7 +113,7 @@ def _call_bounded(fn: RewardFn, args: tuple[Any, ...], timeout_s: float) -> Any:
     """
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         start = time.monotonic()
-        result = fn(*args)
+        result = fn()
         if time.monotonic() - start > timeout_s:
             raise GradeTimeout("reward function over budget")
         return result
@@ -115,7 +124,7 @@ def _call_bounded(fn: RewardFn, args: tuple[Any, ...], timeout_s: float) -> Any:
     previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout_s)
     try:
-        return fn(*args)
+        return fn()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -131,13 +140,13 @@ class Scorer:
             raise RewardError("set either reward.custom_function.path or reward.functions, not both")
         terms = list(spec.terms)
         if spec.custom_path:
-            terms = [Term(spec.custom_name, 1.0, spec.custom_path)]
+            terms = [Term(spec.custom_name, 1.0, spec.custom_path, spec.custom_kwargs)]
         self.single = len(terms) <= 1
-        self.terms: list[tuple[str, float, RewardFn, bool]] = []
+        self.terms: list[tuple[str, float, RewardFn, bool, dict[str, Any], str]] = []
         names: set[str] = set()
         for k, term in enumerate(terms or [Term("math")]):
+            key = "reward.custom_function" if spec.custom_path else f"reward.functions[{k}]"
             if term.path:
-                key = "reward.custom_function" if spec.custom_path else f"reward.functions[{k}]"
                 fn, own = load_function(term.path, term.name, key), False
             elif term.name in REGISTRY:
                 fn, own = REGISTRY[term.name], term.name in _OWN_GRADERS
@@ -148,19 +157,29 @@ class Scorer:
                 )
             label = term.name if term.name not in names else f"{term.name}_{k}"
             names.add(label)
-            self.terms.append((label, term.weight, fn, own))
+            style = "verl" if own else detect_style(fn, term.style, key)
+            self.terms.append((label, term.weight, fn, own, dict(term.kwargs), style))
 
-    def __call__(self, data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None) -> dict:
+    def __call__(
+        self, data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, prompt: Any = None
+    ) -> dict:
         """{"score": float, "acc": bool | None, "timeout": bool, "components": {name: float}}.
 
         `acc` is None when no term reports correctness (a user function returning only a score):
-        a score is not a verdict, so it is logged as reward, never as accuracy.
+        a score is not a verdict, so it is logged as reward, never as accuracy. `prompt` (chat
+        messages or a string) is only needed by TRL-style functions.
         """
         total, acc, timeout = 0.0, None, False
         components: dict[str, float] = {}
-        for label, weight, fn, own in self.terms:
+        item = {
+            "data_source": data_source,
+            "solution_str": solution_str,
+            "ground_truth": ground_truth,
+            "extra_info": extra_info,
+        }
+        for label, weight, fn, own, kwargs, style in self.terms:
             try:
-                raw = self._call_term(label, fn, own, (data_source, solution_str, ground_truth, extra_info))
+                raw = self._call_term(label, fn, own, item, kwargs, style, prompt)
             except GradeTimeout:
                 raw = {"score": self.spec.tiers.incorrect, "acc": False, "timeout": 1.0}
             score, term_acc, extras = _unpack(label, raw)
@@ -179,15 +198,21 @@ class Scorer:
             "components": components,
         }
 
-    def _call_term(self, label: str, fn: RewardFn, own: bool, args: tuple[Any, ...]) -> Any:
+    def _call_term(
+        self, label: str, fn: RewardFn, own: bool, item: dict[str, Any], kwargs: dict[str, Any], style: str, prompt: Any
+    ) -> Any:
         if own:
-            result = fn(*args, strict=self.spec.strict, tiers=self.spec.tiers, timeout_s=self.spec.timeout_s)
+            result = fn(**item, strict=self.spec.strict, tiers=self.spec.tiers, timeout_s=self.spec.timeout_s)
             if label.startswith("accuracy"):
                 result = {**result, "score": float(result["acc"])}
             return result
+
+        def call() -> Any:
+            return call_user_function(fn, style, item, kwargs, prompt, label)
+
         if self.bound_user_code:
-            return _call_bounded(fn, args, self.spec.timeout_s)
-        return fn(*args)
+            return _call_bounded(call, self.spec.timeout_s)
+        return call()
 
 
 def _unpack(label: str, raw: Any) -> tuple[float, bool | None, dict[str, float]]:

@@ -1,7 +1,7 @@
 """Grading worker process: `python -m reward.worker`, driven by reward.pool over stdin/stdout.
 
 Protocol, one JSON object per line. Parent -> worker: first `{"spec": ScorerSpec}`, then
-`{"id": n, "args": [data_source, solution_str, ground_truth, extra_info]}`. Worker -> parent:
+`{"id": n, "args": [data_source, solution_str, ground_truth, extra_info, prompt]}`. Worker -> parent:
 `{"ready": true}` once the reward is built and warm (or `{"fatal": message}`), then
 `{"id": n, "result": {...}}` or `{"id": n, "error": traceback}` per item.
 

@@ -16,6 +16,9 @@ set -euo pipefail
 export NNODES NODE_RANK MASTER_ADDR
 export NPROC_PER_NODE="${NPROC_PER_NODE:-8}"
 export MASTER_PORT="${MASTER_PORT:-29500}"
+# Across nodes the first collectives wait for the slowest node to load the model: more than the
+# single-card sample's 360 s.
+export HCCL_CONNECT_TIMEOUT="${HCCL_CONNECT_TIMEOUT:-1200}" HCCL_EXEC_TIMEOUT="${HCCL_EXEC_TIMEOUT:-1200}"
 if [ -n "${SOCKET_IFNAME:-}" ]; then
     export HCCL_SOCKET_IFNAME="$SOCKET_IFNAME" GLOO_SOCKET_IFNAME="$SOCKET_IFNAME"
 fi

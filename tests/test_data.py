@@ -135,13 +135,13 @@ def test_plain_string_prompt_explains_the_fix(tmp_path):
     # one mistake over a whole column is one line listing the rows, not one line per row
     assert err.problems == [
         f"{path} rows 0, 1, 2 column prompt: expected a list of {{role, content}} messages, got a plain string "
-        "(wrap it: [{'role': 'user', 'content': text}], or set data.chat_template=false for raw prompts)"
+        "(wrap it: [{'role': 'user', 'content': text}])"
     ]
 
 
 def test_raw_string_prompts_when_the_config_says_so(tmp_path, tiny_tokenizer):
     path = write(tmp_path / "train.parquet", [make_row(i, prompt=f"Question: {i}+1?\nAnswer:") for i in range(2)])
-    ds = load_prompts(path, tiny_tokenizer, DataConfig(chat_template=False))
+    ds = load_prompts(path, tiny_tokenizer, DataConfig(apply_chat_template=False))
     rec = ds.records[1]
     assert rec.prompt_text == "Question: 1+1?\nAnswer:"  # no chat template around it
     assert tiny_tokenizer.decode(rec.prompt_ids) == rec.prompt_text
@@ -324,3 +324,30 @@ def test_resume_refuses_a_different_order(records):
 def test_fewer_prompts_than_a_batch_is_an_error(records):
     with pytest.raises(DataError, match=re.escape("has 3 prompts after filtering, fewer than data.train_batch_size=8")):
         BatchSampler(records[:3], 8)
+
+
+def test_damaged_parquet_body_names_the_file_and_other_files_still_report(tmp_path):
+    good = write(tmp_path / "good.parquet", [make_row(i) for i in range(200)])
+    damaged = tmp_path / "damaged.parquet"
+    raw = bytearray(good.read_bytes())
+    raw[8 : len(raw) // 2] = b"\xff" * (len(raw) // 2 - 8)  # the data pages; footer and schema stay readable
+    damaged.write_bytes(bytes(raw))
+    pq.read_schema(damaged)  # the footer still reads: only reading the rows fails
+    rows = [make_row(0)]
+    del rows[0]["data_source"]
+    other = write(tmp_path / "other.parquet", rows)
+    err = data_error([damaged, other])
+    assert re.search(rf"{re.escape(str(damaged))}: cannot read the data, the file is damaged \(.+\)", str(err))
+    assert f"{other} column data_source: missing column" in str(err)
+    assert len(err.problems) == 2
+
+
+def test_empty_or_blank_message_content_is_a_data_error(tmp_path):
+    rows = [make_row(i) for i in range(4)]
+    rows[1]["prompt"] = [{"role": "user", "content": ""}]
+    rows[2]["prompt"] = [{"role": "system", "content": "be brief"}, {"role": "user", "content": " \n\t "}]
+    path = write(tmp_path / "train.parquet", rows)
+    text = str(data_error(path))
+    assert f"{path} row 1 column prompt[0].content: empty" in text
+    assert f"{path} row 2 column prompt[1].content: only whitespace" in text
+    assert "row 0 " not in text and "row 3 " not in text

@@ -87,3 +87,14 @@ def test_no_torch_cuda_outside_the_device_layer():
         ["grep", "-rln", "torch.cuda", "npu_rl", "reward", "--include=*.py"], cwd=root, capture_output=True, text=True
     ).stdout.split()
     assert out == ["npu_rl/device.py"] or set(out) <= {"npu_rl/device.py"}, out
+
+
+def test_cpu_threads_default_to_the_cores_this_process_may_use(monkeypatch):
+    from npu_rl.device import cpu_threads
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert cpu_threads(3) == 3
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 5, 7, 9})
+    assert cpu_threads() == 6
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: the node's cores shared among its ranks
+    assert cpu_threads() == 1

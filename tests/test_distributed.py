@@ -324,6 +324,7 @@ def test_run_script_launches_torchrun_with_the_sample_config(tmp_path, tiny_mode
         "data.val_max_samples=4",
         "rollout.n=2",
         "rollout.max_new_tokens=8",
+        "rollout.name=hf",  # the sample's vLLM engine cannot run the tiny model (vLLM CPU needs head_dim >= 32)
         "trainer.total_training_steps=1",
         "trainer.logger=[jsonl]",
         "reward.num_workers=0",

@@ -132,7 +132,7 @@ def test_dtype_cast_and_sharded_index(plain_ckpt, tmp_path):
         tensors |= load_file(out / shard)
     assert tensors["step_scalar"].dtype == torch.int64  # integers are never cast
     assert tensors["model.norm.weight"].dtype == torch.bfloat16
-    merged = AutoModelForCausalLM.from_pretrained(out)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype="auto")  # the dtype config.json records
     assert merged.dtype == torch.bfloat16
     torch.testing.assert_close(_logits(merged).float(), logits, rtol=0.05, atol=0.05)
 

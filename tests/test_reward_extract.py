@@ -55,7 +55,12 @@ def test_gsm8k_hash() -> None:
     ("text", "expected"),
     [
         ("The answer is 3.5. Done.", "3.5"),
-        ("the final answer is: $\\frac{1}{2}$.", "$\\frac{1}{2}$"),
+        ("the final answer is: $\\frac{1}{2}$.", "\\frac{1}{2}"),  # the statement's math segment
+        ("The answer is $x = 5$, which satisfies both equations.", "x = 5"),
+        ("Final Answer: The final answer is $\\frac{3}{5}$. I hope it is correct.", "\\frac{3}{5}"),  # Minerva
+        ("Final answer: 0.6", "0.6"),  # lighteval
+        ("ANSWER: 45", "45"),
+        ("**Final answer: 7**", "7"),
         ("**Answer:** 12", "12"),
         ("Answer = 4", "4"),
         ("The answer is \\boxed{9} for sure", "9"),
@@ -79,7 +84,8 @@ def test_strict_mode_only_accepts_the_requested_form() -> None:
     text = "The answer is 9."
     assert answer(text, strict=True) is None
     assert answer(text, strict=False) == "9"
-    assert answer("<answer>9</answer> and \\boxed{8}", "answer_tag", strict=False) == "9"  # requested form first
+    found = extract_answer("<answer>9</answer> and so \\boxed{9}", "answer_tag")
+    assert found is not None and (found.answer, found.form) == ("9", "answer_tag")  # a restatement: requested form
     with pytest.raises(ValueError, match="unknown answer form"):
         extract_answer("x", requested="xml")
 
@@ -115,3 +121,38 @@ def test_ground_truth_may_be_a_reference_solution_or_a_list() -> None:
     assert compute_score("lighteval/MATH", r"\boxed{0.5}", r"so it is $\boxed{\frac12}$")["acc"] is True
     assert compute_score("lighteval/MATH", r"\boxed{3}", ["2", "3"])["acc"] is True
     assert compute_score("lighteval/MATH", r"\boxed{3}", 3)["acc"] is True
+
+
+def test_default_mode_reads_any_clearly_stated_final_answer() -> None:
+    assert answer("3 + 4 = 7.\nFinal Answer: The final answer is $7$. I hope it is correct.") == "7"
+    assert answer("3 + 4 = 7.\n\nAnswer: $7$") == "7"
+    assert answer("<reasoning>3 + 4 = 7</reasoning>\n<answer>7</answer>") == "7"
+    assert answer("3 + 4 = 7\n\n**Final answer:** 7") == "7"
+    assert answer("### Final Answer\nThe box holds **7** marbles.") == "7"
+    assert answer("**Final Answer**\n\\[\n\\boxed{7}\n\\]") == "7"
+    assert answer("## Final answer\n$x = 7$") == "x = 7"
+
+
+def test_a_later_revision_in_another_form_wins_over_the_requested_form() -> None:
+    assert answer("So $\\boxed{10}$. Wait, I dropped a term: 4 + 6 + 3 = 13, so the final answer is 13.") == "13"
+    # ... but prose after the box that only mentions "the answer" does not replace it
+    assert answer("So $\\boxed{10}$. Note that the answer is positive, as expected.") == "10"
+
+
+def test_no_answer_after_a_cut_off_or_inside_unfinished_thinking() -> None:
+    assert answer("The answer is 10. Checking once more: \\boxed{1") is None
+    assert answer("Answer: 10, and then <answer>1") is None
+    assert answer("<think>3 + 4 = 7, so the answer is 7") is None  # never left the thinking block
+    assert answer("<think>the answer is 7</think>") is None  # said only while thinking
+    found = extract_answer("<think>3 + 4 = 7</think> The answer is $\\boxed{7}$.")
+    assert found is not None and found.answer == "7" and found.text[: found.start].endswith("</think> The answer is $")
+
+
+def test_numbers_in_the_reasoning_are_never_the_answer_in_default_mode() -> None:
+    for text in (
+        "First 3 * 8 = 24, then we subtract the overlap, which I compute next.",
+        "We start from 24 candidates. Removing duplicates changes the count.",
+        "Consider 18 and 30; their gcd is 6",
+        "To find the answer, note that 5 + 7 = 12.",
+    ):
+        assert answer(text) is None, text

@@ -128,10 +128,16 @@ def test_in_process_budget_holds_in_the_main_thread_and_is_accounted_elsewhere(u
 
 
 def test_in_process_default_reward_and_strict_vs_lenient() -> None:
-    cfg = RewardConfig(num_workers=0)
-    items = [RewardItem("synthetic/arith", "The answer is 14.", "14")]
-    assert RewardManager(cfg).score(items).acc == [False]  # training: only \boxed{} counts
-    assert RewardManager(cfg, strict=False).score(items).acc == [True]  # evaluation: lenient
+    items = [
+        RewardItem("synthetic/arith", "The answer is 14.", "14"),
+        RewardItem("synthetic/arith", "\\boxed{14}", "14"),
+    ]
+    default = RewardManager(RewardConfig(num_workers=0)).score(items)
+    assert default.acc == [True, True]  # correct by meaning from any clearly stated final answer
+    assert default.scores == [1.0, 1.1]  # the requested form (\boxed{}) is the format tier
+    strict = RewardManager(RewardConfig(num_workers=0, strict=True)).score(items)
+    assert strict.acc == [False, True]  # reward.strict=true: only \boxed{} counts
+    assert RewardManager(RewardConfig(num_workers=0, strict=True), strict=False).score(items).acc == [True, True]
 
 
 def test_truncated_items_and_configured_answer_format() -> None:
@@ -140,10 +146,11 @@ def test_truncated_items_and_configured_answer_format() -> None:
         [
             RewardItem("openai/gsm8k", "<reasoning>3 + 4 = 7</reasoning>\n<answer>7</answer>", "7"),
             RewardItem("openai/gsm8k", "<reasoning>3 + 4 = 7</reasoning>\n<answer>7</answer>", "7", truncated=True),
-            RewardItem("openai/gsm8k", "#### 7", "7"),  # strict: only <answer> counts now
+            RewardItem("openai/gsm8k", "#### 7", "7"),  # another form: correct, no format bonus
         ]
     )
-    assert batch.acc == [True, False, False]
+    assert batch.acc == [True, False, True]
+    assert batch.scores[0] > batch.scores[2] > 0
 
 
 def test_weighted_list_logs_each_term(user_file: str) -> None:

@@ -41,8 +41,9 @@ def make_batch(pad_id: int, lengths: list[int], width: int = 7) -> actor.PolicyB
 
 
 def plan_of(model, share: bool):
-    """`auto` on the CPU (fused for Llama-family, shared_prefix otherwise) or the reference plan."""
-    return build_plan(model, CPU) if share else REFERENCE_PLAN
+    """The shared-prompt plans (fused for Llama-family, shared_prefix otherwise) or the reference plan;
+    the packed plan (`auto` for Llama-family) has its own tests in test_packing.py."""
+    return build_plan(model, CPU, forward="fused" if llama.supports(model) else "auto") if share else REFERENCE_PLAN
 
 
 def logprobs_and_grads(model, batch, share: bool):
@@ -147,3 +148,23 @@ def test_linear_mode_routes_only_eligible_calls(monkeypatch):
     monkeypatch.setenv("NPU_RL_ONEDNN_LINEAR", "0")
     with cpu_linear.linear_mode():
         assert backend(x, w) != "OneDNNLinearBackward"
+
+
+def test_onednn_is_chosen_per_weight_shape_by_a_measured_ratio(monkeypatch, model):
+    from npu_rl.compute import linears_for, weight_shapes
+
+    shapes = weight_shapes(model)
+    if llama.supports(model):  # the fused q/k/v and gate/up weights are measured too
+        assert {(64 + 2 * 2 * 16, 64), (2 * 96, 64)} <= shapes  # q + k + v heads x head_dim; gate + up
+    chosen = cpu_linear.faster_shapes(shapes)
+    assert chosen <= shapes
+    monkeypatch.setenv("NPU_RL_ONEDNN_LINEAR", "1")
+    assert cpu_linear.faster_shapes.__wrapped__(shapes) == shapes  # forced: every shape
+    x = torch.randn(3, 64, requires_grad=True)
+    w_in, w_out = torch.randn(96, 64), torch.randn(97, 64)
+    route = cpu_linear.linear_for(frozenset({(96, 64)}))
+    assert type(route(x, w_in).grad_fn).__name__ == "OneDNNLinearBackward"
+    assert type(route(x, w_out).grad_fn).__name__ != "OneDNNLinearBackward"  # a shape not chosen: torch's
+    with cpu_linear.linear_mode(shapes=frozenset({(96, 64)})):
+        assert type(torch.nn.functional.linear(x, w_out).grad_fn).__name__ != "OneDNNLinearBackward"
+    assert linears_for(CPU, model=model).name.startswith("onednn(")

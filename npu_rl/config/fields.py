@@ -57,6 +57,8 @@ def knob(default: Any, help: str, **constraints: Any) -> Any:
     meta = {"spec": Spec(help, **constraints)}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
     if isinstance(default, type):  # a nested config group
         return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta)
@@ -84,6 +86,8 @@ def type_name(tp: Any) -> str:
         return " | ".join(type_name(arg) for arg in get_args(tp))
     if origin is list:
         return f"list[{type_name(get_args(tp)[0])}]"
+    if origin is dict:
+        return "mapping"
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))

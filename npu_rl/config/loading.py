@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from npu_rl import verl_compat
 from npu_rl.config.fields import ConfigError, type_name
 from npu_rl.config.schema import Config
 
@@ -45,6 +46,10 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ConfigError(f"{path}: {value!r} is not one of {list(choices)}{extra}")
         return value
+    if origin is dict:  # free-form keyword arguments: a mapping with string keys, values as given
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{path}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
     if origin is list:
         (item_tp,) = get_args(tp)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -133,6 +138,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for text in overrides:
         keys, value = parse_override(text)
         _set_dotted(tree, keys, value)
+    tree = verl_compat.to_native(tree, overrides)  # verl's key spellings and ${...} references
     cfg = build(Config, tree)
     cfg.validate()
     return cfg

@@ -110,6 +110,15 @@ def markdown() -> str:
         "Every key is checked before any model or data is loaded: unknown keys get the closest valid name,",
         "numbers must be finite and in the allowed range, and names of estimators, losses, backends and",
         "trackers must be registered (the allowed values below are the registered names).",
+        "",
+        "A new choice is one function plus one registration, with no config edit: an advantage estimator",
+        "`@register_adv_estimator(name)`, a policy loss `@POLICY_LOSSES.register(name)` (signature",
+        "`fn(logprob, old_logprob, advantages, mask, cfg: ActorConfig) -> (loss_mat, stats)`), a KL estimator",
+        "`@KL_ESTIMATORS.register(name)` or a loss aggregation `@LOSS_AGG_MODES.register(name)` in",
+        "`npu_rl/core_algos.py`; a rollout backend `@ROLLOUTS.register(name)` in `npu_rl/rollout/__init__.py`",
+        "(import the engine inside the factory); a tracker `@REGISTRY.register(name)` with `@requires(package)`",
+        "in `npu_rl/tracking.py`; a reward term `REGISTRY.add(name, fn)` in `reward/scoring.py`. Then regenerate",
+        "this file.",
     ]
     for group in groups():
         out += ["", f"## {group.name}", "", group.doc, "", "| key | type | default | allowed | description |"]

@@ -7,8 +7,9 @@ installed packages). `load_config` runs all of it before any model or data is to
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from npu_rl.config import environment
 from npu_rl.config.fields import ConfigError, Section, join, knob
@@ -52,8 +53,8 @@ class DataConfig(Section):
     shuffle: bool = knob(True, "reshuffle the training prompts every epoch")
     seed: int = knob(1, "seed of the shuffling order", ge=0)
     filter_overlong_prompts: bool = knob(True, "drop prompts over max_prompt_length; false: such a prompt is an error")
-    chat_template: bool = knob(
-        True, "render prompts with the tokenizer's chat template; false: a prompt may be a plain string, used as is"
+    apply_chat_template: bool = knob(
+        True, "prompts are chat messages rendered by the tokenizer's template; false: plain strings, as written"
     )
 
     def check(self, path: str) -> None:
@@ -86,8 +87,29 @@ class FSDPConfig(Section):
     """FSDP2 settings; ignored in a single process without torch.distributed."""
 
     param_offload: bool = knob(False, "keep parameter shards in CPU memory between uses")
+    optimizer_offload: bool = knob(
+        False,
+        "keep optimizer states in CPU memory and step there; under FSDP2 this is the same CPUOffloadPolicy as "
+        "param_offload (parameter, gradient and optimizer shards on the host); no effect on the CPU device",
+    )
     reshard_after_forward: bool = knob(True, "free gathered parameters after forward (less memory, one more gather)")
     mixed_precision: bool = knob(True, "bf16 parameters with fp32 reduction on accelerators; always fp32 on CPU")
+
+
+@dataclass
+class LoraConfig(Section):
+    """LoRA adapters through peft (npu_rl.lora); rank 0 trains every weight."""
+
+    rank: int = knob(0, "adapter rank; 0: no LoRA, full fine-tuning", ge=0)
+    alpha: float = knob(16.0, "LoRA alpha (the update is scaled by alpha / rank)", gt=0)
+    target_modules: list[str] = knob(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "linear layers that get adapters (peft's target_modules; 'all-linear' for every one)",
+    )
+
+    def check(self, path: str) -> None:
+        if self.rank > 0 and importlib.util.find_spec("peft") is None:
+            raise ConfigError(f"{join(path, 'rank')} > 0 (LoRA) needs peft: pip install 'npu_rl[lora]'")
 
 
 @dataclass
@@ -96,17 +118,25 @@ class ActorConfig(Section):
 
     optim: OptimConfig = knob(OptimConfig, "optimizer")
     fsdp: FSDPConfig = knob(FSDPConfig, "sharding")
+    lora: LoraConfig = knob(LoraConfig, "LoRA adapters (peft)")
     ppo_mini_batch_size: int = knob(8, "prompts per optimizer step (x rollout.n sequences), as in verl", gt=0)
     ppo_micro_batch_size_per_device: int = knob(8, "sequences per forward/backward on each device", gt=0)
     ppo_epochs: int = knob(1, "passes over each rollout batch", gt=0)
+    use_dynamic_bsz: bool = knob(
+        False, "micro-batches by token count (ppo_max_token_len_per_device) instead of by rows, as in verl"
+    )
+    ppo_max_token_len_per_device: int = knob(
+        16384, "with use_dynamic_bsz: prompt + response tokens per training micro-batch (about; balanced)", gt=0
+    )
     policy_loss: str = knob(
         "vanilla", "policy loss (verl's policy_loss.loss_mode)", registry="npu_rl.core_algos:POLICY_LOSSES"
     )
-    forward: Literal["auto", "plain", "shared_prefix", "fused"] = knob(
+    forward: Literal["auto", "plain", "shared_prefix", "fused", "packed"] = knob(
         "auto",
         "logprob/training forward: plain = one forward over padded rows; shared_prefix = each prompt once, "
         "its KV reused by its n responses; fused = Llama-family fused kernels with shared prompts; "
-        "auto = fused where supported else shared_prefix, plain under gradient checkpointing",
+        "packed = fused kernels over the real tokens only (no padding), attention kept within rows; "
+        "auto = packed where supported else shared_prefix, plain under gradient checkpointing",
     )
     clip_ratio_low: float = knob(0.2, "PPO ratio clipped below at 1 - clip_ratio_low", ge=0, lt=1)
     clip_ratio_high: float = knob(0.2, "PPO ratio clipped above at 1 + clip_ratio_high (> low: DAPO clip-higher)", ge=0)
@@ -144,6 +174,10 @@ class RefConfig(Section):
     """The frozen reference policy; only built when a KL term is on."""
 
     log_prob_micro_batch_size_per_device: int = knob(16, "sequences per reference logprob forward", gt=0)
+    log_prob_use_dynamic_bsz: bool | None = knob(None, "reference micro-batches by tokens; null: actor.use_dynamic_bsz")
+    log_prob_max_token_len_per_device: int = knob(
+        16384, "with dynamic batching: tokens per reference logprob micro-batch", gt=0
+    )
     param_offload: bool = knob(False, "keep the reference's FSDP shards in CPU memory")
 
 
@@ -155,6 +189,25 @@ class ValKwargs(Section):
     temperature: float = knob(0.0, "sampling temperature; 0: greedy", ge=0)
     top_p: float = knob(1.0, "nucleus sampling mass", gt=0, le=1)
     top_k: int = knob(-1, "sample among the k most likely tokens; -1 or 0: off", ge=-1)
+
+
+@dataclass
+class MultiTurnConfig(Section):
+    """Multi-turn tool use: the policy may call tools between assistant turns (docs/multi_turn.md)."""
+
+    enable: bool = knob(False, "generate in turns, executing the tool calls the model makes")
+    tool_config_path: str | None = knob(None, "verl-style tool config YAML (required when enabled)")
+    max_assistant_turns: int = knob(5, "assistant turns per response (the last one's tool calls are not run)", gt=0)
+    max_tool_response_tokens: int = knob(256, "a tool answer is cut to this many tokens", gt=0)
+    tool_call_bonus: float = knob(0.0, "reward added per successful tool call (shaping; 0: off)", ge=0)
+    failed_call_penalty: float = knob(0.0, "reward subtracted per failed tool call (shaping; 0: off)", ge=0)
+    shaping_cap: float = knob(0.2, "the shaping term is clipped to [-cap, cap]", ge=0)
+
+    def check(self, path: str) -> None:
+        if self.enable:
+            if not self.tool_config_path:
+                raise ConfigError(f"{join(path, 'tool_config_path')} is required when {join(path, 'enable')} is true")
+            environment.check_file(self.tool_config_path, join(path, "tool_config_path"))
 
 
 @dataclass
@@ -174,7 +227,14 @@ class RolloutConfig(Section):
     max_new_tokens: int = knob(1024, "longest response in tokens", gt=0)
     micro_batch_size: int = knob(64, "prompts per generate call of the hf backend", gt=0)
     log_prob_micro_batch_size_per_device: int = knob(16, "sequences per old-policy logprob forward", gt=0)
+    log_prob_use_dynamic_bsz: bool | None = knob(
+        None, "old-policy logprob micro-batches by tokens; null: actor.use_dynamic_bsz"
+    )
+    log_prob_max_token_len_per_device: int = knob(
+        16384, "with dynamic batching: tokens per old-policy logprob micro-batch", gt=0
+    )
     val_kwargs: ValKwargs = knob(ValKwargs, "validation sampling")
+    multi_turn: MultiTurnConfig = knob(MultiTurnConfig, "multi-turn tool use")
     gpu_memory_utilization: float = knob(0.5, "vllm: fraction of device memory for weights and KV cache", gt=0, le=1)
     tensor_parallel_size: int = knob(1, "vllm: ranks per engine (must divide the world size)", gt=0)
     enforce_eager: bool = knob(True, "vllm: no graph capture (faster start, slower decode)")
@@ -232,6 +292,7 @@ class CustomRewardFunction(Section):
 
     path: str | None = knob(None, "Python file defining the function; replaces the default reward")
     name: str = knob("compute_score", "function name in that file")
+    reward_kwargs: dict[str, Any] = knob({}, "extra keyword arguments for the function (verl's reward_kwargs)")
 
     def check(self, path: str) -> None:
         environment.check_file(self.path, join(path, "path"))
@@ -249,6 +310,10 @@ class WeightedReward(Section):
     )
     weight: float = knob(1.0, "weight of this term in the sum")
     path: str | None = knob(None, "Python file defining the function `name`")
+    kwargs: dict[str, Any] = knob({}, "extra keyword arguments for the function")
+    style: Literal["auto", "verl", "trl"] = knob(
+        "auto", "calling convention: verl per item by keyword, trl batched (prompts, completions, **columns)"
+    )
 
     def check(self, path: str) -> None:
         environment.check_file(self.path, join(path, "path"))
@@ -269,7 +334,7 @@ class RewardConfig(Section):
 
     custom_function: CustomRewardFunction = knob(CustomRewardFunction, "verl-style custom reward")
     functions: list[WeightedReward] = knob([], "weighted reward terms; empty: the default tiered math reward")
-    strict: bool = knob(True, "training extracts only the requested answer format")
+    strict: bool = knob(False, "true: only the requested answer form is graded; false: any clearly stated final answer")
     timeout_s: float = knob(5.0, "wall-clock budget per graded item, seconds", gt=0)
     num_workers: int = knob(2, "grading processes; 0 grades in-process", ge=0)
     incorrect_score: float = knob(0.0, "default reward of a wrong or missing answer")
@@ -310,7 +375,15 @@ class TrainerConfig(Section):
     critic_warmup: int = knob(0, "steps that train only the critic before the actor starts (PPO with GAE)", ge=0)
     resume_mode: str = knob("auto", "auto (latest checkpoint if any) | disable | path to a global_step_N folder")
     max_ckpt_to_keep: int = knob(-1, "checkpoints kept; -1: all", ge=-1)
-    num_threads: int = knob(0, "torch intra-op threads on CPU; 0: torch's default", ge=0)
+    num_threads: int = knob(
+        0, "torch intra-op threads on CPU; 0: the cores this process may use (affinity) / ranks on the node", ge=0
+    )
+    max_nonfinite_steps: int = knob(
+        3, "stop after this many steps in a row whose update was skipped for a NaN/inf loss or gradient", gt=0
+    )
+    allow_config_change: bool = knob(
+        False, "resume even if the LR schedule, seeds or batch layout changed, applying them from the resumed step"
+    )
 
     def check(self, path: str) -> None:
         environment.check_resume_mode(self.resume_mode, join(path, "resume_mode"))
@@ -348,12 +421,37 @@ class Config(Section):
             )
         if rollout.name == "vllm":
             environment.check_tensor_parallel(rollout.tensor_parallel_size, world)
+        longest = data.max_prompt_length + rollout.max_new_tokens
+        for key, budget in self.token_budgets().items():
+            if budget is not None and budget < longest:
+                raise ConfigError(
+                    f"{key} ({budget}) must hold the longest row: data.max_prompt_length + rollout.max_new_tokens "
+                    f"= {longest}; raise it or turn dynamic batching off"
+                )
         environment.warn_single_sample_groups(self.algorithm.adv_estimator, rollout.n)
         if self.reward.overlong_buffer.enable and self.reward.overlong_buffer.len >= rollout.max_new_tokens:
             raise ConfigError(
                 f"reward.overlong_buffer.len ({self.reward.overlong_buffer.len}) must be smaller than "
                 f"rollout.max_new_tokens ({rollout.max_new_tokens})"
             )
+
+    def token_budgets(self) -> dict[str, int | None]:
+        """Tokens per micro-batch of the training, old-logprob and reference passes (None: fixed rows),
+        keyed by the config key that sets each."""
+        dynamic = self.actor.use_dynamic_bsz
+
+        def pick(flag: bool | None, budget: int) -> int | None:
+            return budget if (dynamic if flag is None else flag) else None
+
+        return {
+            "actor.ppo_max_token_len_per_device": pick(dynamic, self.actor.ppo_max_token_len_per_device),
+            "rollout.log_prob_max_token_len_per_device": pick(
+                self.rollout.log_prob_use_dynamic_bsz, self.rollout.log_prob_max_token_len_per_device
+            ),
+            "ref.log_prob_max_token_len_per_device": pick(
+                self.ref.log_prob_use_dynamic_bsz, self.ref.log_prob_max_token_len_per_device
+            ),
+        }
 
     @property
     def kl_in_loss(self) -> bool:

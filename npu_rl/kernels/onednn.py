@@ -7,15 +7,25 @@ rows (decoding) a matmul against a weight pre-packed once for oneDNN takes a thi
 
 `linear` (and, around transformers code, `linear_mode()`) sends every eligible linear (CPU, fp32,
 plain tensors) through `OneDNNLinear`, whose backward uses oneDNN too; anything else is left to
-torch. Results match sgemm to fp32 rounding (another summation order). NPU_RL_ONEDNN_LINEAR=0
-turns it off. Only `npu_rl.compute` imports this module, when the run's device is the CPU.
+torch. Results match sgemm to fp32 rounding (another summation order). Only `npu_rl.compute`
+imports this module, when the run's device is the CPU.
+
+Which is faster depends on the CPU: re-measured on the same EPYC, oneDNN's forward + backward is
+5-10 % faster at the small model's shapes but 20-30 % slower at the tiny model's narrow ones, and
+with AVX2 forced (no AVX-512: MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2) equal to 15 %
+slower, while pre-packed decoding stays faster everywhere. So the training kernels are chosen per
+weight shape by `faster_shapes`, a short interleaved measurement at start-up whose decision is a
+ratio (oneDNN must take under 0.95 of sgemm's time), not an absolute time.
+NPU_RL_ONEDNN_LINEAR=0 turns oneDNN off, =1 uses it for every shape, unset (auto) measures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -67,35 +77,83 @@ class OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear` through oneDNN where eligible."""
-    if available() and eligible(x, weight, bias):
+Shapes = frozenset[tuple[int, int]] | None  # weight shapes (out, in) routed to oneDNN; None: every shape
+ONEDNN_SHARE = 0.95  # oneDNN is chosen for a shape only below this share of sgemm's time
+
+
+def _chosen(weight: torch.Tensor, shapes: Shapes) -> bool:
+    return shapes is None or tuple(weight.shape) in shapes
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, shapes: Shapes = None
+) -> torch.Tensor:
+    """`F.linear` through oneDNN where eligible (and, given `shapes`, where that shape was chosen)."""
+    if available() and eligible(x, weight, bias) and _chosen(weight, shapes):
         return OneDNNLinear.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
+def linear_for(shapes: Shapes) -> Callable[..., torch.Tensor]:
+    return functools.partial(linear, shapes=shapes)
+
+
+def _time_pass(fn: Callable[..., torch.Tensor], x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> float:
+    start = time.perf_counter()
+    fn(x, weight, None).backward(grad)
+    return time.perf_counter() - start
+
+
+@functools.cache
+def faster_shapes(shapes: frozenset[tuple[int, int]], rows: int = 256, repeats: int = 4) -> frozenset[tuple[int, int]]:
+    """The weight shapes whose forward + backward at `rows` input rows is faster through oneDNN than
+    through torch's sgemm on this CPU. The two run alternately (they share the machine's noise)
+    and the best time of each decides, as a ratio (ONEDNN_SHARE). Cached per set of shapes."""
+    if os.environ.get("NPU_RL_ONEDNN_LINEAR") == "1":
+        return shapes
+    gen = torch.Generator().manual_seed(0)
+    winners = set()
+    for out_features, in_features in sorted(shapes):
+        x = torch.randn(rows, in_features, generator=gen).requires_grad_()
+        weight = torch.randn(out_features, in_features, generator=gen).requires_grad_()
+        grad = torch.randn(rows, out_features, generator=gen)
+        best = {F.linear: float("inf"), OneDNNLinear.apply: float("inf")}
+        for round_ in range(repeats + 1):  # round 0 warms both up
+            for fn in best:
+                elapsed = _time_pass(fn, x, weight, grad)
+                best[fn] = min(best[fn], elapsed) if round_ else best[fn]
+        if best[OneDNNLinear.apply] < ONEDNN_SHARE * best[F.linear]:
+            winners.add((out_features, in_features))
+    return frozenset(winners)
+
+
 class _LinearMode(TorchFunctionMode):
+    def __init__(self, shapes: Shapes) -> None:
+        super().__init__()
+        self.shapes = shapes
+
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         if func is F.linear:
             x, weight, bias = (*args, *([None] * (3 - len(args))))[:3]
             weight = kwargs.get("weight", weight)
             bias = kwargs.get("bias", bias)
-            if eligible(x, weight, bias):
+            if eligible(x, weight, bias) and _chosen(weight, self.shapes):
                 return OneDNNLinear.apply(x, weight, bias)
         return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
-def linear_mode(enabled: bool = True) -> Iterator[None]:
-    """Route the eligible `F.linear` calls of the block through oneDNN (no-op when unavailable).
+def linear_mode(enabled: bool = True, shapes: Shapes = None) -> Iterator[None]:
+    """Route the eligible `F.linear` calls of the block through oneDNN (no-op when unavailable);
+    given `shapes`, only those weight shapes.
 
     Not for gradient-checkpointed models: their backward re-runs the forward outside this block.
     """
     if not (enabled and available()):
         yield
         return
-    with _LinearMode():
+    with _LinearMode(shapes):
         yield
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "build_rollout",
     "eos_and_pad_ids",
     "generate",
+    "tool_schemas",
 ]
 
 
@@ -96,9 +97,28 @@ def _vllm(cfg: Config, model: nn.Module | None, tokenizer: Any, acc: Any, dist: 
     )
 
 
+def tool_schemas(cfg: Config) -> list[dict[str, Any]] | None:
+    """The function schemas prompts are rendered with (chat template `tools=`) when multi-turn is on."""
+    if not cfg.rollout.multi_turn.enable:
+        return None
+    from npu_rl.agent_tools import load_tools
+
+    return [tool.schema for tool in load_tools(cfg.rollout.multi_turn.tool_config_path).values()]
+
+
 def build_rollout(
     cfg: Config, model: nn.Module | None, tokenizer: Any, acc: Any, dist: Any, plan: ComputePlan | None = None
 ) -> RolloutEngine:
     """The configured engine (ROLLOUTS[rollout.name]); `model` is the trainer's module (shared by the
-    hf backend, which decodes as `plan` says)."""
-    return ROLLOUTS.get(cfg.rollout.name, key="rollout.name")(cfg, model, tokenizer, acc, dist, plan)
+    hf backend, which decodes as `plan` says). With `rollout.multi_turn.enable` the engine generates
+    tool-using conversations (npu_rl.rollout.multi_turn) with the tools of `tool_config_path`."""
+    engine = ROLLOUTS.get(cfg.rollout.name, key="rollout.name")(cfg, model, tokenizer, acc, dist, plan)
+    mt = cfg.rollout.multi_turn
+    if not mt.enable:
+        return engine
+    from npu_rl.agent_tools import load_tools
+    from npu_rl.rollout.multi_turn import MultiTurnRollout
+
+    _, pad = eos_and_pad_ids(tokenizer, model)
+    tools = load_tools(mt.tool_config_path)
+    return MultiTurnRollout(engine, tokenizer, tools, pad, mt.max_assistant_turns, mt.max_tool_response_tokens)

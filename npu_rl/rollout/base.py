@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -29,6 +29,9 @@ class RolloutOutput:
     `response_ids` is right-padded with `pad_token_id`; `logprobs` holds, per generated token, the
     log-probability the engine sampled it with (of the temperature-scaled distribution; 0 past the end).
     `finish_reasons` is "stop" (EOS or a stop token) or "length" (hit max_new_tokens).
+    `token_mask` marks the tokens the policy generated (multi-turn: tool answers inside the response
+    are 0, out of the loss and the grading); None means the first `lengths` tokens.
+    `row_metrics` holds per-row values a backend reports (multi-turn: turns, tool calls), logged as means.
     """
 
     response_ids: torch.Tensor  # [R, T] long
@@ -37,6 +40,8 @@ class RolloutOutput:
     finish_reasons: list[str]
     group: torch.Tensor  # [R] long, index of the row's prompt
     sample: torch.Tensor  # [R] long, the row's sample number within its prompt
+    token_mask: torch.Tensor | None = None  # [R, T] float
+    row_metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [R] float
 
     @property
     def truncated(self) -> list[bool]:
@@ -44,14 +49,19 @@ class RolloutOutput:
         return [reason == "length" for reason in self.finish_reasons]
 
     def decode(self, tokenizer: Any) -> list[str]:
-        """Response texts (special tokens dropped) for the reward, from each row's real tokens only."""
-        ids = self.response_ids.tolist()
+        """Response texts (special tokens dropped) for the reward, from the policy's own tokens only
+        (tool answers are left out: a tool must not be able to write the graded answer)."""
+        ids, keep = self.response_ids.tolist(), self.response_mask.bool().tolist()
         return tokenizer.batch_decode(
-            [row[:length] for row, length in zip(ids, self.lengths.tolist(), strict=True)], skip_special_tokens=True
+            [[t for t, k in zip(row, mask, strict=True) if k] for row, mask in zip(ids, keep, strict=True)],
+            skip_special_tokens=True,
         )
 
     @property
     def response_mask(self) -> torch.Tensor:
+        """[R, T] 1.0 where the token is the policy's (in the loss), 0.0 at tool answers and padding."""
+        if self.token_mask is not None:
+            return self.token_mask
         steps = torch.arange(self.response_ids.shape[1], device=self.lengths.device)
         return (steps[None, :] < self.lengths[:, None]).to(torch.float32)
 

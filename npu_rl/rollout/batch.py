@@ -77,5 +77,7 @@ class RolloutBatch(RolloutOutput):
             finish_reasons=[self.finish_reasons[i] for i in rows_list],
             group=self.group[rows],
             sample=self.sample[rows],
+            token_mask=None if self.token_mask is None else self.token_mask[rows],
+            row_metrics={name: values[rows] for name, values in self.row_metrics.items()},
             records=self.records,
         )

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from npu_rl.ascend_env import prepare_vllm_env
 from npu_rl.config import RolloutConfig
 from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo
@@ -91,6 +92,7 @@ class VLLMRollout:
         self.eos_token_ids, self.pad_token_id = eos_and_pad_ids(tokenizer, model_files)
         self.in_process = dist.is_distributed
         self.sleep_enabled = cfg.free_cache_engine and acc.type != "cpu"
+        prepare_vllm_env(self.sleep_enabled, acc.type)  # before the engine reads the allocator settings
         self._asleep = False
         self._weights_awake = False
 

@@ -1,0 +1,287 @@
+"""verl's config keys and what each becomes in npu_rl: the table (data) behind the loader and the docs.
+
+`RULES` is the only source: `npu_rl.verl_compat.to_native` applies it to a config, and the table in
+`docs/verl_migration.md` is `markdown_table()` output, printed by `python -m npu_rl.verl_compat`
+(tests/test_verl_compat.py checks that they agree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+ALIAS, SPECIAL, IGNORED, LAUNCHER, UNSUPPORTED = "alias", "special", "ignored", "launcher", "unsupported"
+ANY_VALUE = object()  # `only` default: every value accepted
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How one verl key (a `*` segment matches any single key) maps onto npu_rl.
+
+    alias        the value moves to `native` (a `*` there takes the matched segment)
+    special      `convert(value)` gives the native (key, value) pairs; `native` names them for the docs
+    ignored      accepted with a notice when the value is in `only` (every value if unset), else an error
+    launcher     the world size: answered with the torchrun command
+    unsupported  an error: npu_rl has no equivalent (`note` says what to do instead)
+    """
+
+    verl: str
+    kind: str
+    native: str = ""
+    note: str = ""
+    only: Any = ANY_VALUE
+    convert: Callable[[Any], list[tuple[str, Any]]] | None = None
+    priority: int = 0  # -1: yields to any other setting of its native keys; 1: overrides them all
+
+
+def _off(note: str) -> str:
+    return f"only the default (off) exists here: {note}"
+
+
+def _val_do_sample(value: Any) -> list[tuple[str, Any]]:
+    # verl validates greedily with do_sample=False; here greedy is temperature 0.
+    return [] if value else [("rollout.val_kwargs.temperature", 0.0)]
+
+
+def _clip_ratio(value: Any) -> list[tuple[str, Any]]:
+    return [("actor.clip_ratio_low", value), ("actor.clip_ratio_high", value)]
+
+
+def _resume_path(value: Any) -> list[tuple[str, Any]]:
+    return [("trainer.resume_mode", value)] if value else []
+
+
+def _warmup_style(value: Any) -> list[tuple[str, Any]]:
+    return [("actor.optim.lr_scheduler", value)]
+
+
+_AR = "actor_rollout_ref"
+RULES: tuple[Rule, ...] = (
+    # -- data -----------------------------------------------------------------------------------
+    Rule("data.max_response_length", ALIAS, "rollout.max_new_tokens"),
+    Rule("data.tokenizer", ALIAS, "model.tokenizer_path"),
+    Rule("data.trust_remote_code", ALIAS, "model.trust_remote_code"),
+    Rule("data.truncation", IGNORED, only=("error",), note="overlong prompts are dropped or rejected, never cut"),
+    Rule("data.reward_fn_key", IGNORED, only=("data_source",), note="the reward is chosen by data_source"),
+    Rule("data.return_raw_input_ids", IGNORED, note="no separate reward-model tokenizer"),
+    Rule("data.return_raw_chat", IGNORED, note="the raw chat is always kept"),
+    Rule("data.return_full_prompt", IGNORED, note="the rendered prompt is always kept"),
+    Rule("data.filter_overlong_prompts_workers", IGNORED, note="filtering runs in the loader"),
+    Rule("data.dataloader_num_workers", IGNORED, note="prompts are tokenized once, up front"),
+    Rule("data.validation_shuffle", IGNORED, only=(False,), note="validation runs in file order"),
+    Rule("data.use_shm", IGNORED, only=(False,), note="no shared-memory model copy"),
+    Rule("data.image_key", IGNORED, note="text-only"),
+    Rule("data.custom_cls.*", IGNORED, only=(None,), note="datasets are parquet in verl's row schema (README 'Data')"),
+    # -- model ----------------------------------------------------------------------------------
+    Rule(f"{_AR}.model.path", ALIAS, "model.path"),
+    Rule(f"{_AR}.model.tokenizer_path", ALIAS, "model.tokenizer_path"),
+    Rule(f"{_AR}.model.enable_gradient_checkpointing", ALIAS, "model.gradient_checkpointing"),
+    Rule(f"{_AR}.model.trust_remote_code", ALIAS, "model.trust_remote_code"),
+    Rule(f"{_AR}.model.use_remove_padding", IGNORED, note="padded batches; results are the same"),
+    Rule(f"{_AR}.model.use_fused_kernels", IGNORED, only=(False,), note=_off("fused kernels")),
+    Rule(f"{_AR}.model.use_liger", IGNORED, only=(False,), note=_off("liger kernels are not available on NPU")),
+    Rule(f"{_AR}.model.use_shm", IGNORED, only=(False,), note=_off("shared-memory model copy")),
+    Rule(f"{_AR}.model.enable_activation_offload", IGNORED, only=(False,), note=_off("activation offload")),
+    Rule(f"{_AR}.model.lora_rank", IGNORED, only=(0,), note=_off("LoRA: full fine-tuning only")),
+    Rule(f"{_AR}.model.external_lib", IGNORED, only=(None,), note="models load through transformers' Auto classes"),
+    Rule(f"{_AR}.model.override_config.*", UNSUPPORTED, note="edit the model folder's config.json instead"),
+    Rule(f"{_AR}.hybrid_engine", IGNORED, only=(True,), note="rollout and training are always colocated"),
+    Rule(f"{_AR}.nccl_timeout", IGNORED, note="set NPU_RL_DIST_TIMEOUT_S (seconds) instead"),
+    # -- actor ----------------------------------------------------------------------------------
+    Rule(f"{_AR}.actor.strategy", IGNORED, only=("fsdp", "fsdp2"), note="always FSDP2 (megatron is not available)"),
+    Rule(f"{_AR}.actor.ppo_mini_batch_size", ALIAS, "actor.ppo_mini_batch_size"),
+    Rule(f"{_AR}.actor.ppo_micro_batch_size_per_gpu", ALIAS, "actor.ppo_micro_batch_size_per_device"),
+    Rule(
+        f"{_AR}.actor.ppo_micro_batch_size",
+        UNSUPPORTED,
+        note="the deprecated global micro-batch size; use actor.ppo_micro_batch_size_per_device",
+    ),
+    Rule(f"{_AR}.actor.use_dynamic_bsz", IGNORED, only=(False,), note=_off("dynamic batch size")),
+    Rule(f"{_AR}.actor.ppo_max_token_len_per_gpu", IGNORED, note="only used with dynamic batch size"),
+    Rule(f"{_AR}.actor.ppo_epochs", ALIAS, "actor.ppo_epochs"),
+    Rule(f"{_AR}.actor.shuffle", IGNORED, only=(False,), note=_off("mini-batch shuffling")),
+    Rule(f"{_AR}.actor.grad_clip", ALIAS, "actor.grad_clip"),
+    Rule(
+        f"{_AR}.actor.clip_ratio",
+        SPECIAL,
+        "actor.clip_ratio_low, actor.clip_ratio_high",
+        note="both, unless clip_ratio_low / clip_ratio_high are set",
+        convert=_clip_ratio,
+        priority=-1,
+    ),
+    Rule(f"{_AR}.actor.clip_ratio_low", ALIAS, "actor.clip_ratio_low"),
+    Rule(f"{_AR}.actor.clip_ratio_high", ALIAS, "actor.clip_ratio_high"),
+    Rule(f"{_AR}.actor.clip_ratio_c", ALIAS, "actor.clip_ratio_c"),
+    Rule(f"{_AR}.actor.loss_agg_mode", ALIAS, "actor.loss_agg_mode"),
+    Rule(f"{_AR}.actor.entropy_coeff", ALIAS, "actor.entropy_coeff"),
+    Rule(f"{_AR}.actor.use_kl_loss", ALIAS, "actor.use_kl_loss"),
+    Rule(f"{_AR}.actor.kl_loss_coef", ALIAS, "actor.kl_loss_coef"),
+    Rule(f"{_AR}.actor.kl_loss_type", ALIAS, "actor.kl_loss_type"),
+    Rule(f"{_AR}.actor.policy_loss.loss_mode", ALIAS, "actor.policy_loss"),
+    Rule(f"{_AR}.actor.ulysses_sequence_parallel_size", IGNORED, only=(1,), note=_off("sequence parallelism")),
+    Rule(f"{_AR}.actor.checkpoint.*", IGNORED, note="checkpoints always hold model, optimizer and extra state"),
+    Rule(f"{_AR}.actor.optim.lr", ALIAS, "actor.optim.lr"),
+    Rule(f"{_AR}.actor.optim.lr_warmup_steps", ALIAS, "actor.optim.lr_warmup_steps"),
+    Rule(f"{_AR}.actor.optim.lr_warmup_steps_ratio", ALIAS, "actor.optim.lr_warmup_steps_ratio"),
+    Rule(f"{_AR}.actor.optim.min_lr_ratio", ALIAS, "actor.optim.min_lr_ratio"),
+    Rule(f"{_AR}.actor.optim.weight_decay", ALIAS, "actor.optim.weight_decay"),
+    Rule(f"{_AR}.actor.optim.betas", ALIAS, "actor.optim.betas"),
+    Rule(f"{_AR}.actor.optim.clip_grad", ALIAS, "actor.grad_clip"),
+    Rule(f"{_AR}.actor.optim.warmup_style", SPECIAL, "actor.optim.lr_scheduler", convert=_warmup_style),
+    Rule(f"{_AR}.actor.optim.lr_scheduler_type", ALIAS, "actor.optim.lr_scheduler"),
+    Rule(f"{_AR}.actor.optim.total_training_steps", IGNORED, note="derived from trainer.total_training_steps"),
+    Rule(f"{_AR}.actor.optim.num_cycles", IGNORED, only=(0.5,), note="cosine decays over half a cycle"),
+    Rule(f"{_AR}.actor.fsdp_config.param_offload", ALIAS, "actor.fsdp.param_offload"),
+    Rule(f"{_AR}.actor.fsdp_config.reshard_after_forward", ALIAS, "actor.fsdp.reshard_after_forward"),
+    Rule(f"{_AR}.actor.fsdp_config.optimizer_offload", IGNORED, only=(False,), note=_off("optimizer offload")),
+    Rule(f"{_AR}.actor.fsdp_config.offload_policy", IGNORED, only=(False,), note=_off("FSDP2 CPU offload policy")),
+    Rule(f"{_AR}.actor.fsdp_config.fsdp_size", IGNORED, only=(-1,), note="FSDP spans every rank"),
+    Rule(f"{_AR}.actor.fsdp_config.wrap_policy.*", IGNORED, note="each decoder layer is one FSDP unit"),
+    Rule(f"{_AR}.actor.fsdp_config.model_dtype", IGNORED, note="master weights are fp32; see model.dtype"),
+    Rule(f"{_AR}.actor.fsdp_config.mixed_precision.*", IGNORED, note="bf16 compute, fp32 reduce: actor.fsdp"),
+    # -- reference ------------------------------------------------------------------------------
+    Rule(f"{_AR}.ref.log_prob_micro_batch_size_per_gpu", ALIAS, "ref.log_prob_micro_batch_size_per_device"),
+    Rule(
+        f"{_AR}.ref.log_prob_micro_batch_size",
+        UNSUPPORTED,
+        note="the deprecated global size; use ref.log_prob_micro_batch_size_per_device",
+    ),
+    Rule(f"{_AR}.ref.fsdp_config.param_offload", ALIAS, "ref.param_offload"),
+    Rule(f"{_AR}.ref.fsdp_config.*", IGNORED, note="the reference shares the actor's FSDP layout"),
+    Rule(f"{_AR}.ref.log_prob_use_dynamic_bsz", IGNORED, only=(False,), note=_off("dynamic batch size")),
+    Rule(f"{_AR}.ref.log_prob_max_token_len_per_gpu", IGNORED, note="only used with dynamic batch size"),
+    Rule(f"{_AR}.ref.strategy", IGNORED, only=("fsdp", "fsdp2"), note="always FSDP2"),
+    Rule(f"{_AR}.ref.ulysses_sequence_parallel_size", IGNORED, only=(1,), note=_off("sequence parallelism")),
+    # -- rollout --------------------------------------------------------------------------------
+    Rule(f"{_AR}.rollout.name", ALIAS, "rollout.name"),
+    Rule(f"{_AR}.rollout.mode", IGNORED, note="the engine runs in the trainer's processes (verl's sync mode)"),
+    Rule(f"{_AR}.rollout.n", ALIAS, "rollout.n"),
+    Rule(f"{_AR}.rollout.temperature", ALIAS, "rollout.temperature"),
+    Rule(f"{_AR}.rollout.top_p", ALIAS, "rollout.top_p"),
+    Rule(f"{_AR}.rollout.top_k", ALIAS, "rollout.top_k"),
+    Rule(f"{_AR}.rollout.do_sample", IGNORED, only=(True,), note="training rollouts always sample"),
+    Rule(f"{_AR}.rollout.response_length", ALIAS, "rollout.max_new_tokens"),
+    Rule(f"{_AR}.rollout.prompt_length", IGNORED, note="data.max_prompt_length bounds prompts"),
+    Rule(f"{_AR}.rollout.dtype", IGNORED, note="the engine uses model.dtype"),
+    Rule(f"{_AR}.rollout.ignore_eos", IGNORED, only=(False,), note=_off("ignore_eos")),
+    Rule(f"{_AR}.rollout.gpu_memory_utilization", ALIAS, "rollout.gpu_memory_utilization"),
+    Rule(f"{_AR}.rollout.tensor_model_parallel_size", ALIAS, "rollout.tensor_parallel_size"),
+    Rule(f"{_AR}.rollout.enforce_eager", ALIAS, "rollout.enforce_eager"),
+    Rule(f"{_AR}.rollout.free_cache_engine", ALIAS, "rollout.free_cache_engine"),
+    Rule(f"{_AR}.rollout.max_num_seqs", ALIAS, "rollout.max_num_seqs"),
+    Rule(f"{_AR}.rollout.update_weights_bucket_megabytes", ALIAS, "rollout.weight_sync_bucket_mb"),
+    Rule(f"{_AR}.rollout.log_prob_micro_batch_size_per_gpu", ALIAS, "rollout.log_prob_micro_batch_size_per_device"),
+    Rule(
+        f"{_AR}.rollout.log_prob_micro_batch_size",
+        UNSUPPORTED,
+        note="the deprecated global size; use rollout.log_prob_micro_batch_size_per_device",
+    ),
+    Rule(f"{_AR}.rollout.log_prob_use_dynamic_bsz", IGNORED, only=(False,), note=_off("dynamic batch size")),
+    Rule(f"{_AR}.rollout.log_prob_max_token_len_per_gpu", IGNORED, note="only used with dynamic batch size"),
+    Rule(f"{_AR}.rollout.enable_chunked_prefill", IGNORED, note="vLLM's default is kept"),
+    Rule(f"{_AR}.rollout.max_num_batched_tokens", IGNORED, note="vLLM's default is kept"),
+    Rule(f"{_AR}.rollout.max_model_len", IGNORED, note="prompt + response length bounds it"),
+    Rule(f"{_AR}.rollout.load_format", IGNORED, note="weights load from model.path, then sync from the trainer"),
+    Rule(f"{_AR}.rollout.disable_log_stats", IGNORED, note="vLLM's statistics log is always off"),
+    Rule(f"{_AR}.rollout.layered_summon", IGNORED, note="weights sync in buckets (rollout.weight_sync_bucket_mb)"),
+    Rule(f"{_AR}.rollout.calculate_log_probs", IGNORED, note="rollout/logprob_diff is always logged"),
+    Rule(f"{_AR}.rollout.engine_kwargs.*", IGNORED, note="vLLM's defaults are kept"),
+    Rule(f"{_AR}.rollout.val_kwargs.n", ALIAS, "rollout.val_kwargs.n"),
+    Rule(f"{_AR}.rollout.val_kwargs.temperature", ALIAS, "rollout.val_kwargs.temperature"),
+    Rule(f"{_AR}.rollout.val_kwargs.top_p", ALIAS, "rollout.val_kwargs.top_p"),
+    Rule(f"{_AR}.rollout.val_kwargs.top_k", ALIAS, "rollout.val_kwargs.top_k"),
+    Rule(
+        f"{_AR}.rollout.val_kwargs.do_sample",
+        SPECIAL,
+        "rollout.val_kwargs.temperature",
+        note="false sets temperature 0 (greedy); true keeps rollout.val_kwargs.temperature",
+        convert=_val_do_sample,
+    ),
+    Rule(f"{_AR}.rollout.multi_turn.enable", IGNORED, only=(False,), note=_off("multi-turn / tool rollouts")),
+    Rule(f"{_AR}.rollout.multi_turn.*", IGNORED, note="only read when multi_turn.enable=true, which is an error"),
+    Rule(f"{_AR}.rollout.agent.*", IGNORED, note="agent loops are not implemented; their settings are unused"),
+    # -- critic, reward model, reward function --------------------------------------------------
+    Rule("critic.*", IGNORED, note="GRPO has no critic"),
+    Rule("reward_model.enable", IGNORED, only=(False,), note="rule-based rewards only (no reward model)"),
+    Rule("reward_model.reward_manager", IGNORED, only=("naive", "prime"), note="items are graded in a process pool"),
+    Rule("reward_model.launch_reward_fn_async", IGNORED, note="grading always runs in worker processes"),
+    Rule("reward_model.*", IGNORED, note="only read when reward_model.enable=true, which is an error"),
+    Rule("custom_reward_function.path", ALIAS, "reward.custom_function.path"),
+    Rule("custom_reward_function.name", ALIAS, "reward.custom_function.name"),
+    Rule("custom_reward_function.reward_kwargs", ALIAS, "reward.custom_function.reward_kwargs"),
+    # -- algorithm ------------------------------------------------------------------------------
+    Rule("algorithm.kl_ctrl.kl_coef", ALIAS, "algorithm.kl_coef"),
+    Rule("algorithm.kl_ctrl.type", IGNORED, only=("fixed",), note="a fixed KL coefficient"),
+    Rule("algorithm.kl_ctrl.*", IGNORED, note="only used by the adaptive controller"),
+    Rule("algorithm.gamma", IGNORED, only=(1.0, 1), note="GRPO scores whole responses"),
+    Rule("algorithm.lam", IGNORED, only=(1.0, 1), note="GRPO scores whole responses"),
+    Rule("algorithm.use_pf_ppo", IGNORED, only=(False,), note=_off("PF-PPO reweighting")),
+    # -- trainer --------------------------------------------------------------------------------
+    Rule("trainer.n_gpus_per_node", LAUNCHER, note="torchrun --nproc_per_node"),
+    Rule("trainer.nnodes", LAUNCHER, note="torchrun --nnodes"),
+    Rule("trainer.max_actor_ckpt_to_keep", ALIAS, "trainer.max_ckpt_to_keep"),
+    Rule("trainer.max_critic_ckpt_to_keep", IGNORED, note="GRPO has no critic"),
+    Rule("trainer.critic_warmup", IGNORED, only=(0,), note="GRPO has no critic"),
+    Rule(
+        "trainer.resume_from_path",
+        SPECIAL,
+        "trainer.resume_mode",
+        note="the path becomes trainer.resume_mode (verl's resume_mode=resume_path)",
+        convert=_resume_path,
+        priority=1,
+    ),
+    Rule("trainer.log_val_generations", IGNORED, note="a few validation samples are always logged"),
+    Rule("trainer.validation_data_dir", IGNORED, note="npu_rl.eval --output-dir writes every generation"),
+    Rule("trainer.rollout_data_dir", IGNORED, note="not written"),
+    Rule("trainer.default_hdfs_dir", IGNORED, note="local checkpoints only"),
+    Rule("trainer.del_local_ckpt_after_load", IGNORED, only=(False,), note="checkpoints are kept"),
+    Rule("trainer.balance_batch", IGNORED, note="batches are split evenly by prompt"),
+    Rule("trainer.use_legacy_worker_impl", IGNORED, note="one worker implementation"),
+    Rule("trainer.tensorboard_dir", UNSUPPORTED, note="set the TENSORBOARD_DIR environment variable instead"),
+    Rule("trainer.val_only", UNSUPPORTED, note="use python -m npu_rl.eval --model <folder> --data <parquet>"),
+    Rule("ray_init.*", IGNORED, note="no Ray: processes come from torchrun"),
+    Rule("global_profiler.*", IGNORED, note="profiling is not wired to the config"),
+)
+
+# Top-level groups that only verl has: an unknown key under them is verl's, with no equivalent here.
+VERL_GROUPS = ("actor_rollout_ref", "critic", "reward_model", "custom_reward_function", "ray_init", "global_profiler")
+
+
+def find_rule(key: str) -> tuple[Rule | None, str]:
+    """The rule for dotted verl `key` and the native key it maps to (exact rules win over patterns)."""
+    parts = key.split(".")
+    best: tuple[Rule | None, str] = (None, "")
+    for rule in RULES:
+        pattern = rule.verl.split(".")
+        if pattern[-1] == "*":
+            if len(parts) < len(pattern) or parts[: len(pattern) - 1] != pattern[:-1]:
+                continue
+            rest = ".".join(parts[len(pattern) - 1 :])
+            native = rule.native.replace("*", rest) if rule.native else ""
+            if best[0] is None:
+                best = (rule, native)
+        elif pattern == parts:
+            return rule, rule.native
+    return best
+
+
+def markdown_table() -> str:
+    """The migration table of docs/verl_migration.md, generated from RULES."""
+    what = {
+        ALIAS: "renamed",
+        SPECIAL: "converted",
+        IGNORED: "accepted, no effect",
+        LAUNCHER: "launcher",
+        UNSUPPORTED: "error: no equivalent",
+    }
+    lines = ["| verl key | npu_rl | what happens |", "|---|---|---|"]
+    for rule in RULES:
+        native = f"`{rule.native}`" if rule.native else "-"
+        detail = what[rule.kind]
+        if rule.kind == IGNORED and rule.only is not ANY_VALUE:
+            detail = f"accepted when {' / '.join(repr(v) for v in rule.only)}, else error"
+        if rule.note:
+            detail += f": {rule.note}"
+        lines.append(f"| `{rule.verl}` | {native} | {detail} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,87 @@
+"""Calling a user's reward function the way the framework it was written for calls it.
+
+Two conventions are accepted, chosen per term by `style` (`reward.functions[k].style`, or detected
+from the function's signature with `auto`, the default):
+
+verl      ``fn(data_source=..., solution_str=..., ground_truth=..., extra_info=..., **reward_kwargs)``
+          one response at a time, by keyword exactly as verl's reward managers call it, so parameter
+          order does not matter; returns a number or a dict with a "score" key.
+trl       ``fn(prompts=[...], completions=[...], **columns, **reward_kwargs) -> list[float]``
+          TRL's GRPOTrainer signature: lists, one entry per response, the dataset's other columns
+          passed by name. Columns here are `data_source`, `ground_truth` (verl's
+          reward_model.ground_truth), `extra_info`, and every key of `extra_info` under its own name
+          (unless it would shadow one of those). With chat data `prompts` holds message lists and
+          `completions` holds `[{"role": "assistant", "content": text}]`, as TRL passes
+          conversational data; with plain-string data both are strings. A `None` entry (TRL's
+          "this function does not apply") counts as 0.0.
+
+`auto` picks trl when the function has a parameter named `completions`, verl otherwise.
+Items reach TRL functions one at a time (lists of length one) so that the per-item time budget and
+the worker pool apply to them as to any other reward.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+STYLES = ("auto", "verl", "trl")
+
+
+def _parameters(fn: Callable[..., Any]) -> tuple[set[str], bool]:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins without a signature: assume they take anything
+        return set(), True
+    names = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def detect_style(fn: Callable[..., Any], style: str, key: str) -> str:
+    """The calling convention for `fn` ("verl" or "trl"); a function that cannot take it is an error."""
+    from reward.scoring import RewardError  # scoring imports this module
+
+    if style not in STYLES:
+        raise RewardError(f"{key}.style: {style!r} is not one of {list(STYLES)}")
+    names, var_kw = _parameters(fn)
+    if style == "auto":
+        style = "trl" if "completions" in names else "verl"
+    needed = ("prompts", "completions") if style == "trl" else ("solution_str",)
+    missing = [n for n in needed if n not in names]
+    if missing and not var_kw:
+        raise RewardError(
+            f"{key}: function {getattr(fn, '__name__', fn)!r} is called {style}-style but has no parameter "
+            f"{missing}; verl style takes (data_source, solution_str, ground_truth, extra_info), TRL style "
+            "(prompts, completions, **columns)"
+        )
+    return style
+
+
+def trl_columns(item: dict[str, Any]) -> dict[str, list[Any]]:
+    """The dataset columns a TRL reward function receives for one item (see the module docstring)."""
+    extra = item.get("extra_info") or {}
+    columns = {k: [item[k]] for k in ("data_source", "ground_truth", "extra_info")}
+    columns.update({k: [v] for k, v in extra.items() if k not in columns and k not in ("prompts", "completions")})
+    return columns
+
+
+def call_user_function(
+    fn: Callable[..., Any], style: str, item: dict[str, Any], kwargs: dict[str, Any], prompt: Any, label: str
+) -> Any:
+    """One item's reward from `fn` in its style: a number or a dict with "score" (verl) / a number (trl)."""
+    if style == "verl":
+        return fn(**item, **kwargs)
+    from reward.scoring import RewardError
+
+    text = item["solution_str"]
+    chat = isinstance(prompt, list)
+    completion: Any = [{"role": "assistant", "content": text}] if chat else text
+    out = fn(prompts=[prompt if prompt is not None else ""], completions=[completion], **trl_columns(item), **kwargs)
+    if not isinstance(out, (list, tuple)) or len(out) != 1:
+        raise RewardError(f"TRL-style reward {label!r} must return a list with one score per completion, got {out!r}")
+    value = out[0]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return 0.0
+    return value

@@ -1,0 +1,26 @@
+"""bench/gpu_check.sh cannot rot: its CPU dry run (tiny model) goes through every npu_rl phase:
+assets, a torchrun FSDP2 training run with metrics, checkpoint merge, resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_passes_every_phase(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "NPU_RL_DEVICE": "cpu"}
+    cmd = ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--skip-trl", "--work", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("[gpu_check]")]
+    phases = [line.split(":")[0].split()[-1] for line in lines]
+    assert phases == ["assets", "npu_rl", "npu_rl", "merge", "resume", "offload", "done"], lines
+    assert "throughput" in lines[2] and "update_actor=" in lines[1]
+    assert "ran step 4" in lines[4]

@@ -1,0 +1,66 @@
+"""LoRA through peft (npu_rl.lora, `actor.lora.rank`): adapters train while the base stays frozen,
+merged weights reproduce the adapted model, and a LoRA checkpoint merges and evaluates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _arch_models import sharp_model
+from safetensors.torch import load_file
+from test_eval import parity_reward  # noqa: F401 (fixture)
+from test_trainer import make_cfg, run
+
+from npu_rl import llama, lora
+from npu_rl.compute import build_plan
+from npu_rl.device import Accelerator
+
+pytest.importorskip("peft")
+
+
+def test_merged_weights_reproduce_the_adapted_model():
+    model = lora.wrap(sharp_model("qwen2"), rank=4, alpha=8.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    ids = torch.randint(3, 500, (2, 9))
+    base = sharp_model("qwen2")
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, base(input_ids=ids).logits)  # B starts at zero
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.1)
+        adapted = model(input_ids=ids).logits
+    assert not llama.supports(model) and build_plan(model, Accelerator("cpu")).forward == "shared_prefix"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    merged = dict(lora.merged_tensors(model.state_dict().items()))
+    assert set(merged) == set(base.state_dict())  # the base model's names, nothing else
+    base.load_state_dict(merged)
+    with torch.no_grad():
+        torch.testing.assert_close(base(input_ids=ids).logits, adapted, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="matched no linear layer"):
+        lora.wrap(sharp_model("qwen2"), rank=4, alpha=8.0, target_modules=["no_such_proj"])
+
+
+@pytest.mark.slow
+def test_lora_run_trains_merges_and_evaluates(tmp_path, tiny_model_dir, synthetic_parquet, parity_reward):  # noqa: F811
+    from npu_rl.eval import Evaluator
+    from npu_rl.merge import merge_checkpoint
+
+    cfg = make_cfg(
+        tmp_path, tiny_model_dir, synthetic_parquet, "actor.lora.rank=4", "actor.lora.alpha=8",
+        "actor.optim.lr=0.05", "trainer.total_training_steps=2", "trainer.test_freq=-1",
+    )  # fmt: skip
+    trainer = run(cfg)
+    state = trainer.model.state_dict()
+    base = load_file(tiny_model_dir / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj"
+    assert torch.equal(state[f"{name}.base_layer.weight"], base[f"{name}.weight"])  # the base is frozen
+    assert state[f"{name}.lora_B.default.weight"].abs().max() > 0  # the adapter trained
+    merged_dir = tmp_path / "merged"
+    merge_checkpoint(tmp_path / "ckpt" / "global_step_2" / "actor", merged_dir)
+    merged = load_file(merged_dir / "model.safetensors")
+    expected = dict(lora.merged_tensors(state.items()))
+    assert set(merged) <= set(expected) and not any(lora.is_lora_name(n) for n in merged)
+    torch.testing.assert_close(merged[f"{name}.weight"], expected[f"{name}.weight"])
+    assert not torch.equal(merged[f"{name}.weight"], base[f"{name}.weight"])
+    with Evaluator(tmp_path / "ckpt", reward=parity_reward) as ev:  # merged on the fly
+        result = ev.evaluate(synthetic_parquet["test"], output_dir=tmp_path / "eval", max_new_tokens=8, max_samples=3)
+    assert result["num_prompts"] == 3

@@ -1,0 +1,178 @@
+"""Multi-turn rollout with real tools and a real (Qwen2.5-style) chat template; the policy is a
+scripted engine that answers each turn with given text, so the conversation is known exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _tool_template import with_tool_template
+
+from npu_rl import actor
+from npu_rl.agent_tools import CalculatorTool, PythonTool
+from npu_rl.data import PromptRecord
+from npu_rl.rollout import RolloutBatch, SamplingParams, generate
+from npu_rl.rollout.base import RolloutOutput, grouped
+from npu_rl.rollout.multi_turn import MultiTurnRollout, ToolMessages, parse_tool_calls
+
+CALC = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "12*7"}}\n</tool_call>'
+CODE = '<tool_call>\n{"name": "code_interpreter", "arguments": {"code": "print(84 + 16)"}}\n</tool_call>'
+SCRIPT = ["Let me check." + CALC, "And verify." + CODE, "So \\boxed{84}"]
+
+
+class ScriptedEngine:
+    """A RolloutEngine whose turn k (counted from the tool answers already in the context) is
+    SCRIPT[k] followed by EOS; every token gets logprob -0.5. Records the contexts it was given."""
+
+    def __init__(self, tokenizer, script: list[str]) -> None:
+        self.tok, self.script, self.contexts, self.seeds = tokenizer, script, [], []
+
+    def generate(self, prompts, params, seeds=None) -> RolloutOutput:
+        self.contexts.append([list(p) for p in prompts])
+        self.seeds.append(seeds)
+        rows = []
+        for p in prompts:
+            turn = self.tok.decode(p).count("<tool_response>")
+            text = self.script[min(turn, len(self.script) - 1)]
+            ids = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+            for _ in range(params.n):
+                rows.append(ids[: params.max_new_tokens])
+        width = max(len(r) for r in rows)
+        out_ids = torch.full((len(rows), width), self.tok.pad_token_id)
+        for i, r in enumerate(rows):
+            out_ids[i, : len(r)] = torch.tensor(r)
+        lengths = torch.tensor([len(r) for r in rows])
+        logprobs = torch.where(torch.arange(width)[None] < lengths[:, None], -0.5, 0.0)
+        reasons = ["stop" if r[-1] == self.tok.eos_token_id else "length" for r in rows]
+        return RolloutOutput(out_ids, logprobs, lengths, reasons, *grouped(params.n, len(prompts)))
+
+    def update_weights(self, named_tensors) -> None: ...
+    def sleep(self) -> None: ...
+    def wake_up(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_tokenizer):
+    return with_tool_template(tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tools():
+    return {"calculator": CalculatorTool(), "code_interpreter": PythonTool({"timeout_s": 5})}
+
+
+def _record(tok, tools, index: int = 0) -> PromptRecord:
+    messages = [{"role": "system", "content": "Use tools to verify."}, {"role": "user", "content": "What is 12*7?"}]
+    text = tok.apply_chat_template(messages, tools=[t.schema for t in tools.values()], add_generation_prompt=True,
+                                   tokenize=False)  # fmt: skip
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return PromptRecord(index, ids, text, messages, "gsm8k", "84", "math", {}, "inline", index)
+
+
+def test_chat_template_round_trip_of_a_tool_call_and_answer(tok) -> None:
+    call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "12*7"}}}
+    base = [{"role": "user", "content": "What is 12*7?"}]
+    assistant = {"role": "assistant", "content": "Let me check.", "tool_calls": [call]}
+    before = tok.apply_chat_template(base, tokenize=False, add_generation_prompt=True)
+    after_call = tok.apply_chat_template([*base, assistant], tokenize=False)
+    turn = after_call[len(before) :]
+    (parsed,) = parse_tool_calls(turn)  # what the template teaches is what the rollout parses
+    assert (parsed.name, parsed.arguments, parsed.error) == ("calculator", {"expression": "12*7"}, None)
+    full = tok.apply_chat_template([*base, assistant, {"role": "tool", "content": "84"}], tokenize=False,
+                                   add_generation_prompt=True)  # fmt: skip
+    # Generated tokens end at EOS; the tool message continues from there up to the next assistant header.
+    generated = turn[: turn.index(tok.eos_token) + len(tok.eos_token)]
+    suffix = tok.decode(ToolMessages(tok, tok.eos_token).ids(["84"]))
+    assert before + generated + suffix == full
+    assert "<tool_response>\n84\n</tool_response>" in suffix and suffix.endswith("<|im_start|>assistant\n")
+
+
+def test_parse_tool_calls_reports_malformed_calls() -> None:
+    text = '<tool_call>{"name": "x", "arguments": "{\\"a\\": 1}"}</tool_call>'
+    calls = parse_tool_calls(text + "<tool_call>{oops</tool_call><tool_call>[1]</tool_call>")
+    assert calls[0].name == "x" and calls[0].arguments == {"a": 1} and calls[0].error is None
+    assert "JSON" in calls[1].error and "name" in calls[2].error
+
+
+def test_scripted_multi_turn_rollout_runs_real_tools_and_masks_their_answers(tok, tools) -> None:
+    engine = ScriptedEngine(tok, SCRIPT)
+    rollout = MultiTurnRollout(engine, tok, tools, tok.pad_token_id, max_assistant_turns=5)
+    record = _record(tok, tools)
+    batch = generate(rollout, [record], SamplingParams(n=2, max_new_tokens=400), seeds=[123])
+    assert isinstance(batch, RolloutBatch) and batch.group.tolist() == [0, 0] and batch.sample.tolist() == [0, 1]
+    assert len(engine.contexts) == 3  # three assistant turns, two tool rounds
+    n = int(batch.lengths[0])
+    ids, mask = batch.response_ids[0, :n].tolist(), batch.response_mask[0, :n]
+    text = tok.decode(ids)
+    assert "<tool_response>\n84\n</tool_response>" in text and "<tool_response>\n100\n</tool_response>" in text
+    # Policy tokens are exactly the scripted turns; every other response token is a tool message.
+    policy = [t for t, m in zip(ids, mask.tolist(), strict=True) if m]
+    expected = []
+    for turn in SCRIPT:
+        expected += tok(turn, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert policy == expected
+    assert 0 < int((mask == 0).sum()) < n
+    assert torch.all(batch.logprobs[0, :n][mask == 0] == 0) and torch.all(batch.logprobs[0, :n][mask == 1] == -0.5)
+    # The engine saw the tool's answer before its next turn.
+    assert tok.decode(engine.contexts[1][0]).endswith("84\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+    # Graded text holds the policy's words only, not the tool answers.
+    graded = batch.decode(tok)[0]
+    assert "\\boxed{84}" in graded and "100" not in graded.replace("84 + 16", "")
+    assert batch.row_metrics["turns"].tolist() == [3.0, 3.0]
+    assert batch.row_metrics["tool_calls"].tolist() == [2.0, 2.0]
+    assert batch.row_metrics["tool_successes"].tolist() == [2.0, 2.0]
+    # Per-row seeds: each (prompt seed, sample, turn) its own, the same on a rerun.
+    assert len(set(engine.seeds[0])) == 2 and engine.seeds[0] != engine.seeds[1]
+    again = ScriptedEngine(tok, SCRIPT)
+    generate(MultiTurnRollout(again, tok, tools, tok.pad_token_id), [record], SamplingParams(n=2, max_new_tokens=400),
+             seeds=[123])  # fmt: skip
+    assert again.seeds == engine.seeds
+    # The policy batch attends to tool answers but keeps them out of the loss.
+    pb = actor.build_policy_batch(batch, tok.pad_token_id)
+    assert torch.equal(pb.response_mask, batch.response_mask)
+    assert int(pb.attention_mask[0, -batch.response_ids.shape[1] :].sum()) == n
+    sub = batch.select([1])
+    assert torch.equal(sub.token_mask, batch.token_mask[1:]) and sub.row_metrics["turns"].tolist() == [3.0]
+
+
+def test_turn_limit_and_token_budget(tok, tools) -> None:
+    record = _record(tok, tools)
+    one = ScriptedEngine(tok, SCRIPT)
+    batch = generate(MultiTurnRollout(one, tok, tools, tok.pad_token_id, max_assistant_turns=1), [record],
+                     SamplingParams(max_new_tokens=400), seeds=[1])  # fmt: skip
+    assert len(one.contexts) == 1 and batch.finish_reasons == ["stop"]  # the last turn's call is not run
+    assert batch.row_metrics["tool_calls"].tolist() == [0.0] and bool(batch.response_mask.all())
+    first_turn = len(tok(SCRIPT[0], add_special_tokens=False)["input_ids"]) + 1
+    tight = ScriptedEngine(tok, SCRIPT)
+    batch = generate(MultiTurnRollout(tight, tok, tools, tok.pad_token_id), [record],
+                     SamplingParams(max_new_tokens=first_turn + 5), seeds=[1])  # fmt: skip
+    assert batch.finish_reasons == ["length"] and int(batch.lengths[0]) == first_turn + 5
+    assert batch.truncated == [True]
+
+
+def test_unknown_tool_and_bad_arguments_are_answered_as_errors(tok, tools) -> None:
+    script = ['<tool_call>{"name": "search", "arguments": {}}</tool_call>', "done"]
+    engine = ScriptedEngine(tok, script)
+    batch = generate(MultiTurnRollout(engine, tok, tools, tok.pad_token_id), [_record(tok, tools)],
+                     SamplingParams(max_new_tokens=300), seeds=[1])  # fmt: skip
+    text = tok.decode(batch.response_ids[0, : int(batch.lengths[0])].tolist())
+    assert "no tool named 'search'" in text
+    assert batch.row_metrics["tool_calls"].tolist() == [1.0] and batch.row_metrics["tool_successes"].tolist() == [0.0]
+
+
+def test_gsm8k_tool_prompt_option_adds_the_system_message(tmp_path) -> None:
+    import preprocess_gsm8k
+    import pyarrow.parquet as pq
+
+    rows = [{"question": "Tom has 3 boxes of 4 pens. How many pens?", "answer": "3*4=12\n#### 12"}]
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files = [str(tmp_path / "train.jsonl"), str(tmp_path / "test.jsonl")]
+    assert preprocess_gsm8k.main(["--input", *files, "--output-dir", str(tmp_path / "out"), "--tool-prompt"]) == 0
+    (row,) = pq.read_table(tmp_path / "out" / "train.parquet").to_pylist()
+    system, user = row["prompt"]
+    assert system == {"role": "system", "content": preprocess_gsm8k.TOOL_SYSTEM_PROMPT}
+    assert "use tools to verify calculations" in system["content"] and user["role"] == "user"
+    assert row["reward_model"]["ground_truth"] == "12"
