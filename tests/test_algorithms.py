@@ -220,6 +220,12 @@ def test_take_groups_renumbers_pads_and_stops_at_the_limit():
     assert merged.response_ids[0].tolist() == [7, 7, 0] and merged.lengths.tolist() == [2, 2, 3]
     assert graded.scores == [1.0, 0.0, 0.0] and graded.acc == [True, False, False]
     assert (graded.timeouts, graded.errors, len(graded.components["x"])) == (1, 2, 7)
+    # multi-turn batches: the policy-token mask and per-row metrics follow their rows
+    a.token_mask, a.row_metrics = torch.tensor([[1.0, 0.0]] * 4), {"turns": torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    b.token_mask, b.row_metrics = torch.ones(3, 3), {"turns": torch.tensor([5.0, 6.0, 7.0])}
+    merged, _ = take_groups([(a, ga, torch.tensor([False, True])), (b, gb, torch.tensor([True, False]))], 5)
+    assert merged.token_mask.tolist() == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+    assert merged.row_metrics["turns"].tolist() == [3.0, 4.0, 5.0] and merged.group.tolist() == [0, 0, 1]
 
 
 def test_value_loss_clips_around_the_old_values():

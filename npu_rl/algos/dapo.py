@@ -8,7 +8,6 @@ groups. The filter is a pure function of the graded rows; the trainer drives the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 
 import torch
 
@@ -49,33 +48,46 @@ def metric_values(graded: RewardBatch, metric: str) -> torch.Tensor:
     return torch.tensor(graded.scores, dtype=torch.float64)
 
 
+def _padded(t: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+
 def take_groups(
     parts: Sequence[tuple[RolloutBatch, RewardBatch, torch.Tensor]], limit: int
 ) -> tuple[RolloutBatch, RewardBatch]:
     """The first `limit` kept groups over `parts` (each a batch, its grades and its [num_groups] keep
     mask), as one batch whose groups are renumbered 0..limit-1 in order and whose rows are ordered by
-    group; response columns are right-padded to the widest part. Reward components and the timeout
-    and error counts cover every graded row (they describe the grader's work, not the kept rows)."""
+    group; response columns are right-padded (values past `lengths` are never read) to the widest
+    part. Reward components and the timeout and error counts cover every graded row (they describe
+    the grader's work, not the kept rows)."""
     width = max(p[0].response_ids.shape[1] for p in parts)
-    cols: dict[str, list] = {f.name: [] for f in fields(RolloutBatch) if f.name != "records"}
+    pieces: list[RolloutBatch] = []
     records, scores, acc = [], [], []
     for batch, graded, keep in parts:
         for g in keep.nonzero().squeeze(-1).tolist():
             if len(records) == limit:
                 break
             rows = (batch.group == g).nonzero().squeeze(-1)
-            pad = width - batch.response_ids.shape[1]
-            cols["response_ids"].append(torch.nn.functional.pad(batch.response_ids[rows], (0, pad)))
-            cols["logprobs"].append(torch.nn.functional.pad(batch.logprobs[rows], (0, pad)))
-            cols["lengths"].append(batch.lengths[rows])
-            cols["finish_reasons"].extend(batch.finish_reasons[i] for i in rows.tolist())
-            cols["group"].append(torch.full((len(rows),), len(records), dtype=torch.long))
-            cols["sample"].append(batch.sample[rows])
+            piece = batch.select(rows)
+            piece.group = torch.full((len(rows),), len(records), dtype=torch.long)
+            if piece.token_mask is None and any(p[0].token_mask is not None for p in parts):
+                cols = torch.arange(piece.response_ids.shape[1])[None, :]
+                piece.token_mask = (cols < piece.lengths[:, None]).float()  # every real token is the policy's
+            pieces.append(piece)
             scores.extend(graded.scores[i] for i in rows.tolist())
             acc.extend(graded.acc[i] for i in rows.tolist())
             records.append(batch.records[g])
+    metric_names = set.intersection(*(set(p.row_metrics) for p in pieces))  # one engine: the same names
     merged = RolloutBatch(
-        **{k: (v if k == "finish_reasons" else torch.cat(v)) for k, v in cols.items()}, records=records
+        response_ids=torch.cat([_padded(p.response_ids, width) for p in pieces]),
+        logprobs=torch.cat([_padded(p.logprobs, width) for p in pieces]),
+        lengths=torch.cat([p.lengths for p in pieces]),
+        finish_reasons=[reason for p in pieces for reason in p.finish_reasons],
+        group=torch.cat([p.group for p in pieces]),
+        sample=torch.cat([p.sample for p in pieces]),
+        token_mask=None if pieces[0].token_mask is None else torch.cat([_padded(p.token_mask, width) for p in pieces]),
+        row_metrics={name: torch.cat([p.row_metrics[name] for p in pieces]) for name in sorted(metric_names)},
+        records=records,
     )
     components: dict[str, list[float]] = {}
     for _, graded, _ in parts:
