@@ -107,7 +107,6 @@ def available_isolation() -> str:
         try:
             done = subprocess.run(
                 [*_namespace_prefix(), "true"], preexec_fn=_drop_privileges, capture_output=True, timeout=10
-
             )
         except (OSError, subprocess.SubprocessError) as err:
             why = str(err)
