@@ -176,3 +176,27 @@ def test_gsm8k_tool_prompt_option_adds_the_system_message(tmp_path) -> None:
     assert system == {"role": "system", "content": preprocess_gsm8k.TOOL_SYSTEM_PROMPT}
     assert "use tools to verify calculations" in system["content"] and user["role"] == "user"
     assert row["reward_model"]["ground_truth"] == "12"
+
+
+def test_tool_shaping_is_capped_and_off_by_default() -> None:
+    from npu_rl.config.schema import MultiTurnConfig
+    from npu_rl.metrics import StepStats
+    from npu_rl.rollout.tool_metrics import record_tool_metrics, tool_shaping
+
+    rows = {
+        "turns": torch.tensor([1.0, 3.0, 5.0]),
+        "tool_calls": torch.tensor([0.0, 2.0, 4.0]),
+        "tool_successes": torch.tensor([0.0, 1.0, 4.0]),
+        "tool_latency_s": torch.tensor([0.0, 0.5, 1.5]),
+        "tool_reward": torch.tensor([0.0, 0.0, 0.0]),
+    }
+    assert tool_shaping(rows, MultiTurnConfig()) is None
+    cfg = MultiTurnConfig(tool_call_bonus=0.1, failed_call_penalty=0.3, shaping_cap=0.25)
+    assert torch.allclose(tool_shaping(rows, cfg), torch.tensor([0.0, 0.1 - 0.3, 0.25]))
+    assert tool_shaping({}, cfg) is None  # a single-turn rollout
+    stats = StepStats()
+    record_tool_metrics(stats, rows)
+    metrics = stats.reduce()
+    assert metrics["tool/calls/mean"] == pytest.approx(2.0) and metrics["multi_turn/turns/mean"] == pytest.approx(3.0)
+    assert metrics["tool/success_rate"] == pytest.approx(5 / 6) and metrics["tool/latency_s"] == pytest.approx(2 / 6)
+    assert metrics["tool/call_rate"] == pytest.approx(2 / 3)

@@ -60,7 +60,7 @@ def test_hf_and_vllm_multi_turn_give_the_same_tokens_greedy(tool_model_dir, tok)
     hf = _hf_multi_turn(tool_model_dir, tok).generate(prompts, params, seeds=[7, 8])
     engine = VLLMRollout(
         RolloutConfig(name="vllm", max_num_seqs=8), str(tool_model_dir), tok, Accelerator("cpu"), DistInfo(),
-        "float32", max_model_len=256,
+        "float32", max_model_len=512,
     )  # fmt: skip
     try:
         _, pad = eos_and_pad_ids(tok)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from fractions import Fraction
 from typing import Any, ClassVar
 
@@ -49,6 +50,8 @@ class PythonTool(Tool):
             self.limits = SandboxLimits(**options)
         except TypeError as err:
             raise ValueError(f"code_interpreter config: {err} (allowed: SandboxLimits fields, isolation)") from err
+        if shutil.which("prlimit") is None:
+            raise ValueError("the code_interpreter sandbox needs util-linux's `prlimit` (apt-get install util-linux)")
 
     def execute(self, args: dict[str, Any]) -> ToolResult:
         code = _string_arg(args, "code", MAX_CODE_CHARS)

@@ -13,7 +13,8 @@ Layers, outermost first:
   RLIMIT_NPROC is enforced (the kernel exempts root) and files owned by other users cannot be
   written. World-writable places (/tmp, /dev/shm) remain writable: the working directory is
   private, but the file system is not otherwise hidden.
-- **rlimits**: address space (RLIMIT_AS), CPU seconds, processes (NPROC), file size (FSIZE: also
+- **rlimits** (set by util-linux `prlimit` before the interpreter starts): address space (RLIMIT_AS),
+  CPU seconds, processes (NPROC), file size (FSIZE: also
   bounds captured output, which goes to files), open files, no core dumps.
 - **Wall clock**: the whole process group is SIGKILLed at the deadline and after every run.
 - **Scrubbed environment**: only PATH, HOME/TMPDIR (the temporary working directory) and LANG;
@@ -26,7 +27,6 @@ import contextlib
 import functools
 import logging
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -35,6 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 NOBODY = 65534
@@ -101,14 +102,12 @@ def _namespace_prefix() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def available_isolation() -> str:
-    """ "namespaces" when `unshare` works for the sandbox uid here, else "audit" (probed once)."""
+    """The strongest isolation here: "namespaces" when `unshare` works for the sandbox uid, else "audit"
+    (probed once per process)."""
     why = "`unshare` (util-linux) is not installed"
     if shutil.which("unshare") is not None:
         try:
-            done = subprocess.run(
-                [*_namespace_prefix(), "true"], preexec_fn=_drop_privileges, capture_output=True, timeout=10
-
-            )
+            done = subprocess.run([*_namespace_prefix(), "true"], capture_output=True, timeout=10, **_identity())
         except (OSError, subprocess.SubprocessError) as err:
             why = str(err)
         else:
@@ -119,27 +118,26 @@ def available_isolation() -> str:
     return "audit"
 
 
-def _drop_privileges() -> None:
-    if os.geteuid() == 0:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+def _identity() -> dict[str, Any]:
+    """Popen arguments that run the child as `nobody` when we are root (set in C between fork and exec:
+    no Python runs in the child, which matters in a trainer with other threads)."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
 
 
-def _limit(kind: int, value: int) -> None:
-    resource.setrlimit(kind, (value, value))
-
-
-def _child_setup(limits: SandboxLimits) -> None:
-    """Runs in the child between fork and exec: limits first, then give up root."""
+def _limits_prefix(limits: SandboxLimits) -> list[str]:
+    """`prlimit` (util-linux) sets the rlimits, then execs the rest of the command."""
     mb = 1024 * 1024
-    _limit(resource.RLIMIT_AS, limits.memory_mb * mb)
-    _limit(resource.RLIMIT_CPU, int(limits.timeout_s) + 1)
-    _limit(resource.RLIMIT_NPROC, limits.max_processes)
-    _limit(resource.RLIMIT_FSIZE, limits.max_file_mb * mb)
-    _limit(resource.RLIMIT_NOFILE, limits.max_open_files)
-    _limit(resource.RLIMIT_CORE, 0)
-    _drop_privileges()
+    values = {
+        "as": limits.memory_mb * mb,
+        "cpu": int(limits.timeout_s) + 1,
+        "nproc": limits.max_processes,
+        "fsize": limits.max_file_mb * mb,
+        "nofile": limits.max_open_files,
+        "core": 0,
+    }
+    return ["prlimit", *(f"--{name}={value}" for name, value in values.items()), "--"]
 
 
 def _read_head(path: Path, chars: int) -> tuple[str, bool]:
@@ -170,6 +168,7 @@ def run_python(code: str, limits: SandboxLimits | None = None, isolation: str | 
         cmd = [_interpreter(), "-I", "-c", boot]
         if isolation == "namespaces":
             cmd = _namespace_prefix() + cmd
+        cmd = _limits_prefix(limits) + cmd
         env = {"PATH": _SAFE_PATH, "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"}
         out_path, err_path = private / "stdout", private / "stderr"
         start = time.monotonic()
@@ -182,8 +181,8 @@ def run_python(code: str, limits: SandboxLimits | None = None, isolation: str | 
                 stdout=out,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=functools.partial(_child_setup, limits),
                 close_fds=True,
+                **_identity(),
             )
             timed_out = False
             try:
@@ -191,8 +190,7 @@ def run_python(code: str, limits: SandboxLimits | None = None, isolation: str | 
             except subprocess.TimeoutExpired:
                 timed_out = True
             finally:
-                _kill_group(proc.pid)
-                proc.wait()
+                _stop(proc)
         seconds = time.monotonic() - start
         stdout, cut_out = _read_head(out_path, limits.max_output_chars)
         stderr, cut_err = _read_head(err_path, limits.max_output_chars)
@@ -209,6 +207,22 @@ def run_python(code: str, limits: SandboxLimits | None = None, isolation: str | 
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _kill_group(pgid: int) -> None:
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill everything the run started and return once it is gone.
+
+    Namespaces: `unshare` (proc.pid) waits for its child, the PID namespace's init; killing that
+    child makes the kernel kill every process of the namespace and reap them before the init's exit
+    is reported, so once `unshare` returns nothing of the run is left (setsid escapees included).
+    Then, and in the audit mode, the process group is killed."""
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
