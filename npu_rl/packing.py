@@ -181,7 +181,9 @@ def build_layout(
     if prompt_width <= 0 or bool((prompt_lens == 0).any()):
         return None
     resp_ids, resp_pos = input_ids[:, prompt_width:], position_ids[:, prompt_width:]
-    rmask = response_mask.bool()
+    # Every attended response token is packed (multi-turn tool answers too: later tokens attend to
+    # them); `response_mask` (0 at tool answers) only weighs the loss, which the caller applies.
+    rmask = attention_mask[:, prompt_width:].bool()
     lengths = rmask.sum(1)
     tmask = torch.arange(width, device=rmask.device)[None, :] < (lengths - 1).clamp(min=0)[:, None]
     tail_lens = tmask.sum(1)
