@@ -18,7 +18,7 @@ Two choices, both explicit in config and both resolved here from the device and 
   DynamicCache; `auto` = fast where supported.
 
 Linear layers: on the CPU, fp32 matmuls go through oneDNN (npu_rl.kernels.onednn, imported only
-here) for the weight shapes where it measures faster on this CPU (decoding always), unless
+here) for decoding and, on request (NPU_RL_ONEDNN_LINEAR=1 or =measure), for training shapes, unless
 NPU_RL_ONEDNN_LINEAR=0 or gradient checkpointing is on; elsewhere torch's own.
 """
 

@@ -162,7 +162,10 @@ def test_onednn_is_chosen_per_weight_shape_by_a_measured_ratio(monkeypatch, mode
     shapes = weight_shapes(model)
     if llama.supports(model):  # the fused q/k/v and gate/up weights are measured too
         assert {(64 + 2 * 2 * 16, 64), (2 * 96, 64)} <= shapes  # q + k + v heads x head_dim; gate + up
-    chosen = cpu_linear.faster_shapes(shapes)
+    monkeypatch.delenv("NPU_RL_ONEDNN_LINEAR", raising=False)
+    assert cpu_linear.faster_shapes.__wrapped__(shapes) == frozenset()  # default: sgemm, reproducible on resume
+    monkeypatch.setenv("NPU_RL_ONEDNN_LINEAR", "measure")
+    chosen = cpu_linear.faster_shapes.__wrapped__(shapes)
     assert chosen <= shapes
     monkeypatch.setenv("NPU_RL_ONEDNN_LINEAR", "1")
     assert cpu_linear.faster_shapes.__wrapped__(shapes) == shapes  # forced: every shape

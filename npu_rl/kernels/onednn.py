@@ -13,10 +13,13 @@ imports this module, when the run's device is the CPU.
 Which is faster depends on the CPU: re-measured on the same EPYC, oneDNN's forward + backward is
 5-10 % faster at the small model's shapes but 20-30 % slower at the tiny model's narrow ones, and
 with AVX2 forced (no AVX-512: MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2) equal to 15 %
-slower, while pre-packed decoding stays faster everywhere. So the training kernels are chosen per
-weight shape by `faster_shapes`, a short interleaved measurement at start-up whose decision is a
-ratio (oneDNN must take under 0.95 of sgemm's time), not an absolute time.
-NPU_RL_ONEDNN_LINEAR=0 turns oneDNN off, =1 uses it for every shape, unset (auto) measures.
+slower, while pre-packed decoding stays faster everywhere. So by default training linears keep
+torch's sgemm and decoding uses pre-packed oneDNN. A measured choice per weight shape exists
+(`faster_shapes`: a short interleaved measurement whose decision is a ratio, oneDNN under 0.95 of
+sgemm's time) but only on request: a timing-based choice can differ between a run and its resume,
+and then the resumed run is no longer bitwise the uninterrupted one (a test caught exactly that).
+NPU_RL_ONEDNN_LINEAR=0 turns oneDNN off, =1 uses it for every shape, =measure measures, unset: sgemm
+for training, oneDNN for decoding.
 """
 
 from __future__ import annotations
@@ -109,8 +112,11 @@ def faster_shapes(shapes: frozenset[tuple[int, int]], rows: int = 256, repeats: 
     """The weight shapes whose forward + backward at `rows` input rows is faster through oneDNN than
     through torch's sgemm on this CPU. The two run alternately (they share the machine's noise)
     and the best time of each decides, as a ratio (ONEDNN_SHARE). Cached per set of shapes."""
-    if os.environ.get("NPU_RL_ONEDNN_LINEAR") == "1":
+    mode = os.environ.get("NPU_RL_ONEDNN_LINEAR")
+    if mode == "1":
         return shapes
+    if mode != "measure":  # the default: reproducible across a run and its resume (see the module docstring)
+        return frozenset()
     gen = torch.Generator().manual_seed(0)
     winners = set()
     for out_features, in_features in sorted(shapes):
