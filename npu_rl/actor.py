@@ -225,6 +225,17 @@ def micro_batch_rows(batch: PolicyBatch, size: int, max_tokens: int | None = Non
     return [torch.tensor(rows) for rows in parts]
 
 
+def clipped_step(model: nn.Module, optimizer: torch.optim.Optimizer, max_norm: float) -> float:
+    """Clip the (sharded) gradient norm and take the optimizer step; a NaN/inf gradient skips the
+    step instead of destroying the weights. Returns the norm before clipping."""
+    grad_norm = distributed.clip_grad_norm_(model, max_norm)
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
 def _micro_step(
     model: nn.Module,
     micro: PolicyBatch,
@@ -313,12 +324,7 @@ def update_policy(
                 for key, value in micro_stats.items():
                     if not key.startswith("_") or (epoch == 0 and mini_index == 0):
                         sums[key] += value
-            grad_norm = distributed.clip_grad_norm_(model, cfg.grad_clip)
-            if torch.isfinite(grad_norm):
-                optimizer.step()
-            else:  # a NaN/inf gradient skips the step instead of destroying the weights
-                optimizer.zero_grad(set_to_none=True)
-            grad_norms.append(float(grad_norm))
+            grad_norms.append(clipped_step(model, optimizer, cfg.grad_clip))
     updates = max(1, len(grad_norms))  # the same count on every rank
     for key, value in sums.items():
         if not key.startswith("_"):

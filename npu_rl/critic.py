@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from npu_rl import core_algos, distributed
-from npu_rl.actor import PolicyBatch
+from npu_rl.actor import PolicyBatch, clipped_step
 from npu_rl.algos.policy_losses import value_loss
 from npu_rl.config import CriticConfig
 from npu_rl.metrics import StepStats
@@ -93,12 +93,7 @@ def update_critic(
                 sums["critic/vf_loss"] += loss.item()
                 for key, value in vf_stats.items():
                     sums[f"critic/{key}"] += value.item() * share
-            norm = distributed.clip_grad_norm_(critic, cfg.grad_clip)
-            if torch.isfinite(norm):
-                optimizer.step()
-            else:  # a NaN/inf gradient skips the step instead of destroying the weights
-                optimizer.zero_grad(set_to_none=True)
-            norms.append(float(norm))
+            norms.append(clipped_step(critic, optimizer, cfg.grad_clip))
     updates = max(1, len(norms))
     for key, value in sums.items():
         stats.add_sum(key, value / updates)
