@@ -23,6 +23,8 @@ def free_port() -> int:
 
 
 def _entry(rank: int, world_size: int, port: int, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+    import _tolerances
+
     from npu_rl.device import Accelerator
     from npu_rl.distributed import barrier, destroy, init_distributed
 
@@ -36,6 +38,7 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable[..., None], args:
         NPU_RL_DEVICE="cpu",
     )
     torch.set_num_threads(1)
+    _tolerances.install()
     info = init_distributed(Accelerator("cpu"))
     fn(info, *args)
     barrier()  # no rank tears the group down while another still talks to it

@@ -24,6 +24,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
+from _tolerances import install as _record_tolerances
+
+_record_tolerances()  # only with NPU_RL_TOL_RECORD set (bench/tolerances.py)
 
 TOOLS_DIR = Path(__file__).resolve().parents[1] / "tools"
 if str(TOOLS_DIR) not in sys.path:

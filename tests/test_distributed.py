@@ -224,7 +224,7 @@ def _assert_same_metrics(a: dict, b: dict, rel: float, abs_: float) -> None:
     keys = {k for k in a if not k.startswith(VOLATILE)}
     assert keys == {k for k in b if not k.startswith(VOLATILE)}
     for key in sorted(keys):
-        assert b[key] == pytest.approx(a[key], rel=rel, abs=abs_), (key, a[key], b[key])
+        torch.testing.assert_close(float(b[key]), float(a[key]), rtol=rel, atol=abs_, msg=lambda m, k=key: f"{k}: {m}")
 
 
 def _weights(run: Path, step: int, tmp_path) -> dict[str, torch.Tensor]:
