@@ -34,6 +34,7 @@ import torch
 
 from npu_rl import device
 from npu_rl.checkpoint import CheckpointManager, is_complete
+from npu_rl.cli import UserError, entry_point
 from npu_rl.config import Config, DataConfig, RewardConfig
 from npu_rl.data import load_prompts
 from npu_rl.distributed import DistInfo
@@ -258,13 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate and return the summary; `cli` is the same with input mistakes reported as one message."""
     args = build_parser().parse_args(argv)
-    ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
+    try:
+        ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
+    except ValueError as err:
+        raise UserError(f"--k {args.k}: expected comma-separated integers such as 1,4,8") from err
     try:
         check_sampling(args.n, args.temperature, ks or [])
     except ValueError as err:
-        print(f"npu_rl.eval: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+        raise UserError(str(err)) from err
     output_dir = args.output_dir or str(Path("outputs") / "eval" / Path(args.model).resolve().name)
     with Evaluator(
         args.model,
@@ -295,5 +299,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
+# The command line (and console script): input mistakes end as one message and exit code 2.
+cli = entry_point("npu_rl.eval")(main)
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

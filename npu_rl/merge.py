@@ -36,6 +36,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from npu_rl.cli import UserError, entry_point
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ST_DTYPE = {
     torch.float64: "F64",
@@ -329,15 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point("npu_rl.merge")
 def main(argv: list[str] | None = None) -> int:
+    """Merge; a bad checkpoint path or option ends as one message and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
-        report = merge_checkpoint(
-            args.local_dir, args.target_dir, args.dtype, args.max_shard_size, args.hf_model_dir, args.overwrite
-        )
-    except (MergeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        parse_size(args.max_shard_size)
+    except ValueError as err:
+        raise UserError(f"--max_shard_size: {err}") from err
+    report = merge_checkpoint(
+        args.local_dir, args.target_dir, args.dtype, args.max_shard_size, args.hf_model_dir, args.overwrite
+    )
     print(
         f"wrote {report.num_tensors} tensors ({report.total_bytes / 1e6:.1f} MB, {report.dtypes}) in "
         f"{len(report.shards)} file(s) to {report.target_dir} in {report.seconds:.1f} s"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from npu_rl.config import ConfigError, describe_groups, load_config
+from npu_rl.cli import check_model_source, entry_point
+from npu_rl.config import describe_groups, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,12 +23,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Train and return the last metrics; `cli` is the same with input mistakes reported as one message."""
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    cfg = load_config(args.config, args.overrides)
+    check_model_source(cfg.model.path, "model.path")
+    if cfg.model.tokenizer_path:
+        check_model_source(cfg.model.tokenizer_path, "model.tokenizer_path")
     from npu_rl.trainer import GRPOTrainer  # heavy imports only once the config is valid
 
     trainer = GRPOTrainer(cfg)
@@ -37,5 +38,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.close()
 
 
+# The command line (and console script): input mistakes end as one message and exit code 2.
+cli = entry_point("npu_rl.train")(main)
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -115,7 +115,7 @@ def test_gsm8k_subset_flag_picks_another_config(tmp_path, gsm8k_download):
 def test_gsm8k_bad_rows_are_all_named_and_nothing_is_written(tmp_path, capsys):
     rows = [*GSM8K_TRAIN, {"question": "No final line", "answer": "just 5"}, {"question": "", "answer": "#### 1"}]
     src = write_parquet(rows, tmp_path / "train.parquet")
-    assert preprocess_gsm8k.main(["--input", str(src), "--output-dir", str(tmp_path / "out")]) == 1
+    assert preprocess_gsm8k.main(["--input", str(src), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "2 bad rows" in err
     assert f"{src}: row 2: column 'answer' has no '#### <number>'" in err
@@ -232,10 +232,10 @@ def test_plot_from_a_metrics_file_has_the_requested_size(tmp_path):
 
 
 def test_plot_explains_a_missing_or_broken_file(tmp_path, capsys):
-    assert plot_metrics.main([str(tmp_path)]) == 1
+    assert plot_metrics.main([str(tmp_path)]) == 2
     assert "metrics.jsonl not found" in capsys.readouterr().err
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
-    assert plot_metrics.main([str(tmp_path)]) == 1
+    assert plot_metrics.main([str(tmp_path)]) == 2
     assert "line 2 is not JSON" in capsys.readouterr().err
 
 

@@ -28,6 +28,7 @@ from make_synthetic_math import Problem, ProblemKey, iter_problems, row_key, tok
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from npu_rl.actor import build_optimizer, build_scheduler
+from npu_rl.cli import UserError, entry_point
 from npu_rl.config import OptimConfig
 from npu_rl.cpu_linear import linear_mode
 
@@ -193,17 +194,18 @@ def build_base(
     return save_model_dir(model, tokenizer, out_dir)
 
 
-def main() -> None:
+@entry_point("make_tiny_model")
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", default="assets/models/tiny-base")
     parser.add_argument("--data-dir", default="assets/data/synthetic", help="holds test.parquet (held out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-threads", type=int, default=2)
     parser.add_argument("--skip-eval", action="store_true", help="do not measure the base's headroom")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     test_parquet = Path(args.data_dir) / "test.parquet"
     if not test_parquet.is_file():
-        raise SystemExit(
+        raise UserError(
             f"{test_parquet} not found: run `python tools/make_synthetic_math.py --out-dir {args.data_dir}`"
         )
     torch.set_num_threads(args.num_threads)
@@ -215,7 +217,8 @@ def main() -> None:
 
         result = measure(out_dir, test_parquet, Path(out_dir) / "eval", "base", args.num_threads)
         print(format_result(result, "base headroom"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

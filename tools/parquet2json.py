@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 from _dataset_io import GSM8K_INSTRUCTION, MATH_INSTRUCTION, DatasetError, raise_problems
+
+from npu_rl.cli import entry_point
 
 
 def problem_text(row: dict[str, Any]) -> str:
@@ -68,16 +69,13 @@ def convert(inputs: list[str | Path], output: str | Path) -> Path:
     return out
 
 
+@entry_point("parquet2json")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help="parquet file(s) in verl's schema")
     p.add_argument("--output", required=True, help="math.json to write")
     args = p.parse_args(argv)
-    try:
-        out = convert(args.input, args.output)
-    except DatasetError as err:
-        print(f"parquet2json: {err}", file=sys.stderr)
-        return 1
+    out = convert(args.input, args.output)
     print(f"wrote {out}")
     return 0
 

@@ -14,13 +14,9 @@ import argparse
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt
+from npu_rl.cli import UserError, entry_point
 
 # (title, [(regex over metric names, line style)])
 PANELS: list[tuple[str, list[tuple[str, str]]]] = [
@@ -45,10 +41,10 @@ def load_series(path: Path) -> dict[str, list[tuple[int, float]]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: line {line_no} is not JSON ({err})") from err
+            raise UserError(f"{path}: line {line_no} is not JSON ({err})") from err
         step = row.get("step")
         if not isinstance(step, int):
-            raise ValueError(f"{path}: line {line_no} has no integer 'step'")
+            raise UserError(f"{path}: line {line_no} has no integer 'step'")
         for key, value in row.items():
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
             if key != "step" and numeric and math.isfinite(value):
@@ -57,6 +53,11 @@ def load_series(path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot(series: dict[str, list[tuple[int, float]]], output: Path, width: int, height: int, title: str) -> Path:
+    import matplotlib  # optional (the dev extra); imported here so a missing one is reported, not a traceback
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
     dpi = 100
     fig, axes = plt.subplots(2, 3, figsize=(width / dpi, height / dpi), dpi=dpi)
     for ax, (name, patterns) in zip(axes.flat, PANELS, strict=True):
@@ -81,6 +82,7 @@ def plot(series: dict[str, list[tuple[int, float]]], output: Path, width: int, h
     return output
 
 
+@entry_point("plot_metrics")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a run's log dir (trainer.log_dir) or its metrics.jsonl")
@@ -92,13 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        print(f"plot_metrics: {path} not found (run with trainer.logger including jsonl)", file=sys.stderr)
-        return 1
-    try:
-        series = load_series(path)
-    except ValueError as err:
-        print(f"plot_metrics: {err}", file=sys.stderr)
-        return 1
+        raise UserError(f"{path} not found: train with trainer.logger including jsonl, then pass its log dir")
+    series = load_series(path)
     output = Path(args.output) if args.output else path.parent / "metrics.png"
     plot(series, output, args.width, args.height, title=str(path.parent))
     print(f"wrote {output}")

@@ -13,12 +13,10 @@ with thousands separators removed, as verl does; the worked answer stays in extr
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from _dataset_io import (
     GSM8K_INSTRUCTION,
-    DatasetError,
     find_split_files,
     raise_problems,
     read_records,
@@ -26,6 +24,8 @@ from _dataset_io import (
     verl_row,
     write_parquet,
 )
+
+from npu_rl.cli import entry_point
 
 DATA_SOURCE = "openai/gsm8k"
 
@@ -64,17 +64,14 @@ def convert(inputs: list[str], output_dir: str | Path, subset: str | None = None
     return out
 
 
+@entry_point("preprocess_gsm8k")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help="download folder and/or split files")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--subset", default=None, help="config folder to read (default: main)")
     args = p.parse_args(argv)
-    try:
-        written = convert(args.input, args.output_dir, args.subset)
-    except DatasetError as err:
-        print(f"preprocess_gsm8k: {err}", file=sys.stderr)
-        return 1
+    written = convert(args.input, args.output_dir, args.subset)
     for split, path in written.items():
         print(f"{split}: {path}")
     return 0

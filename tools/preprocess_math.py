@@ -16,12 +16,10 @@ in extra_info, so `npu_rl.eval` can break accuracy down by level and subject.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from _dataset_io import (
     MATH_INSTRUCTION,
-    DatasetError,
     find_split_files,
     raise_problems,
     read_records,
@@ -30,6 +28,7 @@ from _dataset_io import (
     write_parquet,
 )
 
+from npu_rl.cli import entry_point
 from reward.extract import find_boxed
 
 DATA_SOURCE = "DigitalLearningGmbH/MATH-lighteval"
@@ -75,6 +74,7 @@ def convert(
     return out
 
 
+@entry_point("preprocess_math")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help="download folder and/or split files")
@@ -82,11 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subset", default=None, help="config folder to read when there are several")
     p.add_argument("--data-source", default=DATA_SOURCE, help=f"data_source column (default {DATA_SOURCE})")
     args = p.parse_args(argv)
-    try:
-        written = convert(args.input, args.output_dir, args.subset, args.data_source)
-    except DatasetError as err:
-        print(f"preprocess_math: {err}", file=sys.stderr)
-        return 1
+    written = convert(args.input, args.output_dir, args.subset, args.data_source)
     for split, path in written.items():
         print(f"{split}: {path}")
     return 0
