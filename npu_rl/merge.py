@@ -37,6 +37,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from npu_rl.cli import UserError, entry_point
+from npu_rl.progress import Progress
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ST_DTYPE = {
@@ -204,7 +205,7 @@ def _groups(entries: list[_Entry], budget: int) -> list[list[_Entry]]:
     return groups
 
 
-def _write_shard(path: Path, entries: list[_Entry], reader: FileSystemReader, budget: int) -> None:
+def _write_shard(path: Path, entries: list[_Entry], reader: FileSystemReader, budget: int, bar: Progress) -> None:
     with open(path, "wb") as fh:
         fh.write(_header(entries))
         for group in _groups(entries, budget):
@@ -213,6 +214,7 @@ def _write_shard(path: Path, entries: list[_Entry], reader: FileSystemReader, bu
                 t = tensors.pop(e.name).to(e.out_dtype).contiguous()
                 fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
                 del t
+                bar.update()
 
 
 def _write_config(hf: Path, out: Path, dtypes: Counter) -> None:
@@ -275,8 +277,9 @@ def merge_checkpoint(
     try:
         reader = _Reader(actor / "model")
         budget = max(e.nbytes // e.out_dtype.itemsize * e.saved_dtype.itemsize for e in entries)
-        for name, shard in zip(names, shards, strict=True):
-            _write_shard(work / name, shard, reader, budget)
+        with Progress(f"merging into {target}", total=len(entries), unit="tensors") as bar:
+            for name, shard in zip(names, shards, strict=True):
+                _write_shard(work / name, shard, reader, budget, bar)
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": total},

@@ -118,6 +118,7 @@ def test_gsm8k_bad_rows_are_all_named_and_nothing_is_written(tmp_path, capsys):
     assert preprocess_gsm8k.main(["--input", str(src), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "2 bad rows" in err
+    assert "[npu_rl] converting train: started (4 rows)" in err  # progress, one line per stage in logs
     assert f"{src}: row 2: column 'answer' has no '#### <number>'" in err
     assert f"{src}: row 3: column 'question' is missing or empty" in err
     assert not (tmp_path / "out").exists()

@@ -16,8 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-from _dataset_io import GSM8K_INSTRUCTION, MATH_INSTRUCTION, DatasetError, raise_problems
+from _dataset_io import GSM8K_INSTRUCTION, MATH_INSTRUCTION, DatasetError, iter_rows, raise_problems
 
 from npu_rl.cli import entry_point
 
@@ -56,12 +55,11 @@ def to_entry(row: dict[str, Any]) -> dict[str, Any]:
 def convert(inputs: list[str | Path], output: str | Path) -> Path:
     entries: dict[str, dict[str, Any]] = {}
     problems = []
-    for path in map(Path, inputs):
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            try:
-                entries[str(len(entries))] = to_entry(row)
-            except DatasetError as err:
-                problems.append(f"{path}: row {i}: {err}")
+    for path, i, row in iter_rows(map(Path, inputs), "converting"):
+        try:
+            entries[str(len(entries))] = to_entry(row)
+        except DatasetError as err:
+            problems.append(f"{path}: row {i}: {err}")
     raise_problems(problems)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)

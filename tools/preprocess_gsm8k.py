@@ -18,8 +18,8 @@ from pathlib import Path
 from _dataset_io import (
     GSM8K_INSTRUCTION,
     find_split_files,
+    iter_rows,
     raise_problems,
-    read_records,
     require_text,
     verl_row,
     write_parquet,
@@ -40,19 +40,18 @@ def final_answer(answer: str) -> str | None:
 
 def convert_split(files: list[Path], split: str) -> list[dict]:
     rows, problems = [], []
-    for path in files:
-        for i, record in enumerate(read_records(path)):
-            where = f"{path}: row {i}"
-            question = require_text(record, "question", where, problems)
-            answer = require_text(record, "answer", where, problems)
-            if not answer:
-                continue
-            truth = final_answer(answer)
-            if truth is None:
-                problems.append(f"{where}: column 'answer' has no '#### <number>' final line")
-                continue
-            extra = {"question": question, "answer": answer}
-            rows.append(verl_row(DATA_SOURCE, question, GSM8K_INSTRUCTION, truth, split, len(rows), extra))
+    for path, i, record in iter_rows(files, f"converting {split}"):
+        where = f"{path}: row {i}"
+        question = require_text(record, "question", where, problems)
+        answer = require_text(record, "answer", where, problems)
+        if not answer:
+            continue
+        truth = final_answer(answer)
+        if truth is None:
+            problems.append(f"{where}: column 'answer' has no '#### <number>' final line")
+            continue
+        extra = {"question": question, "answer": answer}
+        rows.append(verl_row(DATA_SOURCE, question, GSM8K_INSTRUCTION, truth, split, len(rows), extra))
     raise_problems(problems)
     return rows
 

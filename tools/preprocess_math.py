@@ -21,8 +21,8 @@ from pathlib import Path
 from _dataset_io import (
     MATH_INSTRUCTION,
     find_split_files,
+    iter_rows,
     raise_problems,
-    read_records,
     require_text,
     verl_row,
     write_parquet,
@@ -45,22 +45,21 @@ def boxed_answer(solution: str) -> str | None:
 
 def convert_split(files: list[Path], split: str, data_source: str) -> list[dict]:
     rows, problems = [], []
-    for path in files:
-        for i, record in enumerate(read_records(path)):
-            where = f"{path}: row {i}"
-            problem = require_text(record, "problem", where, problems)
-            solution = require_text(record, "solution", where, problems)
-            given = record.get("answer")
-            truth = str(given).strip() if given not in (None, "") else (boxed_answer(solution) if solution else None)
-            if problem and solution and truth is None:
-                problems.append(f"{where}: column 'solution' has no complete \\boxed{{...}} answer")
-            if not (problem and solution and truth):
-                continue
-            extra = {"problem": problem, "solution": solution}
-            for key in ("level", "type", "subject"):
-                if record.get(key) not in (None, ""):
-                    extra[key] = record[key]
-            rows.append(verl_row(data_source, problem, MATH_INSTRUCTION, truth, split, len(rows), extra))
+    for path, i, record in iter_rows(files, f"converting {split}"):
+        where = f"{path}: row {i}"
+        problem = require_text(record, "problem", where, problems)
+        solution = require_text(record, "solution", where, problems)
+        given = record.get("answer")
+        truth = str(given).strip() if given not in (None, "") else (boxed_answer(solution) if solution else None)
+        if problem and solution and truth is None:
+            problems.append(f"{where}: column 'solution' has no complete \\boxed{{...}} answer")
+        if not (problem and solution and truth):
+            continue
+        extra = {"problem": problem, "solution": solution}
+        for key in ("level", "type", "subject"):
+            if record.get(key) not in (None, ""):
+                extra[key] = record[key]
+        rows.append(verl_row(data_source, problem, MATH_INSTRUCTION, truth, split, len(rows), extra))
     raise_problems(problems)
     return rows
 
