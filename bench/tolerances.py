@@ -101,7 +101,7 @@ def main() -> None:
                 return f"{'-':>11} {'-':>8} {'-':>7}"
             return f"{w['abs']:11.2e} {w['scaled']:8.1e} {w['used']:7.3f}"
 
-        fmt = lambda x: f"{x:8.0e}" if isinstance(x, float) else f"{'-':>8}"  # noqa: E731
+        fmt = lambda x: f"{x:8.0e}" if isinstance(x, (int, float)) else f"{'-':>8}"  # noqa: E731
         print(
             f"{site:<24} {max(d.get('n', 0), a.get('n', 0)):>4} {fmt(atol)} {fmt(rtol)} | {cells(d)} | "
             f"{cells(a)} | {margin}  {a.get('worst', d.get('worst', ''))}"

@@ -53,21 +53,43 @@ def test_train_with_a_bad_key_keeps_the_suggestion(tmp_path):
     assert_one_message(proc, "npu_rl.train", "did you mean 'rollout.n'")
 
 
-def test_eval_merge_and_tools_with_missing_inputs(tmp_path):
+def test_merge_run_as_a_module_reports_its_own_error_class(tmp_path):
+    """Under `python -m` the error classes live in `__main__`; they must still count as user errors."""
+    proc = run([sys.executable, "-m", "npu_rl.merge", "--backend", "fsdp", "--local_dir", "nowhere",
+                "--target_dir", "out"], tmp_path)  # fmt: skip
+    assert_one_message(proc, "npu_rl.merge", "--local_dir nowhere")
+
+
+def test_a_tool_run_as_a_script(tmp_path):
+    proc = run([sys.executable, str(TOOLS / "preprocess_math.py"), "--input", "nowhere", "--output-dir", "o"], tmp_path)
+    assert_one_message(proc, "preprocess_math", "nowhere: no such file or folder")
+
+
+def test_eval_merge_and_tools_with_missing_inputs(tmp_path, monkeypatch, capsys):
+    import make_tiny_model
+    import parquet2json
+    import plot_metrics
+    import preprocess_gsm8k
+
+    from npu_rl import eval as npu_eval
+    from npu_rl import merge
+
+    monkeypatch.chdir(tmp_path)
     cases = [
-        (["-m", "npu_rl.eval", "--model", "nowhere", "--data", "x.parquet"], "npu_rl.eval", "--model nowhere"),
-        (["-m", "npu_rl.eval", "--model", "nowhere", "--data", "x.parquet", "--k", "a"], "npu_rl.eval", "--k a"),
-        (["-m", "npu_rl.merge", "--backend", "fsdp", "--local_dir", "nowhere", "--target_dir", "out"], "npu_rl.merge",
-         "--local_dir nowhere"),
-        ([str(TOOLS / "preprocess_math.py"), "--input", "nowhere", "--output-dir", "o"], "preprocess_math", "nowhere"),
-        ([str(TOOLS / "preprocess_gsm8k.py"), "--input", "nowhere", "--output-dir", "o"], "preprocess_gsm8k",
-         "nowhere"),
-        ([str(TOOLS / "parquet2json.py"), "--input", "nowhere.parquet", "--output", "o"], "parquet2json", "nowhere"),
-        ([str(TOOLS / "plot_metrics.py"), "nowhere"], "plot_metrics", "nowhere not found"),
-        ([str(TOOLS / "make_tiny_model.py"), "--data-dir", "nowhere"], "make_tiny_model", "make_synthetic_math"),
+        (npu_eval.cli, ["--model", "nowhere", "--data", "x.parquet"], "npu_rl.eval", "--model nowhere"),
+        (npu_eval.cli, ["--model", "m", "--data", "x.parquet", "--k", "a"], "npu_rl.eval", "--k a"),
+        (npu_eval.cli, ["--model", "m", "--data", "x.parquet", "--n", "2"], "npu_rl.eval", "greedy decoding"),
+        (merge.main, ["--backend", "fsdp", "--local_dir", ".", "--target_dir", "o", "--max_shard_size", "lots"],
+         "npu_rl.merge", "--max_shard_size"),
+        (preprocess_gsm8k.main, ["--input", "nowhere", "--output-dir", "o"], "preprocess_gsm8k", "nowhere"),
+        (parquet2json.main, ["--input", "nowhere.parquet", "--output", "o"], "parquet2json", "nowhere.parquet"),
+        (plot_metrics.main, ["nowhere"], "plot_metrics", "nowhere not found"),
+        (make_tiny_model.main, ["--data-dir", "nowhere"], "make_tiny_model", "make_synthetic_math"),
     ]  # fmt: skip
-    for args, prog, needle in cases:
-        assert_one_message(run([sys.executable, *args], tmp_path), prog, needle)
+    for main, argv, prog, needle in cases:
+        assert main(argv) == 2, (prog, argv)
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"{prog}: error: ") and needle in err and "\n" not in err, err
 
 
 def test_debug_variable_keeps_the_traceback(tmp_path):

@@ -40,6 +40,7 @@ def _generate_uneven(info, model_dir: str) -> None:
     assert all(isinstance(p, torch.distributed.tensor.DTensor) for p in model.parameters())
 
 
+@pytest.mark.slow  # spawns processes: ~10-40 s; the quick subset keeps the single-process tests
 @pytest.mark.dist
 def test_ranks_that_finish_at_different_steps_do_not_hang(tiny_model_dir):
     run_workers(_generate_uneven, 2, str(tiny_model_dir))

@@ -87,6 +87,7 @@ def _check_buffers_and_tie(folder) -> None:
     assert "lm_head.weight" not in weights  # tied: stored once, as save_pretrained does
 
 
+@pytest.mark.slow  # spawns processes: ~10-40 s; the quick subset keeps the single-process tests
 @pytest.mark.dist
 def test_merge_two_rank_checkpoint(tiny_model_dir, tmp_path):
     root, record = tmp_path / "ckpt", tmp_path / "logits.pt"

@@ -81,7 +81,8 @@ def test_logprobs_equal_a_full_forward(model, pad_id, fast):
         length = int(out.lengths[row])
         response = out.response_ids[row, :length].tolist()
         expected = full_forward_logprobs(model, PROMPTS[row // 3], response, temperature)
-        torch.testing.assert_close(out.logprobs[row, :length], expected, atol=2e-5, rtol=1e-5)
+        # measured max 4.8e-7 (AVX-512), 9.5e-7 (AVX2-emulated); atol 5e-6 is 5x
+        torch.testing.assert_close(out.logprobs[row, :length], expected, atol=5e-6, rtol=1e-5)
 
 
 def test_same_seeds_same_samples_whatever_the_batch(model, pad_id):
@@ -108,8 +109,10 @@ def test_sample_next_respects_top_k_and_top_p():
     tokens, logprobs = sample_next(rows, SamplingParams(temperature=1.0, top_k=5), uniforms)
     assert set(tokens.tolist()) <= set(top.tolist())
     freq = torch.bincount(tokens, minlength=50).float() / len(uniforms)
+    # 4000 evenly spaced uniforms: frequencies are off by the grid (measured 1.5e-4 on both kinds), not by kernels
     torch.testing.assert_close(freq[top], probs[top] / probs[top].sum(), atol=1e-3, rtol=0)
-    torch.testing.assert_close(logprobs, torch.log(probs[tokens]), atol=1e-5, rtol=0)  # untruncated logprob
+    # untruncated logprob; measured 4.8e-7 on both kinds, atol 5e-6 is 10x
+    torch.testing.assert_close(logprobs, torch.log(probs[tokens]), atol=5e-6, rtol=0)
 
     order = torch.argsort(probs, descending=True)
     nucleus = order[: int((probs[order].cumsum(0) < 0.6).sum()) + 1]  # smallest set reaching 0.6
@@ -144,6 +147,7 @@ def test_fast_decode_matches_transformers_decode(model, pad_id, arch):
     assert "stop" in slow.finish_reasons and "length" in slow.finish_reasons
     assert torch.equal(fast.response_ids, slow.response_ids)
     assert torch.equal(fast.lengths, slow.lengths)
+    # measured max 5.3e-6 (AVX-512), 6.7e-6 (AVX2-emulated): 6.5x with the relative part
     torch.testing.assert_close(fast.logprobs, slow.logprobs, atol=1e-5, rtol=1e-5)
 
 

@@ -76,7 +76,8 @@ def test_grpo_trains_end_to_end_and_logs_verl_metrics(tmp_path, tiny_model_dir, 
     assert "timing_s/old_log_prob" in train_rows[-1]  # two mini-batches per step: old logprobs are frozen
     assert all(r["critic/score/max"] > r["critic/score/min"] for r in train_rows), "the custom reward is in use"
     assert all(r["actor/grad_norm"] > 1e-4 for r in train_rows), "the reward varies, so the policy must move"
-    assert_below(train_rows[-1]["rollout/logprob_diff"], 1e-4, "rollout/logprob_diff")
+    # sampler vs trainer logprobs of the same tokens: measured 1.7e-7 (AVX-512), 2.1e-7 (AVX2-emulated): 10x
+    assert_below(train_rows[-1]["rollout/logprob_diff"], 2e-6, "rollout/logprob_diff")
     assert any("val-core/synthetic/arith/acc/mean@1" in r for r in rows)
     assert (tmp_path / "logs" / "config.yaml").exists()
     ckpt = tmp_path / "ckpt"
@@ -98,6 +99,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, tiny_mo
     b = trainer.model.state_dict()
     assert a.keys() == b.keys()
     for name in a:
+        # measured bit-identical on both kinds (same machine, same kernels); 1e-6 admits a reordered reduction
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
     # and training did change the weights
     base = load_file(tiny_model_dir / "model.safetensors")

@@ -34,7 +34,10 @@ pytestmark = pytest.mark.vllm
 
 CPU = Accelerator("cpu")
 MAX_NEW = 12
-TOL = 1e-4  # |vLLM logprob - trainer logprob| on CPU fp32; measured ~5e-7
+# |vLLM logprob - trainer logprob| on CPU fp32, measured by bench/tolerances.py: max 1.1e-5 (after syncing
+# perturbed weights), <= 1e-6 otherwise, on AVX-512 and AVX2-emulated alike (vLLM's own CPU kernels do not
+# follow ATEN_CPU_CAPABILITY, so this is the least emulated comparison): 1e-4 is 9x.
+TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
