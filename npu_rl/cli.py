@@ -35,13 +35,13 @@ USER_ERRORS = frozenset(
         "npu_rl.checkpoint.CheckpointError",
         "npu_rl.merge.MergeError",
         "npu_rl.registry.UnknownName",
-        "_dataset_io.DatasetError",
+        "npu_rl.tools._dataset_io.DatasetError",
         "reward.scoring.RewardError",
     }
 )
 # Optional packages and how to get them, for a ModuleNotFoundError naming one of them.
 OPTIONAL_PACKAGES = {
-    "matplotlib": "pip install 'npu_rl[dev]' (or matplotlib)",
+    "matplotlib": "pip install 'npu_rl[plot]'",
     "PIL": "pip install 'npu_rl[dev]' (or pillow)",
     "swanlab": "pip install 'npu_rl[swanlab]'",
     "vllm": "pip install 'npu_rl[vllm]' (CPU: bash tools/install_vllm_cpu.sh)",

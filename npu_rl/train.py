@@ -1,10 +1,14 @@
-"""`python -m npu_rl.train --config run/configs/X.yaml key.sub=value ...` (or under torchrun)."""
+"""`npu-rl-train --config tiny_grpo key.sub=value ...` (= `python -m npu_rl.train`, or under torchrun).
+
+`--config` takes a YAML file or the name of a config shipped in npu_rl/configs (tiny_grpo, qwen2_5_1_5b_grpo).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from npu_rl import configs
 from npu_rl.cli import check_model_source, entry_point
 from npu_rl.config import describe_groups, load_config
 
@@ -17,7 +21,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="config groups and their defaults:\n" + describe_groups(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="YAML file with the config groups (optional)")
+    parser.add_argument(
+        "--config", help=f"YAML file with the config groups, or a packaged config: {', '.join(configs.available())}"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, key.sub=value")
     return parser.parse_args(argv)
 
@@ -25,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train and return the last metrics; `cli` is the same with input mistakes reported as one message."""
     args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(configs.resolve(args.config) if args.config else None, args.overrides)
     check_model_source(cfg.model.path, "model.path")
     if cfg.model.tokenizer_path:
         check_model_source(cfg.model.tokenizer_path, "model.tokenizer_path")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GRPO on Qwen2.5-1.5B-Instruct with MATH-lighteval, the Ascend sample's settings
-# (run/configs/qwen2_5_1_5b_grpo.yaml: GRPO, rollout.n=5, KL loss low_var_kl, TensorBoard + SwanLab).
+# (npu_rl/configs/qwen2_5_1_5b_grpo.yaml: GRPO, rollout.n=5, KL loss low_var_kl, TensorBoard + SwanLab).
 #
 #   bash run/qwen2_5_1_5b_grpo.sh [dotted overrides ...]       one Atlas A2 card
 #   NPROC_PER_NODE=8 bash run/qwen2_5_1_5b_grpo.sh             eight cards of this node (torchrun + FSDP2)
@@ -40,7 +40,7 @@ if [ ! -f "$DATA_DIR/train.parquet" ] || [ ! -f "$DATA_DIR/test.parquet" ]; then
 error: no MATH-lighteval parquet in DATA_DIR=$DATA_DIR (train.parquet and test.parquet). Download the
 dataset and convert it to verl's row schema (prompt with the \\boxed{} instruction, ground truth):
     hf download DigitalLearningGmbH/MATH-lighteval --repo-type dataset --local-dir downloads/MATH-lighteval
-    $PYTHON tools/preprocess_math.py --input downloads/MATH-lighteval --output-dir $DATA_DIR
+    $PYTHON -m npu_rl.tools.preprocess_math --input downloads/MATH-lighteval --output-dir $DATA_DIR
 EOF
     missing=1
 fi
@@ -84,7 +84,7 @@ esac
 
 # ---- launch -------------------------------------------------------------------------------
 ARGS=(
-    --config run/configs/qwen2_5_1_5b_grpo.yaml
+    --config qwen2_5_1_5b_grpo
     "model.path=$MODEL_PATH"
     "data.train_files=[$DATA_DIR/train.parquet]"
     "data.val_files=[$DATA_DIR/test.parquet]"

@@ -12,7 +12,6 @@ import pytest
 from npu_rl.cli import DEBUG_ENV, UserError, entry_point, user_message
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
 
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
@@ -60,19 +59,16 @@ def test_merge_run_as_a_module_reports_its_own_error_class(tmp_path):
     assert_one_message(proc, "npu_rl.merge", "--local_dir nowhere")
 
 
-def test_a_tool_run_as_a_script(tmp_path):
-    proc = run([sys.executable, str(TOOLS / "preprocess_math.py"), "--input", "nowhere", "--output-dir", "o"], tmp_path)
-    assert_one_message(proc, "preprocess_math", "nowhere: no such file or folder")
+def test_a_tool_run_as_a_module(tmp_path):
+    argv = [sys.executable, "-m", "npu_rl.tools.preprocess_math", "--input", "nowhere", "--output-dir", "o"]
+    proc = run(argv, tmp_path)
+    assert_one_message(proc, "npu-rl-preprocess-math", "nowhere: no such file or folder")
 
 
 def test_eval_merge_and_tools_with_missing_inputs(tmp_path, monkeypatch, capsys):
-    import make_tiny_model
-    import parquet2json
-    import plot_metrics
-    import preprocess_gsm8k
-
     from npu_rl import eval as npu_eval
     from npu_rl import merge
+    from npu_rl.tools import make_tiny_model, parquet2json, plot_metrics, preprocess_gsm8k
 
     monkeypatch.chdir(tmp_path)
     cases = [
@@ -81,10 +77,10 @@ def test_eval_merge_and_tools_with_missing_inputs(tmp_path, monkeypatch, capsys)
         (npu_eval.cli, ["--model", "m", "--data", "x.parquet", "--n", "2"], "npu_rl.eval", "greedy decoding"),
         (merge.main, ["--backend", "fsdp", "--local_dir", ".", "--target_dir", "o", "--max_shard_size", "lots"],
          "npu_rl.merge", "--max_shard_size"),
-        (preprocess_gsm8k.main, ["--input", "nowhere", "--output-dir", "o"], "preprocess_gsm8k", "nowhere"),
-        (parquet2json.main, ["--input", "nowhere.parquet", "--output", "o"], "parquet2json", "nowhere.parquet"),
-        (plot_metrics.main, ["nowhere"], "plot_metrics", "nowhere not found"),
-        (make_tiny_model.main, ["--data-dir", "nowhere"], "make_tiny_model", "make_synthetic_math"),
+        (preprocess_gsm8k.main, ["--input", "nowhere", "--output-dir", "o"], "npu-rl-preprocess-gsm8k", "nowhere"),
+        (parquet2json.main, ["--input", "nowhere.parquet", "--output", "o"], "npu-rl-parquet2json", "nowhere.parquet"),
+        (plot_metrics.main, ["nowhere"], "npu-rl-plot", "nowhere not found"),
+        (make_tiny_model.main, ["--data-dir", "nowhere"], "npu-rl-make-tiny-model", "npu-rl-make-synthetic-math"),
     ]  # fmt: skip
     for main, argv, prog, needle in cases:
         assert main(argv) == 2, (prog, argv)

@@ -8,18 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import parquet2json
-import plot_metrics
-import preprocess_gsm8k
-import preprocess_math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from _dataset_io import GSM8K_INSTRUCTION, MATH_INSTRUCTION, DatasetError
 
 from npu_rl.data import load_prompts
 from npu_rl.eval_metrics import PromptResult, summarize
+from npu_rl.tools import parquet2json, plot_metrics, preprocess_gsm8k, preprocess_math
+from npu_rl.tools._dataset_io import GSM8K_INSTRUCTION, MATH_INSTRUCTION, DatasetError
 from reward import compute_score
 from reward.extract import find_boxed
 
@@ -253,7 +250,7 @@ def test_plot_of_a_real_training_run(tmp_path, tiny_model_dir, synthetic_parquet
         "trainer.num_threads=1",
     ]  # fmt: skip
     subprocess.run(train, check=True, capture_output=True, timeout=600)
-    plot = [sys.executable, str(Path(plot_metrics.__file__)), str(logs), "--output", str(tmp_path / "p.png")]
+    plot = [sys.executable, "-m", "npu_rl.tools.plot_metrics", str(logs), "--output", str(tmp_path / "p.png")]
     subprocess.run(plot, check=True, capture_output=True, timeout=120)
     size, colors = _png_size_and_colors(tmp_path / "p.png")
     assert size == (1500, 900) and colors > 50

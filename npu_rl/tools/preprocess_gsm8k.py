@@ -1,7 +1,7 @@
 """Convert a locally downloaded GSM8K into npu_rl's parquet (verl's schema and instruction prompt).
 
     hf download openai/gsm8k --repo-type dataset --local-dir ~/data/gsm8k_raw
-    python tools/preprocess_gsm8k.py --input ~/data/gsm8k_raw --output-dir data/gsm8k
+    npu-rl-preprocess-gsm8k --input ~/data/gsm8k_raw --output-dir data/gsm8k
 
 Input: the `hf download` folder (main/train-*.parquet, main/test-*.parquet; the `main` config is
 used unless --subset says otherwise), or the original train.jsonl / test.jsonl, or such files
@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _dataset_io import (
+from npu_rl.cli import entry_point
+from npu_rl.tools._dataset_io import (
     GSM8K_INSTRUCTION,
     find_split_files,
     iter_rows,
@@ -24,8 +25,6 @@ from _dataset_io import (
     verl_row,
     write_parquet,
 )
-
-from npu_rl.cli import entry_point
 
 DATA_SOURCE = "openai/gsm8k"
 
@@ -63,7 +62,7 @@ def convert(inputs: list[str], output_dir: str | Path, subset: str | None = None
     return out
 
 
-@entry_point("preprocess_gsm8k")
+@entry_point("npu-rl-preprocess-gsm8k")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help="download folder and/or split files")

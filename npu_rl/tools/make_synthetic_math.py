@@ -8,7 +8,7 @@ means the model is pre-trained on exactly the answer format the reward later gra
 Everything is deterministic from a seed. The test split is disjoint from the train split (and from
 every pre-training example) by problem identity: the template kind plus its operands.
 
-Usage: python tools/make_synthetic_math.py --out-dir assets/data/synthetic [--n-train 2000 --n-test 200]
+Usage: npu-rl-make-synthetic-math --out-dir assets/data/synthetic [--n-train 2000 --n-test 200]
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def tokenizer_corpus(seed: int, n: int) -> list[str]:
     return texts
 
 
-@entry_point("make_synthetic_math")
+@entry_point("npu-rl-make-synthetic-math")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", default="assets/data/synthetic")

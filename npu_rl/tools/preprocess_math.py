@@ -1,7 +1,7 @@
 """Convert a locally downloaded MATH dataset into npu_rl's parquet (verl's schema and instruction prompt).
 
     hf download DigitalLearningGmbH/MATH-lighteval --repo-type dataset --local-dir ~/data/math_raw
-    python tools/preprocess_math.py --input ~/data/math_raw --output-dir data/math
+    npu-rl-preprocess-math --input ~/data/math_raw --output-dir data/math
 
 Input: the download folder (train-*.parquet / test-*.parquet; when each subject is also its own
 config folder, the default config's folder is used unless --subset names one), or split files
@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _dataset_io import (
+from npu_rl.cli import entry_point
+from npu_rl.tools._dataset_io import (
     MATH_INSTRUCTION,
     find_split_files,
     iter_rows,
@@ -27,8 +28,6 @@ from _dataset_io import (
     verl_row,
     write_parquet,
 )
-
-from npu_rl.cli import entry_point
 from reward.extract import find_boxed
 
 DATA_SOURCE = "DigitalLearningGmbH/MATH-lighteval"
@@ -73,7 +72,7 @@ def convert(
     return out
 
 
-@entry_point("preprocess_math")
+@entry_point("npu-rl-preprocess-math")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help="download folder and/or split files")

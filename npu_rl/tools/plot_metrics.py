@@ -1,6 +1,6 @@
 """Plot the health curves of one or several runs from their metrics.jsonl into one PNG.
 
-    python tools/plot_metrics.py RUN [RUN ...] [--labels a,b] [--smooth 0.9] [--output curves.png]
+    npu-rl-plot RUN [RUN ...] [--labels a,b] [--smooth 0.9] [--output curves.png]
 
 RUN is a run's log dir (trainer.log_dir) or its metrics.jsonl; several runs are overlaid, one colour
 each. Panels: reward and validation accuracy, policy entropy, KL (kl_loss and ppo_kl), clip fraction,
@@ -202,7 +202,7 @@ def _draw_panel(ax: Any, panel: Panel, smooth: float) -> None:
         note.set_in_layout(False)  # the panels keep their size whatever the note's length
 
 
-@entry_point("plot_metrics")
+@entry_point("npu-rl-plot")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="log dir(s) (trainer.log_dir) or metrics.jsonl file(s); several overlay")
