@@ -1,4 +1,4 @@
-"""Assets of the npu_rl-vs-TRL benchmark, built offline with the project's own tools/ builders.
+"""Assets of the npu_rl-vs-TRL benchmark, built offline with the project's own builders (npu_rl.tools).
 
 Both trainers read exactly these files: one tokenizer (byte-level BPE, ~1000 entries, ChatML
 template), two random-init Qwen2 models ("tiny" and "small", the issue's reference sizes) and a
@@ -9,16 +9,10 @@ rerun rebuilds the same bytes; existing folders are reused.
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
-TOOLS_DIR = Path(__file__).resolve().parents[1] / "tools"
-if str(TOOLS_DIR) not in sys.path:
-    sys.path.insert(0, str(TOOLS_DIR))
-
-import make_synthetic_math  # noqa: E402
-import make_tiny_model  # noqa: E402
-from _tiny_tokenizer import train_tokenizer  # noqa: E402
+from npu_rl.tools import make_synthetic_math, make_tiny_model
+from npu_rl.tools._tiny_tokenizer import train_tokenizer
 
 # The issue's reference architectures (Qwen2 from config, random init, fp32).
 BENCH_SIZES: dict[str, dict[str, int]] = {

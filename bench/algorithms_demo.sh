@@ -5,7 +5,7 @@
 #
 #   bash bench/algorithms_demo.sh [variant ...]     # default: rloo dapo ppo
 #
-# Variants (overrides on top of run/configs/tiny_grpo.yaml):
+# Variants (overrides on top of npu_rl/configs/tiny_grpo.yaml):
 #   rloo   algorithm.adv_estimator=rloo
 #   dapo   DAPO: dynamic sampling on acc (cap 10 generation batches), clip-higher 0.28, token-mean,
 #          soft overlong punishment over the last 16 of 96 tokens

@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-for extra in (ROOT / "tools", ROOT / "tests"):
+for extra in (ROOT, ROOT / "tests"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-import make_synthetic_math  # noqa: E402
-import make_tiny_model  # noqa: E402
 from _train_proc import final_weights, metrics, stable, start, train, train_args  # noqa: E402
+
+from npu_rl.tools import make_synthetic_math, make_tiny_model  # noqa: E402
 
 ALLOWED_IN_CKPT = {"latest_checkpointed_iteration.txt", ".npu_rl.lock"}
 

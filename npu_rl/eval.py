@@ -35,6 +35,7 @@ import torch
 
 from npu_rl import device
 from npu_rl.checkpoint import CheckpointManager, is_complete
+from npu_rl.cli import UserError, entry_point
 from npu_rl.compute import build_plan
 from npu_rl.config import Config, DataConfig, RewardConfig, WeightedReward
 from npu_rl.data import load_prompts
@@ -263,23 +264,25 @@ def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate and return the summary; `cli` is the same with input mistakes reported as one message."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if bool(args.data) == bool(args.suite):
         parser.error("give either --data or --suite")
     if args.grader == "math_verify" and not math_verify_available():
-        print(f"npu_rl.eval: --grader math_verify needs math-verify: {MATH_VERIFY_HINT}", file=sys.stderr)
-        raise SystemExit(2)
+        raise UserError(f"--grader math_verify needs math-verify: {MATH_VERIFY_HINT}")
     if args.suite:
         from npu_rl.eval_suite import main as suite_main  # several benchmarks, one table
 
         return suite_main(args)
-    ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
+    try:
+        ks = [int(x) for x in args.k.split(",") if x.strip()] if args.k else None
+    except ValueError as err:
+        raise UserError(f"--k {args.k}: expected comma-separated integers such as 1,4,8") from err
     try:
         EvalConfig(args.n, args.temperature, max_new_tokens=args.max_new_tokens).validate(ks or [])
     except ValueError as err:
-        print(f"npu_rl.eval: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+        raise UserError(str(err)) from err
     output_dir = args.output_dir or str(Path("outputs") / "eval" / Path(args.model).resolve().name)
     with evaluator_from_args(args) as ev:
         summary = ev.evaluate(
@@ -290,5 +293,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
+# The command line (and console script): input mistakes end as one message and exit code 2.
+cli = entry_point("npu_rl.eval")(main)
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

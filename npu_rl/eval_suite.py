@@ -1,6 +1,6 @@
 """Evaluate one model on several benchmarks at once and print one table, as SimpleRL-reason reports.
 
-    python tools/preprocess_benchmarks.py --output-dir data/benchmarks --input math500=... aime24=...
+    python -m npu_rl.tools.preprocess_benchmarks --output-dir data/benchmarks --input math500=... aime24=...
     python -m npu_rl.eval --model <model> --suite data/benchmarks --n 8 --temperature 0.6 --k 1,8
 
 `--suite` takes folders (each `*.parquet` inside is one benchmark, named by its file stem), parquet
@@ -43,7 +43,7 @@ def resolve_suite(items: Sequence[str | Path]) -> dict[str, Path]:
             files = sorted(path.glob("*.parquet"))
             if not files:
                 raise SuiteError(
-                    f"--suite {item}: no *.parquet files in this folder (see tools/preprocess_benchmarks.py)"
+                    f"--suite {item}: no *.parquet files in this folder (see npu_rl/tools/preprocess_benchmarks.py)"
                 )
             found = {f.stem: f for f in files}
         elif path.is_file() and path.suffix == ".parquet":

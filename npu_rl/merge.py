@@ -41,6 +41,8 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from npu_rl import lora
+from npu_rl.cli import UserError, entry_point
+from npu_rl.progress import Progress
 from npu_rl.safe_load import SafeFileSystemReader
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -213,7 +215,11 @@ def _groups(entries: list[_Entry], budget: int) -> list[list[_Entry]]:
 
 
 def _write_shard(
-    path: Path, entries: list[_Entry], load: Callable[[list[_Entry]], dict[str, torch.Tensor]], budget: int
+    path: Path,
+    entries: list[_Entry],
+    load: Callable[[list[_Entry]], dict[str, torch.Tensor]],
+    budget: int,
+    bar: Progress,
 ) -> None:
     with open(path, "wb") as fh:
         fh.write(_header(entries))
@@ -223,6 +229,7 @@ def _write_shard(
                 t = tensors.pop(e.name).to(e.out_dtype).contiguous()
                 fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
                 del t
+                bar.update()
 
 
 def _write_lora_merged(
@@ -324,9 +331,12 @@ def merge_checkpoint(
         if any(lora.is_lora_name(e.name) for e in entries):
             names = [_write_lora_merged(work, entries, load)]
             shards = [entries]
-        for name, shard in zip(names, shards, strict=True):
-            if not (work / name).exists():
-                _write_shard(work / name, shard, load, budget)
+        with Progress(f"merging into {target}", total=len(entries), unit="tensors") as bar:
+            for name, shard in zip(names, shards, strict=True):
+                if (work / name).exists():  # the LoRA merge wrote it whole
+                    bar.update(len(shard))
+                else:
+                    _write_shard(work / name, shard, load, budget, bar)
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": total},
@@ -383,18 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point("npu_rl.merge")
 def main(argv: list[str] | None = None) -> int:
+    """Merge; a bad checkpoint path or option ends as one message and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["merge"]:  # verl's spelling: python -m verl.model_merger merge --backend fsdp ...
         argv = argv[1:]
     args = build_parser().parse_args(argv)
     try:
-        report = merge_checkpoint(
-            args.local_dir, args.target_dir, args.dtype, args.max_shard_size, args.hf_model_dir, args.overwrite
-        )
-    except (MergeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        parse_size(args.max_shard_size)
+    except ValueError as err:
+        raise UserError(f"--max_shard_size: {err}") from err
+    report = merge_checkpoint(
+        args.local_dir, args.target_dir, args.dtype, args.max_shard_size, args.hf_model_dir, args.overwrite
+    )
     print(
         f"wrote {report.num_tensors} tensors ({report.total_bytes / 1e6:.1f} MB, {report.dtypes}) in "
         f"{len(report.shards)} file(s) to {report.target_dir} in {report.seconds:.1f} s"

@@ -40,9 +40,15 @@ def looks_local(path: str) -> bool:
     return p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path or p.exists()
 
 
-def source_kwargs(path: str, key: str) -> dict[str, Any]:
+MODEL_FILES = ("config.json",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def source_kwargs(path: str, key: str, expect: tuple[str, ...] = ()) -> dict[str, Any]:
     """`from_pretrained` arguments for `path`: a local-looking one must be a folder and is read offline,
-    so a typo fails at once naming the path instead of asking the Hub about it (or retrying for a minute)."""
+    so a typo fails at once naming the path instead of asking the Hub about it (or retrying for a minute).
+    The folder must hold one of the `expect` files (transformers' own error for a folder without them
+    is a long traceback about hub repo ids or slow tokenizers)."""
     if not path:
         raise FileNotFoundError(f"{key} is empty; set it to a Hugging Face model folder")
     if not looks_local(path):
@@ -51,6 +57,8 @@ def source_kwargs(path: str, key: str) -> dict[str, Any]:
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise FileNotFoundError(f"{key}={path!r} {what}; expected a Hugging Face model folder (with config.json)")
+    if expect and not any((folder / name).is_file() for name in expect):
+        raise FileNotFoundError(f"{key}={path!r} has no {' or '.join(expect)}; point it to a Hugging Face model folder")
     return {"local_files_only": True}
 
 
@@ -58,7 +66,9 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
     path, key = (cfg.tokenizer_path, "model.tokenizer_path") if cfg.tokenizer_path else (cfg.path, "model.path")
     # A missing chat template is reported by npu_rl.data when the prompts need one (chat-formatted data);
     # plain-string prompts (data.apply_chat_template=false) work with a base model's tokenizer.
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **source_kwargs(path, key))
+    return AutoTokenizer.from_pretrained(
+        path, trust_remote_code=cfg.trust_remote_code, **source_kwargs(path, key, TOKENIZER_FILES)
+    )
 
 
 def load_model(cfg: ModelConfig, acc: Accelerator, *, trainable: bool) -> nn.Module:
@@ -68,7 +78,7 @@ def load_model(cfg: ModelConfig, acc: Accelerator, *, trainable: bool) -> nn.Mod
         **dtype_kwarg(resolve_dtype(cfg.dtype, acc)),
         trust_remote_code=cfg.trust_remote_code,
         attn_implementation="sdpa",
-        **source_kwargs(cfg.path, "model.path"),
+        **source_kwargs(cfg.path, "model.path", MODEL_FILES),
     )
     model.config.use_cache = False
     if trainable and cfg.gradient_checkpointing:

@@ -1,11 +1,16 @@
-"""`python -m npu_rl.train --config run/configs/X.yaml key.sub=value ...` (or under torchrun)."""
+"""`npu-rl-train --config tiny_grpo key.sub=value ...` (= `python -m npu_rl.train`, or under torchrun).
+
+`--config` takes a YAML file or the name of a config shipped in npu_rl/configs (tiny_grpo, qwen2_5_1_5b_grpo).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from npu_rl.config import ConfigError, describe_groups, load_config
+from npu_rl import configs
+from npu_rl.cli import entry_point
+from npu_rl.config import describe_groups, load_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -17,18 +22,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + describe_groups(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", help="YAML file with the config groups (optional)")
+    parser.add_argument(
+        "--config", help=f"YAML file with the config groups, or a packaged config: {', '.join(configs.available())}"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, key.sub=value")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Train and return the last metrics; `cli` is the same with input mistakes reported as one message."""
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    cfg = load_config(configs.resolve(args.config) if args.config else None, args.overrides)
     from npu_rl.trainer import GRPOTrainer  # heavy imports only once the config is valid
 
     trainer = GRPOTrainer(cfg)
@@ -38,5 +42,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.close()
 
 
+# The command line (and console script): input mistakes end as one message and exit code 2.
+cli = entry_point("npu_rl.train")(main)
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # GRPO on Qwen2.5-1.5B-Instruct with MATH-lighteval: the Ascend single-card sample, by the book
 # (cann-recipes-train llm_rl/qwen2_5/verl_npu_demo/run_qwen2_5_1_5b_single.sh on verl release/v0.6.1,
-# reported MATH 43.48 -> 55.06). Values: run/configs/qwen2_5_1_5b_grpo.yaml (vLLM rollout, n=8, batch 256,
+# reported MATH 43.48 -> 55.06). Values: npu_rl/configs/qwen2_5_1_5b_grpo.yaml (vLLM rollout, n=8, batch 256,
 # mini-batch 256, micro-batch 8, prompt 512 / response 1024 tokens, lr 1e-6 with 10 warmup steps, KL loss
 # low_var_kl 0.001, 5 epochs, save every 70 steps, validate every 10) and the sample's reward as the
-# `ascend_sample_math` preset. Data: tools/preprocess_math.py --prompt-template ascend_sample (the sample's
+# `ascend_sample_math` preset. Data: python -m npu_rl.tools.preprocess_math --prompt-template ascend_sample (the sample's
 # <think>/<answer> system prompt).
 #
 #   bash run/qwen2_5_1_5b_grpo.sh [dotted overrides ...]       one Atlas A2 card
@@ -60,7 +60,7 @@ if [ ! -f "$DATA_DIR/train.parquet" ] || [ ! -f "$DATA_DIR/test.parquet" ]; then
 error: no MATH-lighteval parquet in DATA_DIR=$DATA_DIR (train.parquet and test.parquet). Download the
 dataset and convert it to verl's row schema (prompt with the \\boxed{} instruction, ground truth):
     hf download DigitalLearningGmbH/MATH-lighteval --repo-type dataset --local-dir downloads/MATH-lighteval
-    $PYTHON tools/preprocess_math.py --input downloads/MATH-lighteval --output-dir $DATA_DIR --prompt-template ascend_sample
+    $PYTHON -m npu_rl.tools.preprocess_math --input downloads/MATH-lighteval --output-dir $DATA_DIR --prompt-template ascend_sample
 EOF
     missing=1
 fi
@@ -111,7 +111,7 @@ esac
 
 # ---- launch -------------------------------------------------------------------------------
 ARGS=(
-    --config "${CONFIG:-run/configs/qwen2_5_1_5b_grpo.yaml}"
+    --config "${CONFIG:-qwen2_5_1_5b_grpo}"
     "model.path=$MODEL_PATH"
     "data.train_files=[$DATA_DIR/train.parquet]"
     "data.val_files=[$DATA_DIR/test.parquet]"

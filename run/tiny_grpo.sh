@@ -8,18 +8,18 @@
 #    pre-trained tiny base (assets/models/tiny-base; 500 + 60 pre-training steps)
 # 3. evaluates the base on the held-out test parquet: greedy accuracy, sampled accuracy (T=1),
 #    pass@8, mean response length
-# 4. GRPO with run/configs/tiny_grpo.yaml (60 steps of 16 prompts x 8 samples)
+# 4. GRPO with the packaged config tiny_grpo (npu_rl/configs/tiny_grpo.yaml) (60 steps of 16 prompts x 8 samples)
 # 5. evaluates the trained model identically and prints accuracy before -> after
 #
 # Work is fixed in steps; on 2 free cores the whole run takes ~8 minutes (10-12 on a busy machine).
-# Set NPU_RL_THREADS to change the torch thread count (default 2).
+# Set NPU_RL_THREADS to change the torch thread count (default: every core this process may use, `nproc`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NPU_RL_EXTRAS="${NPU_RL_EXTRAS:-dev}" source run/setup_env.sh
 # Idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads of concurrent
 # processes starve each other (measured: 3x more CPU time per training step).
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-THREADS="${NPU_RL_THREADS:-2}"
+THREADS="${NPU_RL_THREADS:-$(nproc)}"  # nproc counts the cores in this process's affinity mask
 DATA=assets/data/synthetic
 MODEL=assets/models/tiny-base
 RUN="tiny_grpo_$(date +%Y%m%d_%H%M%S)"
@@ -29,23 +29,23 @@ start=$SECONDS
 
 if [ ! -f "$DATA/train.parquet" ] || [ ! -f "$DATA/test.parquet" ]; then
     echo "== building synthetic data in $DATA"
-    python tools/make_synthetic_math.py --out-dir "$DATA"
+    python -m npu_rl.tools.make_synthetic_math --out-dir "$DATA"
 fi
 if [ ! -f "$MODEL/model.safetensors" ]; then
     echo "== pre-training the tiny base model into $MODEL (fixed step counts)"
-    python tools/make_tiny_model.py --out-dir "$MODEL" --data-dir "$DATA" --num-threads "$THREADS" --skip-eval
+    python -m npu_rl.tools.make_tiny_model --out-dir "$MODEL" --data-dir "$DATA" --num-threads "$THREADS" --skip-eval
 fi
 
 echo "== evaluating the base model on the held-out set"
-python tools/_headroom.py "$MODEL" --data "$DATA/test.parquet" --out-dir "$LOG_DIR/eval" --tag before \
+python -m npu_rl.tools._headroom "$MODEL" --data "$DATA/test.parquet" --out-dir "$LOG_DIR/eval" --tag before \
     --num-threads "$THREADS"
 
 echo "== GRPO ($RUN)"
-python -m npu_rl.train --config run/configs/tiny_grpo.yaml \
+python -m npu_rl.train --config tiny_grpo \
     trainer.experiment_name="$RUN" trainer.num_threads="$THREADS" "$@"
 
 echo "== evaluating the trained model identically"
-python tools/_headroom.py "$CKPT_DIR" --data "$DATA/test.parquet" --out-dir "$LOG_DIR/eval" --tag after \
+python -m npu_rl.tools._headroom "$CKPT_DIR" --data "$DATA/test.parquet" --out-dir "$LOG_DIR/eval" --tag after \
     --num-threads "$THREADS" --before "$LOG_DIR/eval/before.headroom.json"
 
 echo "== done in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"

@@ -36,9 +36,7 @@ def rollout_batch(prompts: list[list[int]], responses: torch.Tensor, lengths: to
     from npu_rl.rollout import RolloutBatch, RolloutOutput
     from npu_rl.rollout.base import grouped
 
-    records = [
-        PromptRecord(i, p, "", [], "test", "0", "math", {}, "test.parquet", i) for i, p in enumerate(prompts)
-    ]
+    records = [PromptRecord(i, p, "", [], "test", "0", "math", {}, "test.parquet", i) for i, p in enumerate(prompts)]
     group, sample = grouped(n, len(prompts))
     out = RolloutOutput(responses, torch.zeros(responses.shape), lengths, ["stop"] * len(lengths), group, sample)
     return RolloutBatch.bind(records, out)

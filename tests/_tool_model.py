@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import make_tiny_model
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -17,6 +16,7 @@ from _tool_template import with_tool_template
 from transformers import Qwen2ForCausalLM
 
 from npu_rl.rollout.multi_turn import ToolMessages
+from npu_rl.tools import make_tiny_model
 
 TOOL_YAML = """
 tools:

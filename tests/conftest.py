@@ -1,6 +1,6 @@
 """Shared session fixtures: a tiny tokenizer, a tiny random Qwen2 model and synthetic parquet files.
 
-They are built with the same code as the demo assets (tools/), so tests exercise the real
+They are built with the same code as the demo assets (npu_rl.tools), so tests exercise the real
 tokenizer pipeline, chat template and parquet schema. Everything is offline, seeded and takes a
 few seconds per session.
 
@@ -16,7 +16,6 @@ Fixtures
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 # Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. On a shared 2-core machine
@@ -26,15 +25,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 from _tolerances import install as _record_tolerances
 
+from npu_rl.tools import make_synthetic_math, make_tiny_model
+from npu_rl.tools._tiny_tokenizer import save_tokenizer
+
 _record_tolerances()  # only with NPU_RL_TOL_RECORD set (bench/tolerances.py)
-
-TOOLS_DIR = Path(__file__).resolve().parents[1] / "tools"
-if str(TOOLS_DIR) not in sys.path:
-    sys.path.insert(0, str(TOOLS_DIR))
-
-import make_synthetic_math  # noqa: E402
-import make_tiny_model  # noqa: E402
-from _tiny_tokenizer import save_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,7 @@ def test_the_ppo_recipe_config_loads(tiny_model_dir, synthetic_parquet):
     from npu_rl.config import load_config
 
     cfg = load_config(
-        "run/configs/qwen2_5_math_7b_ppo.yaml",
+        "npu_rl/configs/qwen2_5_math_7b_ppo.yaml",
         [f"model.path={tiny_model_dir}", f"data.train_files=[{synthetic_parquet['train']}]", "data.val_files=[]"],
     )
     assert cfg.use_critic and cfg.needs_ref and cfg.algorithm.kl_coef == 0.01

@@ -5,12 +5,12 @@ from __future__ import annotations
 import operator
 import re
 
-import make_synthetic_math as msm
-import make_tiny_model
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from npu_rl.tools import make_synthetic_math as msm
+from npu_rl.tools import make_tiny_model
 from reward import compute_score
 
 EQUATION = re.compile(r"^(\d+) ([-+*]) (\d+) = (\d+)$")
@@ -138,7 +138,7 @@ def test_a_short_stage_lowers_the_loss(tiny_tokenizer):
 
 
 def test_headroom_report_uses_the_evaluator(tiny_model_dir, synthetic_parquet, tmp_path):
-    import _headroom
+    from npu_rl.tools import _headroom
 
     result = _headroom.measure(tiny_model_dir, synthetic_parquet["test"], tmp_path, "base", num_threads=1)
     assert result["num_prompts"] == 16
@@ -154,15 +154,13 @@ def test_headroom_report_uses_the_evaluator(tiny_model_dir, synthetic_parquet, t
     assert "greedy:  acc" in _headroom.format_result(result, "base")
 
 
-def test_demo_config_is_valid_and_points_at_the_assets(tmp_path, monkeypatch):
-    from pathlib import Path
-
+def test_demo_config_is_valid_and_points_at_the_assets():
+    from npu_rl import configs
     from npu_rl.config import load_config
 
-    root = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(tmp_path)  # load_config checks that the local model folder exists (run/tiny_grpo.sh builds it)
-    (tmp_path / "assets/models/tiny-base").mkdir(parents=True)
-    cfg = load_config(root / "run/configs/tiny_grpo.yaml", ["trainer.experiment_name=x"])
+    assert "tiny_grpo" in configs.available()
+    assert configs.resolve("run/configs/tiny_grpo.yaml") == configs.resolve("tiny_grpo")  # the old path still works
+    cfg = load_config(configs.resolve("tiny_grpo"), ["trainer.experiment_name=x"])
     assert cfg.model.path == "assets/models/tiny-base"
     assert cfg.data.train_files == ["assets/data/synthetic/train.parquet"]
     assert cfg.data.val_files == ["assets/data/synthetic/test.parquet"]

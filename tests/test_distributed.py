@@ -313,7 +313,7 @@ def test_run_scripts_stop_with_download_instructions_when_inputs_are_missing(tmp
         assert proc.returncode == 1, proc.stderr
         assert "hf download Qwen/Qwen2.5-1.5B-Instruct" in proc.stderr
         assert "hf download DigitalLearningGmbH/MATH-lighteval --repo-type dataset" in proc.stderr
-        assert "tools/preprocess_math.py --input downloads/MATH-lighteval --output-dir" in proc.stderr
+        assert "-m npu_rl.tools.preprocess_math --input downloads/MATH-lighteval --output-dir" in proc.stderr
     proc = _script("qwen2_5_1_5b_grpo_multinode.sh", tmp_path, NNODES="2", **missing)
     assert proc.returncode != 0 and "NODE_RANK" in proc.stderr
 

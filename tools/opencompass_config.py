@@ -1,7 +1,7 @@
 """Write an OpenCompass model config for a merged checkpoint, as the Ascend GRPO sample evaluates.
 
     python -m npu_rl.merge merge --backend fsdp --local_dir <ckpt>/global_step_140/actor --target_dir merged/
-    python tools/parquet2json.py --input data/math/test.parquet --output <opencompass>/data/math/math.json
+    python -m npu_rl.tools.parquet2json --input data/math/test.parquet --output <opencompass>/data/math/math.json
     python tools/opencompass_config.py --model merged/ --opencompass <opencompass checkout>
     cd <opencompass checkout> && python run.py --models npu_rl_merged --datasets math_gen_a58d9d
 

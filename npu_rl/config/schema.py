@@ -11,6 +11,7 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from npu_rl import configs
 from npu_rl.config import environment
 from npu_rl.config.fields import ConfigError, Section, join, knob
 
@@ -207,7 +208,9 @@ class MultiTurnConfig(Section):
         if self.enable:
             if not self.tool_config_path:
                 raise ConfigError(f"{join(path, 'tool_config_path')} is required when {join(path, 'enable')} is true")
-            environment.check_file(self.tool_config_path, join(path, "tool_config_path"))
+            packaged = configs.find(self.tool_config_path)  # a packaged name such as tools_gsm8k works too
+            environment.check_file(str(packaged or self.tool_config_path), join(path, "tool_config_path"))
+            self.tool_config_path = str(packaged or self.tool_config_path)
 
 
 @dataclass

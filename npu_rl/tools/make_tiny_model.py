@@ -9,28 +9,31 @@ sampling still writes worked solutions. Such a base has pass@k well above greedy
 
 Deterministic: fixed seeds, fixed step counts (never time budgets), fp32, fixed thread count.
 
-Usage: python tools/make_tiny_model.py --out-dir assets/models/tiny-base
+Usage: npu-rl-make-tiny-model --out-dir assets/models/tiny-base
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pyarrow.parquet as pq
 import torch
-from _tiny_tokenizer import save_tokenizer, train_tokenizer
-from make_synthetic_math import Problem, ProblemKey, iter_problems, row_key, tokenizer_corpus
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from npu_rl.actor import build_optimizer, build_scheduler
+from npu_rl.cli import UserError, entry_point
 from npu_rl.compute import linears_for
 from npu_rl.config import OptimConfig
 from npu_rl.device import Accelerator
+from npu_rl.tools._tiny_tokenizer import save_tokenizer, train_tokenizer
+from npu_rl.tools.make_synthetic_math import Problem, ProblemKey, iter_problems, row_key, tokenizer_corpus
 
 # Architecture sizes. "test" keeps unit tests fast; "demo" is the measured 3.3M-parameter base.
 SIZES: dict[str, dict[str, int]] = {
@@ -87,14 +90,21 @@ def save_model_dir(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, 
 
 @dataclass(frozen=True)
 class Stage:
-    """One supervised stage: `steps` batches where a fraction `shortcut_share` of answers are bare."""
+    """One supervised stage of `steps` batches.
+
+    `kind="chat"`: chat-formatted problems, loss on the answer, a fraction `shortcut_share` of answers bare.
+    `kind="drill"`: plain arithmetic text, the worked steps of successive problems packed into rows of
+    `width` tokens without padding, loss on every token (the facts, with no prompt around them).
+    """
 
     name: str
     steps: int
     lr: float
-    shortcut_share: float
+    shortcut_share: float = 0.0
     warmup_steps: int = 0
     batch_size: int = 64
+    kind: Literal["chat", "drill"] = "chat"
+    width: int = 64
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, problem: Problem, answer: str) -> tuple[list[int], int]:
@@ -104,6 +114,19 @@ def encode(tokenizer: PreTrainedTokenizerFast, problem: Problem, answer: str) ->
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids + answer_ids, len(prompt_ids)
+
+
+def drill_row(tokenizer: PreTrainedTokenizerFast, problems: Iterator[Problem], width: int) -> tuple[list[int], int]:
+    """Worked steps of successive problems ("3 * 8 = 24. 24 - 5 = 19. ...") filling up to `width` tokens.
+
+    The problem that would overflow the row is dropped, not split, so every row ends at a full problem.
+    """
+    ids: list[int] = []
+    while True:
+        piece = tokenizer(" ".join(f"{s}." for s in next(problems).steps) + " ", add_special_tokens=False)["input_ids"]
+        if ids and len(ids) + len(piece) > width:
+            return ids, 0
+        ids += piece
 
 
 def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -131,7 +154,7 @@ def run_stage(
 
     The warmup matters: without it the loss stayed on its plateau far longer (0.73 against 0.29 at step
     200 of 400, measured with the same data).
-    Linears run through oneDNN (npu_rl.cpu_linear), half the CPU time of torch's default on these CPUs.
+    Linears run through the CPU kernels npu_rl.compute picks for training (npu_rl/kernels).
     """
     optim_cfg = OptimConfig(
         lr=stage.lr, lr_scheduler="cosine", lr_warmup_steps=stage.warmup_steps, min_lr_ratio=0.1, weight_decay=0.01
@@ -139,14 +162,19 @@ def run_stage(
     optimizer = build_optimizer(model, optim_cfg)
     scheduler = build_scheduler(optimizer, stage.steps, optim_cfg)
     model.train()
-    start, running = time.perf_counter(), 0.0
+    start, running, positions = time.perf_counter(), 0.0, 0
     for step in range(1, stage.steps + 1):
-        batch = []
-        for problem in (next(problems) for _ in range(stage.batch_size)):
-            answer = problem.shortcut() if rng.random() < stage.shortcut_share else problem.worked()
-            batch.append(encode(tokenizer, problem, answer))
+        if stage.kind == "drill":
+            batch = [drill_row(tokenizer, problems, stage.width) for _ in range(stage.batch_size)]
+        else:
+            batch = []
+            for problem in (next(problems) for _ in range(stage.batch_size)):
+                answer = problem.shortcut() if rng.random() < stage.shortcut_share else problem.worked()
+                batch.append(encode(tokenizer, problem, answer))
+        inputs = collate(batch, tokenizer.pad_token_id)
+        positions += inputs["input_ids"].numel()
         with linears_for(Accelerator("cpu")).around():
-            loss = model(**collate(batch, tokenizer.pad_token_id)).loss
+            loss = model(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -156,7 +184,11 @@ def run_stage(
         if step % log_every == 0 or step == stage.steps:
             done = step % log_every or log_every
             elapsed = time.perf_counter() - start
-            print(f"[{stage.name}] step {step}/{stage.steps} loss {running / done:.4f} ({elapsed:.0f} s)", flush=True)
+            print(
+                f"[{stage.name}] step {step}/{stage.steps} loss {running / done:.4f} "
+                f"({positions / 1e6:.2f}M token positions, {elapsed:.0f} s)",
+                flush=True,
+            )
             running = 0.0
 
 
@@ -194,29 +226,31 @@ def build_base(
     return save_model_dir(model, tokenizer, out_dir)
 
 
-def main() -> None:
+@entry_point("npu-rl-make-tiny-model")
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", default="assets/models/tiny-base")
     parser.add_argument("--data-dir", default="assets/data/synthetic", help="holds test.parquet (held out)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num-threads", type=int, default=2)
+    parser.add_argument(
+        "--num-threads", type=int, default=len(os.sched_getaffinity(0)), help="default: the cores this process may use"
+    )
     parser.add_argument("--skip-eval", action="store_true", help="do not measure the base's headroom")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     test_parquet = Path(args.data_dir) / "test.parquet"
     if not test_parquet.is_file():
-        raise SystemExit(
-            f"{test_parquet} not found: run `python tools/make_synthetic_math.py --out-dir {args.data_dir}`"
-        )
+        raise UserError(f"{test_parquet} not found: run `npu-rl-make-synthetic-math --out-dir {args.data_dir}`")
     torch.set_num_threads(args.num_threads)
     start = time.perf_counter()
     out_dir = build_base(args.out_dir, test_parquet, args.seed)
     print(f"saved {out_dir} ({time.perf_counter() - start:.0f} s)")
     if not args.skip_eval:
-        from _headroom import format_result, measure
+        from npu_rl.tools._headroom import format_result, measure
 
         result = measure(out_dir, test_parquet, Path(out_dir) / "eval", "base", args.num_threads)
         print(format_result(result, "base headroom"))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -5,7 +5,8 @@ accuracy, what sampling finds: sampled accuracy at T=1, pass@k, mean response le
 of responses that show their work. All numbers come from `npu_rl.eval` (same grader, same seeds,
 same decoding settings every time); this module only picks the settings and formats the result.
 
-    python tools/_headroom.py MODEL --data test.parquet --out-dir DIR --tag after [--before DIR/before.headroom.json]
+    python -m npu_rl.tools._headroom MODEL --data test.parquet --out-dir DIR --tag after \\
+        [--before DIR/before.headroom.json]
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from make_synthetic_math import is_worked
-
+from npu_rl.cli import entry_point
 from npu_rl.config import RewardConfig
 from npu_rl.eval import Evaluator
+from npu_rl.tools.make_synthetic_math import is_worked
 
 K = 8
 MAX_NEW_TOKENS = 96  # a worked solution is ~30 tokens; the cap only stops babbling
@@ -75,7 +76,8 @@ def format_change(before: dict[str, Any], after: dict[str, Any]) -> str:
     )
 
 
-def main() -> None:
+@entry_point("npu_rl.tools._headroom")
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="HF folder or npu_rl checkpoint (root or global_step_N)")
     parser.add_argument("--data", required=True, help="held-out parquet")
@@ -83,7 +85,7 @@ def main() -> None:
     parser.add_argument("--tag", required=True, help="e.g. before / after")
     parser.add_argument("--before", help="an earlier .headroom.json to compare against")
     parser.add_argument("--num-threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     before = json.loads(Path(args.before).read_text(encoding="utf-8")) if args.before else None  # fail early
     result = measure(args.model, args.data, args.out_dir, args.tag, args.num_threads)
     if before is not None:
@@ -91,7 +93,8 @@ def main() -> None:
     print(format_result(result, args.tag))
     if before is not None:
         print(format_change(before, result))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

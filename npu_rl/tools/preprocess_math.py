@@ -1,7 +1,7 @@
 """Convert a locally downloaded MATH dataset into npu_rl's parquet (verl's schema and instruction prompt).
 
     hf download DigitalLearningGmbH/MATH-lighteval --repo-type dataset --local-dir ~/data/math_raw
-    python tools/preprocess_math.py --input ~/data/math_raw --output-dir data/math
+    npu-rl-preprocess-math --input ~/data/math_raw --output-dir data/math
 
 Input: the download folder (train-*.parquet / test-*.parquet; when each subject is also its own
 config folder, the default config's folder is used unless --subset names one), or split files
@@ -23,20 +23,19 @@ Qwen2.5's chat template the two give the same text the sample trained on.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from _dataset_io import (
+from npu_rl.cli import entry_point
+from npu_rl.tools._dataset_io import (
     MATH_INSTRUCTION,
     DatasetError,
     find_split_files,
+    iter_rows,
     raise_problems,
-    read_records,
     require_text,
     verl_row,
     write_parquet,
 )
-
 from reward.extract import find_boxed
 
 DATA_SOURCE = "DigitalLearningGmbH/MATH-lighteval"
@@ -71,27 +70,26 @@ def convert_split(
     files: list[Path], split: str, data_source: str, levels: set[int] | None = None, template: str = "verl"
 ) -> list[dict]:
     rows, problems = [], []
-    for path in files:
-        for i, record in enumerate(read_records(path)):
-            where = f"{path}: row {i}"
-            problem = require_text(record, "problem", where, problems)
-            solution = require_text(record, "solution", where, problems)
-            given = record.get("answer")
-            truth = str(given).strip() if given not in (None, "") else (boxed_answer(solution) if solution else None)
-            if problem and solution and truth is None:
-                problems.append(f"{where}: column 'solution' has no complete \\boxed{{...}} answer")
-            if not (problem and solution and truth):
-                continue
-            if levels is not None and _level(record.get("level")) not in levels:
-                continue  # e.g. --levels 3 4 5 (SimpleRL-Zero trains on the harder problems)
-            extra = {"problem": problem, "solution": solution}
-            for key in ("level", "type", "subject"):
-                if record.get(key) not in (None, ""):
-                    extra[key] = record[key]
-            row = verl_row(data_source, problem, MATH_INSTRUCTION, truth, split, len(rows), extra)
-            if SYSTEM_PROMPTS[template]:
-                row["prompt"].insert(0, {"role": "system", "content": SYSTEM_PROMPTS[template]})
-            rows.append(row)
+    for path, i, record in iter_rows(files, f"converting {split}"):
+        where = f"{path}: row {i}"
+        problem = require_text(record, "problem", where, problems)
+        solution = require_text(record, "solution", where, problems)
+        given = record.get("answer")
+        truth = str(given).strip() if given not in (None, "") else (boxed_answer(solution) if solution else None)
+        if problem and solution and truth is None:
+            problems.append(f"{where}: column 'solution' has no complete \\boxed{{...}} answer")
+        if not (problem and solution and truth):
+            continue
+        if levels is not None and _level(record.get("level")) not in levels:
+            continue  # e.g. --levels 3 4 5 (SimpleRL-Zero trains on the harder problems)
+        extra = {"problem": problem, "solution": solution}
+        for key in ("level", "type", "subject"):
+            if record.get(key) not in (None, ""):
+                extra[key] = record[key]
+        row = verl_row(data_source, problem, MATH_INSTRUCTION, truth, split, len(rows), extra)
+        if SYSTEM_PROMPTS[template]:
+            row["prompt"].insert(0, {"role": "system", "content": SYSTEM_PROMPTS[template]})
+        rows.append(row)
     raise_problems(problems)
     return rows
 
@@ -114,6 +112,7 @@ def convert(
     return out
 
 
+@entry_point("npu-rl-preprocess-math")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help="download folder and/or split files")
@@ -129,12 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--levels", nargs="+", type=int, default=None, help="keep only these MATH levels in train")
     args = p.parse_args(argv)
-    try:
-        levels = set(args.levels) if args.levels else None
-        written = convert(args.input, args.output_dir, args.subset, args.data_source, args.prompt_template, levels)
-    except DatasetError as err:
-        print(f"preprocess_math: {err}", file=sys.stderr)
-        return 1
+    levels = set(args.levels) if args.levels else None
+    written = convert(args.input, args.output_dir, args.subset, args.data_source, args.prompt_template, levels)
     for split, path in written.items():
         print(f"{split}: {path}")
     return 0

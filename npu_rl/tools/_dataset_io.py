@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from npu_rl.progress import Progress
 
 # verl's instruction suffixes (field notes): the reward's requested answer form follows them.
 MATH_INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
@@ -100,6 +102,16 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of objects")
     return data
+
+
+def iter_rows(files: Iterable[Path], desc: str) -> Iterator[tuple[Path, int, dict[str, Any]]]:
+    """(file, row number, row) over `files`, with a progress line (rows done / total, ETA) on stderr."""
+    loaded = [(path, read_records(path)) for path in files]
+    with Progress(desc, total=sum(len(rows) for _, rows in loaded), unit="rows") as bar:
+        for path, rows in loaded:
+            for i, row in enumerate(rows):
+                yield path, i, row
+                bar.update()
 
 
 def require_text(row: dict[str, Any], column: str, where: str, problems: list[str]) -> str:

@@ -8,7 +8,7 @@ means the model is pre-trained on exactly the answer format the reward later gra
 Everything is deterministic from a seed. The test split is disjoint from the train split (and from
 every pre-training example) by problem identity: the template kind plus its operands.
 
-Usage: python tools/make_synthetic_math.py --out-dir assets/data/synthetic [--n-train 2000 --n-test 200]
+Usage: npu-rl-make-synthetic-math --out-dir assets/data/synthetic [--n-train 2000 --n-test 200]
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from npu_rl.cli import UserError, entry_point
 
 DATA_SOURCE = "synthetic/arith"
 INSTRUCTION = "Let's think step by step and output the final answer within \\boxed{}."
@@ -238,17 +240,22 @@ def tokenizer_corpus(seed: int, n: int) -> list[str]:
     return texts
 
 
-def main() -> None:
+@entry_point("npu-rl-make-synthetic-math")
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", default="assets/data/synthetic")
     parser.add_argument("--n-train", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    paths = write_splits(args.out_dir, args.n_train, args.n_test, args.seed)
+    args = parser.parse_args(argv)
+    try:
+        paths = write_splits(args.out_dir, args.n_train, args.n_test, args.seed)
+    except ValueError as err:  # more rows asked for than the templates allow
+        raise UserError(str(err)) from err
     for split, path in paths.items():
         print(f"{split}: {path} ({pq.read_metadata(path).num_rows} rows)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Convert locally downloaded math benchmarks into one verl parquet per benchmark, for the eval suite.
 
-    python tools/preprocess_benchmarks.py --output-dir data/benchmarks \\
+    npu-rl-preprocess-benchmarks --output-dir data/benchmarks \\
         --input math500=~/data/MATH-500 aime24=~/data/aime_2024 aime25=~/data/aime_2025 \\
                 amc23=~/data/amc23 minerva=~/data/minerva_math olympiadbench=~/data/OlympiadBench \\
                 gsm8k=~/data/gsm8k math=~/data/MATH-lighteval
@@ -19,8 +19,8 @@ alternatives in brackets, first present wins):
 | amc23 | problem [question], answer (often a float such as 27.0), id | `answer`; 27.0 -> 27, 0.8333.. -> 5/6 |
 | minerva | problem [question], solution, or answer | `answer`, else the solution's last \\boxed{} |
 | olympiadbench | question, final_answer (a list of strings), id, subfield | the list joined by ", " |
-| gsm8k | question, answer with a final `#### N` line | N, as tools/preprocess_gsm8k.py |
-| math | problem, solution, level, type | as tools/preprocess_math.py |
+| gsm8k | question, answer with a final `#### N` line | N, as npu-rl-preprocess-gsm8k |
+| math | problem, solution, level, type | as npu-rl-preprocess-math |
 
 Every problem is reported at once with its file and row, and nothing is written then.
 """
@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from _dataset_io import (
+from npu_rl.cli import entry_point
+from npu_rl.tools._dataset_io import (
     GSM8K_INSTRUCTION,
     MATH_INSTRUCTION,
     SUFFIXES,
@@ -46,8 +46,8 @@ from _dataset_io import (
     verl_row,
     write_parquet,
 )
-from preprocess_gsm8k import final_answer
-from preprocess_math import boxed_answer
+from npu_rl.tools.preprocess_gsm8k import final_answer
+from npu_rl.tools.preprocess_math import boxed_answer
 
 
 def _first(record: dict[str, Any], columns: tuple[str, ...]) -> Any:
@@ -179,16 +179,14 @@ def parse_inputs(items: list[str]) -> dict[str, Path]:
     return inputs
 
 
+@entry_point("npu-rl-preprocess-benchmarks")
 def main(argv: list[str] | None = None) -> int:
+    """Convert; a bad --input or a bad row ends as one message (every problem listed) and exit code 2."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", nargs="+", required=True, metavar="NAME=PATH", help=f"names: {', '.join(BENCHMARKS)}")
     p.add_argument("--output-dir", required=True, help="one <NAME>.parquet per benchmark is written here")
     args = p.parse_args(argv)
-    try:
-        written = convert(parse_inputs(args.input), args.output_dir)
-    except DatasetError as err:
-        print(f"preprocess_benchmarks: {err}", file=sys.stderr)
-        return 1
+    written = convert(parse_inputs(args.input), args.output_dir)
     for name, path in written.items():
         print(f"{name}: {path}")
     return 0

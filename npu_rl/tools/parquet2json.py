@@ -1,10 +1,10 @@
 """Export npu_rl / verl parquet to OpenCompass's MATH `math.json` layout, to score a model there too.
 
-    python tools/parquet2json.py --input data/math/test.parquet --output opencompass_data/math/math.json
+    npu-rl-parquet2json --input data/math/test.parquet --output opencompass_data/math/math.json
 
 Layout (what OpenCompass's MATH loader reads): one JSON object keyed by "0", "1", ..., each entry
 {"problem", "solution", "level", "type"}. OpenCompass takes the answer from the solution's last
-\\boxed{}; rows converted by tools/preprocess_math.py keep the original solution, any other row gets
+\\boxed{}; rows converted by npu-rl-preprocess-math keep the original solution, any other row gets
 "\\boxed{<ground_truth>}" as its solution so that the same answer is graded. level / type are written
 when the row has them (extra_info.level, extra_info.type or extra_info.subject).
 """
@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-from _dataset_io import GSM8K_INSTRUCTION, MATH_INSTRUCTION, DatasetError, raise_problems
+from npu_rl.cli import entry_point
+from npu_rl.tools._dataset_io import GSM8K_INSTRUCTION, MATH_INSTRUCTION, DatasetError, iter_rows, raise_problems
 
 
 def problem_text(row: dict[str, Any]) -> str:
@@ -55,12 +54,11 @@ def to_entry(row: dict[str, Any]) -> dict[str, Any]:
 def convert(inputs: list[str | Path], output: str | Path) -> Path:
     entries: dict[str, dict[str, Any]] = {}
     problems = []
-    for path in map(Path, inputs):
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            try:
-                entries[str(len(entries))] = to_entry(row)
-            except DatasetError as err:
-                problems.append(f"{path}: row {i}: {err}")
+    for path, i, row in iter_rows(map(Path, inputs), "converting"):
+        try:
+            entries[str(len(entries))] = to_entry(row)
+        except DatasetError as err:
+            problems.append(f"{path}: row {i}: {err}")
     raise_problems(problems)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -68,16 +66,13 @@ def convert(inputs: list[str | Path], output: str | Path) -> Path:
     return out
 
 
+@entry_point("npu-rl-parquet2json")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help="parquet file(s) in verl's schema")
     p.add_argument("--output", required=True, help="math.json to write")
     args = p.parse_args(argv)
-    try:
-        out = convert(args.input, args.output)
-    except DatasetError as err:
-        print(f"parquet2json: {err}", file=sys.stderr)
-        return 1
+    out = convert(args.input, args.output)
     print(f"wrote {out}")
     return 0
 

@@ -1,7 +1,7 @@
 """Convert a locally downloaded GSM8K into npu_rl's parquet (verl's schema and instruction prompt).
 
     hf download openai/gsm8k --repo-type dataset --local-dir ~/data/gsm8k_raw
-    python tools/preprocess_gsm8k.py --input ~/data/gsm8k_raw --output-dir data/gsm8k
+    npu-rl-preprocess-gsm8k --input ~/data/gsm8k_raw --output-dir data/gsm8k
 
 Input: the `hf download` folder (main/train-*.parquet, main/test-*.parquet; the `main` config is
 used unless --subset says otherwise), or the original train.jsonl / test.jsonl, or such files
@@ -15,15 +15,14 @@ with thousands separators removed, as verl does; the worked answer stays in extr
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from _dataset_io import (
+from npu_rl.cli import entry_point
+from npu_rl.tools._dataset_io import (
     GSM8K_INSTRUCTION,
-    DatasetError,
     find_split_files,
+    iter_rows,
     raise_problems,
-    read_records,
     require_text,
     verl_row,
     write_parquet,
@@ -46,22 +45,21 @@ def final_answer(answer: str) -> str | None:
 
 def convert_split(files: list[Path], split: str, system: str | None = None) -> list[dict]:
     rows, problems = [], []
-    for path in files:
-        for i, record in enumerate(read_records(path)):
-            where = f"{path}: row {i}"
-            question = require_text(record, "question", where, problems)
-            answer = require_text(record, "answer", where, problems)
-            if not answer:
-                continue
-            truth = final_answer(answer)
-            if truth is None:
-                problems.append(f"{where}: column 'answer' has no '#### <number>' final line")
-                continue
-            extra = {"question": question, "answer": answer}
-            row = verl_row(DATA_SOURCE, question, GSM8K_INSTRUCTION, truth, split, len(rows), extra)
-            if system:
-                row["prompt"] = [{"role": "system", "content": system}, *row["prompt"]]
-            rows.append(row)
+    for path, i, record in iter_rows(files, f"converting {split}"):
+        where = f"{path}: row {i}"
+        question = require_text(record, "question", where, problems)
+        answer = require_text(record, "answer", where, problems)
+        if not answer:
+            continue
+        truth = final_answer(answer)
+        if truth is None:
+            problems.append(f"{where}: column 'answer' has no '#### <number>' final line")
+            continue
+        extra = {"question": question, "answer": answer}
+        row = verl_row(DATA_SOURCE, question, GSM8K_INSTRUCTION, truth, split, len(rows), extra)
+        if system:
+            row["prompt"] = [{"role": "system", "content": system}, *row["prompt"]]
+        rows.append(row)
     raise_problems(problems)
     return rows
 
@@ -75,6 +73,7 @@ def convert(
     return out
 
 
+@entry_point("npu-rl-preprocess-gsm8k")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--input", nargs="+", required=True, help="download folder and/or split files")
@@ -84,11 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tool-prompt", action="store_true", help="add the tool-use system prompt (multi-turn training with tools)"
     )
     args = p.parse_args(argv)
-    try:
-        written = convert(args.input, args.output_dir, args.subset, TOOL_SYSTEM_PROMPT if args.tool_prompt else None)
-    except DatasetError as err:
-        print(f"preprocess_gsm8k: {err}", file=sys.stderr)
-        return 1
+    written = convert(args.input, args.output_dir, args.subset, TOOL_SYSTEM_PROMPT if args.tool_prompt else None)
     for split, path in written.items():
         print(f"{split}: {path}")
     return 0
