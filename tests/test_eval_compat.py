@@ -6,10 +6,11 @@ from __future__ import annotations
 import sys
 import types
 
-import opencompass_config
 import pytest
 
+from npu_rl.cli import UserError
 from npu_rl.eval import build_parser, main
+from npu_rl.tools import opencompass_config
 from reward.math_verify_adapter import math_verify_score
 
 
@@ -65,5 +66,5 @@ def test_opencompass_config_for_a_merged_folder(tmp_path, tiny_model_dir, monkey
 
 
 def test_opencompass_config_refuses_an_unmerged_folder(tmp_path):
-    with pytest.raises(SystemExit, match="merge a checkpoint first"):
+    with pytest.raises(UserError, match="merge a checkpoint first"):
         opencompass_config.main(["--model", str(tmp_path), "--output", str(tmp_path / "x.py")])

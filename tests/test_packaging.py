@@ -17,12 +17,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = [
-    "npu-rl-train", "npu-rl-eval", "npu-rl-merge", "npu-rl-preprocess-math", "npu-rl-preprocess-gsm8k",
-    "npu-rl-parquet2json", "npu-rl-plot", "npu-rl-make-synthetic-math", "npu-rl-make-tiny-model",
-]  # fmt: skip
+SCRIPTS = sorted(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
 
 
 def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -43,6 +41,17 @@ def wheel(tmp_path_factory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
     _run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-w", str(dist)], src)
     return next(dist.glob("npu_rl-*.whl"))
+
+
+def test_every_tool_module_has_a_console_script():
+    """A tool added to npu_rl/tools without a script would be unreachable from an installed wheel."""
+    targets = {
+        target.split(":")[0]
+        for target in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"].values()
+    }
+    tools = {f"npu_rl.tools.{p.stem}" for p in (ROOT / "npu_rl" / "tools").glob("[!_]*.py")}
+    assert tools <= targets, sorted(tools - targets)
+    assert len(SCRIPTS) >= 11
 
 
 def test_wheel_carries_configs_and_tools(wheel):

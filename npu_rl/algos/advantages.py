@@ -125,8 +125,11 @@ def reinforce_plus_plus(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Te
     tokens of the step batch (no critic, no group baseline).
 
     A token whose mask is 0 inside a response (a tool observation) adds no reward and no discount:
-    the return is carried through it unchanged to the tokens before it (the field notes' verl 0.9.1
-    semantics; verl <= 0.5 reset it to 0 there, which cut the reward off from earlier turns).
+    the return is carried through it unchanged to the tokens before it, as GAE skips observation
+    tokens. This is verl 0.9.1's behaviour as the project's field notes record it; the verl source
+    read here (main of 2026-01-29, 0.8.0.dev, `compute_reinforce_plus_plus_outcome_advantage`) still
+    multiplies the running return by the mask ("reset after EOS"), which zeroes the final reward for
+    every token before a tool answer. Both agree when a response has no interior masked span.
     Returns are the undiscounted-by-whitening G_t, zero on mask-0 tokens.
     """
     rewards, mask = inputs.token_rewards.float(), inputs.response_mask.float()

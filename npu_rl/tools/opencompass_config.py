@@ -2,7 +2,7 @@
 
     python -m npu_rl.merge merge --backend fsdp --local_dir <ckpt>/global_step_140/actor --target_dir merged/
     python -m npu_rl.tools.parquet2json --input data/math/test.parquet --output <opencompass>/data/math/math.json
-    python tools/opencompass_config.py --model merged/ --opencompass <opencompass checkout>
+    npu-rl-opencompass-config --model merged/ --opencompass <opencompass checkout>
     cd <opencompass checkout> && python run.py --models npu_rl_merged --datasets math_gen_a58d9d
 
 The sample (cann-recipes-train llm_rl/qwen2_5/verl_npu_demo/README.md) scores with OpenCompass 0.5.2,
@@ -19,6 +19,8 @@ import argparse
 import re
 import sys
 from pathlib import Path
+
+from npu_rl.cli import UserError, entry_point
 
 BACKENDS = {"hf": "HuggingFacewithChatTemplate", "vllm": "VLLMwithChatTemplate"}
 
@@ -46,14 +48,15 @@ def render(model: Path, abbr: str, backend: str, max_out_len: int, batch_size: i
 
 def check_model(model: Path) -> None:
     if not (model / "config.json").is_file() or not [*model.glob("*.safetensors"), *model.glob("*.bin")]:
-        raise SystemExit(
-            f"opencompass_config: {model} is not a Hugging Face model folder (config.json and weights); merge a "
+        raise UserError(
+            f"{model} is not a Hugging Face model folder (config.json and weights); merge a "
             "checkpoint first: python -m npu_rl.merge merge --backend fsdp --local_dir <ckpt>/global_step_N/actor "
             "--target_dir <folder>"
         )
 
 
 def main(argv: list[str] | None = None) -> Path:
+    """Write the config and return its path; `cli` reports input mistakes as one message, exit code 2."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="merged Hugging Face folder")
     p.add_argument("--abbr", default=None, help="name in OpenCompass's result table (default: npu_rl-<folder>)")
@@ -68,13 +71,13 @@ def main(argv: list[str] | None = None) -> Path:
     model = Path(args.model).resolve()
     check_model(model)
     if not re.fullmatch(r"[A-Za-z_]\w*", args.name):
-        raise SystemExit(f"opencompass_config: --name {args.name!r} must be a Python identifier (it is a module name)")
+        raise UserError(f"--name {args.name!r} must be a Python identifier (it is a module name)")
     if args.output:
         out = Path(args.output)
     elif args.opencompass:
         out = Path(args.opencompass) / "opencompass" / "configs" / "models" / "npu_rl" / f"{args.name}.py"
     else:
-        raise SystemExit("opencompass_config: give --opencompass <checkout> or --output <file.py>")
+        raise UserError("give --opencompass <checkout> or --output <file.py>")
     out.parent.mkdir(parents=True, exist_ok=True)
     abbr = args.abbr or f"npu_rl-{model.name}"
     out.write_text(render(model, abbr, args.backend, args.max_out_len, args.batch_size, args.num_gpus))
@@ -83,5 +86,7 @@ def main(argv: list[str] | None = None) -> Path:
     return out
 
 
+cli = entry_point("npu-rl-opencompass-config")(main)
+
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(cli())
