@@ -75,6 +75,11 @@ class _Entry:
     shape: list[int]
     saved_dtype: torch.dtype
     out_dtype: torch.dtype
+    source: str = ""  # the checkpoint's name when the tensor is written under another one (the critic's head)
+
+    @property
+    def key(self) -> str:
+        return self.source or self.name
 
     @property
     def nbytes(self) -> int:
@@ -124,6 +129,8 @@ def _find_actor_dir(local_dir: Path) -> Path:
 
 def _hf_dir(actor: Path, override: Path | None) -> Path:
     hf = override or actor / "huggingface"
+    if override is None and not hf.is_dir() and (actor.parent / "actor" / "huggingface").is_dir():
+        hf = actor.parent / "actor" / "huggingface"  # the critic shares the actor's config and tokenizer
     if not (hf / "config.json").is_file():
         raise MergeError(
             f"no config.json in {hf}: the checkpoint's huggingface/ folder is missing; pass "
@@ -193,11 +200,11 @@ def _header(entries: list[_Entry]) -> bytes:
 
 def _load(reader: FileSystemReader, entries: list[_Entry]) -> dict[str, torch.Tensor]:
     """Read full tensors from however many rank chunks hold them (one DCP call for the group)."""
-    tensors = {e.name: torch.empty(e.shape, dtype=e.saved_dtype) for e in entries}
+    tensors = {e.key: torch.empty(e.shape, dtype=e.saved_dtype) for e in entries}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(tensors, storage_reader=reader, no_dist=True)
-    return tensors
+    return {e.name: tensors[e.key] for e in entries}
 
 
 def _groups(entries: list[_Entry], budget: int) -> list[list[_Entry]]:
@@ -251,6 +258,30 @@ def _write_lora_merged(
     return "model.safetensors"
 
 
+CRITIC_HEAD = "value_head."  # npu_rl.critic.ValueModel's scalar head
+
+
+def as_token_classifier(entries: list[_Entry]) -> list[_Entry]:
+    """A critic (`global_step_N/critic`) written as Hugging Face's `<Arch>ForTokenClassification` with one
+    label, the class verl builds its critic from: the head `value_head.*` becomes `score.*`, so
+    `AutoModelForTokenClassification.from_pretrained(folder)(ids).logits[..., 0]` are the values."""
+    return [
+        _Entry("score." + e.name.removeprefix(CRITIC_HEAD), e.shape, e.saved_dtype, e.out_dtype, source=e.name)
+        if e.name.startswith(CRITIC_HEAD)
+        else e
+        for e in entries
+    ]
+
+
+def _critic_config(out: Path) -> None:
+    config = json.loads((out / "config.json").read_text())
+    config["architectures"] = [
+        arch.replace("ForCausalLM", "ForTokenClassification") for arch in config.get("architectures") or []
+    ]
+    config["id2label"], config["label2id"] = {"0": "VALUE"}, {"VALUE": 0}
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def _write_config(hf: Path, out: Path, dtypes: Counter) -> None:
     """Copy config/tokenizer files and record the dtype the weights are actually stored in."""
     for item in hf.iterdir():
@@ -302,7 +333,10 @@ def merge_checkpoint(
     target = Path(target_dir)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise MergeError(f"--target_dir {target} exists and is not empty; pass --overwrite to replace it")
-    if verl is None and not (actor / "metadata.json").is_file():
+    critic = any(e.name.startswith(CRITIC_HEAD) for e in entries)
+    if critic:
+        entries = as_token_classifier(entries)
+    if verl is None and not critic and not (actor / "metadata.json").is_file():
         warnings.warn(f"{actor / 'metadata.json'} is missing; merging from the DCP metadata alone", stacklevel=2)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = target.with_name(f".{target.name}.merging-{os.getpid()}")
@@ -344,6 +378,8 @@ def merge_checkpoint(
             }
             (work / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         _write_config(hf, work, dtypes)
+        if critic:
+            _critic_config(work)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)  # never leave a half-written folder behind
         raise
@@ -379,7 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--backend", required=True, choices=["fsdp"], help="checkpoint format (FSDP2 + DCP)")
-    p.add_argument("--local_dir", required=True, help="<ckpt>/global_step_N/actor (global_step_N also accepted)")
+    p.add_argument(
+        "--local_dir",
+        required=True,
+        help="<ckpt>/global_step_N/actor (global_step_N also accepted), or .../critic for PPO's value model",
+    )
     p.add_argument("--target_dir", required=True, help="output Hugging Face folder (built aside, then renamed)")
     p.add_argument(
         "--dtype",

@@ -90,14 +90,14 @@ def stable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(UNSTABLE_PREFIXES)} for r in rows]
 
 
-def final_weights(run_dir: Path, step: int) -> dict:
-    """The model tensors of checkpoint `step`, read with npu_rl's own (safe) loader."""
+def final_weights(run_dir: Path, step: int, role: str = "actor") -> dict:
+    """The model tensors of checkpoint `step` (`role`: actor or critic), read with npu_rl's own (safe) loader."""
     import torch
 
     from npu_rl.checkpoint import dcp_load
     from npu_rl.safe_load import SafeFileSystemReader
 
-    path = run_dir / "ckpt" / f"global_step_{step}" / "actor" / "model"
+    path = run_dir / "ckpt" / f"global_step_{step}" / role / "model"
     meta = SafeFileSystemReader(path).read_metadata()
     tensors = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in meta.state_dict_metadata.items()}
     dcp_load(tensors, path)

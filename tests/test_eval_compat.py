@@ -21,9 +21,12 @@ def test_eval_defaults_match_the_sample_opencompass_run():
 
 def test_math_verify_grader_needs_math_verify(monkeypatch, capsys):
     monkeypatch.setattr("npu_rl.eval.math_verify_available", lambda: False)
-    with pytest.raises(SystemExit) as exc:
-        main(["--model", "nowhere", "--data", "d.parquet", "--grader", "math_verify"])
-    assert exc.value.code == 2 and "pip install math-verify" in capsys.readouterr().err
+    from npu_rl.eval import cli
+
+    assert cli(["--model", "nowhere", "--data", "d.parquet", "--grader", "math_verify"]) == 2
+    assert (
+        "npu_rl.eval: error: --grader math_verify needs math-verify: pip install math-verify" in capsys.readouterr().err
+    )
 
 
 def test_math_verify_grader_scores_through_eval(tmp_path, tiny_model_dir, synthetic_parquet):

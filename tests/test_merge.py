@@ -186,3 +186,33 @@ def test_cli(plain_ckpt, tmp_path, capsys):
     assert main(argv) == 2  # target exists now
     assert "--overwrite" in capsys.readouterr().err
     assert main([*argv, "--overwrite", "--dtype", "float16"]) == 0
+
+
+def test_merge_critic_as_token_classifier(tiny_model_dir, tmp_path):
+    """PPO's critic (global_step_N/critic, beside the actor) merges into <Arch>ForTokenClassification with
+    one label whose logits are the critic's values, with the actor's config and tokenizer."""
+    from transformers import AutoModelForTokenClassification
+
+    from npu_rl.critic import ValueModel
+
+    actor = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    critic = ValueModel(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32))
+    with torch.no_grad():  # a trained head: zero would not show a wrong mapping
+        critic.value_head.weight.normal_(generator=torch.Generator().manual_seed(1))
+        critic.value_head.bias.fill_(0.25)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    root = tmp_path / "ckpt"
+    critic_optim = torch.optim.AdamW(critic.parameters())
+    others = {"critic": (critic, critic_optim, torch.optim.lr_scheduler.LambdaLR(critic_optim, lambda _: 1.0))}
+    CheckpointManager(root).save(1, actor, None, None, {"step": 1}, actor.config, tok, others=others)
+
+    report = merge_checkpoint(root / "global_step_1" / "critic", tmp_path / "critic_hf")
+    merged = AutoModelForTokenClassification.from_pretrained(tmp_path / "critic_hf", dtype=torch.float32)
+    assert type(merged).__name__ == "Qwen2ForTokenClassification" and merged.config.num_labels == 1
+    assert (tmp_path / "critic_hf" / "tokenizer_config.json").is_file() and report.num_tensors > 2
+    ids = _ids(actor.config.vocab_size)
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    with torch.no_grad():
+        expected = critic(ids, torch.ones_like(ids), positions)
+        values = merged(input_ids=ids).logits[..., 0]
+    torch.testing.assert_close(values, expected, rtol=1e-5, atol=1e-5)

@@ -80,6 +80,33 @@ def test_kill_between_log_and_publish_loses_nothing_and_duplicates_nothing(
 
 
 @pytest.mark.slow
+def test_ppo_killed_9_and_resumed_reproduces_the_uninterrupted_run_critic_included(
+    tmp_path, tiny_model_dir, synthetic_parquet
+):
+    """PPO with a critic, SIGKILLed after step 3 is logged and before it is published: the resumed run
+    ends with the uninterrupted run's actor and critic weights and metrics (issue 11)."""
+    ppo = ("algorithm.adv_estimator=gae", "critic.optim.lr=1e-3", "trainer.test_freq=0")
+    straight_dir = tmp_path / "straight"
+    done = train(train_args(straight_dir, tiny_model_dir, synthetic_parquet, *ppo))
+    assert done.returncode == 0, done.stderr[-3000:]
+    args = train_args(tmp_path / "killed", tiny_model_dir, synthetic_parquet, *ppo)
+    os.environ["KILL_AT_STEP"] = "3"
+    try:
+        proc = train(args, code=KILL_BEFORE_PUBLISH)
+    finally:
+        del os.environ["KILL_AT_STEP"]
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert (tmp_path / "killed" / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    resumed = train(args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert stable(metrics(tmp_path / "killed")) == stable(metrics(straight_dir))
+    assert "critic/vf_loss" in metrics(straight_dir)[-1]
+    for role in ("actor", "critic"):
+        a, b = final_weights(straight_dir, 4, role), final_weights(tmp_path / "killed", 4, role)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), role
+
+
+@pytest.mark.slow
 def test_second_run_on_the_same_directories_is_refused_and_a_dead_runs_lock_is_taken_over(
     tmp_path, tiny_model_dir, synthetic_parquet
 ):

@@ -17,7 +17,7 @@ from reward import REGISTRY
 from reward.presets import ascend_sample_math, step_score, tag_score
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "run" / "configs" / "qwen2_5_1_5b_grpo.yaml"
+CONFIG = ROOT / "npu_rl" / "configs" / "qwen2_5_1_5b_grpo.yaml"
 SCRIPT = ROOT / "run" / "qwen2_5_1_5b_grpo.sh"
 
 # run_qwen2_5_1_5b_single.sh (cann-recipes-train llm_rl/qwen2_5/verl_npu_demo), in our key names.
