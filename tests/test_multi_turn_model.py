@@ -37,6 +37,7 @@ def _hf_multi_turn(model_dir: Path, tok) -> MultiTurnRollout:
     return MultiTurnRollout(HFRollout(model, eos, pad, REFERENCE_PLAN), tok, {"calculator": CalculatorTool()}, pad, 3)
 
 
+@pytest.mark.slow  # teaching the tool model takes ~25 s; the scripted-policy tests in test_multi_turn.py stay quick
 def test_hf_multi_turn_greedy_calls_the_calculator_and_answers(tool_model_dir, tok) -> None:
     rollout = _hf_multi_turn(tool_model_dir, tok)
     out = rollout.generate([prompt_ids(tok, q) for q in QUESTIONS], SamplingParams(temperature=0.0, max_new_tokens=150))
