@@ -28,6 +28,7 @@ USER_ERRORS = frozenset(
         "npu_rl.cli.UserError",
         "npu_rl.config.fields.ConfigError",
         "npu_rl.compute.ComputeError",
+        "npu_rl.algos.dapo.DynamicSamplingError",
         "npu_rl.data_rows.DataError",
         "npu_rl.device.DeviceError",
         "npu_rl.tracking.TrackerUnavailable",

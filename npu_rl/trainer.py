@@ -25,6 +25,7 @@ from npu_rl.data import BatchSampler, PromptRecord, build_datasets
 from npu_rl.evaluation import EvalConfig, evaluate_records
 from npu_rl.metrics import StepStats, Timer, perf_metrics, record_data
 from npu_rl.model import load_model, load_tokenizer, num_parameters
+from npu_rl.progress import Progress
 from npu_rl.resume import (
     LOGS,
     RUN_CONFIG,
@@ -269,39 +270,21 @@ class GRPOTrainer:
     def _sample(
         self, records: list[PromptRecord], params: SamplingParams, timer: Timer
     ) -> tuple[RolloutBatch, RewardBatch, int]:
-        """This rank's graded rollouts, and how many generation batches they took.
-
-        With algorithm.filter_groups.enable (DAPO dynamic sampling), groups whose metric is equal on
-        every sample are dropped and further training batches are drawn from the sampler (each rank
-        its shard, as for the step's first batch) until every rank holds as many informative groups
-        as it was given prompts; each rank then keeps its first ones. Filtering per rank keeps the
-        mini-batches whole groups with the same count on every rank, with no gather of rollouts; the
-        price is that the kept set depends on the world size (verl filters the gathered batch).
-        """
+        """This rank's graded rollouts, and how many generation batches they took (more than one only
+        with algorithm.filter_groups.enable: DAPO dynamic sampling, `npu_rl.algos.dapo.dynamic_sampling`,
+        drawing further training batches from the sampler, each rank its shard)."""
         fg = self.cfg.algorithm.filter_groups
-        rollout, graded = self._generate_and_grade(records, params, timer)
+        first = self._generate_and_grade(records, params, timer)
         if not fg.enable:
-            return rollout, graded, 1
-        need, parts, kept, num_gen = len(records), [], 0, 1
-        while True:
-            keep = dapo.informative_groups(dapo.metric_values(graded, fg.metric), rollout.group, rollout.num_groups)
-            parts.append((rollout, graded, keep))
-            kept += int(keep.sum())
-            short = distributed.all_reduce(torch.tensor([float(kept < need)]), "sum")
-            if float(short[0]) == 0:
-                return (*dapo.take_groups(parts, need), num_gen)
-            if 0 < fg.max_num_gen_batches <= num_gen:
-                raise RuntimeError(
-                    f"dynamic sampling found {kept} of {need} groups with unequal rewards on this rank after "
-                    f"{num_gen} generation batches (algorithm.filter_groups.max_num_gen_batches="
-                    f"{fg.max_num_gen_batches}): the prompts are too easy or too hard for the policy; raise "
-                    "algorithm.filter_groups.max_num_gen_batches (0: no cap), raise rollout.n, or filter the data"
-                )
-            more = self.sampler.next_batch()
-            mini = self.cfg.actor.ppo_mini_batch_size
-            mine = shard_prompts(more, mini, self.dist.rank, self.dist.world_size)
-            rollout, graded = self._generate_and_grade(mine, params, timer)
-            num_gen += 1
+            return (*first, 1)
+
+        def more() -> tuple[RolloutBatch, RewardBatch]:
+            mine = shard_prompts(
+                self.sampler.next_batch(), self.cfg.actor.ppo_mini_batch_size, self.dist.rank, self.dist.world_size
+            )
+            return self._generate_and_grade(mine, params, timer)
+
+        return dapo.dynamic_sampling(first, len(records), fg.metric, fg.max_num_gen_batches, more)
 
     def _reward_kl(self, batch: actor.PolicyBatch, stats: StepStats) -> torch.Tensor:
         """coef * per-token KL for the reward, then the coefficient's update from this step's mean
@@ -390,20 +373,21 @@ class GRPOTrainer:
         record_config(self.cfg, self.log_dir, f"resumed from {path}" if path else "fresh start")
 
     def save_checkpoint(self) -> None:
-        if self.dist.is_main:
-            print(f"[npu_rl] saving checkpoint of step {self.global_step} to {self.checkpoints.root}", flush=True)
-        self.checkpoints.save(
-            self.global_step,
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            {"global_step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value},
-            self.model.config,
-            self.tokenizer,
-            getattr(self.model, "generation_config", None),
-            extra_files={RUN_CONFIG: config_yaml(self.cfg)},
-            others=self._others(),
-        )
+        what = f"saving checkpoint of step {self.global_step} to {self.checkpoints.root}"
+        with Progress(what, total=1, unit="checkpoint", enabled=self.dist.is_main) as bar:
+            self.checkpoints.save(
+                self.global_step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                {"global_step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value},
+                self.model.config,
+                self.tokenizer,
+                getattr(self.model, "generation_config", None),
+                extra_files={RUN_CONFIG: config_yaml(self.cfg)},
+                others=self._others(),
+            )
+            bar.update()
 
     def _others(self) -> dict[str, tuple]:
         """Trained modules checkpointed beside the actor."""
@@ -417,7 +401,9 @@ class GRPOTrainer:
             return
         changed = {key for key, *_ in self._config_changes}
         sampler_keys = {"data.seed", "data.shuffle", "data.train_batch_size"}
-        state = self.checkpoints.load(path, self.model, self.optimizer, self.scheduler, self._others())
+        with Progress(f"loading checkpoint {path}", total=1, unit="checkpoint", enabled=self.dist.is_main) as bar:
+            state = self.checkpoints.load(path, self.model, self.optimizer, self.scheduler, self._others())
+            bar.update()
         self.global_step = int(state["global_step"])
         self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))  # adaptive KL resumes where it was
         sampler_state = state["sampler"]

@@ -6,6 +6,8 @@ import pytest
 import torch
 from test_trainer import make_cfg, run
 
+from npu_rl.algos.dapo import DynamicSamplingError
+
 BASE = ("trainer.total_training_steps=2", "trainer.test_freq=0", "trainer.save_freq=0")
 
 
@@ -87,7 +89,8 @@ def test_dynamic_sampling_cap_names_the_key(tmp_path, tiny_model_dir, synthetic_
         "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=score",
         "algorithm.filter_groups.max_num_gen_batches=2", f"reward.custom_function.path={constant}",
     )  # fmt: skip
-    with pytest.raises(RuntimeError, match=r"0 of 4 groups .* after 2 generation batches .*max_num_gen_batches=2"):
+    cap = r"0 of 4 groups .* after 2 generation batches .*max_num_gen_batches=2"
+    with pytest.raises(DynamicSamplingError, match=cap):
         run(cfg)
 
 

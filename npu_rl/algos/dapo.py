@@ -2,15 +2,17 @@
 
 Dynamic sampling drops groups whose rewards are all equal (they have zero GRPO advantage, so they
 only dilute the batch) and samples more prompts until the step has `train_batch_size` informative
-groups. The filter is a pure function of the graded rows; the trainer drives the sampling loop.
+groups. The filter is a pure function of the graded rows; `dynamic_sampling` is the loop, given a
+callable that generates and grades one more batch of this rank's prompts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
+from npu_rl import distributed
 from npu_rl.reward_manager import RewardBatch
 from npu_rl.rollout.batch import RolloutBatch
 
@@ -96,3 +98,42 @@ def take_groups(
     timeouts = sum(p[1].timeouts for p in parts)
     errors = sum(p[1].errors for p in parts)
     return merged, RewardBatch(scores, acc, components, timeouts, errors)
+
+
+class DynamicSamplingError(RuntimeError):
+    """The generation-batch cap was reached before the step had enough informative groups."""
+
+
+def dynamic_sampling(
+    first: tuple[RolloutBatch, RewardBatch],
+    need: int,
+    metric: str,
+    max_num_gen_batches: int,
+    more: Callable[[], tuple[RolloutBatch, RewardBatch]],
+) -> tuple[RolloutBatch, RewardBatch, int]:
+    """DAPO dynamic sampling on this rank: keep groups whose `metric` differs between samples, call
+    `more()` for further graded batches until every rank holds `need` of them (one all-reduce per
+    batch, so ranks generate in lockstep), keep the first `need`; also return how many generation
+    batches it took (`batch/num_gen_batches`). `max_num_gen_batches` > 0 caps the batches.
+
+    Filtering per rank keeps the mini-batches whole groups with the same count on every rank, with
+    no gather of rollouts; the price is that the kept set depends on the world size (verl filters the
+    gathered batch)."""
+    rollout, graded = first
+    parts, kept, num_gen = [], 0, 1
+    while True:
+        keep = informative_groups(metric_values(graded, metric), rollout.group, rollout.num_groups)
+        parts.append((rollout, graded, keep))
+        kept += int(keep.sum())
+        short = distributed.all_reduce(torch.tensor([float(kept < need)]), "sum")
+        if float(short[0]) == 0:
+            return (*take_groups(parts, need), num_gen)
+        if 0 < max_num_gen_batches <= num_gen:
+            raise DynamicSamplingError(
+                f"dynamic sampling found {kept} of {need} groups with unequal rewards on this rank after "
+                f"{num_gen} generation batches (algorithm.filter_groups.max_num_gen_batches="
+                f"{max_num_gen_batches}): the prompts are too easy or too hard for the policy; raise "
+                "algorithm.filter_groups.max_num_gen_batches (0: no cap), raise rollout.n, or filter the data"
+            )
+        rollout, graded = more()
+        num_gen += 1
