@@ -41,8 +41,8 @@ def supports(model: nn.Module, allow_sharded: bool = False) -> bool:
         return False
     if not allow_sharded and any(hasattr(p, "device_mesh") for p in model.parameters()):
         return False
-    if any(".lora_A." in name for name, _ in model.named_parameters()):  # adapters (npu_rl.lora) go unread here
-        return False
+    if any(".lora_A." in name and ".layers." not in name for name, _ in model.named_parameters()):
+        return False  # adapters on the embedding or LM head (npu_rl.lora reads decoder-layer adapters only)
     inner = getattr(model, "model", None)
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
     return inner is not None and all(hasattr(inner, n) for n in needed) and hasattr(model, "lm_head")
@@ -71,18 +71,33 @@ def cat_or_none(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
     return None if all(t is None for t in tensors) else torch.cat([t for t in tensors if t is not None])
 
 
+def weight_of(linear: nn.Module) -> torch.Tensor:
+    """A projection's effective weight. With LoRA adapters injected by peft (npu_rl.lora: dropout 0,
+    no bias) that is W + scaling * B @ A per active adapter, differentiable in A and B, the same map
+    as peft's x W^T + scaling * (x A^T) B^T up to fp32 reassociation."""
+    lora_a = getattr(linear, "lora_A", None)
+    if not lora_a or getattr(linear, "merged", False) or getattr(linear, "disable_adapters", False):
+        return linear.weight
+    weight = linear.base_layer.weight
+    for name in linear.active_adapters:
+        if name in lora_a:
+            weight = weight + linear.scaling[name] * (linear.lora_B[name].weight @ lora_a[name].weight)
+    return weight
+
+
 def fused_weights(layer: nn.Module) -> dict[str, torch.Tensor | None]:
-    """One decoder layer's weights with q/k/v and gate/up concatenated (differentiable)."""
+    """One decoder layer's weights with q/k/v and gate/up concatenated (differentiable; LoRA adapters
+    folded in by `weight_of`)."""
     attn, mlp = layer.self_attn, layer.mlp
     qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
     return {
-        "qkv_w": torch.cat([p.weight for p in qkv]),
+        "qkv_w": torch.cat([weight_of(p) for p in qkv]),
         "qkv_b": cat_or_none([p.bias for p in qkv]),
-        "o_w": attn.o_proj.weight,
+        "o_w": weight_of(attn.o_proj),
         "o_b": attn.o_proj.bias,
-        "gate_up_w": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+        "gate_up_w": torch.cat([weight_of(mlp.gate_proj), weight_of(mlp.up_proj)]),
         "gate_up_b": cat_or_none([mlp.gate_proj.bias, mlp.up_proj.bias]),
-        "down_w": mlp.down_proj.weight,
+        "down_w": weight_of(mlp.down_proj),
         "down_b": mlp.down_proj.bias,
         "q_norm": getattr(getattr(attn, "q_norm", None), "weight", None),
         "k_norm": getattr(getattr(attn, "k_norm", None), "weight", None),

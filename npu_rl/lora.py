@@ -9,8 +9,10 @@ carries what is needed to merge it.
 
 Everything outside the trainer sees merged weights W + scaling * B @ A under the base model's
 names (`merged_tensors`): the rollout engines' weight sync, the merge tool and so evaluation.
-The fused/packed forwards read weights directly and would miss the adapters, so
-npu_rl.llama.supports refuses a LoRA model and the plan takes the transformers path.
+The fused/packed forwards and the fast decoder read weights directly; they fold each decoder-layer
+adapter in as W + scaling * B @ A (npu_rl.llama.weight_of), so a LoRA model keeps the packed,
+padding-free passes. Adapters on the embedding or LM head are not read there: such a model takes the
+transformers path.
 """
 
 from __future__ import annotations

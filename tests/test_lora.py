@@ -27,7 +27,7 @@ def test_merged_weights_reproduce_the_adapted_model():
             if ".lora_B." in name:
                 p.normal_(0, 0.1)
         adapted = model(input_ids=ids).logits
-    assert not llama.supports(model) and build_plan(model, Accelerator("cpu")).forward == "shared_prefix"
+    assert llama.supports(model) and build_plan(model, Accelerator("cpu")).forward == "packed"
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n for n in trainable)
     merged = dict(lora.merged_tensors(model.state_dict().items()))
@@ -37,6 +37,31 @@ def test_merged_weights_reproduce_the_adapted_model():
         torch.testing.assert_close(base(input_ids=ids).logits, adapted, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="matched no linear layer"):
         lora.wrap(sharp_model("qwen2"), rank=4, alpha=8.0, target_modules=["no_such_proj"])
+
+
+def test_packed_pass_reads_the_adapters(tiny_tokenizer):
+    """The packed and fast-decoder paths fold the adapters in: same log-probs and adapter gradients as
+    peft's own forward through transformers; an adapter on the LM head sends the model that way."""
+    from test_packing import LENGTHS, make_batch
+    from test_packing import run as run_pass
+
+    from npu_rl.compute import REFERENCE_PLAN
+
+    model = lora.wrap(sharp_model("qwen2", 512, tiny_tokenizer.pad_token_id), 4, 8.0, ["q_proj", "v_proj", "up_proj"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    batch = make_batch(tiny_tokenizer.pad_token_id, LENGTHS)
+    mask = batch.response_mask.bool()
+    reference = run_pass(model, batch, REFERENCE_PLAN)
+    packed = run_pass(model, batch, build_plan(model, Accelerator("cpu"), forward="packed"))
+    torch.testing.assert_close(packed[0][mask], reference[0][mask], atol=1.5e-5, rtol=0)  # test_packing's bounds
+    for name, grad in reference[2].items():
+        if ".lora_" in name:
+            torch.testing.assert_close(packed[2][name], grad, atol=4e-5 * float(grad.abs().max()), rtol=0, msg=name)
+    head = lora.wrap(sharp_model("qwen2", 512, tiny_tokenizer.pad_token_id), 4, 8.0, ["q_proj", "lm_head"])
+    assert not llama.supports(head) and build_plan(head, Accelerator("cpu")).forward == "shared_prefix"
 
 
 @pytest.mark.slow

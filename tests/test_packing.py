@@ -40,7 +40,8 @@ def run(model, batch, plan):
     logprobs, entropy = actor.forward_logprobs(model, batch, 0.7, plan, with_entropy=True, entropy_grad=True)
     mask = batch.response_mask
     ((logprobs * mask).sum() + 0.1 * (entropy * mask).sum()).backward()
-    return logprobs.detach(), entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}  # frozen: none
+    return logprobs.detach(), entropy.detach(), grads
 
 
 CASES = {  # (lengths, rows): uneven prompts and responses; segments of one length take the no-gather path
