@@ -18,6 +18,7 @@ transformers path.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -44,6 +45,21 @@ def wrap(model: nn.Module, rank: int, alpha: float, target_modules: list[str]) -
     ref = next(model.parameters())
     model.register_buffer(SCALING_BUFFER, torch.tensor(alpha / rank, dtype=torch.float32, device=ref.device))
     return model
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """The frozen base under the adapters, with them switched off (peft's per-layer switch, which
+    also sets and then restores their requires_grad): a LoRA run's reference policy without a second
+    copy of the weights, as verl computes it. A model without adapters is left as it is."""
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and hasattr(m, "enable_adapters")]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def is_lora(model: nn.Module) -> bool:

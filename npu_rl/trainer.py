@@ -82,7 +82,9 @@ class GRPOTrainer:
         ckpt = cfg.model.gradient_checkpointing
         self.plan = build_plan(self.model, self.acc, cfg.actor.forward, cfg.rollout.decoder, ckpt)
         self.ref, self.ref_plan = None, None
-        if cfg.needs_ref:
+        if cfg.needs_ref and lora.is_lora(self.model):  # the base under the adapters: no second copy
+            self.ref, self.ref_plan = self.model, self.plan
+        elif cfg.needs_ref:
             self.ref = self._place(load_model(cfg.model, self.acc, trainable=False), trainable=False)
             self.ref_plan = build_plan(self.ref, self.acc, cfg.actor.forward, cfg.rollout.decoder)
         self.device = self.acc.torch_device(self.dist.local_rank)
@@ -173,7 +175,7 @@ class GRPOTrainer:
                     micro = cfg.critic.ppo_micro_batch_size_per_device
                     batch.values = critic.compute_values(self.critic, batch, micro, self.device)
             if self.ref is not None:
-                with timer.section("ref"):
+                with timer.section("ref"), lora.adapters_disabled(self.ref):
                     batch.ref_logprobs = actor.compute_logprobs(
                         self.ref, batch, params.temperature, cfg.ref.log_prob_micro_batch_size_per_device,
                         self.ref_plan, self.device, cfg.token_budgets()["ref.log_prob_max_token_len_per_device"],

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from test_eval import parity_reward  # noqa: F401 (fixture)
 from test_trainer import make_cfg, run
 
-from npu_rl import llama, lora
+from npu_rl import actor, llama, lora
 from npu_rl.compute import build_plan
 from npu_rl.device import Accelerator
 
@@ -60,6 +60,15 @@ def test_packed_pass_reads_the_adapters(tiny_tokenizer):
     for name, grad in reference[2].items():
         if ".lora_" in name:
             torch.testing.assert_close(packed[2][name], grad, atol=4e-5 * float(grad.abs().max()), rtol=0, msg=name)
+    base = sharp_model("qwen2", 512, tiny_tokenizer.pad_token_id)
+    with lora.adapters_disabled(model):  # the reference policy of a LoRA run
+        off = actor.compute_logprobs(model, batch, 1.0, 16, build_plan(model, Accelerator("cpu"), forward="packed"))
+        assert not any(p.requires_grad for p in model.parameters())
+    assert all(p.requires_grad == (".lora_" in n) for n, p in model.named_parameters())  # switched back on
+    expected = actor.compute_logprobs(base, batch, 1.0, 16, REFERENCE_PLAN)
+    torch.testing.assert_close(off[mask], expected[mask], atol=1.5e-5, rtol=0)
+    adapted = actor.compute_logprobs(model, batch, 1.0, 16, REFERENCE_PLAN)
+    assert not torch.allclose(adapted[mask], off[mask], atol=1e-3)  # the adapters do change the policy
     head = lora.wrap(sharp_model("qwen2", 512, tiny_tokenizer.pad_token_id), 4, 8.0, ["q_proj", "lm_head"])
     assert not llama.supports(head) and build_plan(head, Accelerator("cpu")).forward == "shared_prefix"
 
@@ -74,6 +83,7 @@ def test_lora_run_trains_merges_and_evaluates(tmp_path, tiny_model_dir, syntheti
         "actor.optim.lr=0.05", "trainer.total_training_steps=2", "trainer.test_freq=-1",
     )  # fmt: skip
     trainer = run(cfg)
+    assert trainer.ref is trainer.model  # the KL reference is the base under the adapters, not a second copy
     state = trainer.model.state_dict()
     base = load_file(tiny_model_dir / "model.safetensors")
     name = "model.layers.0.self_attn.q_proj"
