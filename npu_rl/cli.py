@@ -35,6 +35,7 @@ USER_ERRORS = frozenset(
         "npu_rl.checkpoint.CheckpointError",
         "npu_rl.safe_load.UnsafeCheckpointError",
         "npu_rl.merge.MergeError",
+        "npu_rl.safetensors_out.UnstorableDtype",
         "npu_rl.registry.UnknownName",
         "npu_rl.resume.ConfigChangeError",
         "npu_rl.run_guard.RunLockedError",

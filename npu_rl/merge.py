@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import struct
 import sys
 import time
 import warnings
@@ -44,49 +42,13 @@ from npu_rl import lora
 from npu_rl.cli import UserError, entry_point
 from npu_rl.progress import Progress
 from npu_rl.safe_load import SafeFileSystemReader
+from npu_rl.safetensors_out import Entry, checked_dtype, parse_size, split_shards, write_shard
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_ST_DTYPE = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
-}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 class MergeError(RuntimeError):
     """The checkpoint cannot be merged; the message names the missing piece and the path."""
-
-
-@dataclass
-class _Entry:
-    name: str
-    shape: list[int]
-    saved_dtype: torch.dtype
-    out_dtype: torch.dtype
-    source: str = ""  # the checkpoint's name when the tensor is written under another one (the critic's head)
-
-    @property
-    def key(self) -> str:
-        return self.source or self.name
-
-    @property
-    def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * self.out_dtype.itemsize
 
 
 @dataclass
@@ -98,15 +60,6 @@ class MergeReport:
     largest_tensor_bytes: int
     seconds: float
     dtypes: dict[str, int] = field(default_factory=dict)
-
-
-def parse_size(text: str) -> int:
-    """'5GB' -> 5e9, '500MiB' -> 500*2**20, '1024' -> 1024 bytes."""
-    m = _SIZE.match(str(text))
-    unit = m.group(2).upper() if m else ""
-    if not m or unit not in _UNITS:
-        raise ValueError(f"cannot read size {text!r}; use e.g. 5GB, 500MB or 2GiB")
-    return int(float(m.group(1)) * _UNITS[unit])
 
 
 def _find_actor_dir(local_dir: Path) -> Path:
@@ -139,20 +92,14 @@ def _hf_dir(actor: Path, override: Path | None) -> Path:
     return hf
 
 
-def checked_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
-    if dtype not in _ST_DTYPE:
-        raise MergeError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store")
-    return dtype
-
-
-def _drop_tied(entries: list[_Entry], tie_word_embeddings: bool) -> list[_Entry]:
+def _drop_tied(entries: list[Entry], tie_word_embeddings: bool) -> list[Entry]:
     names = {e.name for e in entries}
     if tie_word_embeddings and "lm_head.weight" in names and "model.embed_tokens.weight" in names:
         entries = [e for e in entries if e.name != "lm_head.weight"]  # from_pretrained re-ties it
     return entries
 
 
-def plan_tensors(actor: Path, dtype: torch.dtype | None, tie_word_embeddings: bool) -> list[_Entry]:
+def plan_tensors(actor: Path, dtype: torch.dtype | None, tie_word_embeddings: bool) -> list[Entry]:
     """Every tensor to write, from DCP metadata alone (no weights read)."""
     meta = SafeFileSystemReader(actor / "model").read_metadata()  # never unpickles code
     entries = []
@@ -162,43 +109,14 @@ def plan_tensors(actor: Path, dtype: torch.dtype | None, tie_word_embeddings: bo
             continue
         saved = checked_dtype(name, item.properties.dtype)
         out = dtype if dtype is not None and saved.is_floating_point else saved
-        entries.append(_Entry(name, list(item.size), saved, out))
+        entries.append(Entry(name, list(item.size), saved, out))
     entries = _drop_tied(entries, tie_word_embeddings)
     if not entries:
         raise MergeError(f"{actor / 'model'} holds no tensors")
     return entries
 
 
-def split_shards(entries: list[_Entry], max_shard_bytes: int) -> list[list[_Entry]]:
-    """Greedy split in state-dict order; a tensor larger than the limit gets a shard of its own."""
-    shards: list[list[_Entry]] = [[]]
-    size = 0
-    for e in entries:
-        if shards[-1] and size + e.nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(e)
-        size += e.nbytes
-    return shards
-
-
-def _header(entries: list[_Entry]) -> bytes:
-    """The safetensors header: JSON with dtype, shape and byte range per tensor, padded to 8 bytes."""
-    header: dict[str, dict] = {"__metadata__": {"format": "pt"}}  # type: ignore[dict-item]
-    offset = 0
-    for e in entries:
-        header[e.name] = {
-            "dtype": _ST_DTYPE[e.out_dtype],
-            "shape": e.shape,
-            "data_offsets": [offset, offset + e.nbytes],
-        }
-        offset += e.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def _load(reader: FileSystemReader, entries: list[_Entry]) -> dict[str, torch.Tensor]:
+def _load(reader: FileSystemReader, entries: list[Entry]) -> dict[str, torch.Tensor]:
     """Read full tensors from however many rank chunks hold them (one DCP call for the group)."""
     tensors = {e.key: torch.empty(e.shape, dtype=e.saved_dtype) for e in entries}
     with warnings.catch_warnings():
@@ -207,41 +125,7 @@ def _load(reader: FileSystemReader, entries: list[_Entry]) -> dict[str, torch.Te
     return {e.name: tensors[e.key] for e in entries}
 
 
-def _groups(entries: list[_Entry], budget: int) -> list[list[_Entry]]:
-    """Consecutive tensors batched up to `budget` saved bytes: fewer DCP calls, same peak memory."""
-    groups: list[list[_Entry]] = [[]]
-    size = 0
-    for e in entries:
-        saved = e.nbytes // e.out_dtype.itemsize * e.saved_dtype.itemsize
-        if groups[-1] and size + saved > budget:
-            groups.append([])
-            size = 0
-        groups[-1].append(e)
-        size += saved
-    return groups
-
-
-def _write_shard(
-    path: Path,
-    entries: list[_Entry],
-    load: Callable[[list[_Entry]], dict[str, torch.Tensor]],
-    budget: int,
-    bar: Progress,
-) -> None:
-    with open(path, "wb") as fh:
-        fh.write(_header(entries))
-        for group in _groups(entries, budget):
-            tensors = load(group)
-            for e in group:
-                t = tensors.pop(e.name).to(e.out_dtype).contiguous()
-                fh.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-                del t
-                bar.update()
-
-
-def _write_lora_merged(
-    work: Path, entries: list[_Entry], load: Callable[[list[_Entry]], dict[str, torch.Tensor]]
-) -> str:
+def _write_lora_merged(work: Path, entries: list[Entry], load: Callable[[list[Entry]], dict[str, torch.Tensor]]) -> str:
     """A LoRA checkpoint (npu_rl.lora): adapters merged into their base weights under the base
     model's names, one file. Reads the whole model at once (not streamed: A, B and the base
     weight of a layer are needed together)."""
@@ -261,12 +145,12 @@ def _write_lora_merged(
 CRITIC_HEAD = "value_head."  # npu_rl.critic.ValueModel's scalar head
 
 
-def as_token_classifier(entries: list[_Entry]) -> list[_Entry]:
+def as_token_classifier(entries: list[Entry]) -> list[Entry]:
     """A critic (`global_step_N/critic`) written as Hugging Face's `<Arch>ForTokenClassification` with one
     label, the class verl builds its critic from: the head `value_head.*` becomes `score.*`, so
     `AutoModelForTokenClassification.from_pretrained(folder)(ids).logits[..., 0]` are the values."""
     return [
-        _Entry("score." + e.name.removeprefix(CRITIC_HEAD), e.shape, e.saved_dtype, e.out_dtype, source=e.name)
+        Entry("score." + e.name.removeprefix(CRITIC_HEAD), e.shape, e.saved_dtype, e.out_dtype, source=e.name)
         if e.name.startswith(CRITIC_HEAD)
         else e
         for e in entries
@@ -358,7 +242,7 @@ def merge_checkpoint(
         else:
             reader = SafeFileSystemReader(actor / "model")  # metadata parsed once, safely
 
-            def load(group: list[_Entry]) -> dict[str, torch.Tensor]:
+            def load(group: list[Entry]) -> dict[str, torch.Tensor]:
                 return _load(reader, group)
 
         budget = max(e.nbytes // e.out_dtype.itemsize * e.saved_dtype.itemsize for e in entries)
@@ -370,7 +254,7 @@ def merge_checkpoint(
                 if (work / name).exists():  # the LoRA merge wrote it whole
                     bar.update(len(shard))
                 else:
-                    _write_shard(work / name, shard, load, budget, bar)
+                    write_shard(work / name, shard, load, budget, bar)
         if len(shards) > 1:
             index = {
                 "metadata": {"total_size": total},

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from npu_rl.merge import MergeError, _Entry, checked_dtype
+from npu_rl.merge import MergeError
+from npu_rl.safetensors_out import Entry, checked_dtype
 
 _RANK_FILE = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
 
@@ -97,7 +98,7 @@ class VerlSource:
                 raise MergeError(f"rank {r}'s state dict has other keys than rank 0's (e.g. {diff})")
         self.names = names
 
-    def entries(self, dtype: torch.dtype | None) -> list[_Entry]:
+    def entries(self, dtype: torch.dtype | None) -> list[Entry]:
         out = []
         for name in self.names:
             value = self.states[0][name]
@@ -106,10 +107,10 @@ class VerlSource:
                 continue
             saved = _local(value).dtype
             checked_dtype(name, saved)
-            out.append(_Entry(name, list(value.shape), saved, dtype if dtype and saved.is_floating_point else saved))
+            out.append(Entry(name, list(value.shape), saved, dtype if dtype and saved.is_floating_point else saved))
         return out
 
-    def load(self, entries: list[_Entry]) -> dict[str, torch.Tensor]:
+    def load(self, entries: list[Entry]) -> dict[str, torch.Tensor]:
         return {e.name: self._full(e.name) for e in entries}
 
     def _full(self, name: str) -> torch.Tensor:

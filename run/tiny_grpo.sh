@@ -11,7 +11,8 @@
 # 4. GRPO with the packaged config tiny_grpo (npu_rl/configs/tiny_grpo.yaml) (60 steps of 16 prompts x 8 samples)
 # 5. evaluates the trained model identically and prints accuracy before -> after
 #
-# Work is fixed in steps; on 2 free cores the whole run takes ~8 minutes (10-12 on a busy machine).
+# Work is fixed in steps; on 2 free cores the whole run took 13 min on an AVX-512 machine and 21 min on an
+# AVX2-only one, most of it building the base once (bench/README.md, "Tiny GRPO demo"); later runs reuse it.
 # Set NPU_RL_THREADS to change the torch thread count (default: every core this process may use, `nproc`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

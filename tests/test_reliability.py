@@ -42,6 +42,16 @@ KILL_BEFORE_PUBLISH = textwrap.dedent(
 )
 
 
+def kill_before_publish(args: list[str], step: int) -> None:
+    """Train with `args` until SIGKILL right after step `step` is logged, before its checkpoint is published."""
+    os.environ["KILL_AT_STEP"] = str(step)
+    try:
+        proc = train(args, code=KILL_BEFORE_PUBLISH)
+    finally:
+        del os.environ["KILL_AT_STEP"]
+    assert proc.returncode == -9, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, tiny_model_dir, synthetic_parquet):
     """An uninterrupted 4-step run: the reference for every interrupted one."""
@@ -56,12 +66,7 @@ def test_kill_between_log_and_publish_loses_nothing_and_duplicates_nothing(
     tmp_path, tiny_model_dir, synthetic_parquet, straight
 ):
     args = train_args(tmp_path, tiny_model_dir, synthetic_parquet)
-    os.environ["KILL_AT_STEP"] = "2"
-    try:
-        proc = train(args, code=KILL_BEFORE_PUBLISH)
-    finally:
-        del os.environ["KILL_AT_STEP"]
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    kill_before_publish(args, 2)
     assert [r["step"] for r in metrics(tmp_path)] == [0, 1, 2]  # step 2 was logged (durably) before the kill
     assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
 
@@ -90,12 +95,7 @@ def test_ppo_killed_9_and_resumed_reproduces_the_uninterrupted_run_critic_includ
     done = train(train_args(straight_dir, tiny_model_dir, synthetic_parquet, *ppo))
     assert done.returncode == 0, done.stderr[-3000:]
     args = train_args(tmp_path / "killed", tiny_model_dir, synthetic_parquet, *ppo)
-    os.environ["KILL_AT_STEP"] = "3"
-    try:
-        proc = train(args, code=KILL_BEFORE_PUBLISH)
-    finally:
-        del os.environ["KILL_AT_STEP"]
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    kill_before_publish(args, 3)
     assert (tmp_path / "killed" / "ckpt" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     resumed = train(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -8,6 +8,7 @@ their file name and grouped by folder; a folder (`--subset`) picks one config wh
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections import defaultdict
@@ -146,3 +147,19 @@ def write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
+
+
+def converter_parser(doc: str, subset_help: str) -> argparse.ArgumentParser:
+    """The options every download converter shares: --input, --output-dir, --subset."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--input", nargs="+", required=True, help="download folder and/or split files")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--subset", default=None, help=subset_help)
+    return p
+
+
+def report_written(written: dict[str, Path]) -> int:
+    """Print each written split's file; the converters' exit code."""
+    for split, path in written.items():
+        print(f"{split}: {path}")
+    return 0

@@ -14,15 +14,16 @@ with thousands separators removed, as verl does; the worked answer stays in extr
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from npu_rl.cli import entry_point
 from npu_rl.tools._dataset_io import (
     GSM8K_INSTRUCTION,
+    converter_parser,
     find_split_files,
     iter_rows,
     raise_problems,
+    report_written,
     require_text,
     verl_row,
     write_parquet,
@@ -75,18 +76,14 @@ def convert(
 
 @entry_point("npu-rl-preprocess-gsm8k")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True, help="download folder and/or split files")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--subset", default=None, help="config folder to read (default: main)")
+    p = converter_parser(__doc__, "config folder to read (default: main)")
     p.add_argument(
         "--tool-prompt", action="store_true", help="add the tool-use system prompt (multi-turn training with tools)"
     )
     args = p.parse_args(argv)
-    written = convert(args.input, args.output_dir, args.subset, TOOL_SYSTEM_PROMPT if args.tool_prompt else None)
-    for split, path in written.items():
-        print(f"{split}: {path}")
-    return 0
+    return report_written(
+        convert(args.input, args.output_dir, args.subset, TOOL_SYSTEM_PROMPT if args.tool_prompt else None)
+    )
 
 
 if __name__ == "__main__":

@@ -22,16 +22,17 @@ Qwen2.5's chat template the two give the same text the sample trained on.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from npu_rl.cli import entry_point
 from npu_rl.tools._dataset_io import (
     MATH_INSTRUCTION,
     DatasetError,
+    converter_parser,
     find_split_files,
     iter_rows,
     raise_problems,
+    report_written,
     require_text,
     verl_row,
     write_parquet,
@@ -114,10 +115,7 @@ def convert(
 
 @entry_point("npu-rl-preprocess-math")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", nargs="+", required=True, help="download folder and/or split files")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--subset", default=None, help="config folder to read when there are several")
+    p = converter_parser(__doc__, "config folder to read when there are several")
     p.add_argument("--data-source", default=DATA_SOURCE, help=f"data_source column (default {DATA_SOURCE})")
     p.add_argument(
         "--prompt-template",
@@ -129,10 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", nargs="+", type=int, default=None, help="keep only these MATH levels in train")
     args = p.parse_args(argv)
     levels = set(args.levels) if args.levels else None
-    written = convert(args.input, args.output_dir, args.subset, args.data_source, args.prompt_template, levels)
-    for split, path in written.items():
-        print(f"{split}: {path}")
-    return 0
+    return report_written(
+        convert(args.input, args.output_dir, args.subset, args.data_source, args.prompt_template, levels)
+    )
 
 
 if __name__ == "__main__":
