@@ -9,6 +9,7 @@ rerun rebuilds the same bytes; existing folders are reused.
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 from npu_rl.tools import make_synthetic_math, make_tiny_model
@@ -23,6 +24,10 @@ BENCH_SIZES: dict[str, dict[str, int]] = {
         hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2, intermediate_size=1536
     ),
 }
+# Long-tail variants: a base size whose EOS row of the (tied) LM head is scaled up, so sampling at
+# T=1 stops at random: with 4x, responses of 256 tokens at most ranged 2-256 (median 91, a quarter
+# reaching the limit) on 32 samples of "small". Both trainers then see the same length distribution.
+LONG_TAIL: dict[str, tuple[str, float]] = {"small-longtail": ("small", 4.0)}
 VOCAB_SIZE = 1000
 NUM_PROMPTS = 256
 
@@ -56,6 +61,15 @@ def build_assets(root: str | Path, sizes: list[str]) -> dict[str, Path]:
         out = root / f"model-{size}"
         paths[size] = out
         if (out / "config.json").exists():
+            continue
+        if size in LONG_TAIL:
+            base, scale = LONG_TAIL[size]
+            base_dir = build_assets(root, [base])[base]
+            model = Qwen2ForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+            with torch.no_grad():
+                model.lm_head.weight[model.config.eos_token_id] *= scale
+            shutil.copytree(base_dir, out)  # tokenizer and generation config as the base's
+            model.save_pretrained(out)
             continue
         if tokenizer is None:
             corpus = make_synthetic_math.tokenizer_corpus(0, 2000) + _filler_texts()

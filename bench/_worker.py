@@ -28,7 +28,7 @@ from _reward import digit_share
 PROMPTS_PER_STEP = 2
 GENERATIONS = 8
 MAX_PROMPT = 128
-MAX_NEW = 64
+MAX_NEW = int(os.environ.get("NPU_RL_BENCH_MAX_NEW", "64"))  # compare_trl.py --max-new-tokens
 TEMPERATURE = 1.0
 LR = 1e-5
 KL_COEF = 0.04
