@@ -21,13 +21,17 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from npu_rl.config import Config, OptimConfig, to_dict
+from npu_rl.checkpoint import CheckpointManager
+from npu_rl.config import Config, OptimConfig, format_path, to_dict
+from npu_rl.distributed import DistInfo, barrier
+from npu_rl.run_guard import RunLock
 from npu_rl.storage import fsync_dir, write_atomic
 
 RUN_CONFIG = "run_config.yaml"  # the resolved config stored in each checkpoint's actor/ folder
@@ -201,3 +205,44 @@ def apply_optim_config(optimizer: torch.optim.Optimizer, scheduler: Any, o: Opti
         group.update(initial_lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         group["lr"] = o.lr * fn(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr reports
+
+
+@dataclass
+class RunStart:
+    """What `open_run` decided: the directory lock (main rank), the checkpoint to resume, the config
+    changes since it (allowed ones only: a refused change raises)."""
+
+    lock: RunLock | None
+    resume_from: Path | None
+    changes: list[tuple[str, Any, Any, str]]
+
+
+def open_run(cfg: Config, dist: DistInfo, log_dir: Path) -> RunStart:
+    """Before the model loads: lock the run's directories (main rank), clean up interrupted saves,
+    pick the checkpoint to resume and refuse a config change a resume would not apply cleanly."""
+    checkpoints = CheckpointManager(format_path(cfg.trainer.default_local_dir, cfg), dist=dist)
+    lock = RunLock([log_dir, checkpoints.root]) if dist.is_main else None
+    try:
+        if lock is not None:
+            for note in lock.taken_over + checkpoints.clean_debris():
+                print(f"[npu_rl] {note}")
+        barrier()
+        path = checkpoints.resolve(cfg.trainer.resume_mode)
+        changes = [] if path is None else check_resume_config(cfg, path, log_dir, dist.is_main)
+    except BaseException:
+        if lock is not None:  # a refused start must not keep the directories locked
+            lock.release()
+        raise
+    return RunStart(lock, path, changes)
+
+
+def record_start(cfg: Config, log_dir: Path, resume_from: Path | None) -> None:
+    """Main rank, before the trackers open: logs cut back to the resumed step, this start's config recorded."""
+    step = -1 if resume_from is None else int(resume_from.name.removeprefix("global_step_"))
+    for name in LOGS:
+        dropped, missing = reconcile_log(log_dir / name, step)
+        if dropped:
+            print(f"[npu_rl] {name}: moved {dropped} rows after step {max(step, 0)} to the .discarded.jsonl file")
+        if missing:
+            print(f"[npu_rl] warning: {name} has no rows for steps {missing} (logged by an older version?)")
+    record_config(cfg, log_dir, f"resumed from {resume_from}" if resume_from else "fresh start")

@@ -26,19 +26,11 @@ from npu_rl.evaluation import EvalConfig, evaluate_records
 from npu_rl.metrics import StepStats, Timer, perf_metrics, record_data
 from npu_rl.model import load_model, load_tokenizer, num_parameters
 from npu_rl.progress import Progress
-from npu_rl.resume import (
-    LOGS,
-    RUN_CONFIG,
-    apply_optim_config,
-    check_resume_config,
-    config_yaml,
-    reconcile_log,
-    record_config,
-)
+from npu_rl.resume import RUN_CONFIG, apply_optim_config, config_yaml, open_run, record_start
 from npu_rl.reward_manager import RewardBatch, RewardItem, RewardManager
 from npu_rl.rollout import RolloutBatch, SamplingParams, build_rollout, eos_and_pad_ids, generate, tool_schemas
 from npu_rl.rollout.tool_metrics import record_tool_metrics, tool_shaping
-from npu_rl.run_guard import NonFiniteGuard, RunLock, StopRequested, StopSignals
+from npu_rl.run_guard import NonFiniteGuard, StopRequested, StopSignals
 from npu_rl.seeds import prompt_seed
 from npu_rl.tracking import Tracking
 
@@ -73,7 +65,8 @@ class GRPOTrainer:
         steps = cfg.trainer.total_epochs * self.sampler.steps_per_epoch
         self.total_steps = cfg.trainer.total_training_steps if cfg.trainer.total_training_steps > 0 else steps
 
-        self._resume_from = self._open_run()  # lock, clean up, pick the checkpoint, check the config (reliability)
+        start = open_run(cfg, self.dist, self.log_dir)  # lock, clean up, pick the checkpoint, check the config
+        self.run_lock, self._resume_from, self._config_changes = start.lock, start.resume_from, start.changes
         model = load_model(cfg.model, self.acc, trainable=True)
         if cfg.actor.lora.rank > 0:
             model = lora.wrap(model, cfg.actor.lora.rank, cfg.actor.lora.alpha, cfg.actor.lora.target_modules)
@@ -113,7 +106,7 @@ class GRPOTrainer:
         self.global_step = 0
         self.tracking: Tracking | None = None
         if self.dist.is_main:
-            self._record_run()
+            record_start(cfg, self.log_dir, self._resume_from)
             self.tracking = Tracking(cfg.trainer.logger, str(self.log_dir), self.total_steps, config=cfg)
             for name, count in self.train_data.filtered.items():
                 print(f"[npu_rl] filtered {count} prompts longer than {cfg.data.max_prompt_length} tokens in {name}")
@@ -340,40 +333,6 @@ class GRPOTrainer:
         return metrics
 
     # ------------------------------------------------------------------------------------------
-    def _open_run(self) -> Path | None:
-        """Before the model loads: lock the run's directories (main rank), clean up interrupted saves,
-        pick the checkpoint to resume and refuse a config change a resume would not apply cleanly."""
-        cfg = self.cfg
-        checkpoints = CheckpointManager(format_path(cfg.trainer.default_local_dir, cfg), dist=self.dist)
-        self.run_lock: RunLock | None = None
-        if self.dist.is_main:
-            self.run_lock = RunLock([self.log_dir, checkpoints.root])
-        try:
-            if self.run_lock is not None:
-                for note in self.run_lock.taken_over + checkpoints.clean_debris():
-                    print(f"[npu_rl] {note}")
-            distributed.barrier()
-            path = checkpoints.resolve(cfg.trainer.resume_mode)
-            changes = [] if path is None else check_resume_config(cfg, path, self.log_dir, self.dist.is_main)
-        except BaseException:
-            if self.run_lock is not None:  # a refused start must not keep the directories locked
-                self.run_lock.release()
-            raise
-        self._config_changes = changes
-        return path
-
-    def _record_run(self) -> None:
-        """Main rank, before the trackers open: logs cut back to the resumed step, this start's config recorded."""
-        path = self._resume_from
-        step = -1 if path is None else int(path.name.removeprefix("global_step_"))
-        for name in LOGS:
-            dropped, missing = reconcile_log(self.log_dir / name, step)
-            if dropped:
-                print(f"[npu_rl] {name}: moved {dropped} rows after step {max(step, 0)} to the .discarded.jsonl file")
-            if missing:
-                print(f"[npu_rl] warning: {name} has no rows for steps {missing} (logged by an older version?)")
-        record_config(self.cfg, self.log_dir, f"resumed from {path}" if path else "fresh start")
-
     def save_checkpoint(self) -> None:
         what = f"saving checkpoint of step {self.global_step} to {self.checkpoints.root}"
         with Progress(what, total=1, unit="checkpoint", enabled=self.dist.is_main) as bar:
