@@ -322,3 +322,12 @@ def test_cli_help_describes_each_key():
     assert f"  trainer.logger (list[str], default [console]; allowed: {trackers})" in out
     for key in (k.key for g in groups() for k in g.keys):
         assert f"  {key} (" in out
+
+
+def test_rollout_correction_accepts_verls_null_and_refuses_what_is_not_built():
+    """verl's rollout_correction.yaml sets `rollout_is: null` (off); sequence-level IS is not built here."""
+    base = ["model.path=Qwen/Qwen2.5-0.5B-Instruct", "data.train_files=[x.parquet]"]
+    cfg = load_config(None, [*base, "algorithm.rollout_correction.rollout_is=null"])
+    assert cfg.algorithm.rollout_correction.rollout_is is None
+    with pytest.raises(ConfigError, match="rollout_is: 'sequence' is not one of"):
+        load_config(None, [*base, "algorithm.rollout_correction.rollout_is=sequence"])

@@ -260,7 +260,9 @@ class RolloutCorrectionConfig(Section):
     """Truncated importance sampling between the rollout engine's and the trainer's logprobs
     (verl's algorithm.rollout_correction)."""
 
-    rollout_is: Literal["none", "token"] = knob("none", "token: weight each token by min(pi_train/pi_rollout, C)")
+    rollout_is: Literal["none", "token"] | None = knob(
+        "none", "token: weight each token by min(pi_train/pi_rollout, C); none or null (verl's default): off"
+    )
     rollout_is_threshold: float = knob(2.0, "the cap C of the importance weight", gt=0)
 
 
