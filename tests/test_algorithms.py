@@ -258,6 +258,7 @@ def _whiten_on_rank(info, rewards, mask, expected):
     torch.testing.assert_close(adv, expected[rows])
 
 
+@pytest.mark.slow  # two gloo processes (~6 s); the one-process whitening tests stay quick
 def test_reinforce_plus_plus_whitens_over_both_ranks_like_one_process():
     from _dist_utils import run_workers
 

@@ -142,6 +142,7 @@ def test_every_listed_user_error_names_a_real_exception_class():
         assert f"{found.__module__}.{found.__qualname__}" == name, name
 
 
+@pytest.mark.slow  # a training process (~6 s); test_train_with_a_missing_model_folder stays quick
 def test_train_with_a_folder_that_is_not_a_model(tmp_path, synthetic_parquet):
     (tmp_path / "weights").mkdir()
     train_files = f"data.train_files=[{synthetic_parquet['train']}]"

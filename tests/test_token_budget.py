@@ -116,6 +116,7 @@ def _two_rank_worker(info, expected_path: str) -> None:
         torch.testing.assert_close(b, a, atol=4e-5 * float(a.abs().max()), rtol=0)
 
 
+@pytest.mark.slow  # two gloo processes (~9 s); the one-process budget tests stay quick
 @pytest.mark.dist
 def test_token_budget_on_two_ranks_equals_one_process_fixed_size(tmp_path):
     expected = update_grads(sharp_model("qwen2"), policy_batch(), None, 4)
