@@ -73,6 +73,13 @@ def expression(problem: Problem) -> str:
     return f"{a} {op1} {b} {op2} {c}"
 
 
+def pick_style(rng: random.Random, tool_share: float, shortcut_share: float) -> str:
+    """ "tool" with probability `tool_share`, else "shortcut" with probability `shortcut_share`, else "worked"."""
+    if rng.random() < tool_share:
+        return "tool"
+    return "shortcut" if rng.random() < shortcut_share else "worked"
+
+
 class ToolSFT:
     """Encodes SFT examples in the multi-turn rollout's exact token layout.
 
@@ -99,30 +106,30 @@ class ToolSFT:
         if style != "tool":
             answer = problem.shortcut() if style == "shortcut" else problem.worked()
             return prompt + self.ids(answer) + [self.tok.eos_token_id], len(prompt), None
-        call = {"type": "function", "function": {"name": "calculator", "arguments": {"expression": expression(problem)}}}
-        turn = self.render([*messages, {"role": "assistant", "content": "", "tool_calls": [call]}])[len(prompt_text) :]
+        arguments = {"expression": expression(problem)}
+        call = {"type": "function", "function": {"name": "calculator", "arguments": arguments}}
+        # The expression first, as plain text: the base already starts worked solutions with "a op b", and
+        # copying it into the call from right before is easy (measured: calls without it got 0.6% right
+        # at T=1 after the same SFT, the operands in the JSON mostly wrong).
+        assistant = {"role": "assistant", "content": arguments["expression"], "tool_calls": [call]}
+        turn = self.render([*messages, assistant])[len(prompt_text) :]
         eos = self.tok.eos_token
         call_ids = self.ids(turn[: turn.index(eos) + len(eos)])  # what the policy generates, ending at EOS
-        result = self.calculator.execute(call["function"]["arguments"])
+        result = self.calculator.execute(arguments)
         if not result.ok:
             raise ValueError(f"the calculator refused {expression(problem)!r}: {result.text}")
         suffix = self.tool_messages.ids([result.text])
-        answer = self.ids(f"The answer is \\boxed{{{result.text}}}.") + [self.tok.eos_token_id]
+        answer = [*self.ids(f"The answer is \\boxed{{{result.text}}}."), self.tok.eos_token_id]
         start = len(prompt) + len(call_ids)
         return prompt + call_ids + suffix + answer, len(prompt), (start, start + len(suffix))
 
     def batch(
         self, problems: Iterator[Problem], rng: random.Random, size: int, tool_share: float, shortcut_share: float
     ) -> dict[str, torch.Tensor]:
-        """A collated batch: each answer a tool call with probability `tool_share`, else a shortcut
-        with probability `shortcut_share`, else a worked solution."""
+        """A collated batch of `size` problems, answered in the styles `pick_style` draws."""
         examples = []
         for problem in (next(problems) for _ in range(size)):
-            if rng.random() < tool_share:
-                style = "tool"
-            else:
-                style = "shortcut" if rng.random() < shortcut_share else "worked"
-            examples.append(self.example(problem, style))
+            examples.append(self.example(problem, pick_style(rng, tool_share, shortcut_share)))
         inputs = collate([(ids, n_prompt) for ids, n_prompt, _ in examples], self.tok.pad_token_id)
         for row, (_, _, span) in enumerate(examples):
             if span is not None:
