@@ -46,7 +46,7 @@ from npu_rl.tools.make_tiny_model import Stage, collate, held_out_keys, save_mod
 SYSTEM_PROMPT = "Use tools to verify calculations."
 TOOL_CONFIG = "tools_calculator"  # npu_rl/configs/tools_calculator.yaml
 # The SFT stage: a share of tool-calling answers; the others shortcut (78%) or worked, as the base's stage 2.
-TOOL_STAGE = Stage("tool-sft", steps=100, lr=1e-3, shortcut_share=0.78, warmup_steps=10, batch_size=32)
+TOOL_STAGE = Stage("tool-sft", steps=120, lr=2e-3, shortcut_share=0.78, warmup_steps=10, batch_size=32)
 TOOL_SHARE = 0.3
 
 
