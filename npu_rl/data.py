@@ -105,10 +105,16 @@ def _load(
 
 
 def load_prompts(
-    files: Sequence[str | Path] | str | Path, tokenizer: Any, cfg: DataConfig | None = None, *, max_samples: int = -1
+    files: Sequence[str | Path] | str | Path,
+    tokenizer: Any,
+    cfg: DataConfig | None = None,
+    *,
+    max_samples: int = -1,
+    tools: list[dict] | None = None,
 ) -> PromptDataset:
-    """One split (e.g. a held-out set to evaluate on); `max_samples` >= 0 keeps the first that many prompts."""
-    dataset = _load([files], tokenizer, cfg or DataConfig())[0]
+    """One split (e.g. a held-out set to evaluate on); `max_samples` >= 0 keeps the first that many prompts.
+    `tools` (function schemas) are rendered into the prompts, as in multi-turn training."""
+    dataset = _load([files], tokenizer, cfg or DataConfig(), tools)[0]
     if max_samples >= 0:
         dataset.records = dataset.records[:max_samples]
     return dataset

@@ -45,7 +45,7 @@ from npu_rl.evaluation import EvalConfig, evaluate_records
 from npu_rl.merge import merge_checkpoint
 from npu_rl.model import load_model, load_tokenizer
 from npu_rl.reward_manager import RewardManager
-from npu_rl.rollout import build_rollout
+from npu_rl.rollout import build_rollout, tool_schemas
 from reward.math_verify_adapter import INSTALL_HINT as MATH_VERIFY_HINT
 from reward.math_verify_adapter import available as math_verify_available
 
@@ -92,6 +92,7 @@ class Evaluator:
         max_new_tokens: int = 1024,
         reward: RewardConfig | None = None,
         num_threads: int = 0,
+        tools: str | None = None,
     ) -> None:
         self.model_arg = str(model)
         self.model_dir, self._tmp = resolve_model_dir(model)
@@ -102,7 +103,11 @@ class Evaluator:
         cfg.model.path, cfg.model.dtype = str(self.model_dir), dtype
         cfg.rollout.name, cfg.rollout.micro_batch_size = rollout, batch_size
         cfg.data.max_prompt_length, cfg.rollout.max_new_tokens = max_prompt_length, max_new_tokens
+        if tools:  # multi-turn: prompts rendered with the tools' schemas, calls executed (docs/multi_turn.md)
+            cfg.rollout.multi_turn.enable, cfg.rollout.multi_turn.tool_config_path = True, tools
+            cfg.rollout.multi_turn.check("rollout.multi_turn")
         self.cfg = cfg
+        self.tools = tool_schemas(cfg)
         self.batch_size = batch_size
         self.data_cfg = DataConfig(max_prompt_length=max_prompt_length)
         self.tokenizer = load_tokenizer(cfg.model)
@@ -140,7 +145,7 @@ class Evaluator:
         ks = sorted(set(k)) if k else default_ks(n)
         ecfg.validate(ks)
         files = [data_files] if isinstance(data_files, (str, Path)) else list(data_files)
-        dataset = load_prompts(files, self.tokenizer, self.data_cfg, max_samples=max_samples)
+        dataset = load_prompts(files, self.tokenizer, self.data_cfg, max_samples=max_samples, tools=self.tools)
         start = time.perf_counter()
         graded = evaluate_records(self.engine, dataset.records, self.tokenizer, self.grader, ecfg, progress=verbose)
         summary = {
@@ -154,6 +159,10 @@ class Evaluator:
             "time_s": time.perf_counter() - start,
         }
         summary["accuracy"] = summary["metrics"].get(f"mean@{n}", 0.0)
+        if self.tools:
+            calls = [c for g in graded for c in g.tool_calls or []]
+            summary["metrics"]["tool/call_rate"] = sum(c > 0 for c in calls) / max(1, len(calls))
+            summary["metrics"]["tool/calls/mean"] = sum(calls) / max(1, len(calls))
         if output_dir is not None:
             lines = [g.line() for g in graded]
             summary["files"] = write_outputs(Path(output_dir), tag or f"n{n}_t{temperature:g}", lines, summary)
@@ -186,7 +195,7 @@ def write_outputs(out: Path, tag: str, generations: list[dict[str, Any]], summar
 
 def evaluate(model: str | Path, data_files: str | Path | Sequence[str | Path], **kwargs: Any) -> dict[str, Any]:
     """One-shot `Evaluator(model, ...).evaluate(data_files, ...)`; constructor keywords are split off."""
-    init_keys = ("rollout", "device_name", "dtype", "batch_size", "max_prompt_length", "reward", "num_threads")
+    init_keys = ("rollout", "device_name", "dtype", "batch_size", "max_prompt_length", "reward", "num_threads", "tools")
     init = {key: kwargs.pop(key) for key in init_keys if key in kwargs}
     if kwargs.get("max_new_tokens") is not None:  # it sizes the engine as well as the evaluation
         init["max_new_tokens"] = kwargs["max_new_tokens"]
@@ -216,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=-1, help="evaluate only the first N prompts")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     p.add_argument("--rollout", choices=["hf", "vllm"], default="hf")
+    p.add_argument(
+        "--tools",
+        default=None,
+        help="tool config YAML or packaged name (e.g. tools_calculator): multi-turn evaluation with tool calls",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "npu", "cuda", "cpu"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--seed", type=int, default=0)
@@ -239,6 +253,7 @@ def evaluator_from_args(args: argparse.Namespace) -> Evaluator:
         max_new_tokens=args.max_new_tokens,
         reward=grader_config(args.grader, args.reward_workers),
         num_threads=args.num_threads,
+        tools=args.tools,
     )
 
 

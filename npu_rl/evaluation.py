@@ -66,6 +66,7 @@ class GradedPrompt:
     answers: list[str | None]  # normalized extracted answers (the votes for maj@N)
     lengths: list[int]
     finish_reasons: list[str]
+    tool_calls: list[int] | None = None  # per sample, with a multi-turn rollout only
 
     @property
     def judged(self) -> bool:
@@ -98,6 +99,7 @@ class GradedPrompt:
             "scores": self.scores,
             "lengths": self.lengths,
             "finish_reasons": self.finish_reasons,
+            **({"tool_calls": self.tool_calls} if self.tool_calls is not None else {}),
         }
 
 
@@ -139,6 +141,7 @@ def evaluate_records(
             for row, g in enumerate(batch.group.tolist()):
                 members[g].append(row)
             lengths = batch.lengths.tolist()
+            calls = batch.row_metrics["tool_calls"].int().tolist() if "tool_calls" in batch.row_metrics else None
             for rec, mine in zip(chunk, members, strict=True):
                 graded.append(
                     GradedPrompt(
@@ -149,6 +152,7 @@ def evaluate_records(
                         answers=[_answer(texts[i], truncated[i], rec) for i in mine],
                         lengths=[lengths[i] for i in mine],
                         finish_reasons=[batch.finish_reasons[i] for i in mine],
+                        tool_calls=None if calls is None else [calls[i] for i in mine],
                     )
                 )
             bar.update(len(chunk))

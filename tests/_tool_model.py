@@ -12,9 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from _tool_template import with_tool_template
 from transformers import Qwen2ForCausalLM
 
+from npu_rl.agent_tools.chat_template import with_tool_template
 from npu_rl.rollout.multi_turn import ToolMessages
 from npu_rl.tools import make_tiny_model
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 import torch
-from _tool_template import with_tool_template
 
 from npu_rl import actor
 from npu_rl.agent_tools import CalculatorTool, PythonTool
+from npu_rl.agent_tools.chat_template import with_tool_template
 from npu_rl.data import PromptRecord
 from npu_rl.rollout import RolloutBatch, SamplingParams, generate
 from npu_rl.rollout.base import RolloutOutput, grouped

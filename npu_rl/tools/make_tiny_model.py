@@ -18,7 +18,7 @@ import argparse
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -150,7 +150,26 @@ def run_stage(
     rng: random.Random,
     log_every: int = 50,
 ) -> None:
-    """Supervised training for exactly `stage.steps` steps: AdamW, linear warmup, cosine to 10% of the lr.
+    """Supervised training for exactly `stage.steps` steps on the batches `stage.kind` describes."""
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        if stage.kind == "drill":
+            batch = [drill_row(tokenizer, problems, stage.width) for _ in range(stage.batch_size)]
+        else:
+            batch = []
+            for problem in (next(problems) for _ in range(stage.batch_size)):
+                answer = problem.shortcut() if rng.random() < stage.shortcut_share else problem.worked()
+                batch.append(encode(tokenizer, problem, answer))
+        return collate(batch, tokenizer.pad_token_id)
+
+    train_steps(model, stage, next_batch, log_every)
+
+
+def train_steps(
+    model: Qwen2ForCausalLM, stage: Stage, next_batch: Callable[[], dict[str, torch.Tensor]], log_every: int = 50
+) -> None:
+    """`stage.steps` steps on `next_batch()` (collated, labels -100 where there is no loss): AdamW,
+    linear warmup, cosine to 10% of the lr.
 
     The warmup matters: without it the loss stayed on its plateau far longer (0.73 against 0.29 at step
     200 of 400, measured with the same data).
@@ -164,14 +183,7 @@ def run_stage(
     model.train()
     start, running, positions = time.perf_counter(), 0.0, 0
     for step in range(1, stage.steps + 1):
-        if stage.kind == "drill":
-            batch = [drill_row(tokenizer, problems, stage.width) for _ in range(stage.batch_size)]
-        else:
-            batch = []
-            for problem in (next(problems) for _ in range(stage.batch_size)):
-                answer = problem.shortcut() if rng.random() < stage.shortcut_share else problem.worked()
-                batch.append(encode(tokenizer, problem, answer))
-        inputs = collate(batch, tokenizer.pad_token_id)
+        inputs = next_batch()
         positions += inputs["input_ids"].numel()
         with linears_for(Accelerator("cpu")).around():
             loss = model(**inputs).loss
