@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +77,22 @@ def format_change(before: dict[str, Any], after: dict[str, Any]) -> str:
     )
 
 
-@entry_point("npu_rl.tools._headroom")
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def before_after_cli(
+    argv: list[str] | None,
+    doc: str,
+    measure: Callable[[str, str, str, str, int], dict[str, Any]],
+    format_result: Callable[[dict[str, Any], str], str],
+    format_change: Callable[[dict[str, Any], dict[str, Any]], str],
+    suffix: str,
+) -> int:
+    """The demo evaluators' command line: measure a model, print it, and the change from `--before`
+    (an earlier result file ending in `suffix`, read first so a wrong path fails before the work)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("model", help="HF folder or npu_rl checkpoint (root or global_step_N)")
     parser.add_argument("--data", required=True, help="held-out parquet")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--tag", required=True, help="e.g. before / after")
-    parser.add_argument("--before", help="an earlier .headroom.json to compare against")
+    parser.add_argument("--before", help=f"an earlier {suffix} to compare against")
     parser.add_argument("--num-threads", type=int, default=2)
     args = parser.parse_args(argv)
     before = json.loads(Path(args.before).read_text(encoding="utf-8")) if args.before else None  # fail early
@@ -94,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     if before is not None:
         print(format_change(before, result))
     return 0
+
+
+@entry_point("npu_rl.tools._headroom")
+def main(argv: list[str] | None = None) -> int:
+    return before_after_cli(argv, __doc__, measure, format_result, format_change, ".headroom.json")
 
 
 if __name__ == "__main__":

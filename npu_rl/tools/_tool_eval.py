@@ -11,7 +11,6 @@ accuracy of responses with and without a call, and the same at T=1 (what GRPO sa
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from npu_rl.cli import entry_point
 from npu_rl.config import RewardConfig
 from npu_rl.eval import Evaluator
+from npu_rl.tools._headroom import before_after_cli
 from npu_rl.tools.make_tool_demo import TOOL_CONFIG
 
 K = 4  # samples per prompt at T=1
@@ -90,22 +90,7 @@ def format_change(before: dict[str, Any], after: dict[str, Any]) -> str:
 
 @entry_point("npu_rl.tools._tool_eval")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="HF folder or npu_rl checkpoint (root or global_step_N)")
-    parser.add_argument("--data", required=True, help="held-out parquet (with the tool system prompt)")
-    parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--tag", required=True, help="e.g. before / after")
-    parser.add_argument("--before", help="an earlier .tool_eval.json to compare against")
-    parser.add_argument("--num-threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    before = json.loads(Path(args.before).read_text(encoding="utf-8")) if args.before else None  # fail early
-    result = measure(args.model, args.data, args.out_dir, args.tag, args.num_threads)
-    if before is not None:
-        print(format_result(before, "before"))
-    print(format_result(result, args.tag))
-    if before is not None:
-        print(format_change(before, result))
-    return 0
+    return before_after_cli(argv, __doc__, measure, format_result, format_change, ".tool_eval.json")
 
 
 if __name__ == "__main__":
