@@ -154,10 +154,12 @@ def test_headroom_report_uses_the_evaluator(tiny_model_dir, synthetic_parquet, t
     assert "greedy:  acc" in _headroom.format_result(result, "base")
 
 
-def test_demo_config_is_valid_and_points_at_the_assets():
+def test_demo_config_is_valid_and_points_at_the_assets(tmp_path, monkeypatch):
     from npu_rl import configs
     from npu_rl.config import load_config
 
+    monkeypatch.chdir(tmp_path)  # load_config checks that the local model folder exists (run/tiny_grpo.sh builds it)
+    (tmp_path / "assets/models/tiny-base").mkdir(parents=True)
     assert "tiny_grpo" in configs.available()
     assert configs.resolve("run/configs/tiny_grpo.yaml") == configs.resolve("tiny_grpo")  # the old path still works
     cfg = load_config(configs.resolve("tiny_grpo"), ["trainer.experiment_name=x"])
