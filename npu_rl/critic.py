@@ -23,7 +23,8 @@ from npu_rl.metrics import StepStats
 class ValueModel(nn.Module):
     def __init__(self, lm: nn.Module) -> None:
         super().__init__()
-        self.model = lm.get_decoder()
+        # the decoder stack; transformers 4.56's get_decoder() returns None for Qwen2 (its `.model`)
+        self.model = lm.get_decoder() or lm.model
         self.config = lm.config
         self._no_split_modules = getattr(lm, "_no_split_modules", None)
         weight = next(self.model.parameters())
