@@ -279,7 +279,10 @@ class GRPOTrainer:
             )
             return self._generate_and_grade(mine, params, timer)
 
-        return dapo.dynamic_sampling(first, len(records), fg.metric, fg.max_num_gen_batches, more)
+        def any_rank_short(short: bool) -> bool:
+            return float(distributed.all_reduce(torch.tensor([float(short)]), "sum")[0]) > 0
+
+        return dapo.dynamic_sampling(first, len(records), fg.metric, fg.max_num_gen_batches, more, any_rank_short)
 
     def _reward_kl(self, batch: actor.PolicyBatch, stats: StepStats) -> torch.Tensor:
         """coef * per-token KL for the reward, then the coefficient's update from this step's mean

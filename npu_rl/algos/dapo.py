@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from npu_rl import distributed
 from npu_rl.reward_manager import RewardBatch
 from npu_rl.rollout.batch import RolloutBatch
 
@@ -110,11 +109,13 @@ def dynamic_sampling(
     metric: str,
     max_num_gen_batches: int,
     more: Callable[[], tuple[RolloutBatch, RewardBatch]],
+    any_rank_short: Callable[[bool], bool],
 ) -> tuple[RolloutBatch, RewardBatch, int]:
     """DAPO dynamic sampling on this rank: keep groups whose `metric` differs between samples, call
-    `more()` for further graded batches until every rank holds `need` of them (one all-reduce per
-    batch, so ranks generate in lockstep), keep the first `need`; also return how many generation
-    batches it took (`batch/num_gen_batches`). `max_num_gen_batches` > 0 caps the batches.
+    `more()` for further graded batches until every rank holds `need` of them (`any_rank_short(short)`
+    is the caller's collective, one per batch, so ranks generate in lockstep), keep the first `need`;
+    also return how many generation batches it took (`batch/num_gen_batches`); `max_num_gen_batches` > 0
+    caps them.
 
     Filtering per rank keeps the mini-batches whole groups with the same count on every rank, with
     no gather of rollouts; the price is that the kept set depends on the world size (verl filters the
@@ -125,8 +126,7 @@ def dynamic_sampling(
         keep = informative_groups(metric_values(graded, metric), rollout.group, rollout.num_groups)
         parts.append((rollout, graded, keep))
         kept += int(keep.sum())
-        short = distributed.all_reduce(torch.tensor([float(kept < need)]), "sum")
-        if float(short[0]) == 0:
+        if not any_rank_short(kept < need):
             return (*take_groups(parts, need), num_gen)
         if 0 < max_num_gen_batches <= num_gen:
             raise DynamicSamplingError(
