@@ -34,6 +34,7 @@ LR = 1e-5
 KL_COEF = 0.04
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))  # the setting; override only to profile
 SEED = 1
+LENGTH_KEYS = [f"{name}/{stat}" for name in ("prompt_length", "response_length") for stat in ("mean", "max")]
 
 
 def cpu_s() -> float:
@@ -124,6 +125,7 @@ def run_npu_rl(model_dir: str, train: str, work: Path, chan: Channel) -> None:
                 "step_s": elapsed,
                 "cpu_s": cpu,
                 "completion_tokens": int(metrics["response_length/mean"] * PROMPTS_PER_STEP * GENERATIONS),
+                "lengths": {k: metrics[k] for k in LENGTH_KEYS},
                 "grad_norm": metrics["actor/grad_norm"],
                 "adv_nonzero": metrics["critic/advantages/max"] - metrics["critic/advantages/min"] > 0,
                 "split": {k: v for k, v in metrics.items() if k.startswith("timing_s/")},

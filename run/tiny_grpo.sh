@@ -5,14 +5,15 @@
 #
 # 1. creates/uses .venv and installs npu_rl (run/setup_env.sh; CPU torch, never a CUDA build)
 # 2. builds the assets if absent: synthetic train/test parquet (assets/data/synthetic) and the
-#    pre-trained tiny base (assets/models/tiny-base; 500 + 60 pre-training steps)
+#    pre-trained tiny base (assets/models/tiny-base; 450 + 60 pre-training steps)
 # 3. evaluates the base on the held-out test parquet: greedy accuracy, sampled accuracy (T=1),
 #    pass@8, mean response length
-# 4. GRPO with the packaged config tiny_grpo (npu_rl/configs/tiny_grpo.yaml) (60 steps of 16 prompts x 8 samples)
+# 4. GRPO with the packaged config tiny_grpo (npu_rl/configs/tiny_grpo.yaml) (40 steps of 16 prompts x 8 samples)
 # 5. evaluates the trained model identically and prints accuracy before -> after
 #
-# Work is fixed in steps; on 2 free cores the whole run took 13 min on an AVX-512 machine and 21 min on an
-# AVX2-only one, most of it building the base once (bench/README.md, "Tiny GRPO demo"); later runs reuse it.
+# Work is fixed in steps; on 2 free cores of an AVX-512 AMD EPYC the whole run took 6 min 41 s, 5 of them
+# building the base once (bench/README.md, "Tiny GRPO demo"); later runs reuse it. Not yet timed on an
+# AVX2-only machine (the previous recipe took 1.6x as long there).
 # Set NPU_RL_THREADS to change the torch thread count (default: every core this process may use, `nproc`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

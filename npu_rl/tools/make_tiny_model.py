@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import pyarrow.parquet as pq
 import torch
@@ -35,13 +34,16 @@ from npu_rl.device import Accelerator
 from npu_rl.tools._tiny_tokenizer import save_tokenizer, train_tokenizer
 from npu_rl.tools.make_synthetic_math import Problem, ProblemKey, iter_problems, row_key, tokenizer_corpus
 
-# Architecture sizes. "test" keeps unit tests fast; "demo" is the measured 3.3M-parameter base.
+# Architecture sizes. "test" keeps unit tests fast; "demo" is the measured 1.7M-parameter base. Two
+# layers, not four: measured with the same data and steps (500 + 60, batch 64, AMD EPYC), the 2-layer
+# model costs half as much per step and learns faster (stage-1 loss 0.021 vs 0.077, greedy accuracy of
+# worked solutions 79.5% vs 49.5%), and the 4-layer model is slower still to leave its plateau.
 SIZES: dict[str, dict[str, int]] = {
     "test": dict(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128
     ),
     "demo": dict(
-        hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=768
+        hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=768
     ),
 }
 
@@ -90,12 +92,8 @@ def save_model_dir(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast, 
 
 @dataclass(frozen=True)
 class Stage:
-    """One supervised stage of `steps` batches.
-
-    `kind="chat"`: chat-formatted problems, loss on the answer, a fraction `shortcut_share` of answers bare.
-    `kind="drill"`: plain arithmetic text, the worked steps of successive problems packed into rows of
-    `width` tokens without padding, loss on every token (the facts, with no prompt around them).
-    """
+    """One supervised stage of `steps` batches of `batch_size` chat-formatted problems, loss on the
+    answer, a fraction `shortcut_share` of the answers bare."""
 
     name: str
     steps: int
@@ -103,8 +101,6 @@ class Stage:
     shortcut_share: float = 0.0
     warmup_steps: int = 0
     batch_size: int = 64
-    kind: Literal["chat", "drill"] = "chat"
-    width: int = 64
 
 
 def encode(tokenizer: PreTrainedTokenizerFast, problem: Problem, answer: str) -> tuple[list[int], int]:
@@ -114,19 +110,6 @@ def encode(tokenizer: PreTrainedTokenizerFast, problem: Problem, answer: str) ->
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return prompt_ids + answer_ids, len(prompt_ids)
-
-
-def drill_row(tokenizer: PreTrainedTokenizerFast, problems: Iterator[Problem], width: int) -> tuple[list[int], int]:
-    """Worked steps of successive problems ("3 * 8 = 24. 24 - 5 = 19. ...") filling up to `width` tokens.
-
-    The problem that would overflow the row is dropped, not split, so every row ends at a full problem.
-    """
-    ids: list[int] = []
-    while True:
-        piece = tokenizer(" ".join(f"{s}." for s in next(problems).steps) + " ", add_special_tokens=False)["input_ids"]
-        if ids and len(ids) + len(piece) > width:
-            return ids, 0
-        ids += piece
 
 
 def collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -153,13 +136,10 @@ def run_stage(
     """Supervised training for exactly `stage.steps` steps on the batches `stage.kind` describes."""
 
     def next_batch() -> dict[str, torch.Tensor]:
-        if stage.kind == "drill":
-            batch = [drill_row(tokenizer, problems, stage.width) for _ in range(stage.batch_size)]
-        else:
-            batch = []
-            for problem in (next(problems) for _ in range(stage.batch_size)):
-                answer = problem.shortcut() if rng.random() < stage.shortcut_share else problem.worked()
-                batch.append(encode(tokenizer, problem, answer))
+        batch = []
+        for problem in (next(problems) for _ in range(stage.batch_size)):
+            answer = problem.shortcut() if rng.random() < stage.shortcut_share else problem.worked()
+            batch.append(encode(tokenizer, problem, answer))
         return collate(batch, tokenizer.pad_token_id)
 
     train_steps(model, stage, next_batch, log_every)
@@ -211,9 +191,14 @@ def held_out_keys(test_parquet: str | Path) -> set[ProblemKey]:
 
 # The measured recipe (tiny-demo notes): stage 1 worked solutions only; stage 2 a short mid-training
 # on a mostly-shortcut mix, which flips greedy decoding to the shortcut while sampling keeps working.
+# Stage 2 at batch 32 flips greedy decoding as batch 64 did (0-1% worked-style greedy) at half the cost.
+# Stage-1 steps against the demo's gain (bench/tiny_base_recipe.py, 2-layer demo model, AMD EPYC): with
+# 40 GRPO steps 250 -> +9 points, 350 -> +22.5, 420 -> +35.5, 500 -> +68.5; 420 with 60 GRPO steps +38,
+# 450 with 50 +48. The worked-solution facts are learned late, as the lr anneals. 450 keeps a wide margin
+# over the +25 the demo promises while the whole demo stays within 10 minutes on the slower CPU kind.
 STAGES = (
-    Stage("stage1-worked", steps=500, lr=2e-3, shortcut_share=0.0, warmup_steps=20),
-    Stage("stage2-shortcut-mix", steps=60, lr=5e-4, shortcut_share=0.78),
+    Stage("stage1-worked", steps=450, lr=2e-3, shortcut_share=0.0, warmup_steps=20),
+    Stage("stage2-shortcut-mix", steps=60, lr=5e-4, shortcut_share=0.78, batch_size=32),
 )
 
 
