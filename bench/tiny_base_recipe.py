@@ -1,16 +1,16 @@
 """How the offline demo's gain depends on the base's pre-training: one recipe variant end to end.
 
-    python bench/tiny_base_recipe.py --layers 2 --stage1-steps 500 --grpo-steps 40   # the demo's recipe
+    python bench/tiny_base_recipe.py                                                 # the demo's recipe, 40 GRPO steps
     python bench/tiny_base_recipe.py --layers 4 --stage1-steps 500 --grpo-steps 40   # the former 4-layer base
     python bench/tiny_base_recipe.py --stage1-steps 420 --grpo-steps 60 --threads 1  # run two variants side by side
 
-Builds the demo's tokenizer and a Qwen2 base of the demo's width with `--layers` layers on the
-demo's synthetic data (assets/data/synthetic, made if absent), runs the two pre-training stages of
-npu_rl/tools/make_tiny_model.py with stage 1 shortened or lengthened to `--stage1-steps`, and
+Builds the demo's base (npu_rl/tools/make_tiny_model.py build_base: tokenizer, seeds, stages) with
+`--layers` layers and stage 1 shortened or lengthened to `--stage1-steps`, on the demo's synthetic
+data (assets/data/synthetic, made if absent), and
 prints: the greedy accuracy of the worked solutions after stage 1 (the ceiling GRPO can reach),
 the base's headroom (greedy, T=1, pass@8), and after `--grpo-steps` steps of the demo's GRPO config
 the held-out greedy accuracy and the gain, each phase with its wall time. Everything goes under
---out-dir. The decisions in make_tiny_model.py (2 layers, 500 stage-1 steps) cite its figures.
+--out-dir. The decisions in make_tiny_model.py (2 layers, 450 stage-1 steps) cite its figures.
 """
 
 from __future__ import annotations
@@ -19,22 +19,22 @@ import argparse
 import dataclasses
 import json
 import os
-import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from npu_rl.config import RewardConfig  # noqa: E402
 from npu_rl.eval import Evaluator  # noqa: E402
+from npu_rl.tools import make_synthetic_math  # noqa: E402
 from npu_rl.tools import make_tiny_model as mtm  # noqa: E402
 from npu_rl.tools._headroom import format_result, measure  # noqa: E402
-from npu_rl.tools.make_synthetic_math import iter_problems, write_splits  # noqa: E402
 
 
 def main() -> None:
@@ -50,28 +50,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data, out = Path(args.data_dir), Path(args.out_dir) / f"L{args.layers}-s{args.stage1_steps}-seed{args.seed}"
     if not (data / "test.parquet").is_file():
-        write_splits(data, 2000, 200, 0)
+        make_synthetic_math.main(["--out-dir", str(data)])
     mtm.SIZES["recipe"] = {**mtm.SIZES["demo"], "num_hidden_layers": args.layers}
     stages = (dataclasses.replace(mtm.STAGES[0], steps=args.stage1_steps), *mtm.STAGES[1:])
     result: dict[str, object] = {"layers": args.layers, "stage1_steps": args.stage1_steps, "seed": args.seed}
+    clock = [time.perf_counter()]
 
-    tokenizer = mtm.build_tokenizer(args.seed)
-    model = mtm.random_model(tokenizer, "recipe", args.seed)
-    problems = iter_problems(args.seed + 1, exclude=mtm.held_out_keys(data / "test.parquet"))
-    rng = random.Random(args.seed + 2)
-    start = time.perf_counter()
-    mtm.run_stage(model, tokenizer, stages[0], problems, rng)
-    result["stage1_s"] = round(time.perf_counter() - start, 1)
-    worked = mtm.save_model_dir(model, tokenizer, out / "stage1")
-    with Evaluator(worked, num_threads=args.threads, batch_size=256, reward=RewardConfig(num_workers=0)) as ev:
-        result["stage1_greedy"] = ev.evaluate(data / "test.parquet", max_new_tokens=96, output_dir=out / "eval")[
-            "accuracy"
-        ]
-    start = time.perf_counter()
-    for stage in stages[1:]:
-        mtm.run_stage(model, tokenizer, stage, problems, rng)
-    result["stage2_s"] = round(time.perf_counter() - start, 1)
-    base = mtm.save_model_dir(model, tokenizer, out / "base")
+    def after_stage(stage: mtm.Stage, model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast) -> None:
+        result[f"{stage.name}_s"] = round(time.perf_counter() - clock[0], 1)
+        if stage is stages[0]:  # the worked solutions' accuracy: the ceiling GRPO can reach
+            worked = mtm.save_model_dir(model, tokenizer, out / "stage1")
+            reward = RewardConfig(num_workers=0)
+            with Evaluator(worked, num_threads=args.threads, batch_size=256, reward=reward) as ev:
+                summary = ev.evaluate(data / "test.parquet", max_new_tokens=96, output_dir=out / "eval", tag="stage1")
+            result["stage1_greedy"] = summary["accuracy"]
+        clock[0] = time.perf_counter()
+
+    base = mtm.build_base(out / "base", data / "test.parquet", args.seed, stages, "recipe", after_stage)
     before = measure(base, data / "test.parquet", out / "eval", "before", args.threads)
     print(format_result(before, "base"), flush=True)
     result["base_greedy"], result["base_pass@8"] = before["greedy_acc"], before["pass@8"]
