@@ -3,6 +3,7 @@
     python bench/tiny_base_recipe.py                                                 # the demo's recipe, 40 GRPO steps
     python bench/tiny_base_recipe.py --layers 4 --stage1-steps 500 --grpo-steps 40   # the former 4-layer base
     python bench/tiny_base_recipe.py --stage1-steps 420 --grpo-steps 60 --threads 1  # run two variants side by side
+    python bench/tiny_base_recipe.py --stage1-min-lr-ratio 0.1 --stage1-only --seed 2  # stage 1's ceiling alone
 
 Builds the demo's base (npu_rl/tools/make_tiny_model.py build_base: tokenizer, seeds, stages) with
 `--layers` layers and stage 1 shortened or lengthened to `--stage1-steps`, on the demo's synthetic
@@ -10,7 +11,7 @@ data (assets/data/synthetic, made if absent), and
 prints: the greedy accuracy of the worked solutions after stage 1 (the ceiling GRPO can reach),
 the base's headroom (greedy, T=1, pass@8), and after `--grpo-steps` steps of the demo's GRPO config
 the held-out greedy accuracy and the gain, each phase with its wall time. Everything goes under
---out-dir. The decisions in make_tiny_model.py (2 layers, 450 stage-1 steps) cite its figures.
+--out-dir. The decisions in make_tiny_model.py (2 layers, 450 stage-1 steps, stage 1's lr) cite its figures.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=mtm.SIZES["demo"]["num_hidden_layers"])
     parser.add_argument("--stage1-steps", type=int, default=mtm.STAGES[0].steps)
+    parser.add_argument("--stage1-lr", type=float, default=mtm.STAGES[0].lr, help="stage 1's peak lr")
+    parser.add_argument(
+        "--stage1-min-lr-ratio", type=float, default=mtm.STAGES[0].min_lr_ratio, help="stage 1's final lr / peak"
+    )
+    parser.add_argument("--stage1-only", action="store_true", help="stop after stage 1's worked-solution accuracy")
     parser.add_argument("--grpo-steps", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0, help="base seed (the trainer keeps the config's)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -48,12 +54,22 @@ def main() -> None:
     parser.add_argument("--out-dir", default=str(ROOT / "outputs" / "tiny_base_recipe"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data, out = Path(args.data_dir), Path(args.out_dir) / f"L{args.layers}-s{args.stage1_steps}-seed{args.seed}"
+    name = f"L{args.layers}-s{args.stage1_steps}-lr{args.stage1_lr:g}-min{args.stage1_min_lr_ratio:g}-seed{args.seed}"
+    data, out = Path(args.data_dir), Path(args.out_dir) / name
     if not (data / "test.parquet").is_file():
         make_synthetic_math.main(["--out-dir", str(data)])
     mtm.SIZES["recipe"] = {**mtm.SIZES["demo"], "num_hidden_layers": args.layers}
-    stages = (dataclasses.replace(mtm.STAGES[0], steps=args.stage1_steps), *mtm.STAGES[1:])
-    result: dict[str, object] = {"layers": args.layers, "stage1_steps": args.stage1_steps, "seed": args.seed}
+    stage1 = dataclasses.replace(
+        mtm.STAGES[0], steps=args.stage1_steps, lr=args.stage1_lr, min_lr_ratio=args.stage1_min_lr_ratio
+    )
+    stages = (stage1,) if args.stage1_only else (stage1, *mtm.STAGES[1:])
+    result: dict[str, object] = {
+        "layers": args.layers,
+        "stage1_steps": args.stage1_steps,
+        "stage1_lr": args.stage1_lr,
+        "stage1_min_lr_ratio": args.stage1_min_lr_ratio,
+        "seed": args.seed,
+    }
     clock = [time.perf_counter()]
 
     def after_stage(stage: mtm.Stage, model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast) -> None:
@@ -67,6 +83,9 @@ def main() -> None:
         clock[0] = time.perf_counter()
 
     base = mtm.build_base(out / "base", data / "test.parquet", args.seed, stages, "recipe", after_stage)
+    if args.stage1_only:
+        print(json.dumps(result))
+        return
     before = measure(base, data / "test.parquet", out / "eval", "before", args.threads)
     print(format_result(before, "base"), flush=True)
     result["base_greedy"], result["base_pass@8"] = before["greedy_acc"], before["pass@8"]

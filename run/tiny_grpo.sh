@@ -11,9 +11,9 @@
 # 4. GRPO with the packaged config tiny_grpo (npu_rl/configs/tiny_grpo.yaml) (40 steps of 16 prompts x 8 samples)
 # 5. evaluates the trained model identically and prints accuracy before -> after
 #
-# Work is fixed in steps; on 2 free cores of an AVX-512 AMD EPYC the whole run took 6 min 41 s, 5 of them
+# Work is fixed in steps; on 2 free cores of an AVX-512 AMD EPYC the whole run took 6 min 14 s (in a slow phase), 80% of it
 # building the base once (bench/README.md, "Tiny GRPO demo"); later runs reuse it. Not yet timed on an
-# AVX2-only machine (the previous recipe took 1.6x as long there).
+# AVX2-only machine (projected ~8 min: the previous recipe took 1.6x as long there).
 # Set NPU_RL_THREADS to change the torch thread count (default: every core this process may use, `nproc`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -304,6 +304,7 @@ def _script(name: str, tmp_path, *args: str, **env: str) -> subprocess.Completed
     )
 
 
+@pytest.mark.slow  # runs the sample scripts as a user would: ~5 s of bash and Python start-ups
 def test_run_scripts_stop_with_download_instructions_when_inputs_are_missing(tmp_path):
     for name in SCRIPTS:
         assert subprocess.run(["bash", "-n", str(RUN_DIR / name)]).returncode == 0, name

@@ -68,6 +68,7 @@ def verl_fsdp2_ckpt(tiny_model_dir, tmp_path_factory):
     return actor, torch.load(actor.parent / "reference.pt")
 
 
+@pytest.mark.slow  # with the next test, ~8 s: a 2-rank verl save in subprocesses
 @pytest.mark.dist
 def test_verl_fsdp2_two_rank_checkpoint_merges_to_the_same_model(verl_fsdp2_ckpt, tmp_path):
     actor, reference = verl_fsdp2_ckpt
@@ -88,6 +89,7 @@ def test_verl_fsdp2_two_rank_checkpoint_merges_to_the_same_model(verl_fsdp2_ckpt
     torch.testing.assert_close(logits, reference["logits"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.dist
 def test_verl_spelling_of_the_merge_command(verl_fsdp2_ckpt, tmp_path):
     actor, _ = verl_fsdp2_ckpt

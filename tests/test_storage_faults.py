@@ -59,6 +59,7 @@ def _tiny():
     return model, torch.optim.SGD(model.parameters(), lr=0.1)
 
 
+@pytest.mark.slow  # kills a writer process mid-save (~2.5 s each)
 def test_kill_inside_publish_is_repaired_at_start_up(tmp_path):
     _kill_at(tmp_path, "publish")
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -70,6 +71,7 @@ def test_kill_inside_publish_is_repaired_at_start_up(tmp_path):
     assert cm.load(cm.resolve("auto"), model, opt, None) == {"v": 2}  # the complete new copy won
 
 
+@pytest.mark.slow
 def test_kill_inside_marker_write_leaves_nothing_behind_after_start_up(tmp_path):
     _kill_at(tmp_path, "marker")
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{MARKER}.tmp-")]

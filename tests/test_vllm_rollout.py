@@ -32,7 +32,8 @@ from npu_rl.rollout.base import RolloutOutput, SamplingParams
 from npu_rl.rollout.vllm import VLLMRollout
 from npu_rl.tools import make_tiny_model
 
-pytestmark = pytest.mark.vllm
+# Every test here starts (or shares) a real engine, ~25 s of start-up: none is in the quick subset.
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 CPU = Accelerator("cpu")
 MAX_NEW = 12
@@ -182,7 +183,6 @@ def _tensor_parallel_worker(info: DistInfo, model_dir: str, prompts: list[list[i
 
 
 @pytest.mark.dist
-@pytest.mark.slow
 def test_tensor_parallel_across_torchrun_ranks(engine, vllm_model_dir, prompts, tmp_path):
     """Under torchrun the engine lives in the trainer ranks (external_launcher); TP ranks pool their
     prompts, so each rank gets exactly the samples a single engine gives for its own prompt."""
@@ -216,7 +216,6 @@ def _data_parallel_worker(info: DistInfo, model_dir: str, prompts: list[list[int
 
 
 @pytest.mark.dist
-@pytest.mark.slow
 def test_data_parallel_ranks_with_uneven_prompts(engine, vllm_model_dir, prompts, tmp_path):
     """TP=1 under torchrun: one engine per rank, stepping in lockstep even when a rank has no prompt."""
     run_workers(_data_parallel_worker, 2, str(vllm_model_dir), prompts, str(tmp_path))
@@ -227,7 +226,6 @@ def test_data_parallel_ranks_with_uneven_prompts(engine, vllm_model_dir, prompts
         assert torch.equal(got, single.response_ids[:rows, : got.shape[1]])
 
 
-@pytest.mark.slow
 def test_grpo_trains_two_steps_with_vllm_rollout(vllm_model_dir, synthetic_parquet, tmp_path):
     """`python -m npu_rl.train rollout.name=vllm`: the CLI entry point (vLLM spawns its engine
     process, so this also proves the main guard), weight sync timed, logprob_diff tiny on fp32."""

@@ -1,0 +1,49 @@
+"""The vLLM backend's pure helpers, without an engine (the engine tests are slow: tests/test_vllm_rollout.py)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from npu_rl.rollout import vllm as vllm_backend
+
+
+def test_samples_are_right_padded_with_their_group_and_sample_index():
+    rows = [
+        ([5, 6, 7], [-0.1, -0.2, -0.3], "stop"),
+        ([8], [-0.5], "length"),
+        ([9, 9], [-1.0, -2.0], "stop"),
+        ([], [], "stop"),
+    ]
+    out = vllm_backend._pack(rows, pad_token_id=0, n=2)
+    assert out.response_ids.tolist() == [[5, 6, 7], [8, 0, 0], [9, 9, 0], [0, 0, 0]]
+    assert out.logprobs[0].tolist() == pytest.approx([-0.1, -0.2, -0.3]) and out.logprobs[1, 1:].eq(0).all()
+    assert out.lengths.tolist() == [3, 1, 2, 0]
+    assert out.finish_reasons == ["stop", "length", "stop", "stop"]
+    assert out.group.tolist() == [0, 0, 1, 1] and out.sample.tolist() == [0, 1, 0, 1]
+
+
+def test_nearby_prompt_seeds_get_distant_vllm_seeds():
+    seeds = [vllm_backend._spread(s) for s in range(100)]
+    assert seeds == [vllm_backend._spread(s) for s in range(100)], "deterministic"
+    assert all(0 <= s < 2**63 for s in seeds)
+    # vLLM seeds sample j of a request with seed + j: no two prompts' streams may overlap for n <= 64
+    assert min(abs(a - b) for i, a in enumerate(seeds) for b in seeds[i + 1 :]) > 64
+
+
+def test_cpu_kv_cache_is_capped_and_holds_one_full_sequence(tiny_model_dir):
+    cfg = AutoConfig.from_pretrained(tiny_model_dir)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 4  # fp32
+    assert vllm_backend._cpu_kv_cache_bytes(tiny_model_dir, torch.float32, 8, 100) == per_token * 100 * 8
+    huge = vllm_backend._cpu_kv_cache_bytes(tiny_model_dir, torch.float32, 10**9, 100)
+    assert huge == max(per_token * 100, vllm_backend.CPU_KV_CACHE_CAP_BYTES)
+
+
+def test_missing_vllm_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(ImportError, match=r"install_vllm_cpu\.sh"):
+        vllm_backend.import_vllm()
