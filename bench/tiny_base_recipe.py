@@ -72,18 +72,21 @@ def main() -> None:
     }
     clock = [time.perf_counter()]
 
+    def stage1_greedy(model_dir: Path) -> float:
+        """The worked solutions' accuracy after stage 1: the ceiling GRPO can reach."""
+        with Evaluator(model_dir, num_threads=args.threads, batch_size=256, reward=RewardConfig(num_workers=0)) as ev:
+            summary = ev.evaluate(data / "test.parquet", max_new_tokens=96, output_dir=out / "eval", tag="stage1")
+        return summary["accuracy"]
+
     def after_stage(stage: mtm.Stage, model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast) -> None:
         result[f"{stage.name}_s"] = round(time.perf_counter() - clock[0], 1)
-        if stage is stages[0]:  # the worked solutions' accuracy: the ceiling GRPO can reach
-            worked = mtm.save_model_dir(model, tokenizer, out / "stage1")
-            reward = RewardConfig(num_workers=0)
-            with Evaluator(worked, num_threads=args.threads, batch_size=256, reward=reward) as ev:
-                summary = ev.evaluate(data / "test.parquet", max_new_tokens=96, output_dir=out / "eval", tag="stage1")
-            result["stage1_greedy"] = summary["accuracy"]
+        if stage is stages[0] and not args.stage1_only:  # with --stage1-only the base is that model
+            result["stage1_greedy"] = stage1_greedy(mtm.save_model_dir(model, tokenizer, out / "stage1"))
         clock[0] = time.perf_counter()
 
     base = mtm.build_base(out / "base", data / "test.parquet", args.seed, stages, "recipe", after_stage)
     if args.stage1_only:
+        result["stage1_greedy"] = stage1_greedy(base)
         print(json.dumps(result))
         return
     before = measure(base, data / "test.parquet", out / "eval", "before", args.threads)
