@@ -83,7 +83,7 @@ class Template:
 
 
 # Operand ranges keep each step's table of arithmetic facts small (a few hundred entries, shared
-# between kinds), so a 3M-parameter model learns to work the steps within a few hundred pre-training
+# between kinds), so a 1.7M-parameter model learns to work the steps within a few hundred pre-training
 # steps, while jumping straight to the answer (composing both operations at once) stays hard.
 def _add_then_sub(rng: random.Random) -> tuple[int, int, int]:
     a, b = rng.randint(2, 12), rng.randint(1, 9)

@@ -2,7 +2,7 @@
 
 GRPO can only raise behaviour the model already produces sometimes (see make_tiny_model). The base
 greedy-decodes a bare shortcut answer that is usually wrong, because composing two operations at
-once is error-prone for a 3M-parameter model; the calculator is exact. A short SFT stage teaches the
+once is error-prone for a 1.7M-parameter model; the calculator is exact. A short SFT stage teaches the
 tool format on a share of the problems: the assistant calls the calculator with the problem's
 expression, the real calculator's answer follows as a tool message (rendered by the chat template,
 token for token what the multi-turn rollout appends), and the assistant boxes that answer. The rest
