@@ -14,12 +14,13 @@ logs=/tmp/npu_rl_first_hour
 mkdir -p "$logs"
 cpu=$(lscpu | grep 'Model name' | sed 's/Model name: *//')
 if grep -q avx512f /proc/cpuinfo; then kind="AVX-512"; else kind="AVX2-only (no AVX-512)"; fi
+started=$(date -u '+%Y-%m-%d %H:%M UTC')
 
 rm -rf assets/models/tiny-base
 bash run/tiny_grpo.sh >"$logs/demo.log" 2>&1 || { echo "the demo failed: see $logs/demo.log" >&2; exit 1; }
 bash run/test.sh -m "not slow" -q >"$logs/quick.log" 2>&1 || true  # its summary line says what failed
 
-echo "== first hour on $(nproc) cores of $cpu ($kind), $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "== first hour on $(nproc) cores of $cpu ($kind), started $started"
 echo "demo (bash run/tiny_grpo.sh, base rebuilt): $(grep '^== done in' "$logs/demo.log" | sed 's/^== //')"
 grep -E "held-out greedy accuracy|pass@8" "$logs/demo.log" | tail -2
 grep -E "^\[stage1-[a-z]+\] step [0-9]+/[0-9]+ " "$logs/demo.log" | tail -1 | sed 's/^/pre-training stage 1 ends: /'

@@ -18,12 +18,11 @@ What it does, in order (each phase prints one line; a failure names its phase):
 6. TRL: GRPOTrainer on the same model, data, reward and settings (bf16, no vLLM), its step time
    from its own callbacks; prints npu_rl / TRL step-time ratio (medians, first step excluded).
 
-No network is needed. torch, transformers and accelerate are expected on the machine; anything
-else missing (pyarrow, pyyaml, sympy, safetensors, tokenizers for npu_rl; trl and datasets with
-their dependencies for phase 5) is installed from wheels in `bench/wheels/` if that folder
-exists (prepare it on a networked machine of the same platform and Python:
-`pip download -d bench/wheels trl datasets pyarrow pyyaml sympy`); without trl phase 5 is skipped
-and says so.
+No network is needed. torch, transformers, accelerate and npu_rl's own dependencies are expected on
+the machine (the lent H200's image has them all); trl and datasets for phase 6 are installed from the
+wheels in `bench/wheels/` (`bash bench/gpu_wheels.sh` downloads them, pinned, for the machine's
+Python; carry the folder there), and so would anything else missing be. Without trl phase 6 is
+skipped and says so.
 """
 
 from __future__ import annotations
@@ -55,14 +54,16 @@ def log(phase: str, message: str) -> None:
     print(f"[gpu_check] {phase:>7}: {message}", flush=True)
 
 
-def install_from_wheels(modules: tuple[str, ...], packages: list[str]) -> None:
-    """pip-install `packages` from bench/wheels (no index) when any of `modules` is missing."""
+def install_from_wheels(modules: tuple[str, ...]) -> None:
+    """pip-install every wheel in bench/wheels when any of `modules` is missing: no index and no
+    dependency resolution (the folder holds exactly the missing packages, pinned by
+    bench/gpu_wheels.sh; resolving against the machine's own versions could refuse a usable set)."""
     if all(importlib.util.find_spec(m) is not None for m in modules):
         return
-    wheels = HERE / "wheels"
-    if not wheels.is_dir():
+    wheels = sorted((HERE / "wheels").glob("*.whl"))
+    if not wheels:
         return
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels), *packages]
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *map(str, wheels)]
     subprocess.run(cmd, check=False)
     importlib.invalidate_caches()
 
@@ -139,7 +140,7 @@ def check_merge(work: Path, step: int) -> None:
 
 
 def run_trl(args: argparse.Namespace, model: Path, data: Path, work: Path) -> float | None:
-    install_from_wheels(("trl", "datasets"), ["trl", "datasets"])
+    install_from_wheels(("trl", "datasets"))
     if importlib.util.find_spec("trl") is None or importlib.util.find_spec("datasets") is None:
         log("trl", "skipped: trl/datasets not installed and no bench/wheels to install them from")
         return None
@@ -186,7 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     dims = (2, 2, 8, 4, 64) if args.dry_run else (16, 8, 512, 16, 256)
     args.prompts, args.n, args.max_new, args.micro, args.max_prompt = dims
-    install_from_wheels(NEEDED, ["pyarrow", "pyyaml", "sympy", "safetensors", "tokenizers"])
+    install_from_wheels(NEEDED)
     work = Path(args.work) / ("dry" if args.dry_run else "1.5b")
     import torch
 
