@@ -4,12 +4,15 @@ scripted engine that answers each turn with given text, so the conversation is k
 from __future__ import annotations
 
 import json
+import re
+import threading
+from typing import Any, ClassVar
 
 import pytest
 import torch
 
 from npu_rl import actor
-from npu_rl.agent_tools import CalculatorTool, PythonTool
+from npu_rl.agent_tools import CalculatorTool, PythonTool, Tool, ToolResult
 from npu_rl.agent_tools.chat_template import with_tool_template
 from npu_rl.data import PromptRecord
 from npu_rl.rollout import RolloutBatch, SamplingParams, generate
@@ -160,6 +163,80 @@ def test_unknown_tool_and_bad_arguments_are_answered_as_errors(tok, tools) -> No
     text = tok.decode(batch.response_ids[0, : int(batch.lengths[0])].tolist())
     assert "no tool named 'search'" in text
     assert batch.row_metrics["tool_calls"].tolist() == [1.0] and batch.row_metrics["tool_successes"].tolist() == [0.0]
+
+
+def test_calls_beyond_max_parallel_calls_are_answered_with_an_error(tok, tools) -> None:
+    record = _record(tok, tools)
+    texts = {}
+    for limit in (1, 2):
+        engine = ScriptedEngine(tok, ["Two at once." + CALC + CODE, "So \\boxed{84}"])
+        rollout = MultiTurnRollout(engine, tok, tools, tok.pad_token_id, max_parallel_calls=limit)
+        batch = generate(rollout, [record], SamplingParams(max_new_tokens=400), seeds=[1])
+        texts[limit] = tok.decode(batch.response_ids[0, : int(batch.lengths[0])].tolist())
+        assert batch.row_metrics["tool_calls"].tolist() == [2.0]  # a refused call still counts as a call
+        assert batch.row_metrics["tool_successes"].tolist() == [float(limit)]
+    # verl's default runs the first call only; the second is answered, not silently dropped.
+    assert "<tool_response>\n84\n</tool_response>" in texts[1] and "\n100\n" not in texts[1]
+    assert "only 1 tool call(s) per turn are run" in texts[1]
+    assert "<tool_response>\n84\n</tool_response>" in texts[2] and "<tool_response>\n100\n</tool_response>" in texts[2]
+
+
+class _Rendezvous(Tool):
+    """Answers only once `parties` calls are inside execute at the same time (a barrier): sequential
+    execution breaks the barrier after its timeout and the call raises."""
+
+    default_schema: ClassVar[dict[str, Any]] = {"type": "function", "function": {"name": "echo"}}
+
+    def __init__(self, parties: int) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(parties, timeout=20)
+
+    def execute(self, args: dict[str, Any]) -> ToolResult:
+        self.barrier.wait()
+        return ToolResult(f"echo {args['value']}", ok=True)
+
+
+class _EchoEngine(ScriptedEngine):
+    """Each prompt's first turn calls `echo` with the number its question asks about, then answers."""
+
+    def generate(self, prompts, params, seeds=None) -> RolloutOutput:
+        self.script = []  # rebuilt per prompt below
+        outs = []
+        for p in prompts:
+            text = self.tok.decode(p)
+            value = re.findall(r"What is (\d+)\?", text)[-1]
+            call = '<tool_call>{"name": "echo", "arguments": {"value": "' + value + '"}}</tool_call>'
+            self.script = [call, "done"]
+            outs.append(super().generate([p], params, None))
+        return _stack(outs, self.tok.pad_token_id)
+
+
+def _stack(outs: list[RolloutOutput], pad: int) -> RolloutOutput:
+    width = max(o.response_ids.shape[1] for o in outs)
+    ids = torch.cat(
+        [torch.nn.functional.pad(o.response_ids, (0, width - o.response_ids.shape[1]), value=pad) for o in outs]
+    )
+    logprobs = torch.cat([torch.nn.functional.pad(o.logprobs, (0, width - o.logprobs.shape[1])) for o in outs])
+    reasons = [r for o in outs for r in o.finish_reasons]
+    return RolloutOutput(ids, logprobs, torch.cat([o.lengths for o in outs]), reasons, *grouped(1, len(outs)))
+
+
+def test_a_turns_calls_run_at_once_and_each_row_gets_its_own_answer(tok) -> None:
+    values = [31, 42, 53, 64]
+    records = []
+    for i, v in enumerate(values):
+        messages = [{"role": "user", "content": f"What is {v}?"}]
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        records.append(PromptRecord(i, ids, text, messages, "gsm8k", str(v), "math", {}, "inline", i))
+    engine = _EchoEngine(tok, ["unused"])
+    tools = {"echo": _Rendezvous(parties=len(values))}
+    rollout = MultiTurnRollout(engine, tok, tools, tok.pad_token_id, max_concurrent_calls=len(values))
+    batch = generate(rollout, records, SamplingParams(max_new_tokens=200), seeds=[1, 2, 3, 4])
+    for row, v in enumerate(values):
+        text = tok.decode(batch.response_ids[row, : int(batch.lengths[row])].tolist())
+        assert f"<tool_response>\necho {v}\n</tool_response>" in text  # its own call's answer, in row order
+    assert batch.row_metrics["tool_successes"].tolist() == [1.0] * len(values)
 
 
 def test_gsm8k_tool_prompt_option_adds_the_system_message(tmp_path) -> None:

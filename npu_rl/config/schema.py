@@ -200,6 +200,14 @@ class MultiTurnConfig(Section):
     tool_config_path: str | None = knob(None, "verl-style tool config YAML (required when enabled)")
     max_assistant_turns: int = knob(5, "assistant turns per response (the last one's tool calls are not run)", gt=0)
     max_tool_response_tokens: int = knob(256, "a tool answer is cut to this many tokens", gt=0)
+    max_parallel_calls: int = knob(
+        1,
+        "calls of one assistant turn that are run (verl's name and default); the rest are answered with an error",
+        gt=0,
+    )
+    max_concurrent_calls: int = knob(
+        0, "tool calls run at once across a turn's rows (threads; 0: the CPU cores this process may use)", ge=0
+    )
     tool_call_bonus: float = knob(0.0, "reward added per successful tool call (shaping; 0: off)", ge=0)
     failed_call_penalty: float = knob(0.0, "reward subtracted per failed tool call (shaping; 0: off)", ge=0)
     shaping_cap: float = knob(0.2, "the shaping term is clipped to [-cap, cap]", ge=0)

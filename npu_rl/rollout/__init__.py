@@ -121,4 +121,7 @@ def build_rollout(
 
     _, pad = eos_and_pad_ids(tokenizer, model)
     tools = load_tools(mt.tool_config_path)
-    return MultiTurnRollout(engine, tokenizer, tools, pad, mt.max_assistant_turns, mt.max_tool_response_tokens)
+    return MultiTurnRollout(
+        engine, tokenizer, tools, pad, mt.max_assistant_turns, mt.max_tool_response_tokens,
+        mt.max_parallel_calls, mt.max_concurrent_calls,
+    )  # fmt: skip

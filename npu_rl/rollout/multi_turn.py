@@ -9,22 +9,28 @@ Tool-answer tokens are part of the response (the policy attends to them) but `to
 there: they are out of the loss, their log-probs are not counted, and the grader does not see them.
 
 Tool calls are parsed in Qwen2.5's format, `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
-(what its chat template teaches when given `tools=`).
+(what its chat template teaches when given `tools=`). Of one assistant turn's calls the first
+`max_parallel_calls` are run (verl's name and default, 1); verl drops the rest silently, here each is
+answered with an error so the model hears why. The calls of all rows in a turn run at once on up to
+`max_concurrent_calls` threads (a sandboxed call is its own process, so they use several cores), in
+a fixed order of results: what a row sees does not depend on the concurrency.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from npu_rl.agent_tools import Tool
+from npu_rl.agent_tools import Tool, ToolResult
 from npu_rl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams, grouped
 
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
@@ -129,6 +135,8 @@ class MultiTurnRollout:
         pad_token_id: int,
         max_assistant_turns: int = 5,
         max_tool_response_tokens: int = 256,
+        max_parallel_calls: int = 1,
+        max_concurrent_calls: int = 0,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -136,6 +144,8 @@ class MultiTurnRollout:
         self.pad_token_id = pad_token_id
         self.max_assistant_turns = max_assistant_turns
         self.max_tool_response_tokens = max_tool_response_tokens
+        self.max_parallel_calls = max_parallel_calls
+        self.max_concurrent_calls = max_concurrent_calls or len(os.sched_getaffinity(0))
         self.messages = ToolMessages(tokenizer, tokenizer.eos_token)
 
     def generate(
@@ -155,12 +165,15 @@ class MultiTurnRollout:
             out = self.engine.generate(
                 [r.context for r in active], replace(params, n=1, max_new_tokens=budget), seeds=turn_seeds
             )
-            for i, row in enumerate(active):
-                self._advance(row, out, i, params.max_new_tokens, last_turn=turn == self.max_assistant_turns - 1)
+            last_turn = turn == self.max_assistant_turns - 1
+            pending = [
+                (row, self._append_turn(row, out, i, params.max_new_tokens, last_turn)) for i, row in enumerate(active)
+            ]
+            self._answer([(row, calls) for row, calls in pending if calls], params.max_new_tokens)
         return self._output(rows, len(prompts), params.n)
 
-    def _advance(self, row: _Row, out: RolloutOutput, i: int, limit: int, last_turn: bool) -> None:
-        """Append row i's turn; run its tool calls unless the turn ended the response."""
+    def _append_turn(self, row: _Row, out: RolloutOutput, i: int, limit: int, last_turn: bool) -> list[ToolCall]:
+        """Append row i's turn; return the tool calls to answer (none when the turn ended the response)."""
         n = int(out.lengths[i])
         room = limit - len(row.ids)
         ids, logprobs = out.response_ids[i, :n].tolist(), out.logprobs[i, :n].tolist()
@@ -168,36 +181,64 @@ class MultiTurnRollout:
         if n > room or out.finish_reasons[i] == "length":
             row.extend(ids[:room], logprobs[:room])
             row.finish, row.done = "length", True
-            return
+            return []
         row.extend(ids, logprobs)
         calls = parse_tool_calls(self.tokenizer.decode(ids, skip_special_tokens=False))
         if not calls or last_turn:
             row.finish, row.done = "stop", True
-            return
-        answers = [self._run(row, call) for call in calls]
-        suffix = self.messages.ids(answers)
-        if len(suffix) >= limit - len(row.ids):  # no room left to answer after the tool's message
-            row.extend(suffix[: limit - len(row.ids)], None)
-            row.finish, row.done = "length", True
-            return
-        row.extend(suffix, None)
+            return []
+        return calls
 
-    def _run(self, row: _Row, call: ToolCall) -> str:
-        row.calls += 1
+    def _answer(self, pending: list[tuple[_Row, list[ToolCall]]], limit: int) -> None:
+        """Run this turn's calls of every row at once (each row's first `max_parallel_calls`), then
+        append each row's tool message, or end the row where the message leaves no room to answer."""
+        jobs = [call for _, calls in pending for call in calls[: self.max_parallel_calls]]
+        workers = min(self.max_concurrent_calls, len(jobs))
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="npu_rl-tool") as pool:
+                done = list(pool.map(self._execute, jobs))
+        else:
+            done = [self._execute(call) for call in jobs]
+        results = iter(done)  # in job order, whatever order the calls finished in
+        for row, calls in pending:
+            answers = []
+            for k in range(len(calls)):
+                row.calls += 1
+                if k >= self.max_parallel_calls:
+                    answers.append(
+                        f"Error: only {self.max_parallel_calls} tool call(s) per turn are run; this one was not."
+                    )
+                    continue
+                result, seconds = next(results)
+                row.latency += seconds
+                row.successes += int(result.ok)
+                row.tool_reward += result.reward
+                answers.append(self._clip(result.text))
+            suffix = self.messages.ids(answers)
+            if len(suffix) >= limit - len(row.ids):  # no room left to answer after the tool's message
+                row.extend(suffix[: limit - len(row.ids)], None)
+                row.finish, row.done = "length", True
+            else:
+                row.extend(suffix, None)
+
+    def _execute(self, call: ToolCall) -> tuple[ToolResult, float]:
+        """One call's result and its seconds; runs on a worker thread (tools keep no per-call state)."""
         if call.error is not None:
-            return f"Error: {call.error}"
+            return ToolResult(f"Error: {call.error}", ok=False), 0.0
         tool = self.tools.get(call.name)
         if tool is None:
-            return f"Error: no tool named {call.name!r} (available: {', '.join(sorted(self.tools))})"
+            message = f"Error: no tool named {call.name!r} (available: {', '.join(sorted(self.tools))})"
+            return ToolResult(message, ok=False), 0.0
         start = time.monotonic()
         result = tool.execute(call.arguments)
-        row.latency += time.monotonic() - start
-        row.successes += int(result.ok)
-        row.tool_reward += result.reward
-        ids = self.tokenizer(result.text, add_special_tokens=False)["input_ids"]
+        return result, time.monotonic() - start
+
+    def _clip(self, text: str) -> str:
+        """A tool answer cut to `max_tool_response_tokens` (on the caller's thread: one tokenizer)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_tool_response_tokens:
             return self.tokenizer.decode(ids[: self.max_tool_response_tokens]) + "\n...[truncated]"
-        return result.text
+        return text
 
     def _output(self, rows: list[_Row], num_prompts: int, n: int) -> RolloutOutput:
         width = max((len(r.ids) for r in rows), default=0)
