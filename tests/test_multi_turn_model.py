@@ -112,3 +112,17 @@ def test_grpo_with_tools_trains_logs_tool_metrics_and_resumes_exactly(tmp_path, 
     last_a, last_b = rows[-1], _train_rows(tmp_path / "b")[-1]
     for key in ("critic/score/mean", "tool/calls/mean", "multi_turn/turns/mean", "response_length/mean"):
         assert last_a[key] == pytest.approx(last_b[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_validation_reports_the_tool_call_rate(tmp_path, tool_model_dir):
+    data = write_questions_parquet(tmp_path / "data")
+    cfg = _cfg(tmp_path, tool_model_dir, data, "trainer.test_freq=1")
+    cfg.trainer.total_training_steps = 1
+    run(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    tool = {k: v for r in rows for k, v in r.items() if k.startswith("val-aux/") and "/tool/" in k}
+    (rate_key,) = [k for k in tool if k.endswith("/tool/call_rate/mean@1")]
+    (calls_key,) = [k for k in tool if k.endswith("/tool/calls/mean@1")]
+    # greedy validation: the tool-tuned model calls the calculator once for every question
+    assert tool[rate_key] == pytest.approx(1.0) and tool[calls_key] == pytest.approx(1.0)
