@@ -34,7 +34,9 @@ def wrap(model: nn.Module, rank: int, alpha: float, target_modules: list[str]) -
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as err:  # pragma: no cover - the lora extra is installed in CI
         raise ImportError("actor.lora.rank > 0 needs peft: pip install 'npu_rl[lora]'") from err
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(target_modules), lora_dropout=0.0, bias="none")
+    # peft reads "all-linear" (every linear but the output head) only as a plain string, not inside a list
+    targets: str | list[str] = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets, lora_dropout=0.0, bias="none")
     model.requires_grad_(False)
     try:
         model = inject_adapter_in_model(config, model)

@@ -56,6 +56,25 @@ def _warmup_style(value: Any) -> list[tuple[str, Any]]:
     return [("actor.optim.lr_scheduler", value)]
 
 
+def _critic_warmup_style(value: Any) -> list[tuple[str, Any]]:
+    return [("critic.optim.lr_scheduler", value)]
+
+
+def _target_modules(value: Any) -> list[tuple[str, Any]]:
+    # verl takes a string ("all-linear") or a list of module names; the native key is always a list
+    return [("actor.lora.target_modules", [value] if isinstance(value, str) else value)]
+
+
+def _offload_policy(value: Any) -> list[tuple[str, Any]]:
+    # FSDP2's CPUOffloadPolicy: parameter, gradient and optimizer shards on the host (actor.fsdp.param_offload)
+    return [("actor.fsdp.param_offload", True)] if value else []
+
+
+def _unbounded_turns(value: Any) -> list[tuple[str, Any]]:
+    # verl's null means "bounded by the response length only"; that is the token budget here too
+    return [] if value is None else [("rollout.multi_turn.max_assistant_turns", value)]
+
+
 _AR = "actor_rollout_ref"
 RULES: tuple[Rule, ...] = (
     # -- data -----------------------------------------------------------------------------------
@@ -78,12 +97,25 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_AR}.model.tokenizer_path", ALIAS, "model.tokenizer_path"),
     Rule(f"{_AR}.model.enable_gradient_checkpointing", ALIAS, "model.gradient_checkpointing"),
     Rule(f"{_AR}.model.trust_remote_code", ALIAS, "model.trust_remote_code"),
-    Rule(f"{_AR}.model.use_remove_padding", IGNORED, note="padded batches; results are the same"),
+    Rule(
+        f"{_AR}.model.use_remove_padding", IGNORED, note="the training passes remove padding themselves (actor.forward)"
+    ),
     Rule(f"{_AR}.model.use_fused_kernels", IGNORED, only=(False,), note=_off("fused kernels")),
     Rule(f"{_AR}.model.use_liger", IGNORED, only=(False,), note=_off("liger kernels are not available on NPU")),
     Rule(f"{_AR}.model.use_shm", IGNORED, only=(False,), note=_off("shared-memory model copy")),
     Rule(f"{_AR}.model.enable_activation_offload", IGNORED, only=(False,), note=_off("activation offload")),
-    Rule(f"{_AR}.model.lora_rank", IGNORED, only=(0,), note=_off("LoRA: full fine-tuning only")),
+    Rule(f"{_AR}.model.lora_rank", ALIAS, "actor.lora.rank"),
+    Rule(f"{_AR}.model.lora_alpha", ALIAS, "actor.lora.alpha"),
+    Rule(
+        f"{_AR}.model.target_modules",
+        SPECIAL,
+        "actor.lora.target_modules",
+        note="a string (e.g. all-linear) becomes a one-item list",
+        convert=_target_modules,
+    ),
+    Rule(
+        f"{_AR}.model.exclude_modules", IGNORED, only=(None,), note="list the wanted actor.lora.target_modules instead"
+    ),
     Rule(f"{_AR}.model.external_lib", IGNORED, only=(None,), note="models load through transformers' Auto classes"),
     Rule(f"{_AR}.model.override_config.*", UNSUPPORTED, note="edit the model folder's config.json instead"),
     Rule(f"{_AR}.hybrid_engine", IGNORED, only=(True,), note="rollout and training are always colocated"),
@@ -97,8 +129,8 @@ RULES: tuple[Rule, ...] = (
         UNSUPPORTED,
         note="the deprecated global micro-batch size; use actor.ppo_micro_batch_size_per_device",
     ),
-    Rule(f"{_AR}.actor.use_dynamic_bsz", IGNORED, only=(False,), note=_off("dynamic batch size")),
-    Rule(f"{_AR}.actor.ppo_max_token_len_per_gpu", IGNORED, note="only used with dynamic batch size"),
+    Rule(f"{_AR}.actor.use_dynamic_bsz", ALIAS, "actor.use_dynamic_bsz"),
+    Rule(f"{_AR}.actor.ppo_max_token_len_per_gpu", ALIAS, "actor.ppo_max_token_len_per_device"),
     Rule(f"{_AR}.actor.ppo_epochs", ALIAS, "actor.ppo_epochs"),
     Rule(f"{_AR}.actor.shuffle", IGNORED, only=(False,), note=_off("mini-batch shuffling")),
     Rule(f"{_AR}.actor.grad_clip", ALIAS, "actor.grad_clip"),
@@ -134,8 +166,14 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_AR}.actor.optim.num_cycles", IGNORED, only=(0.5,), note="cosine decays over half a cycle"),
     Rule(f"{_AR}.actor.fsdp_config.param_offload", ALIAS, "actor.fsdp.param_offload"),
     Rule(f"{_AR}.actor.fsdp_config.reshard_after_forward", ALIAS, "actor.fsdp.reshard_after_forward"),
-    Rule(f"{_AR}.actor.fsdp_config.optimizer_offload", IGNORED, only=(False,), note=_off("optimizer offload")),
-    Rule(f"{_AR}.actor.fsdp_config.offload_policy", IGNORED, only=(False,), note=_off("FSDP2 CPU offload policy")),
+    Rule(f"{_AR}.actor.fsdp_config.optimizer_offload", ALIAS, "actor.fsdp.optimizer_offload"),
+    Rule(
+        f"{_AR}.actor.fsdp_config.offload_policy",
+        SPECIAL,
+        "actor.fsdp.param_offload",
+        note="true: FSDP2's CPUOffloadPolicy, which is actor.fsdp.param_offload here",
+        convert=_offload_policy,
+    ),
     Rule(f"{_AR}.actor.fsdp_config.fsdp_size", IGNORED, only=(-1,), note="FSDP spans every rank"),
     Rule(f"{_AR}.actor.fsdp_config.wrap_policy.*", IGNORED, note="each decoder layer is one FSDP unit"),
     Rule(f"{_AR}.actor.fsdp_config.model_dtype", IGNORED, note="master weights are fp32; see model.dtype"),
@@ -149,8 +187,8 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(f"{_AR}.ref.fsdp_config.param_offload", ALIAS, "ref.param_offload"),
     Rule(f"{_AR}.ref.fsdp_config.*", IGNORED, note="the reference shares the actor's FSDP layout"),
-    Rule(f"{_AR}.ref.log_prob_use_dynamic_bsz", IGNORED, only=(False,), note=_off("dynamic batch size")),
-    Rule(f"{_AR}.ref.log_prob_max_token_len_per_gpu", IGNORED, note="only used with dynamic batch size"),
+    Rule(f"{_AR}.ref.log_prob_use_dynamic_bsz", ALIAS, "ref.log_prob_use_dynamic_bsz"),
+    Rule(f"{_AR}.ref.log_prob_max_token_len_per_gpu", ALIAS, "ref.log_prob_max_token_len_per_device"),
     Rule(f"{_AR}.ref.strategy", IGNORED, only=("fsdp", "fsdp2"), note="always FSDP2"),
     Rule(f"{_AR}.ref.ulysses_sequence_parallel_size", IGNORED, only=(1,), note=_off("sequence parallelism")),
     # -- rollout --------------------------------------------------------------------------------
@@ -177,8 +215,8 @@ RULES: tuple[Rule, ...] = (
         UNSUPPORTED,
         note="the deprecated global size; use rollout.log_prob_micro_batch_size_per_device",
     ),
-    Rule(f"{_AR}.rollout.log_prob_use_dynamic_bsz", IGNORED, only=(False,), note=_off("dynamic batch size")),
-    Rule(f"{_AR}.rollout.log_prob_max_token_len_per_gpu", IGNORED, note="only used with dynamic batch size"),
+    Rule(f"{_AR}.rollout.log_prob_use_dynamic_bsz", ALIAS, "rollout.log_prob_use_dynamic_bsz"),
+    Rule(f"{_AR}.rollout.log_prob_max_token_len_per_gpu", ALIAS, "rollout.log_prob_max_token_len_per_device"),
     Rule(f"{_AR}.rollout.enable_chunked_prefill", IGNORED, note="vLLM's default is kept"),
     Rule(f"{_AR}.rollout.max_num_batched_tokens", IGNORED, note="vLLM's default is kept"),
     Rule(f"{_AR}.rollout.max_model_len", IGNORED, note="prompt + response length bounds it"),
@@ -198,31 +236,94 @@ RULES: tuple[Rule, ...] = (
         note="false sets temperature 0 (greedy); true keeps rollout.val_kwargs.temperature",
         convert=_val_do_sample,
     ),
-    Rule(f"{_AR}.rollout.multi_turn.enable", IGNORED, only=(False,), note=_off("multi-turn / tool rollouts")),
-    Rule(f"{_AR}.rollout.multi_turn.*", IGNORED, note="only read when multi_turn.enable=true, which is an error"),
+    Rule(f"{_AR}.rollout.multi_turn.enable", ALIAS, "rollout.multi_turn.enable"),
+    Rule(f"{_AR}.rollout.multi_turn.tool_config_path", ALIAS, "rollout.multi_turn.tool_config_path"),
+    Rule(
+        f"{_AR}.rollout.multi_turn.max_assistant_turns",
+        SPECIAL,
+        "rollout.multi_turn.max_assistant_turns",
+        note="null (verl: unbounded) keeps npu_rl's default; rollout.max_new_tokens bounds the conversation",
+        convert=_unbounded_turns,
+    ),
+    Rule(f"{_AR}.rollout.multi_turn.max_parallel_calls", ALIAS, "rollout.multi_turn.max_parallel_calls"),
+    Rule(
+        f"{_AR}.rollout.multi_turn.max_tool_response_length",
+        ALIAS,
+        "rollout.multi_turn.max_tool_response_tokens",
+        note="verl cuts a tool answer to this many characters, npu_rl to this many tokens",
+    ),
+    Rule(f"{_AR}.rollout.multi_turn.tool_response_truncate_side", IGNORED, note="a long tool answer keeps its start"),
+    Rule(
+        f"{_AR}.rollout.multi_turn.format",
+        IGNORED,
+        only=("hermes",),
+        note="calls are read in the Hermes/Qwen2.5 format",
+    ),
+    Rule(f"{_AR}.rollout.multi_turn.interaction_config_path", IGNORED, only=(None,), note=_off("simulated user turns")),
+    Rule(f"{_AR}.rollout.multi_turn.max_user_turns", IGNORED, note="no simulated user turns"),
+    Rule(f"{_AR}.rollout.multi_turn.*", IGNORED, note="the chat template renders every turn; no tokenization checks"),
     Rule(f"{_AR}.rollout.agent.*", IGNORED, note="agent loops are not implemented; their settings are unused"),
     # -- critic, reward model, reward function --------------------------------------------------
-    Rule("critic.*", IGNORED, note="GRPO has no critic"),
+    Rule("critic.enable", IGNORED, note="the critic is built when algorithm.adv_estimator=gae"),
+    Rule("critic.model.path", ALIAS, "critic.model_path"),
+    Rule("critic.strategy", IGNORED, only=("fsdp", "fsdp2"), note="always FSDP2"),
+    Rule("critic.ppo_mini_batch_size", IGNORED, note="the critic updates on the actor's mini-batches"),
+    Rule("critic.ppo_epochs", IGNORED, note="the critic updates for actor.ppo_epochs"),
+    Rule("critic.use_dynamic_bsz", IGNORED, note="critic passes use critic.ppo_micro_batch_size_per_device rows"),
+    Rule("critic.ppo_max_token_len_per_gpu", IGNORED, note="critic passes use critic.ppo_micro_batch_size_per_device"),
+    Rule("critic.optim.warmup_style", SPECIAL, "critic.optim.lr_scheduler", convert=_critic_warmup_style),
+    Rule("critic.optim.total_training_steps", IGNORED, note="derived from trainer.total_training_steps"),
+    Rule(
+        "critic.model.*",
+        IGNORED,
+        note="the critic is the model's decoder with a value head, in the actor's FSDP layout",
+    ),
+    Rule("critic.*", IGNORED, note="verl's other critic settings (checkpoint contents, profiler) have no effect here"),
     Rule("reward_model.enable", IGNORED, only=(False,), note="rule-based rewards only (no reward model)"),
-    Rule("reward_model.reward_manager", IGNORED, only=("naive", "prime"), note="items are graded in a process pool"),
+    Rule(
+        "reward_model.reward_manager",
+        IGNORED,
+        only=("naive", "prime", "dapo"),
+        note="items are graded in a process pool; dapo's overlong buffer is reward.overlong_buffer",
+    ),
+    Rule("reward_model.overlong_buffer.enable", ALIAS, "reward.overlong_buffer.enable"),
+    Rule("reward_model.overlong_buffer.len", ALIAS, "reward.overlong_buffer.len"),
+    Rule("reward_model.overlong_buffer.penalty_factor", ALIAS, "reward.overlong_buffer.penalty_factor"),
+    Rule("reward_model.overlong_buffer.log", IGNORED, note="reward/overlong_reward is always logged"),
+    Rule("reward_model.reward_kwargs.overlong_buffer_cfg.enable", ALIAS, "reward.overlong_buffer.enable"),
+    Rule("reward_model.reward_kwargs.overlong_buffer_cfg.len", ALIAS, "reward.overlong_buffer.len"),
+    Rule(
+        "reward_model.reward_kwargs.overlong_buffer_cfg.penalty_factor", ALIAS, "reward.overlong_buffer.penalty_factor"
+    ),
+    Rule("reward_model.reward_kwargs.overlong_buffer_cfg.log", IGNORED, note="reward/overlong_reward is always logged"),
+    Rule(
+        "reward_model.reward_kwargs.max_resp_len",
+        IGNORED,
+        note="the overlong penalty counts from rollout.max_new_tokens",
+    ),
     Rule("reward_model.launch_reward_fn_async", IGNORED, note="grading always runs in worker processes"),
     Rule("reward_model.*", IGNORED, note="only read when reward_model.enable=true, which is an error"),
     Rule("custom_reward_function.path", ALIAS, "reward.custom_function.path"),
     Rule("custom_reward_function.name", ALIAS, "reward.custom_function.name"),
     Rule("custom_reward_function.reward_kwargs", ALIAS, "reward.custom_function.reward_kwargs"),
+    # newer verl moved the reward settings under `reward.`, beside npu_rl's own reward keys
+    Rule("reward.reward_manager.name", IGNORED, only=("naive", "prime", "dapo"), note="as reward_model.reward_manager"),
+    Rule("reward.reward_kwargs.overlong_buffer_cfg.enable", ALIAS, "reward.overlong_buffer.enable"),
+    Rule("reward.reward_kwargs.overlong_buffer_cfg.len", ALIAS, "reward.overlong_buffer.len"),
+    Rule("reward.reward_kwargs.overlong_buffer_cfg.penalty_factor", ALIAS, "reward.overlong_buffer.penalty_factor"),
+    Rule("reward.reward_kwargs.overlong_buffer_cfg.log", IGNORED, note="reward/overlong_reward is always logged"),
+    Rule("reward.reward_kwargs.max_resp_len", IGNORED, note="the overlong penalty counts from rollout.max_new_tokens"),
+    Rule("reward.custom_reward_function.path", ALIAS, "reward.custom_function.path"),
+    Rule("reward.custom_reward_function.name", ALIAS, "reward.custom_function.name"),
+    Rule("reward.custom_reward_function.reward_kwargs", ALIAS, "reward.custom_function.reward_kwargs"),
     # -- algorithm ------------------------------------------------------------------------------
     Rule("algorithm.kl_ctrl.kl_coef", ALIAS, "algorithm.kl_coef"),
-    Rule("algorithm.kl_ctrl.type", IGNORED, only=("fixed",), note="a fixed KL coefficient"),
-    Rule("algorithm.kl_ctrl.*", IGNORED, note="only used by the adaptive controller"),
-    Rule("algorithm.gamma", IGNORED, only=(1.0, 1), note="GRPO scores whole responses"),
-    Rule("algorithm.lam", IGNORED, only=(1.0, 1), note="GRPO scores whole responses"),
     Rule("algorithm.use_pf_ppo", IGNORED, only=(False,), note=_off("PF-PPO reweighting")),
     # -- trainer --------------------------------------------------------------------------------
     Rule("trainer.n_gpus_per_node", LAUNCHER, note="torchrun --nproc_per_node"),
     Rule("trainer.nnodes", LAUNCHER, note="torchrun --nnodes"),
     Rule("trainer.max_actor_ckpt_to_keep", ALIAS, "trainer.max_ckpt_to_keep"),
-    Rule("trainer.max_critic_ckpt_to_keep", IGNORED, note="GRPO has no critic"),
-    Rule("trainer.critic_warmup", IGNORED, only=(0,), note="GRPO has no critic"),
+    Rule("trainer.max_critic_ckpt_to_keep", IGNORED, note="one checkpoint holds actor and critic (max_ckpt_to_keep)"),
     Rule(
         "trainer.resume_from_path",
         SPECIAL,

@@ -39,6 +39,12 @@ def test_merged_weights_reproduce_the_adapted_model():
         lora.wrap(sharp_model("qwen2"), rank=4, alpha=8.0, target_modules=["no_such_proj"])
 
 
+def test_all_linear_adapts_every_decoder_linear_but_not_the_head():
+    model = lora.wrap(sharp_model("qwen2"), rank=4, alpha=8.0, target_modules=["all-linear"])
+    adapted = {n.split(".lora_A.")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A." in n}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
 def test_packed_pass_reads_the_adapters(tiny_tokenizer):
     """The packed and fast-decoder paths fold the adapters in: same log-probs and adapter gradients as
     peft's own forward through transformers; an adapter on the LM head sends the model that way."""

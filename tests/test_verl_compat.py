@@ -74,6 +74,66 @@ def test_a_verl_grpo_example_command_line_loads(monkeypatch, capsys):
     assert "verl key actor_rollout_ref.model.use_remove_padding ignored" in err
 
 
+# verl keys of the features built since the first table (LoRA, token budgets, offload, multi-turn,
+# DAPO's reward manager and overlong buffer, PPO's critic), as verl's recipes spell them.
+VERL_LORA_DAPO_TOOLS = """
+    model.path=m data.train_files=[a] data.max_response_length=2048
+    actor_rollout_ref.model.lora_rank=32 actor_rollout_ref.model.lora_alpha=64
+    actor_rollout_ref.model.target_modules=all-linear actor_rollout_ref.model.use_remove_padding=True
+    actor_rollout_ref.actor.use_dynamic_bsz=True actor_rollout_ref.actor.ppo_max_token_len_per_gpu=12000
+    actor_rollout_ref.ref.log_prob_use_dynamic_bsz=True actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=24000
+    actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=True
+    actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=20000
+    actor_rollout_ref.actor.fsdp_config.optimizer_offload=True actor_rollout_ref.actor.fsdp_config.offload_policy=True
+    actor_rollout_ref.rollout.multi_turn.enable=True actor_rollout_ref.rollout.multi_turn.tool_config_path=tools_gsm8k
+    actor_rollout_ref.rollout.multi_turn.max_assistant_turns=null
+    actor_rollout_ref.rollout.multi_turn.max_parallel_calls=2
+    actor_rollout_ref.rollout.multi_turn.max_tool_response_length=128
+    actor_rollout_ref.rollout.multi_turn.format=hermes
+    algorithm.filter_groups.enable=True algorithm.filter_groups.metric=acc
+    algorithm.filter_groups.max_num_gen_batches=10
+    reward_model.reward_manager=dapo
+    +reward_model.reward_kwargs.overlong_buffer_cfg.enable=True +reward_model.reward_kwargs.overlong_buffer_cfg.len=512
+    +reward_model.reward_kwargs.overlong_buffer_cfg.penalty_factor=0.5
+    +reward_model.reward_kwargs.overlong_buffer_cfg.log=False
+    +reward_model.reward_kwargs.max_resp_len=2048
+    algorithm.adv_estimator=gae algorithm.gamma=1.0 algorithm.lam=0.95 trainer.critic_warmup=2
+    critic.optim.lr=1e-5 critic.ppo_micro_batch_size_per_gpu=4 critic.cliprange_value=0.2
+    critic.ppo_mini_batch_size=256 critic.model.enable_gradient_checkpointing=True
+"""
+
+
+def test_verl_keys_of_lora_token_budgets_offload_tools_dapo_and_critic_reach_their_features():
+    pytest.importorskip("peft")
+    cfg = load_config(None, shlex.split(VERL_LORA_DAPO_TOOLS))
+    assert (cfg.actor.lora.rank, cfg.actor.lora.alpha, cfg.actor.lora.target_modules) == (32, 64, ["all-linear"])
+    assert cfg.actor.use_dynamic_bsz and cfg.actor.ppo_max_token_len_per_device == 12000
+    assert cfg.ref.log_prob_use_dynamic_bsz and cfg.ref.log_prob_max_token_len_per_device == 24000
+    assert cfg.rollout.log_prob_use_dynamic_bsz and cfg.rollout.log_prob_max_token_len_per_device == 20000
+    assert cfg.actor.fsdp.optimizer_offload and cfg.actor.fsdp.param_offload
+    mt = cfg.rollout.multi_turn
+    assert mt.enable and mt.tool_config_path.endswith("tools_gsm8k.yaml")
+    assert (mt.max_assistant_turns, mt.max_parallel_calls, mt.max_tool_response_tokens) == (5, 2, 128)
+    fg = cfg.algorithm.filter_groups
+    assert (fg.enable, fg.metric, fg.max_num_gen_batches) == (True, "acc", 10)
+    ob = cfg.reward.overlong_buffer
+    assert (ob.enable, ob.len, ob.penalty_factor) == (True, 512, 0.5)
+    assert (cfg.algorithm.adv_estimator, cfg.algorithm.lam, cfg.trainer.critic_warmup) == ("gae", 0.95, 2)
+    assert (cfg.critic.optim.lr, cfg.critic.ppo_micro_batch_size_per_device, cfg.critic.cliprange_value) == (
+        1e-5,
+        4,
+        0.2,
+    )
+    # newer verl keeps the reward manager and its kwargs under `reward.`, beside npu_rl's own reward keys
+    newer = load_config(None, ["model.path=m", "data.train_files=[a]", "reward.reward_manager.name=dapo",
+                               "+reward.reward_kwargs.overlong_buffer_cfg.enable=True",
+                               "+reward.reward_kwargs.overlong_buffer_cfg.len=64"])  # fmt: skip
+    assert (newer.reward.overlong_buffer.enable, newer.reward.overlong_buffer.len) == (True, 64)
+    with pytest.raises(ConfigError, match=r"multi_turn\.interaction_config_path.*simulated user"):
+        load_config(None, ["model.path=m", "data.train_files=[a]",
+                           "actor_rollout_ref.rollout.multi_turn.interaction_config_path=x.yaml"])  # fmt: skip
+
+
 def test_world_size_keys_answer_with_the_torchrun_command(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(ConfigError, match=r"single process.*torchrun --nproc_per_node 8 -m npu_rl.train"):
@@ -85,8 +145,8 @@ def test_world_size_keys_answer_with_the_torchrun_command(monkeypatch):
 
 def test_keys_with_no_equivalent_say_so_not_did_you_mean():
     base = ["model.path=m", "data.train_files=[a]"]
-    with pytest.raises(ConfigError, match=r"'actor_rollout_ref\.actor\.use_dynamic_bsz=True' has no equivalent"):
-        load_config(None, [*base, "actor_rollout_ref.actor.use_dynamic_bsz=True"])
+    with pytest.raises(ConfigError, match=r"'actor_rollout_ref\.actor\.shuffle=True' has no equivalent"):
+        load_config(None, [*base, "actor_rollout_ref.actor.shuffle=True"])
     with pytest.raises(ConfigError, match=r"'actor_rollout_ref\.rollout\.sharding_manager\.x' has no equivalent"):
         load_config(None, [*base, "actor_rollout_ref.rollout.sharding_manager.x=1"])
     with pytest.raises(ConfigError, match=r"'reward_model\.enable=True' has no equivalent.*no reward model"):
