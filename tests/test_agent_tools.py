@@ -7,6 +7,7 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -167,6 +168,19 @@ def test_python_tool_reports_errors_and_output() -> None:
     bad = tool.execute({"code": "1/0"})
     assert not bad.ok and "ZeroDivisionError" in bad.text
     assert not tool.execute({"code": 5}).ok and not tool.execute({}).ok
+
+
+@root_only
+def test_concurrent_interpreter_calls_share_the_nobody_process_limit_without_failing() -> None:
+    # Every sandbox runs as `nobody`, whose RLIMIT_NPROC counts all of them (~2 processes each): four
+    # calls at once under max_processes=4 failed to start two before the tool bounded its own concurrency.
+    tool = PythonTool({"timeout_s": 5, "max_processes": 4})
+    assert tool.max_concurrent == 1
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: tool.execute({"code": "import time; time.sleep(0.2); print(7)"}), range(4)))
+    assert [r.text for r in results] == ["7"] * 4
+    with pytest.raises(ValueError, match="max_concurrent"):
+        PythonTool({"max_concurrent": 0})
 
 
 @pytest.mark.parametrize(

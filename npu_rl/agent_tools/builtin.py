@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from fractions import Fraction
 from typing import Any, ClassVar
 
@@ -27,7 +28,11 @@ class PythonTool(Tool):
     """Runs the given code in the sandbox (npu_rl.agent_tools.sandbox) and answers with its output.
 
     config: timeout_s, memory_mb, max_processes, max_output_chars, max_file_mb, max_open_files
-    (SandboxLimits), and isolation ("namespaces" | "audit"; default: the strongest available)."""
+    (SandboxLimits), isolation ("namespaces" | "audit"; default: the strongest available), and
+    max_concurrent: calls of this tool that run at once (default max_processes // 4, at least 1). The
+    rollout runs a turn's calls together, and every sandbox runs as the same `nobody` user, whose
+    RLIMIT_NPROC counts the processes of all of them (about 2 per sandbox at rest): unbounded, 20
+    calls at once with max_processes 32 failed to start 4 of them ("fork failed")."""
 
     default_schema: ClassVar[dict[str, Any]] = {
         "type": "function",
@@ -46,10 +51,19 @@ class PythonTool(Tool):
         super().__init__(config, schema)
         options = dict(self.config)
         self.isolation = options.pop("isolation", None)
+        concurrent = options.pop("max_concurrent", None)
         try:
             self.limits = SandboxLimits(**options)
         except TypeError as err:
-            raise ValueError(f"code_interpreter config: {err} (allowed: SandboxLimits fields, isolation)") from err
+            raise ValueError(
+                f"code_interpreter config: {err} (allowed: SandboxLimits fields, isolation, max_concurrent)"
+            ) from err
+        if concurrent is None:
+            concurrent = max(1, self.limits.max_processes // 4)
+        if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 1:
+            raise ValueError(f"code_interpreter config: max_concurrent must be an integer >= 1, got {concurrent!r}")
+        self.max_concurrent = concurrent
+        self._slots = threading.BoundedSemaphore(concurrent)
         if shutil.which("prlimit") is None:
             raise ValueError("the code_interpreter sandbox needs util-linux's `prlimit` (apt-get install util-linux)")
 
@@ -57,7 +71,8 @@ class PythonTool(Tool):
         code = _string_arg(args, "code", MAX_CODE_CHARS)
         if isinstance(code, ToolResult):
             return code
-        run = run_python(code, self.limits, self.isolation)
+        with self._slots:
+            run = run_python(code, self.limits, self.isolation)
         metrics = {"sandbox_s": run.seconds, "timeout": float(run.timed_out), "truncated": float(run.truncated)}
         if run.timed_out:
             message = f"Error: the code ran past {self.limits.timeout_s} s and was stopped."
