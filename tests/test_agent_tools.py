@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from npu_rl.agent_tools import (
     load_tools,
     run_python,
 )
+from npu_rl.agent_tools.sandbox import nproc_limit, user_tasks
 
 MODES = ["audit"] + (["namespaces"] if available_isolation() == "namespaces" else [])
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop (file and NPROC containment) needs root")
@@ -168,6 +170,23 @@ def test_python_tool_reports_errors_and_output() -> None:
     bad = tool.execute({"code": "1/0"})
     assert not bad.ok and "ZeroDivisionError" in bad.text
     assert not tool.execute({"code": 5}).ok and not tool.execute({}).ok
+
+
+def test_nproc_limit_of_an_ordinary_user_counts_its_own_tasks_first() -> None:
+    # RLIMIT_NPROC counts every task of the real uid: a fixed 32 left a non-root trainer holding 40
+    # threads no room to start the sandbox at all ("unshare: fork failed", checked under setpriv).
+    release = threading.Event()
+    threads = [threading.Thread(target=release.wait) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        assert user_tasks(os.getuid()) >= threading.active_count()
+        assert nproc_limit(32, as_root=False, uid=os.getuid()) >= 32 + threading.active_count()
+        assert nproc_limit(32, as_root=True, uid=os.getuid()) == 32  # root runs the code as nobody
+    finally:
+        release.set()
+        for t in threads:
+            t.join()
 
 
 @root_only

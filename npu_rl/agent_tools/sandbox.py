@@ -15,7 +15,10 @@ Layers, outermost first:
   private, but the file system is not otherwise hidden.
 - **rlimits** (set by util-linux `prlimit` before the interpreter starts): address space (RLIMIT_AS),
   CPU seconds, processes (NPROC), file size (FSIZE: also
-  bounds captured output, which goes to files), open files, no core dumps.
+  bounds captured output, which goes to files), open files, no core dumps. RLIMIT_NPROC counts every
+  task (process or thread) of the real uid: as root the sandbox's uid is `nobody`'s own, so the limit
+  is `max_processes`; run as an ordinary user it is that user's tasks at the start plus
+  `max_processes` (a trainer's own threads would otherwise leave the sandbox no room to start at all).
 - **Wall clock**: the whole process group is SIGKILLed at the deadline and after every run.
 - **Scrubbed environment**: only PATH, HOME/TMPDIR (the temporary working directory) and LANG;
   the interpreter runs with `-I` (no user site, no PYTHON* variables).
@@ -126,13 +129,30 @@ def _identity() -> dict[str, Any]:
     return {"user": NOBODY, "group": NOBODY, "extra_groups": []}
 
 
+def user_tasks(uid: int) -> int:
+    """Tasks (processes and their threads) whose real uid is `uid`: what RLIMIT_NPROC counts."""
+    total = 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                total += int(fields["Threads"])
+    return total
+
+
+def nproc_limit(max_processes: int, as_root: bool, uid: int) -> int:
+    """RLIMIT_NPROC for a run: `max_processes` for `nobody` (root drops to it), else this user's
+    current tasks plus `max_processes` of headroom."""
+    return max_processes if as_root else user_tasks(uid) + max_processes
+
+
 def _limits_prefix(limits: SandboxLimits) -> list[str]:
     """`prlimit` (util-linux) sets the rlimits, then execs the rest of the command."""
     mb = 1024 * 1024
     values = {
         "as": limits.memory_mb * mb,
         "cpu": int(limits.timeout_s) + 1,
-        "nproc": limits.max_processes,
+        "nproc": nproc_limit(limits.max_processes, os.geteuid() == 0, os.getuid()),
         "fsize": limits.max_file_mb * mb,
         "nofile": limits.max_open_files,
         "core": 0,
