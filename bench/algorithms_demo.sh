@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Held-out greedy accuracy before -> after on the tiny CPU demo (run/tiny_grpo.sh) for each algorithm
 # beyond GRPO, printed one line per variant. Each variant is a full demo run (1-2 min on 2 free
-# cores of an AMD EPYC, plus ~4-5 min once if the base must be built); run on a quiet machine and paste the output with `lscpu | grep 'Model name'` into bench/README.md.
+# cores of an AMD EPYC, plus ~4-5 min once if the base must be built); run on a quiet machine and
+# paste the output with `lscpu | grep 'Model name'` into bench/README.md.
 #
 #   bash bench/algorithms_demo.sh [variant ...]     # default: rloo dapo ppo
 #

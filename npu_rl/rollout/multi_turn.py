@@ -200,20 +200,17 @@ class MultiTurnRollout:
         else:
             done = [self._execute(call) for call in jobs]
         results = iter(done)  # in job order, whatever order the calls finished in
+        refused = f"Error: only {self.max_parallel_calls} tool call(s) per turn are run; this one was not."
         for row, calls in pending:
+            row.calls += len(calls)  # a refused call counts as a (failed) call
             answers = []
-            for k in range(len(calls)):
-                row.calls += 1
-                if k >= self.max_parallel_calls:
-                    answers.append(
-                        f"Error: only {self.max_parallel_calls} tool call(s) per turn are run; this one was not."
-                    )
-                    continue
+            for _ in calls[: self.max_parallel_calls]:
                 result, seconds = next(results)
                 row.latency += seconds
                 row.successes += int(result.ok)
                 row.tool_reward += result.reward
                 answers.append(self._clip(result.text))
+            answers += [refused] * (len(calls) - len(answers))
             suffix = self.messages.ids(answers)
             if len(suffix) >= limit - len(row.ids):  # no room left to answer after the tool's message
                 row.extend(suffix[: limit - len(row.ids)], None)
