@@ -174,6 +174,17 @@ def _block_modules(model: nn.Module) -> list[nn.Module]:
     return blocks
 
 
+def fp32_masters(model: nn.Module) -> None:
+    """Cast the parameters that train, and the floating buffers, to fp32 in place; frozen parameters
+    keep their dtype. In place (`.data`), so tied weights stay one tensor, as `Module.to` keeps them."""
+    for param in model.parameters():
+        if param.requires_grad and param.is_floating_point():
+            param.data = param.data.float()
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            buf.data = buf.data.float()
+
+
 def shard_model(
     model: nn.Module, fsdp_cfg: FSDPConfig, acc: Accelerator, dist_info: DistInfo, *, trainable: bool
 ) -> nn.Module:
@@ -182,9 +193,11 @@ def shard_model(
     Pass the model while it is still on the CPU: FSDP moves one layer at a time to the device and
     keeps only its shard, so no rank ever holds the whole model on the card.
 
-    A trainable model under mixed precision is first cast to fp32: the sharded parameters are the
-    optimizer's master weights, while FSDP all-gathers bf16 copies for compute and reduces gradients
-    in fp32. A frozen model (the reference) keeps its dtype and gets no gradients; `param_offload`
+    Under mixed precision the trainable parameters are first cast to fp32: the sharded parameters are
+    the optimizer's master weights, while FSDP all-gathers bf16 copies for compute and reduces gradients
+    in fp32. Frozen parameters keep the dtype they were loaded in (`model.dtype`, bf16 on a card): a
+    whole frozen model (the reference) and the frozen base under LoRA adapters, whose fp32 copy would
+    only be rounded back to the same bf16 for every forward (7B: 15 GB saved). `param_offload`
     parks its shards in host memory between uses, `optimizer_offload` does the same for a trainable
     model, whose AdamW then steps on the host (meaningless, and skipped, on the CPU).
     Tied input/output embeddings sit in the root unit together, so the tie survives sharding.
@@ -195,7 +208,7 @@ def shard_model(
     if fsdp_cfg.mixed_precision and on_accel:
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if trainable:
-            model.to(torch.float32)
+            fp32_masters(model)
     else:
         mp = MixedPrecisionPolicy()
     # FSDP2 offloads parameter, gradient and optimizer shards together: either flag turns it on.

@@ -6,13 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 from _arch_models import sharp_model
+from _dist_utils import run_workers
 from safetensors.torch import load_file
 from test_eval import parity_reward  # noqa: F401 (fixture)
 from test_trainer import make_cfg, run
+from torch.distributed.device_mesh import init_device_mesh
 
-from npu_rl import actor, llama, lora
+from npu_rl import actor, distributed, llama, lora
 from npu_rl.compute import build_plan
+from npu_rl.config import FSDPConfig
 from npu_rl.device import Accelerator
+from npu_rl.distributed import DistInfo
 
 pytest.importorskip("peft")
 
@@ -37,6 +41,49 @@ def test_merged_weights_reproduce_the_adapted_model():
         torch.testing.assert_close(base(input_ids=ids).logits, adapted, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="matched no linear layer"):
         lora.wrap(sharp_model("qwen2"), rank=4, alpha=8.0, target_modules=["no_such_proj"])
+
+
+def _bf16_base_worker(info: DistInfo) -> None:
+    """A card's load (bf16 weights) under FSDP2 mixed precision, the card mocked: the mesh on the CPU."""
+    distributed.device_mesh = lambda acc: init_device_mesh("cpu", (info.world_size,), mesh_dim_names=("fsdp",))
+    card = Accelerator("cuda")
+
+    def adapted() -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = lora.wrap(sharp_model("qwen2").to(torch.bfloat16), 4, 8.0, ["all-linear"])
+        for name, p in model.named_parameters():
+            if ".lora_B." in name:
+                p.data.normal_(0, 0.1)  # non-zero adapters, identical on every rank
+        return model
+
+    model = distributed.shard_model(adapted(), FSDPConfig(), card, info, trainable=True)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert {d for n, d in dtypes.items() if ".lora_" in n} == {torch.float32}  # the optimizer's masters
+    assert {d for n, d in dtypes.items() if ".lora_" not in n} == {torch.bfloat16}  # the frozen base as loaded
+
+    # FSDP computes in bf16 from bf16 copies either way (bf16 -> fp32 -> bf16 is exact), so the forward is
+    # the unsharded bf16 model's, bit for bit (measured on AVX-512 and with AVX2 kernels forced)
+    base_before = {n: p.full_tensor().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    ids = torch.randint(3, 500, (2, 9), generator=torch.Generator().manual_seed(info.rank))
+    logits = model(input_ids=ids).logits
+    with torch.no_grad():
+        reference = adapted()(input_ids=ids).logits
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits, reference, rtol=0, atol=0)
+
+    logits.float().square().mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads and all(".lora_" in n and g.dtype == torch.float32 for n, g in grads.items())
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    optim.step()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            assert torch.equal(p.full_tensor(), base_before[name]), name
+
+
+@pytest.mark.dist
+def test_frozen_base_stays_bf16_under_mixed_precision():
+    run_workers(_bf16_base_worker, 2)
 
 
 def test_all_linear_adapts_every_decoder_linear_but_not_the_head():
