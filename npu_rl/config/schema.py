@@ -1,4 +1,5 @@
-"""The typed configuration tree of a GRPO run: every key with its default, help and constraints.
+"""The typed configuration tree of a GRPO run: every key with its default, help and constraints
+(the `algorithm` and `reward` groups are declared in npu_rl.config.objective).
 
 Each group validates itself beside its fields (`knob(...)` constraints plus the group's `check`);
 `Config.check` holds the checks that span groups or look at the environment (world size, files,
@@ -9,13 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from npu_rl import configs
 from npu_rl.config import environment
 from npu_rl.config.fields import ConfigError, Section, join, knob
-
-_KL = "npu_rl.core_algos:KL_ESTIMATORS"
+from npu_rl.config.objective import KL_REGISTRY, AlgorithmConfig, RewardConfig
 
 
 @dataclass
@@ -148,7 +148,7 @@ class ActorConfig(Section):
     entropy_coeff: float = knob(0.0, "entropy bonus weight (subtracted from the loss)")
     use_kl_loss: bool = knob(False, "add a KL(policy || reference) term to the loss")
     kl_loss_coef: float = knob(0.001, "weight of the KL loss term", ge=0)
-    kl_loss_type: str = knob("low_var_kl", "KL estimator of the loss term", registry=_KL)
+    kl_loss_type: str = knob("low_var_kl", "KL estimator of the loss term", registry=KL_REGISTRY)
     grad_clip: float = knob(1.0, "global gradient-norm clip", gt=0)
 
 
@@ -252,118 +252,6 @@ class RolloutConfig(Section):
     max_num_seqs: int = knob(256, "vllm: sequences decoded at once", gt=0)
     free_cache_engine: bool = knob(True, "vllm: sleep (free KV cache and weights) between rollouts on accelerators")
     weight_sync_bucket_mb: int = knob(512, "vllm: weight-sync bucket size in MiB", gt=0)
-
-
-@dataclass
-class KLControlConfig(Section):
-    """How the in-reward KL coefficient (algorithm.kl_coef, its initial value) moves (verl's algorithm.kl_ctrl)."""
-
-    type: Literal["fixed", "adaptive"] = knob("fixed", "fixed coefficient, or adapted towards target_kl")
-    target_kl: float = knob(0.1, "adaptive: the KL per token the coefficient steers towards", gt=0)
-    horizon: int = knob(10000, "adaptive: sequences over which the coefficient moves by up to 20%", gt=0)
-
-
-@dataclass
-class RolloutCorrectionConfig(Section):
-    """Truncated importance sampling between the rollout engine's and the trainer's logprobs
-    (verl's algorithm.rollout_correction)."""
-
-    rollout_is: Literal["none", "token"] | None = knob(
-        "none", "token: weight each token by min(pi_train/pi_rollout, C); none or null (verl's default): off"
-    )
-    rollout_is_threshold: float = knob(2.0, "the cap C of the importance weight", gt=0)
-
-
-@dataclass
-class FilterGroupsConfig(Section):
-    """DAPO dynamic sampling (verl's algorithm.filter_groups)."""
-
-    enable: bool = knob(False, "drop groups whose metric is equal on every sample; sample more prompts to refill")
-    metric: Literal["acc", "score", "seq_final_reward"] = knob("acc", "the per-sample value compared in a group")
-    max_num_gen_batches: int = knob(0, "generation batches per step before giving up with an error; 0: no cap", ge=0)
-
-
-@dataclass
-class AlgorithmConfig(Section):
-    """Advantage estimation and the in-reward KL penalty."""
-
-    adv_estimator: str = knob("grpo", "advantage estimator", registry="npu_rl.core_algos:ADV_ESTIMATORS")
-    norm_adv_by_std_in_grpo: bool = knob(True, "divide by the group's std; false: Dr.GRPO")
-    use_kl_in_reward: bool = knob(False, "subtract a KL penalty from the reward")
-    kl_penalty: str = knob("k1", "KL estimator of the reward penalty", registry=_KL)
-    kl_coef: float = knob(0.001, "weight of the reward KL penalty (initial value when adaptive)", ge=0)
-    kl_ctrl: KLControlConfig = knob(KLControlConfig, "in-reward KL coefficient control")
-    gamma: float = knob(1.0, "discount of token returns (reinforce_plus_plus, gae)", ge=0, le=1)
-    lam: float = knob(1.0, "GAE lambda", ge=0, le=1)
-    rollout_correction: RolloutCorrectionConfig = knob(RolloutCorrectionConfig, "rollout/trainer mismatch correction")
-    filter_groups: FilterGroupsConfig = knob(FilterGroupsConfig, "DAPO dynamic sampling")
-
-
-@dataclass
-class CustomRewardFunction(Section):
-    """A user's `compute_score(data_source, solution_str, ground_truth, extra_info)` by file and name."""
-
-    path: str | None = knob(None, "Python file defining the function; replaces the default reward")
-    name: str = knob("compute_score", "function name in that file")
-    reward_kwargs: dict[str, Any] = knob({}, "extra keyword arguments for the function (verl's reward_kwargs)")
-
-    def check(self, path: str) -> None:
-        environment.check_file(self.path, join(path, "path"))
-
-
-@dataclass
-class WeightedReward(Section):
-    """One term of a weighted reward: a built-in name or a file's function."""
-
-    name: str = knob(
-        "math",
-        "built-in reward, or the function's name when path is set",
-        registry="reward.scoring:REGISTRY",
-        unless="path",
-    )
-    weight: float = knob(1.0, "weight of this term in the sum")
-    path: str | None = knob(None, "Python file defining the function `name`")
-    kwargs: dict[str, Any] = knob({}, "extra keyword arguments for the function")
-    style: Literal["auto", "verl", "trl"] = knob(
-        "auto", "calling convention: verl per item by keyword, trl batched (prompts, completions, **columns)"
-    )
-
-    def check(self, path: str) -> None:
-        environment.check_file(self.path, join(path, "path"))
-
-
-@dataclass
-class OverlongBufferConfig(Section):
-    """DAPO's soft overlong punishment (verl's reward_model.overlong_buffer)."""
-
-    enable: bool = knob(False, "penalise responses that reach into the last `len` tokens of rollout.max_new_tokens")
-    len: int = knob(0, "buffer length in tokens (the penalty ramps over it)", ge=0)
-    penalty_factor: float = knob(1.0, "penalty of a response that reaches rollout.max_new_tokens", ge=0)
-
-
-@dataclass
-class RewardConfig(Section):
-    """How responses are graded (docs/reward.md)."""
-
-    custom_function: CustomRewardFunction = knob(CustomRewardFunction, "verl-style custom reward")
-    functions: list[WeightedReward] = knob([], "weighted reward terms; empty: the default tiered math reward")
-    strict: bool = knob(False, "true: only the requested answer form is graded; false: any clearly stated final answer")
-    timeout_s: float = knob(5.0, "wall-clock budget per graded item, seconds", gt=0)
-    num_workers: int = knob(2, "grading processes; 0 grades in-process", ge=0)
-    incorrect_score: float = knob(0.0, "default reward of a wrong or missing answer")
-    correct_score: float = knob(1.0, "default reward of a correct answer")
-    format_bonus: float = knob(0.1, "added when a correct answer is in the requested form")
-    reasoning_bonus: float = knob(0.1, "added (x completeness) when a correct answer shows its reasoning")
-    overlong_buffer: OverlongBufferConfig = knob(OverlongBufferConfig, "soft overlong punishment (DAPO)")
-    answer_format: Literal["", "boxed", "hash", "answer_tag", "answer_is"] = knob(
-        "", "requested answer form for every row; empty: from data_source (gsm8k: hash, else boxed)"
-    )
-
-    def check(self, path: str) -> None:
-        if self.overlong_buffer.enable and self.overlong_buffer.len <= 0:
-            raise ConfigError(f"{path}.overlong_buffer.len must be > 0 when {path}.overlong_buffer.enable is true")
-        if self.custom_function.path and self.functions:
-            raise ConfigError(f"set either {path}.custom_function.path or {path}.functions, not both")
 
 
 @dataclass
