@@ -19,12 +19,11 @@
 # - Correctness in the reward is math-verify with the sample's settings when math-verify is installed
 #   (pip install math-verify, as the sample's requirements do); without it our own grader decides, which
 #   also counts 0.25 = 1/4 but differs on a few forms (bench/README.md) - install it for comparable curves.
-# - actor_rollout_ref.rollout.enable_chunked_prefill=False is not exposed: vLLM's default is kept (it
-#   changes scheduling, not sampled distributions).
 # - TASK_QUEUE_ENABLE=2 (torch_npu's asynchronous dispatch) is set for speed; the sample leaves the default.
 # - HCCL_CONNECT_TIMEOUT and HCCL_EXEC_TIMEOUT are the sample's 360 s; the multi-node script raises them.
-# - The sample's `use_remove_padding=False` and `critic_warmup=0` have no counterpart (no padding-free path,
-#   no critic); `data.val_batch_size` only splits validation generation into calls of 256 prompts.
+# - The sample's `use_remove_padding=False` is not followed: logprob and training passes here skip padding
+#   (actor.forward=auto: packed rows, same log-probs to fp32 tolerance); `critic_warmup=0` is moot for GRPO
+#   (no critic); `data.val_batch_size` only splits validation generation into calls of 256 prompts.
 #
 # Environment knobs: MODEL_PATH, DATA_DIR, NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT,
 # DEVICE (npu | cuda | cpu), PYTHON (the interpreter of the environment with torch_npu), LOG_FILE,

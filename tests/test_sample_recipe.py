@@ -44,6 +44,7 @@ SAMPLE = {
     "rollout.enforce_eager": True,
     "rollout.log_prob_micro_batch_size_per_device": 8,
     "rollout.free_cache_engine": True,
+    "rollout.enable_chunked_prefill": False,
     "ref.log_prob_micro_batch_size_per_device": 8,
     "ref.param_offload": True,
     "algorithm.adv_estimator": "grpo",
@@ -80,7 +81,7 @@ def test_config_uses_the_sample_reward_preset():
 def test_script_lists_the_deliberate_differences_and_sets_the_sample_env():
     text = SCRIPT.read_text()
     assert "knowingly differs" in text
-    for item in ("Ray", "system prompt", "math-verify", "enable_chunked_prefill", "TASK_QUEUE_ENABLE"):
+    for item in ("Ray", "system prompt", "math-verify", "use_remove_padding", "TASK_QUEUE_ENABLE"):
         assert item in text.split("set -euo pipefail")[0], item
     for var, value in {
         "HCCL_CONNECT_TIMEOUT": "360",

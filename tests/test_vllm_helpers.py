@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+from npu_rl.config import ConfigError, RolloutConfig, load_config
 from npu_rl.rollout import vllm as vllm_backend
 
 
@@ -47,3 +48,37 @@ def test_missing_vllm_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
     with pytest.raises(ImportError, match=r"install_vllm_cpu\.sh"):
         vllm_backend.import_vllm()
+
+
+def test_engine_knobs_left_null_keep_vllms_defaults():
+    assert vllm_backend._optional_engine_args(RolloutConfig(name="vllm")) == {}
+    cfg = RolloutConfig(name="vllm", enable_chunked_prefill=False, max_num_batched_tokens=4096)
+    assert vllm_backend._optional_engine_args(cfg) == {"enable_chunked_prefill": False, "max_num_batched_tokens": 4096}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("rollout.engine_kwargs={enable_prefix_caching: false}", "is for rollout.name=vllm, not 'hf'"),
+        ("rollout.engine_kwargs={max_num_seqs: 8}", "engine_kwargs.max_num_seqs: set rollout.max_num_seqs instead"),
+        ("rollout.engine_kwargs={seed: 3}", "set trainer.seed instead"),
+        ("rollout.engine_kwargs={logprobs_mode: raw_logprobs}", "npu_rl sets it"),
+    ],
+)
+def test_engine_kwargs_cannot_fight_the_config(override, message, tiny_model_dir, synthetic_parquet):
+    name = [] if "rollout.name=vllm" in message else ["rollout.name=vllm"]
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [*_inputs(tiny_model_dir, synthetic_parquet), *name, override])
+
+
+def _inputs(model_dir, parquet) -> list[str]:
+    return [f"model.path={model_dir}", f"data.train_files=[{parquet['train']}]"]
+
+
+def test_engine_kwargs_are_checked_against_the_installed_vllm(tiny_model_dir, synthetic_parquet):
+    pytest.importorskip("vllm")
+    base = [*_inputs(tiny_model_dir, synthetic_parquet), "rollout.name=vllm"]
+    with pytest.raises(ConfigError, match=r"engine_kwargs.enable_prefix_cache: .*did you mean 'enable_prefix_caching'"):
+        load_config(None, [*base, "rollout.engine_kwargs={enable_prefix_cache: false}"])
+    cfg = load_config(None, [*base, "rollout.engine_kwargs={enable_prefix_caching: false}"])
+    assert cfg.rollout.engine_kwargs == {"enable_prefix_caching": False}

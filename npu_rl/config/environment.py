@@ -6,6 +6,7 @@ model is loaded or anything is written. Nothing here contacts a model hub.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import os
@@ -85,6 +86,21 @@ def check_tensor_parallel(tp: int, world: int) -> None:
         )
     if world % tp:
         raise ConfigError(f"rollout.tensor_parallel_size ({tp}) must divide the world size ({world})")
+
+
+def check_vllm_engine_args(names: list[str], key: str) -> None:
+    """Each name must be a vLLM engine argument (checked against the installed vLLM, when there is one:
+    without it the vllm backend stops with its own install hint)."""
+    if not names or importlib.util.find_spec("vllm") is None:
+        return
+    from vllm.engine.arg_utils import EngineArgs
+
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    for name in names:
+        if name not in known:
+            hint = difflib.get_close_matches(name, known, n=1)
+            also = f"; did you mean {hint[0]!r}?" if hint else " (see vllm.EngineArgs)"
+            raise ConfigError(f"{key}.{name}: not an argument of the installed vLLM{also}")
 
 
 def warn_single_sample_groups(estimator: str, n: int) -> None:

@@ -102,8 +102,9 @@ def markdown() -> str:
     out = [
         "# Configuration reference",
         "",
-        "Generated from `npu_rl/config/schema.py` and `objective.py` by `python -m npu_rl.config --markdown > docs/config.md`;",
-        "do not edit by hand (a test compares this file with the generator).",
+        "Generated from `npu_rl/config/schema.py` and `objective.py` by",
+        "`python -m npu_rl.config --markdown > docs/config.md`; do not edit by hand (a test compares this file",
+        "with the generator).",
         "",
         "Set keys in a YAML file (`--config X.yaml`, or a packaged name such as `--config tiny_grpo`)",
         "and/or as dotted overrides:",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from npu_rl import configs
 from npu_rl.config import environment
@@ -252,6 +252,44 @@ class RolloutConfig(Section):
     max_num_seqs: int = knob(256, "vllm: sequences decoded at once", gt=0)
     free_cache_engine: bool = knob(True, "vllm: sleep (free KV cache and weights) between rollouts on accelerators")
     weight_sync_bucket_mb: int = knob(512, "vllm: weight-sync bucket size in MiB", gt=0)
+    enable_chunked_prefill: bool | None = knob(
+        None, "vllm: split long prefills across engine steps; null: vLLM's default; always off on the CPU"
+    )
+    max_num_batched_tokens: int | None = knob(None, "vllm: tokens per engine step; null: vLLM's default", gt=0)
+    engine_kwargs: dict[str, Any] = knob(
+        {}, "vllm: further vllm.LLM arguments, applied as given (verl's rollout.engine_kwargs.vllm)"
+    )
+
+    def check(self, path: str) -> None:
+        if self.engine_kwargs and self.name != "vllm":
+            raise ConfigError(f"{join(path, 'engine_kwargs')} is for {join(path, 'name')}=vllm, not {self.name!r}")
+        for arg in self.engine_kwargs:
+            if arg in VLLM_ARGS_SET_HERE:
+                raise ConfigError(f"{join(path, 'engine_kwargs')}.{arg}: {VLLM_ARGS_SET_HERE[arg]}")
+        environment.check_vllm_engine_args(list(self.engine_kwargs), join(path, "engine_kwargs"))
+
+
+# vllm.LLM arguments that npu_rl derives from other keys or needs as they are: one place to set each.
+VLLM_ARGS_SET_HERE = {
+    **{
+        arg: f"set rollout.{arg} instead"
+        for arg in (
+            "tensor_parallel_size", "enforce_eager", "max_num_seqs", "gpu_memory_utilization",
+            "enable_chunked_prefill", "max_num_batched_tokens",
+        )
+    },
+    "enable_sleep_mode": "set rollout.free_cache_engine instead",
+    "dtype": "set model.dtype instead",
+    "seed": "set trainer.seed instead",
+    "max_model_len": "set from data.max_prompt_length + rollout.max_new_tokens",
+    **{
+        arg: "npu_rl sets it: the engine must serve the trained weights and report processed log-probs"
+        for arg in (
+            "model", "tokenizer", "logprobs_mode", "generation_config", "worker_extension_cls",
+            "distributed_executor_backend", "data_parallel_size",
+        )
+    },
+}  # fmt: skip
 
 
 @dataclass

