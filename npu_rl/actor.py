@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -212,6 +212,15 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, cfg))
 
 
+def without_truncated(batch: PolicyBatch, truncated: list[bool]) -> PolicyBatch:
+    """The batch with the loss mask of truncated rows zeroed (TRL's mask_truncated_completions): they
+    keep their place, attention and advantages (computed with their group), but add no loss and no
+    tokens to the loss normalisers; in the seq-mean modes they are no sequence (verl's rule for a
+    fully masked row; TRL's `grpo` loss still counts them in its mean over sequences)."""
+    keep = torch.tensor([not t for t in truncated], dtype=batch.response_mask.dtype)
+    return replace(batch, response_mask=batch.response_mask * keep[:, None])
+
+
 def micro_batch_rows(batch: PolicyBatch, size: int, max_tokens: int | None = None) -> list[torch.Tensor]:
     """Row indices of each micro-batch: consecutive runs of `size` rows, or, with a token budget
     (`use_dynamic_bsz`), parts of about `max_tokens` tokens (each prompt counted once) balanced by
@@ -220,7 +229,8 @@ def micro_batch_rows(batch: PolicyBatch, size: int, max_tokens: int | None = Non
         return [torch.arange(start, min(start + size, len(batch))) for start in range(0, len(batch), size)]
     width = batch.response_width
     prompt = batch.attention_mask[:, :-width].sum(-1).tolist()
-    response = batch.response_mask.sum(-1).long().tolist()
+    # what the forward runs: tool answers and loss-masked rows included
+    response = batch.attention_mask[:, -width:].sum(-1).long().tolist()
     parts = seqlen.token_budget_rows(batch.group.tolist(), prompt, response, max_tokens)
     return [torch.tensor(rows) for rows in parts]
 

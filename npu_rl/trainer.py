@@ -207,6 +207,8 @@ class GRPOTrainer:
                 valid = mask.bool()
                 stats.add_values("critic/values", batch.values[valid])
                 stats.add_values("critic/returns", batch.returns[valid])
+            if cfg.actor.mask_truncated_completions:
+                batch = actor.without_truncated(batch, rollout.truncated)
             if self.global_step >= cfg.trainer.critic_warmup:  # the critic learns alone during its warm-up
                 with timer.section("update_actor"):
                     actor.update_policy(

@@ -150,6 +150,11 @@ class ActorConfig(Section):
     kl_loss_coef: float = knob(0.001, "weight of the KL loss term", ge=0)
     kl_loss_type: str = knob("low_var_kl", "KL estimator of the loss term", registry=KL_REGISTRY)
     grad_clip: float = knob(1.0, "global gradient-norm clip", gt=0)
+    mask_truncated_completions: bool = knob(
+        False,
+        "leave responses cut at rollout.max_new_tokens out of the policy loss; they still count in their "
+        "group's advantage statistics (TRL's mask_truncated_completions, DAPO's overlong filtering)",
+    )
 
 
 @dataclass
