@@ -16,13 +16,16 @@ What it does, in order (each phase prints one line; a failure names its phase):
 5. offload: one step with `actor.fsdp.optimizer_offload=true`, whose loss and gradient norm must
    match the plain run's first step (2 %), with its peak memory;
 6. TRL: GRPOTrainer on the same model, data, reward and settings (bf16, no vLLM), its step time
-   from its own callbacks; prints npu_rl / TRL step-time ratio (medians, first step excluded).
+   from its own callbacks; prints npu_rl / TRL step-time ratio (medians, first step excluded);
+7. LoRA: one step with rank-64 adapters on every linear (the reference is the base with adapters
+   off; the frozen base stays bf16), its peak memory next to the plain run's. Last, so that the
+   phases before it have printed if the time limit cuts it.
 
 No network is needed. torch, transformers, accelerate and npu_rl's own dependencies are expected on
 the machine (the lent H200's image has them all); trl and datasets for phase 6 are installed from the
 wheels in `bench/wheels/` (`bash bench/gpu_wheels.sh` downloads them, pinned, for the machine's
-Python; carry the folder there), and so would anything else missing be. Without trl phase 6 is
-skipped and says so.
+Python; carry the folder there), and so would anything else missing be (peft for phase 7). Without
+trl phase 6 is skipped and says so; without peft phase 7.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -52,6 +56,11 @@ NEEDED = ("pyarrow", "yaml", "sympy", "safetensors", "tokenizers")
 
 def log(phase: str, message: str) -> None:
     print(f"[gpu_check] {phase:>7}: {message}", flush=True)
+
+
+def memory_of(row: dict) -> dict[str, float]:
+    """The memory metrics of one metrics row (device peak and host RSS), rounded for printing."""
+    return {k: round(v, 2) for k, v in row.items() if "memory" in k or "rss" in k}
 
 
 def install_from_wheels(modules: tuple[str, ...]) -> None:
@@ -118,7 +127,7 @@ def report_npu_rl(rows: list[dict]) -> float:
         for k in ("timing_s/gen", "timing_s/old_log_prob", "timing_s/ref", "timing_s/update_actor",
                   "timing_s/update_weights", "timing_s/step") if k in last
     )  # fmt: skip
-    memory = {k: round(v, 2) for k, v in last.items() if "memory" in k or "rss" in k}
+    memory = memory_of(last)
     log("npu_rl", f"{len(rows)} steps; last step: {split}")
     log("npu_rl", f"throughput {last.get('perf/throughput', 0):.0f} tokens/s, mfu/actor "
         f"{last.get('perf/mfu/actor', float('nan')):.3f}, memory {memory}")  # fmt: skip
@@ -194,7 +203,7 @@ def main() -> None:
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     log("assets", f"torch {torch.__version__}, {card}; work dir {work}")
     model, data = build_model(Path(args.work) / "assets", args.dry_run)
-    for stale in ("logs", "ckpt", "offload"):
+    for stale in ("logs", "ckpt", "offload", "lora"):
         subprocess.run(["rm", "-rf", str(work / stale)], check=True)
     rows = run_npu_rl(args, model, data, work, args.steps)
     npu_step = report_npu_rl(rows)
@@ -209,13 +218,30 @@ def main() -> None:
     for key in ("actor/pg_loss", "actor/grad_norm"):
         if abs(moved[key] - plain[key]) > 0.02 * abs(plain[key]) + 1e-6:
             sys.exit(f"[gpu_check] offload: first-step {key} {moved[key]} differs from the plain run's {plain[key]}")
-    memory = {k: round(v, 2) for k, v in moved.items() if "memory" in k or "rss" in k}
+    memory = memory_of(moved)
     log("offload", f"optimizer_offload: first step matches (grad_norm {moved['actor/grad_norm']:.4f} vs "
         f"{plain['actor/grad_norm']:.4f}); memory {memory}")  # fmt: skip
     trl_step = None if args.skip_trl else run_trl(args, model, data, work)
     if trl_step:
         log("ratio", f"npu_rl / TRL step time = {npu_step:.2f} / {trl_step:.2f} = {npu_step / trl_step:.3f}")
+    check_lora(args, model, data, work, rows[0])
     log("done", "all phases passed")
+
+
+def check_lora(args: argparse.Namespace, model: Path, data: Path, work: Path, plain: dict) -> None:
+    """One LoRA step: it must run to a finite loss and gradient norm, and its memory is printed beside
+    the full fine-tuning run's first step."""
+    install_from_wheels(("peft",))
+    if importlib.util.find_spec("peft") is None:
+        log("lora", "skipped: peft is not installed and bench/wheels has no peft wheel")
+        return
+    rank = 8 if args.dry_run else 64
+    lora_args = (f"actor.lora.rank={rank}", f"actor.lora.alpha={2 * rank}", "actor.lora.target_modules=[all-linear]")
+    row = run_npu_rl(args, model, data, work / "lora", 1, *lora_args)[0]
+    loss, norm = row["actor/pg_loss"], row["actor/grad_norm"]
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        sys.exit(f"[gpu_check] lora: non-finite step (pg_loss {loss}, grad_norm {norm})")
+    log("lora", f"r={rank} all linears: grad_norm {norm:.4f}; memory {memory_of(row)} (full: {memory_of(plain)})")
 
 
 if __name__ == "__main__":
