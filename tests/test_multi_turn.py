@@ -257,7 +257,7 @@ def test_gsm8k_tool_prompt_option_adds_the_system_message(tmp_path) -> None:
 
 
 def test_tool_shaping_is_capped_and_off_by_default() -> None:
-    from npu_rl.config.schema import MultiTurnConfig
+    from npu_rl.config import MultiTurnConfig
     from npu_rl.metrics import StepStats
     from npu_rl.rollout.tool_metrics import record_tool_metrics, tool_shaping
 

@@ -1,7 +1,7 @@
 """One typed configuration tree for a GRPO run.
 
 - `schema`: the groups and their keys (default, help, constraints) and each group's own checks
-  (`objective`: the algorithm and reward groups);
+  (`objective`: the algorithm and reward groups; `generation`: the rollout group);
 - `fields`: how a key is declared (`knob`) and checked (`Section.validate`);
 - `environment`: checks against the machine (paths, installed trackers, WORLD_SIZE);
 - `loading`: YAML + dotted overrides -> a validated `Config`, and back to YAML;
@@ -9,6 +9,7 @@
 """
 
 from npu_rl.config.fields import ConfigError, Section, knob
+from npu_rl.config.generation import MultiTurnConfig, RolloutConfig, ValKwargs
 from npu_rl.config.loading import build, format_path, load_config, parse_override, save_config, to_dict
 from npu_rl.config.objective import AlgorithmConfig, CustomRewardFunction, RewardConfig, WeightedReward
 from npu_rl.config.reference import help_text as describe_groups
@@ -21,9 +22,7 @@ from npu_rl.config.schema import (
     ModelConfig,
     OptimConfig,
     RefConfig,
-    RolloutConfig,
     TrainerConfig,
-    ValKwargs,
 )
 
 __all__ = [
@@ -36,6 +35,7 @@ __all__ = [
     "DataConfig",
     "FSDPConfig",
     "ModelConfig",
+    "MultiTurnConfig",
     "OptimConfig",
     "RefConfig",
     "RewardConfig",

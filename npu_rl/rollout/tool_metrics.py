@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from npu_rl.config.schema import MultiTurnConfig
+from npu_rl.config import MultiTurnConfig
 from npu_rl.metrics import StepStats
 
 
