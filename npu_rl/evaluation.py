@@ -9,9 +9,12 @@ final answer counts) and reports correctness only where the grader gives a verdi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from npu_rl.data import PromptRecord
 from npu_rl.eval_metrics import PromptResult
@@ -157,3 +160,39 @@ def evaluate_records(
                 )
             bar.update(len(chunk))
     return graded
+
+
+def validation_metrics(
+    graded: Sequence[GradedPrompt],
+    sources: list[str],
+    n: int,
+    with_tools: bool,
+    all_sum: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[str, float]:
+    """verl's validation metrics from this rank's graded prompts, summed over ranks by `all_sum`:
+    val-core/<source>/acc/mean@N where the grader judges correctness (prompts it did not judge are
+    left out), val-core/<source>/reward/mean@N, and with tool use val-aux/<source>/tool/call_rate/mean@N
+    (share of responses with a call) and val-aux/<source>/tool/calls/mean@N (calls per response).
+    Each is a mean over prompts of the per-prompt means. `sources` must be the same list on every rank."""
+    # per source: acc, judged prompts, reward, prompts, call rate, calls (sums of per-prompt means)
+    sums: dict[str, list[float]] = defaultdict(lambda: [0.0] * 6)
+    for g in graded:
+        entry = sums[g.record.data_source]
+        if g.judged:
+            entry[0] += sum(bool(a) for a in g.acc) / len(g.acc)
+            entry[1] += 1
+        entry[2] += sum(g.scores) / len(g.scores)
+        entry[3] += 1
+        if g.tool_calls is not None:
+            entry[4] += sum(c > 0 for c in g.tool_calls) / len(g.tool_calls)
+            entry[5] += sum(g.tool_calls) / len(g.tool_calls)
+    totals = all_sum(torch.tensor([v for s in sources for v in sums[s]], dtype=torch.float64)).view(-1, 6)
+    metrics = {}
+    for source, (acc, judged, reward, prompts, call_rate, calls) in zip(sources, totals.tolist(), strict=True):
+        if judged:
+            metrics[f"val-core/{source}/acc/mean@{n}"] = acc / judged
+        metrics[f"val-core/{source}/reward/mean@{n}"] = reward / max(prompts, 1.0)
+        if with_tools:
+            metrics[f"val-aux/{source}/tool/call_rate/mean@{n}"] = call_rate / max(prompts, 1.0)
+            metrics[f"val-aux/{source}/tool/calls/mean@{n}"] = calls / max(prompts, 1.0)
+    return metrics

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ from npu_rl.checkpoint import CheckpointManager
 from npu_rl.compute import build_plan
 from npu_rl.config import Config, format_path
 from npu_rl.data import BatchSampler, PromptRecord, build_datasets
-from npu_rl.evaluation import EvalConfig, evaluate_records
+from npu_rl.evaluation import EvalConfig, evaluate_records, validation_metrics
 from npu_rl.metrics import StepStats, Timer, perf_metrics, record_data
 from npu_rl.model import load_model, load_tokenizer, num_parameters
 from npu_rl.progress import Progress
@@ -302,41 +301,21 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        """val-core/<data_source>/acc/mean@N (where the grader judges correctness) and
-        val-core/<data_source>/reward/mean@N on the validation set, through the evaluator's path;
-        with multi-turn tool use also val-aux/<data_source>/tool/call_rate/mean@N (share of responses
-        with at least one call) and val-aux/<data_source>/tool/calls/mean@N (calls per response)."""
+        """The validation set through the evaluator's path, this rank's share of the prompts; metrics
+        over all ranks (npu_rl.evaluation.validation_metrics) and a few samples for the trackers."""
         if self.val_data is None:
             return {}
         records = self.val_data.records[self.dist.rank :: self.dist.world_size]
         graded = evaluate_records(
             self.rollout, records, self.tokenizer, self.val_reward, self.val_cfg, progress=self.dist.is_main
         )
-        n = self.val_cfg.n
-        # per source: acc, judged prompts, reward, prompts, call rate, calls (sums of per-prompt means)
-        sums: dict[str, list[float]] = defaultdict(lambda: [0.0] * 6)
-        for g in graded:
-            entry = sums[g.record.data_source]
-            if g.judged:
-                entry[0] += sum(bool(a) for a in g.acc) / len(g.acc)
-                entry[1] += 1
-            entry[2] += sum(g.scores) / len(g.scores)
-            entry[3] += 1
-            if g.tool_calls is not None:
-                entry[4] += sum(c > 0 for c in g.tool_calls) / len(g.tool_calls)
-                entry[5] += sum(g.tool_calls) / len(g.tool_calls)
-        sources = sorted({r.data_source for r in self.val_data.records})
-        totals = distributed.all_reduce(
-            torch.tensor([v for s in sources for v in sums[s]], dtype=torch.float64), op="sum"
-        ).view(-1, 6)
-        metrics = {}
-        for source, (acc, judged, reward, prompts, call_rate, calls) in zip(sources, totals.tolist(), strict=True):
-            if judged:
-                metrics[f"val-core/{source}/acc/mean@{n}"] = acc / judged
-            metrics[f"val-core/{source}/reward/mean@{n}"] = reward / max(prompts, 1.0)
-            if self.cfg.rollout.multi_turn.enable:
-                metrics[f"val-aux/{source}/tool/call_rate/mean@{n}"] = call_rate / max(prompts, 1.0)
-                metrics[f"val-aux/{source}/tool/calls/mean@{n}"] = calls / max(prompts, 1.0)
+        metrics = validation_metrics(
+            graded,
+            sorted({r.data_source for r in self.val_data.records}),
+            self.val_cfg.n,
+            self.cfg.rollout.multi_turn.enable,
+            lambda t: distributed.all_reduce(t, op="sum"),
+        )
         if self.tracking is not None and graded:
             samples = [
                 {"prompt": g.record.prompt_text, "response": g.responses[0], "ground_truth": g.record.ground_truth,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from npu_rl.config import CustomRewardFunction, RewardConfig
+from npu_rl.data import PromptRecord
 from npu_rl.eval import Evaluator, build_parser, evaluator_from_args, main, resolve_model_dir
 from npu_rl.eval_metrics import (
     PromptResult,
@@ -19,7 +20,7 @@ from npu_rl.eval_metrics import (
     pass_at_k,
     summarize,
 )
-from npu_rl.evaluation import EvalConfig
+from npu_rl.evaluation import EvalConfig, GradedPrompt, validation_metrics
 
 # -- statistics ------------------------------------------------------------------------------
 
@@ -239,3 +240,34 @@ def test_eval_with_vllm_sizes_the_engine_from_its_length_arguments(tiny_tokenize
         assert summary["num_prompts"] == 2
         with pytest.raises(ValueError, match="exceeds the 28"):
             ev.evaluate(data, max_new_tokens=29, max_samples=1)
+
+
+def _graded(source: str, acc: list, scores: list[float], calls: list[int] | None = None) -> GradedPrompt:
+    record = PromptRecord(0, [1], "p", [], source, "1", "math", {}, "f.parquet", 0)
+    n = len(scores)
+    return GradedPrompt(record, ["r"] * n, acc, scores, [None] * n, [1] * n, ["stop"] * n, calls)
+
+
+def test_validation_metrics_are_means_of_prompt_means_over_all_ranks():
+    rank0 = [_graded("a", [True, False], [1.0, 0.0], [1, 0]), _graded("b", [None, None], [0.5, 0.1], [2, 2])]
+    rank1 = [_graded("a", [True, True, True, False], [1.0, 1.0, 1.0, 0.0], [0, 0, 0, 3])]
+    sent: list[torch.Tensor] = []
+
+    def remember(t: torch.Tensor) -> torch.Tensor:
+        sent.append(t)
+        return t
+
+    validation_metrics(rank1, ["a", "b"], 4, True, remember)  # what rank 1 contributes to the sum
+    got = validation_metrics(rank0, ["a", "b"], 4, True, lambda t: t + sent[0])
+    assert got == pytest.approx({
+        "val-core/a/acc/mean@4": (0.5 + 0.75) / 2,
+        "val-core/a/reward/mean@4": (0.5 + 0.75) / 2,
+        "val-aux/a/tool/call_rate/mean@4": (0.5 + 0.25) / 2,
+        "val-aux/a/tool/calls/mean@4": (0.5 + 0.75) / 2,
+        "val-core/b/reward/mean@4": 0.3,  # b is never judged: no acc metric
+        "val-aux/b/tool/call_rate/mean@4": 1.0,
+        "val-aux/b/tool/calls/mean@4": 2.0,
+    })  # fmt: skip
+    assert set(validation_metrics(rank0, ["a", "b"], 4, False, lambda t: t)) == {
+        "val-core/a/acc/mean@4", "val-core/a/reward/mean@4", "val-core/b/reward/mean@4",
+    }  # fmt: skip
