@@ -278,4 +278,5 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 # The other families' members register themselves on import (they import the registries above).
 from npu_rl.algos import advantages as _advantages  # noqa: E402, F401
+from npu_rl.algos import baselines as _baselines  # noqa: E402, F401
 from npu_rl.algos import policy_losses as _policy_losses  # noqa: E402, F401

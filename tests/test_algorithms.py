@@ -269,3 +269,79 @@ def test_reinforce_plus_plus_whitens_over_both_ranks_like_one_process():
         AdvantageInputs(rewards, mask, torch.arange(4), gamma=0.9)
     )
     run_workers(_whiten_on_rank, 2, rewards, mask, whole)
+
+
+def test_grpo_passk_credits_only_each_groups_best_sample():
+    # group 0: 0.2, 1.0, 0.5 -> the best (row 1) gets 1.0 - 0.5, divided by the unbiased std
+    inputs = _inputs([0.2, 1.0, 0.5], [0, 0, 0], [1, 2, 1], eps=0.0)
+    mean = (0.2 + 1.0 + 0.5) / 3
+    std = math.sqrt(sum((x - mean) ** 2 for x in (0.2, 1.0, 0.5)) / 2)
+    adv, ret = core_algos.ADV_ESTIMATORS["grpo_passk"](inputs)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, 0.0, 0.0], [0.5 / std, 0.5 / std, 0.0], [0.0, 0.0, 0.0]]))
+    assert torch.equal(adv, ret)
+    unscaled = _inputs([0.2, 1.0, 0.5], [0, 0, 0], [1, 1, 1], norm_by_std=False)
+    plain, _ = core_algos.ADV_ESTIMATORS["grpo_passk"](unscaled)
+    torch.testing.assert_close(plain[:, 0], torch.tensor([0.0, 0.5, 0.0]))
+    tied, _ = core_algos.ADV_ESTIMATORS["grpo_passk"](_inputs([1.0, 1.0], [4, 4], [1, 1]))
+    assert torch.equal(tied, torch.zeros(2, 3))  # all equal: r_max - r_2nd = 0
+    with pytest.raises(ValueError, match=r"rollout.n >= 2.*prompt 7 has 1"):
+        core_algos.ADV_ESTIMATORS["grpo_passk"](_inputs([1.0, 0.0, 1.0], [0, 0, 7], [1, 1, 1]))
+
+
+def test_opo_subtracts_the_length_weighted_group_mean():
+    # group 0: lengths 2, 3, 1 -> baseline (2*1 + 3*0 + 1*1) / 6 = 0.5; group 1 alone keeps its reward
+    adv, _ = core_algos.ADV_ESTIMATORS["opo"](_inputs([1.0, 0.0, 1.0, 0.7], [0, 0, 0, 1], [2, 3, 1, 2]))
+    torch.testing.assert_close(adv[:, 0], torch.tensor([0.5, -0.5, 0.5, 0.7]))
+    assert adv[0, 2] == 0 and adv[2, 1] == 0
+
+
+def test_gpg_rescales_by_rows_over_nonzero_scores_of_all_ranks():
+    # 4 rows, 2 non-zero scores: alpha 2; group 0 mean 1/3, group 1 alone (mean 0)
+    adv, _ = core_algos.ADV_ESTIMATORS["gpg"](_inputs([1.0, 0.0, 0.0, 2.0], [0, 0, 0, 1], [1, 1, 1, 1]))
+    torch.testing.assert_close(adv[:, 0], torch.tensor([4 / 3, -2 / 3, -2 / 3, 4.0]))
+    # another rank holding 4 rows with zero scores: alpha = 8 / 2
+    other = _inputs([1.0, 0.0, 0.0, 2.0], [0, 0, 0, 1], [1, 1, 1, 1], all_sum=lambda t: t + torch.tensor([4.0, 0.0]))
+    adv, _ = core_algos.ADV_ESTIMATORS["gpg"](other)
+    torch.testing.assert_close(adv[:, 0], torch.tensor([8 / 3, -4 / 3, -4 / 3, 8.0]))
+
+
+def test_grpo_batch_std_divides_group_centred_scores_by_the_batch_std():
+    # group means 0.5 and 0.5; std of [1, 0, 0, 1] (unbiased) = sqrt(1/3); TRL's eps 1e-4
+    adv, _ = core_algos.ADV_ESTIMATORS["grpo_batch_std"](_inputs([1.0, 0.0, 0.0, 1.0], [0, 0, 1, 1], [1, 1, 1, 1]))
+    scale = math.sqrt(1 / 3) + 1e-4
+    torch.testing.assert_close(adv[:, 0], torch.tensor([0.5, -0.5, -0.5, 0.5]) / scale)
+    alone, _ = core_algos.ADV_ESTIMATORS["grpo_batch_std"](_inputs([1.0, 0.0, 3.0], [0, 0, 1], [1, 1, 1]))
+    assert alone[2, 0] == 0  # a group of one is its own mean
+    centred, _ = core_algos.ADV_ESTIMATORS["grpo_batch_std"](
+        _inputs([1.0, 0.0, 0.0, 1.0], [0, 0, 1, 1], [1, 1, 1, 1], norm_by_std=False)
+    )
+    torch.testing.assert_close(centred[:, 0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    # the std is the whole batch's: rows on another rank ([3, 3]) enter the sum and the squares
+    both = torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 3.0])
+    sums = iter([torch.tensor([both[4:].sum(), 2.0]), ((both[4:] - both.mean()) ** 2).sum()])
+    shared = _inputs([1.0, 0.0, 0.0, 1.0], [0, 0, 1, 1], [1, 1, 1, 1], all_sum=lambda t: t + next(sums))
+    adv, _ = core_algos.ADV_ESTIMATORS["grpo_batch_std"](shared)
+    torch.testing.assert_close(adv[:, 0], torch.tensor([0.5, -0.5, -0.5, 0.5]) / (both.std() + 1e-4))
+
+
+def test_gpg_loss_is_the_plain_policy_gradient():
+    logprob = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    adv, mask = torch.tensor([[0.5, -1.0]]), torch.ones(1, 2)
+    loss, stats = core_algos.POLICY_LOSSES["gpg"](logprob, logprob.detach() - 0.3, adv, mask, ActorConfig())
+    torch.testing.assert_close(loss, torch.tensor([[0.5, -2.0]]))
+    loss.sum().backward()
+    torch.testing.assert_close(logprob.grad, -adv)
+    assert stats["pg_clipfrac"] == 0 and stats["ppo_kl"] == pytest.approx(-0.3)
+
+
+def test_cispo_clips_the_detached_weight_and_keeps_every_tokens_gradient():
+    cfg = ActorConfig(clip_ratio_low=0.2, clip_ratio_high=0.2)
+    old = torch.log(torch.tensor([[1.0, 1.0, 1.0]]))
+    logprob = torch.log(torch.tensor([[1.5, 1.1, 0.5]])).requires_grad_()  # ratios 1.5, 1.1, 0.5
+    adv, mask = torch.tensor([[1.0, 1.0, -2.0]]), torch.ones(1, 3)
+    loss, stats = core_algos.POLICY_LOSSES["cispo"](logprob, old, adv, mask, cfg)
+    weight = torch.tensor([[1.2, 1.1, 0.8]])  # clipped to [0.8, 1.2]
+    torch.testing.assert_close(loss, -weight * adv * logprob.detach())
+    loss.sum().backward()
+    torch.testing.assert_close(logprob.grad, -weight * adv)  # the clipped tokens still get a gradient
+    assert stats["pg_clipfrac"] == pytest.approx(2 / 3) and stats["pg_clipfrac_lower"] == 0

@@ -23,8 +23,12 @@ def _train_rows(tmp_path):
         ("algorithm.adv_estimator=reinforce_plus_plus", "algorithm.gamma=0.99"),
         ("algorithm.adv_estimator=reinforce_plus_plus_baseline", "actor.loss_agg_mode=token-sum"),
         ("actor.policy_loss=gspo", "actor.loss_agg_mode=seq-mean-token-mean", "actor.kl_loss_type=k3+"),
+        ("algorithm.adv_estimator=gpg", "actor.policy_loss=gpg"),
+        ("algorithm.adv_estimator=opo", "actor.policy_loss=cispo", "actor.clip_ratio_high=4.0"),
+        ("algorithm.adv_estimator=grpo_passk",),
+        ("algorithm.adv_estimator=grpo_batch_std",),
     ],
-    ids=["rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo"],
+    ids=["rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo", "gpg", "opo_cispo", "passk", "batch_std"],
 )
 def test_each_estimator_and_loss_trains(tmp_path, tiny_model_dir, synthetic_parquet, extra):
     run(make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, *BASE, *extra))

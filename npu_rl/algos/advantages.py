@@ -72,14 +72,14 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, all_sum: Callable = 
     return (values - mean) * torch.rsqrt(var + 1e-8)
 
 
-def _group_means(scores: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def group_means(scores: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's group mean and group size."""
     _, inverse, counts = torch.unique(group, return_inverse=True, return_counts=True)
     sums = torch.zeros(counts.numel(), dtype=scores.dtype).index_add_(0, inverse, scores)
     return (sums / counts)[inverse], counts[inverse].to(scores.dtype)
 
 
-def _per_token(seq: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def per_token(seq: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     adv = seq[:, None] * mask.float()
     return adv, adv
 
@@ -89,7 +89,7 @@ def grpo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO: (r - group mean) / (group std + eps); see core_algos.grpo_advantages (matches verl 0.9.1:
     a group of one gets mean 0, std 1)."""
     adv = grpo_advantages(inputs.scores, inputs.group, inputs.norm_by_std, inputs.eps)
-    return _per_token(adv, inputs.response_mask)
+    return per_token(adv, inputs.response_mask)
 
 
 @register_adv_estimator("rloo", group_relative=True)
@@ -99,9 +99,9 @@ def rloo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     Matches verl 0.9.1: a group of one keeps its raw reward (no baseline); an all-equal group gets 0.
     """
     scores = inputs.scores
-    mean, n = _group_means(scores, inputs.group)
+    mean, n = group_means(scores, inputs.group)
     adv = torch.where(n > 1, (scores - mean) * n / (n - 1).clamp(min=1), scores)
-    return _per_token(adv, inputs.response_mask)
+    return per_token(adv, inputs.response_mask)
 
 
 @register_adv_estimator("reinforce_plus_plus_baseline", group_relative=True)
@@ -112,7 +112,7 @@ def reinforce_plus_plus_baseline(inputs: AdvantageInputs) -> tuple[torch.Tensor,
     Matches verl 0.9.1: a group of one has baseline 0; returns equal the advantages.
     """
     scores = inputs.scores
-    mean, n = _group_means(scores, inputs.group)
+    mean, n = group_means(scores, inputs.group)
     centred = torch.where(n > 1, scores - mean, scores)
     mask = inputs.response_mask.float()
     adv = masked_whiten(centred[:, None] * mask, mask, inputs.all_sum) * mask

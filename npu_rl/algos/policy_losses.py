@@ -1,4 +1,5 @@
-"""Policy losses beyond vanilla PPO, and the rollout-correction token weight.
+"""Policy losses beyond vanilla PPO (GSPO, GPG, CISPO), the rollout-correction token weight and PPO's
+value loss.
 
 Every POLICY_LOSSES member: fn(logprob, old_logprob, advantages, mask, cfg: ActorConfig)
 -> (loss_mat [N, T], stats), reduced by the actor's `loss_agg_mode`.
@@ -56,6 +57,38 @@ def gspo_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """verl's `gspo` loss mode with the actor's clip ratios (GSPO's paper uses 3e-4 / 4e-4)."""
     return gspo_loss(logprob, old_logprob, advantages, mask, cfg.clip_ratio_low, cfg.clip_ratio_high)
+
+
+@POLICY_LOSSES.register("gpg")
+def gpg_policy_loss(
+    logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GPG's plain policy gradient, -A * log pi per token: no ratio, no clip (use with the `gpg`
+    estimator). Matches verl 0.9.1's compute_policy_loss_gpg; its clip statistics are 0."""
+    stats = {"pg_clipfrac": torch.zeros(()), "pg_clipfrac_lower": torch.zeros(())}
+    stats["ppo_kl"] = masked_mean(old_logprob.float() - logprob.detach().float(), mask.float())
+    return -advantages.float() * logprob.float(), stats
+
+
+@POLICY_LOSSES.register("cispo")
+def cispo_policy_loss(
+    logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CISPO (MiniMax-M1): -sg(clip(rho, 1 - low, 1 + high)) * A * log pi per token, so every token keeps
+    a gradient (through log pi) and only the importance weight is clipped, with the actor's
+    clip_ratio_low / clip_ratio_high. The log-ratio is clamped to [-20, 20] before exp. Matches verl
+    0.9.1's compute_policy_loss_cispo; pg_clipfrac counts tokens whose weight was clipped, and
+    pg_clipfrac_lower is 0 (no dual clip)."""
+    mask = mask.float()
+    log_ratio = (logprob.float() - old_logprob.float()).clamp(-20.0, 20.0)
+    ratio = log_ratio.exp()
+    clipped = ratio.clamp(1.0 - cfg.clip_ratio_low, 1.0 + cfg.clip_ratio_high)
+    stats = {
+        "pg_clipfrac": masked_mean((ratio != clipped).float(), mask),
+        "pg_clipfrac_lower": torch.zeros(()),
+        "ppo_kl": masked_mean(-log_ratio.detach(), mask),
+    }
+    return -clipped.detach() * advantages.float() * logprob.float(), stats
 
 
 def truncated_is_weight(

@@ -1,0 +1,90 @@
+"""Outcome estimators with other baselines or scales than GRPO's: verl's `grpo_passk`, `opo` and `gpg`,
+and TRL's batch-scaled GRPO (`grpo_batch_std`). Each reads only the rows' scores, groups and response
+lengths; a statistic taken over the whole step batch goes through `inputs.all_sum`, so rows sharded
+over ranks give the one-process numbers (verl computes advantages on its driver's full batch).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from npu_rl.algos.advantages import AdvantageInputs, group_means, per_token
+from npu_rl.core_algos import register_adv_estimator
+
+TRL_STD_EPS = 1e-4  # TRL adds 1e-4 to the std (verl's GRPO: 1e-6)
+
+
+@register_adv_estimator("grpo_passk", group_relative=True)
+def grpo_passk(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass@k training (Chen et al. 2025): only each group's best sample is credited, with r_max - r_2nd
+    (divided by the group's unbiased std + eps when algorithm.norm_adv_by_std_in_grpo); every other
+    sample gets 0. Matches verl 0.9.1's compute_grpo_passk_outcome_advantage: the best is torch.topk's
+    pick among the group's rows in batch order (ties: topk's choice), an all-equal group gets 0, and a
+    group of one is an error (verl raises too) - here one that names rollout.n.
+    """
+    scores = inputs.scores
+    adv = torch.zeros_like(scores)
+    for g in torch.unique(inputs.group):
+        rows = (inputs.group == g).nonzero().flatten()
+        if rows.numel() < 2:
+            raise ValueError(
+                f"grpo_passk needs at least 2 samples per prompt (rollout.n >= 2); prompt {int(g)} has {rows.numel()}"
+            )
+        group = scores[rows]
+        top, where = torch.topk(group, 2)
+        value = top[0] - top[1]
+        if inputs.norm_by_std:
+            value = value / (torch.std(group) + inputs.eps)
+        adv[rows[where[0]]] = value
+    return per_token(adv, inputs.response_mask)
+
+
+@register_adv_estimator("opo", group_relative=True)
+def opo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """OPO (Hao et al. 2025): r_i minus the group's length-weighted mean reward sum(len_j r_j) / sum(len_j),
+    the variance-optimal baseline for on-policy sequences; no std scaling. Lengths are the rows'
+    valid response tokens. Matches verl 0.9.1's compute_opo_outcome_advantage: a group of one has
+    baseline 0 (keeps its raw reward). verl divides by the plain length sum; here it is clamped at 1,
+    which changes nothing for rows that generated a token (EOS counts) and avoids 0/0 otherwise.
+    """
+    scores = inputs.scores
+    lengths = inputs.response_mask.float().sum(-1)
+    _, inverse, counts = torch.unique(inputs.group, return_inverse=True, return_counts=True)
+    weighted = torch.zeros(counts.numel()).index_add_(0, inverse, lengths * scores)
+    total = torch.zeros(counts.numel()).index_add_(0, inverse, lengths)
+    baseline = torch.where(counts > 1, weighted / total.clamp(min=1), torch.zeros_like(weighted))
+    return per_token(scores - baseline[inverse], inputs.response_mask)
+
+
+@register_adv_estimator("gpg", group_relative=True)
+def gpg(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPG (Chu et al. 2025): alpha * (r_i - group mean), alpha = rows in the step batch / rows with a
+    non-zero score (at least 1), which rescales the gradient for the groups that carry signal. Use
+    with actor.policy_loss=gpg (no ratio, no clip). Matches verl 0.9.1's compute_gpg_outcome_advantage
+    with its defaults (f_norm 1): a group of one has mean 0; alpha counts all ranks' rows.
+    """
+    scores = inputs.scores
+    counts = inputs.all_sum(torch.tensor([float(scores.numel()), float(torch.count_nonzero(scores))]))
+    alpha = counts[0] / counts[1].clamp(min=1)
+    mean, n = group_means(scores, inputs.group)
+    return per_token(alpha * (scores - torch.where(n > 1, mean, torch.zeros_like(mean))), inputs.response_mask)
+
+
+@register_adv_estimator("grpo_batch_std", group_relative=True)
+def grpo_batch_std(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """TRL's GRPO with `scale_rewards="batch"` (the Lite PPO recipe): (r_i - group mean) / (std of every
+    score in the step batch + 1e-4), the std unbiased and taken over all ranks, as TRL takes it over
+    the gathered batch. A group of one has its own score as mean (advantage 0), as in TRL; with a single
+    score in the whole batch the std is 0 (TRL's rule). `algorithm.norm_adv_by_std_in_grpo=false` leaves
+    the std out (TRL's `scale_rewards="none"`, which is also `grpo` with that key).
+    """
+    scores = inputs.scores
+    mean, _ = group_means(scores, inputs.group)
+    centred = scores - mean
+    if not inputs.norm_by_std:
+        return per_token(centred, inputs.response_mask)
+    total = inputs.all_sum(torch.stack([scores.sum(), torch.tensor(float(scores.numel()))]))
+    count = float(total[1])
+    squares = inputs.all_sum((scores - total[0] / count).square().sum())
+    std = torch.sqrt(squares / (count - 1)) if count > 1 else torch.zeros(())
+    return per_token(centred / (std + TRL_STD_EPS), inputs.response_mask)
