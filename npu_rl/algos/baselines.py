@@ -18,9 +18,10 @@ TRL_STD_EPS = 1e-4  # TRL adds 1e-4 to the std (verl's GRPO: 1e-6)
 def grpo_passk(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """Pass@k training (Chen et al. 2025): only each group's best sample is credited, with r_max - r_2nd
     (divided by the group's unbiased std + eps when algorithm.norm_adv_by_std_in_grpo); every other
-    sample gets 0. Matches verl 0.9.1's compute_grpo_passk_outcome_advantage: the best is torch.topk's
-    pick among the group's rows in batch order (ties: topk's choice), an all-equal group gets 0, and a
-    group of one is an error (verl raises too) - here one that names rollout.n.
+    sample gets 0. Matches verl's compute_grpo_passk_outcome_advantage (as read: main of 2026-01-29,
+    0.8.0.dev): the best is torch.topk's pick among the group's rows in batch order (ties: topk's
+    choice), an all-equal group gets 0, and a group of one is an error (verl raises too) - here one
+    that names rollout.n.
     """
     scores = inputs.scores
     adv = torch.zeros_like(scores)
@@ -43,8 +44,8 @@ def grpo_passk(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
 def opo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """OPO (Hao et al. 2025): r_i minus the group's length-weighted mean reward sum(len_j r_j) / sum(len_j),
     the variance-optimal baseline for on-policy sequences; no std scaling. Lengths are the rows'
-    valid response tokens. Matches verl 0.9.1's compute_opo_outcome_advantage: a group of one has
-    baseline 0 (keeps its raw reward). verl divides by the plain length sum; here it is clamped at 1,
+    valid response tokens. Matches verl's compute_opo_outcome_advantage (main of 2026-01-29): a group
+    of one has baseline 0 (keeps its raw reward). verl divides by the plain length sum; here it is clamped at 1,
     which changes nothing for rows that generated a token (EOS counts) and avoids 0/0 otherwise.
     """
     scores = inputs.scores
@@ -60,8 +61,8 @@ def opo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
 def gpg(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """GPG (Chu et al. 2025): alpha * (r_i - group mean), alpha = rows in the step batch / rows with a
     non-zero score (at least 1), which rescales the gradient for the groups that carry signal. Use
-    with actor.policy_loss=gpg (no ratio, no clip). Matches verl 0.9.1's compute_gpg_outcome_advantage
-    with its defaults (f_norm 1): a group of one has mean 0; alpha counts all ranks' rows.
+    with actor.policy_loss=gpg (no ratio, no clip). Matches verl's compute_gpg_outcome_advantage (main
+    of 2026-01-29) with its defaults (f_norm 1): a group of one has mean 0; alpha counts all ranks' rows.
     """
     scores = inputs.scores
     counts = inputs.all_sum(torch.tensor([float(scores.numel()), float(torch.count_nonzero(scores))]))

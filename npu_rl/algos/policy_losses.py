@@ -64,7 +64,8 @@ def gpg_policy_loss(
     logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GPG's plain policy gradient, -A * log pi per token: no ratio, no clip (use with the `gpg`
-    estimator). Matches verl 0.9.1's compute_policy_loss_gpg; its clip statistics are 0."""
+    estimator). Matches verl's compute_policy_loss_gpg (main of 2026-01-29, 0.8.0.dev); its clip
+    statistics are 0, ppo_kl is reported as for the other losses (verl reports none)."""
     stats = {"pg_clipfrac": torch.zeros(()), "pg_clipfrac_lower": torch.zeros(())}
     stats["ppo_kl"] = masked_mean(old_logprob.float() - logprob.detach().float(), mask.float())
     return -advantages.float() * logprob.float(), stats
@@ -76,9 +77,9 @@ def cispo_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CISPO (MiniMax-M1): -sg(clip(rho, 1 - low, 1 + high)) * A * log pi per token, so every token keeps
     a gradient (through log pi) and only the importance weight is clipped, with the actor's
-    clip_ratio_low / clip_ratio_high. The log-ratio is clamped to [-20, 20] before exp. Matches verl
-    0.9.1's compute_policy_loss_cispo; pg_clipfrac counts tokens whose weight was clipped, and
-    pg_clipfrac_lower is 0 (no dual clip)."""
+    clip_ratio_low / clip_ratio_high. The log-ratio is clamped to [-20, 20] before exp. Matches verl's
+    compute_policy_loss_cispo (main of 2026-01-29, 0.8.0.dev); pg_clipfrac counts tokens whose weight
+    was clipped, and pg_clipfrac_lower is 0 (no dual clip)."""
     mask = mask.float()
     log_ratio = (logprob.float() - old_logprob.float()).clamp(-20.0, 20.0)
     ratio = log_ratio.exp()
