@@ -5,9 +5,11 @@ with a one-line notice naming it (`actor_rollout_ref.rollout.n -> rollout.n`), k
 something npu_rl does not need are accepted with a notice saying why (`use_remove_padding`), and keys
 with no equivalent stop the run with an error saying so, never with a misleading "did you mean".
 `trainer.n_gpus_per_node` / `trainer.nnodes` are answered with the torchrun command to use, since the
-world size comes from the launcher here. `${a.b}` references (OmegaConf style, as in verl's YAML) are
-resolved against the final config, `${oc.env:VAR,default}` from the environment; any other `${...}`
-is an error, so no value is ever kept as literal `${...}` text.
+world size comes from the launcher here. `${a.b}` references (OmegaConf style, as in verl's YAML;
+relative `${.b}` too) are resolved against the final config, `${oc.select:a.b,default}` to the key's
+value or the default, `${oc.env:VAR,default}` from the environment; a reference to another key of
+the same input is inlined before the rules check values. Any other `${...}` is an error, so no value
+is ever kept as literal `${...}` text.
 
 The table itself, `RULES`, lives in npu_rl.verl_rules (re-exported here); this module applies it:
 `load_config` calls `to_native`, and `python -m npu_rl.verl_compat` prints docs/verl_migration.md's
@@ -21,6 +23,8 @@ import os
 import re
 import sys
 from typing import Any
+
+import yaml
 
 from npu_rl.verl_rules import (
     ALIAS,
@@ -94,6 +98,39 @@ def _leaves(node: Any, path: str, compat: _Compat, out: list[tuple[str, Any]]) -
     out.append((path, node))
 
 
+def _absolute(ref: str, key: str) -> str:
+    """OmegaConf's relative `.x` (a sibling of `key`), `..x` (one level up), ... as a dotted path."""
+    dots = len(ref) - len(ref.lstrip("."))
+    if not dots:
+        return ref
+    parent = key.split(".")[:-dots]
+    return ".".join([*parent, ref[dots:]])
+
+
+def _inline_refs(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Values that are one whole reference to another key of the same input (`${a.b}`, relative
+    `${.b}`, `${oc.select:a.b,default}`) take that key's value, so a verl key's rule sees the value it
+    stands for (verl's configs point keys at each other, e.g. the reference's sequence-parallel size at
+    the actor's). Other references become absolute and are resolved against the final config later."""
+    raw = dict(pairs)
+
+    def value_of(key: str, value: Any, seen: frozenset[str]) -> Any:
+        match = _REF_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+        if match is None:
+            return value
+        expr = match.group(1).strip()
+        select = expr.startswith("oc.select:")
+        if not select and ":" in expr:
+            return value  # oc.env and the like: resolved later
+        ref, comma, default = expr.removeprefix("oc.select:").partition(",")
+        target = _absolute(ref.strip(), key)
+        if target in raw and target not in seen:
+            return value_of(target, raw[target], seen | {target})
+        return "${" + ("oc.select:" if select else "") + target + comma + default + "}"
+
+    return [(key, value_of(key, value, frozenset({key}))) for key, value in pairs]
+
+
 def _torchrun_hint(nodes: Any, per_node: Any) -> str:
     multi = f"--nnodes {nodes} --node_rank <this node> --master_addr <node 0> " if nodes != 1 else ""
     return f"torchrun {multi}--nproc_per_node {per_node} -m npu_rl.train --config <yaml> [overrides]"
@@ -131,6 +168,9 @@ def _translate(key: str, value: Any, compat: _Compat, launcher: dict[str, Any]) 
     if key in compat.leaves or (top not in VERL_GROUPS and find_rule(key)[0] is None):
         return [(key, value)]  # native, or unknown under a native group: the config builder reports it
     rule, native = find_rule(key)
+    if value is None and (rule is None or rule.kind == UNSUPPORTED):  # verl's null: the key is unset
+        compat.notices.append(f"verl key {key}=null (unset) ignored")
+        return []
     if rule is None:
         raise compat.error(
             f"verl key '{key}' has no equivalent in npu_rl (docs/verl_migration.md lists every verl key it accepts)"
@@ -203,8 +243,15 @@ def _resolve(value: Any, key: str, flat: dict[str, Any], compat: _Compat, seen: 
             if found is None and not default:
                 raise compat.error(f"{key}: ${{{expr}}} but the environment variable {name.strip()} is not set")
             return found if found is not None else default.strip()
+        if expr.startswith("oc.select:"):  # the key's value when it is set (or has a default), else the default
+            path, _, default = expr.removeprefix("oc.select:").partition(",")
+            native = path.strip() if path.strip() in compat.leaves else find_rule(path.strip())[1]
+            if native in flat or native in compat.leaves:
+                return one(path)
+            return yaml.safe_load(default) if default.strip() else None
         if ":" in expr or not re.fullmatch(r"[A-Za-z_][\w.]*", expr):
-            raise compat.error(f"{key}: cannot resolve ${{{expr}}}; only ${{a.b}} and ${{oc.env:VAR}} are supported")
+            supported = "${a.b}, ${oc.env:VAR} and ${oc.select:a.b,default}"
+            raise compat.error(f"{key}: cannot resolve ${{{expr}}}; only {supported} are supported")
         target = expr if expr in compat.leaves else (find_rule(expr)[1] or expr)
         if target in seen:
             raise compat.error(f"{key}: interpolation cycle {' -> '.join((*seen, target))}")
@@ -230,6 +277,7 @@ def to_native(tree: dict[str, Any], overrides: list[str] | tuple[str, ...] = ())
     compat = _Compat()
     pairs: list[tuple[str, Any]] = []
     _leaves(tree, "", compat, pairs)
+    pairs = _inline_refs(pairs)
     override_keys = [".".join(parse_override(text)[0]) for text in overrides]
     launcher: dict[str, Any] = {}
     native: list[tuple[tuple[int, int], str, str, Any]] = []

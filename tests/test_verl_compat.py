@@ -235,8 +235,11 @@ def test_interpolation_is_resolved_or_rejected(tmp_path, monkeypatch):
     assert load_config(yaml_file).trainer.experiment_name == "run_700_none"
     base = ["model.path=m", "data.train_files=[a]"]
     assert load_config(None, [*base, "rollout.n=${data.train_batch_size}"]).rollout.n == 8  # a default
+    assert (
+        load_config(None, [*base, "trainer.experiment_name=${oc.select:no.such.key,b}"]).trainer.experiment_name == "b"
+    )
     for bad, message in (
-        ("trainer.experiment_name=${oc.select:a,b}", "only"),
+        ("trainer.experiment_name=${eval:1+1}", "only"),
         ("trainer.experiment_name=${nope.key}", "no such config key"),
         ("rollout.n=${rollout.n}", "cycle"),
         ("trainer.experiment_name=${oc.env:NPU_RL_SURELY_UNSET}", "not set"),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from npu_rl import verl_compat
+from npu_rl.config import hydra_compose
 from npu_rl.config.fields import ConfigError, type_name
 from npu_rl.config.schema import Config
 
@@ -135,6 +138,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config groups")
         tree = loaded
+        if hydra_compose.is_hydra_config(tree):  # a verl recipe: its defaults list composed
+            notices: list[str] = []
+            tree = hydra_compose.compose(Path(path), notices)
+            if os.environ.get("RANK", "0") == "0":
+                for line in notices:
+                    print(f"[npu_rl] {line}", file=sys.stderr)
     for text in overrides:
         keys, value = parse_override(text)
         _set_dotted(tree, keys, value)
