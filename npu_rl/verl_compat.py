@@ -116,8 +116,10 @@ def _inline_refs(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 
     def value_of(key: str, value: Any, seen: frozenset[str]) -> Any:
         match = _REF_RE.fullmatch(value.strip()) if isinstance(value, str) else None
-        if match is None:
-            return value
+        if match is None:  # inside a longer string only relative references change (to absolute)
+            if not isinstance(value, str):
+                return value
+            return _REF_RE.sub(lambda m: "${" + _absolute(m.group(1).strip(), key) + "}", value)
         expr = match.group(1).strip()
         select = expr.startswith("oc.select:")
         if not select and ":" in expr:

@@ -86,6 +86,7 @@ def test_references_between_verl_keys_are_seen_before_the_rules_check_values(tmp
         "  rollout:\n"
         "    log_prob_max_token_len_per_gpu: ${.max_num_batched_tokens}\n"  # relative: a sibling
         "    max_num_batched_tokens: 12000\n"
+        "trainer: {experiment_name: 'tp${actor_rollout_ref.rollout.tensor_model_parallel_size}_n${..rollout.n}'}\n"
         "model: {tokenizer_path: '${oc.select:global_profiler.tool,null}'}\n"  # a verl key with no equivalent
     )
     cfg = load_config(dump, BASE)
@@ -93,3 +94,4 @@ def test_references_between_verl_keys_are_seen_before_the_rules_check_values(tmp
     assert cfg.ref.log_prob_micro_batch_size_per_device == 3
     assert cfg.rollout.log_prob_max_token_len_per_device == 12000
     assert cfg.model.tokenizer_path is None  # oc.select's default, typed (null)
+    assert cfg.trainer.experiment_name == "tp1_n5"  # inside a string; `..` from trainer.experiment_name is the top
