@@ -42,7 +42,10 @@ def test_own_defaults_merge_in_list_order_and_self_decides_who_wins(tmp_path):
     (tmp_path / "sampling").mkdir()
     (tmp_path / "sampling" / "wide.yaml").write_text("n: 6\ntemperature: 0.7\n")
     last = tmp_path / "last.yaml"  # _self_ unlisted: the file wins (Hydra 1.1+)
-    last.write_text("defaults:\n  - base\n  - sampling@actor_rollout_ref.rollout: wide\ndata: {train_batch_size: 32}\n")
+    last.write_text(
+        "defaults:\n  - base\n  - sampling@actor_rollout_ref.rollout: wide\n  - optional site: local\n"
+        "data: {train_batch_size: 32}\n"
+    )  # an optional entry with no file is skipped, as Hydra does
     cfg = load_config(last, BASE)
     assert (cfg.data.train_batch_size, cfg.data.max_prompt_length) == (32, 256)
     assert (cfg.rollout.n, cfg.rollout.temperature) == (6, 0.7)  # placed under its package

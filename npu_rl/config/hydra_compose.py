@@ -109,8 +109,10 @@ def _entry(path: Path, entry: Any, notices: list[str], roots: list[Path]) -> tup
         for root in roots:
             if (root / f"{name}.yaml").is_file():
                 return root / f"{name}.yaml", [] if package in ("", "_global_") else package.split(".")
-    if verl or optional:
+    if verl:
         notices.append(f"{path.name}: defaults entry {entry!r} is verl's own config: npu_rl's defaults stand in")
+        return None
+    if optional:  # Hydra skips a missing optional entry
         return None
     looked = ", ".join(str(r / f"{name}.yaml") for r in roots)
     raise ConfigError(f"{path}: defaults entry {entry!r}: no such file (looked for {looked})")
