@@ -31,7 +31,13 @@ KLEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LossAgg = Callable[..., torch.Tensor]
 Count = float | torch.Tensor  # a token or sequence total, possibly all-reduced
 
-ADV_ESTIMATORS: Registry[AdvEstimator] = Registry("advantage estimator")
+ADV_ESTIMATORS: Registry[AdvEstimator] = Registry(
+    "advantage estimator",
+    redirects={
+        "ppo": "'gae': PPO's estimator, which trains a critic",
+        "dr_grpo": "'grpo' with norm_adv_by_std_in_grpo=false",
+    },
+)
 POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
 KL_ESTIMATORS: Registry[KLEstimator] = Registry("KL estimator")
 LOSS_AGG_MODES: Registry[LossAgg] = Registry("loss aggregation mode")

@@ -27,9 +27,11 @@ class UnknownName(KeyError, ValueError):
 class Registry(Generic[T]):
     """An ordered name -> object map with a registering decorator and helpful lookup errors."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, redirects: dict[str, str] | None = None) -> None:
         self.kind = kind  # e.g. "advantage estimator", used in error messages
         self._items: dict[str, T] = {}
+        # names people ask for that are spelled otherwise here -> what to use (beats a look-alike guess)
+        self.redirects = redirects or {}
 
     def register(self, *names: str) -> Callable[[T], T]:
         """Decorator registering the object under one or more names (aliases share one object)."""
@@ -57,6 +59,8 @@ class Registry(Generic[T]):
         hint = difflib.get_close_matches(str(name), list(self._items), n=1)
         where = f"{key}: " if key else ""
         extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        if str(name) in self.redirects:
+            extra = f" (use {self.redirects[str(name)]})"
         return f"{where}unknown {self.kind} {name!r}{extra}; registered: {', '.join(self._items)}"
 
     def names(self) -> list[str]:
