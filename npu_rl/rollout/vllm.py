@@ -128,7 +128,7 @@ class VLLMRollout:
                 )
         else:
             engine_args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
-        engine_args.update(cfg.engine_kwargs)  # validated with the config: none of the arguments set above
+        engine_args.update(cfg.engine_kwargs)  # the config refused the ones npu_rl derives (VLLM_ARGS_SET_HERE)
         self.llm = vllm.LLM(**engine_args)
         self._vllm = vllm
 
