@@ -88,13 +88,13 @@ def _log_ratio(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor
     return logprob.float() - ref_logprob.float()
 
 
-@KL_ESTIMATORS.register("k1")
+@KL_ESTIMATORS.register("k1", "kl")
 def kl_k1(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
     """log pi - log pi_ref: unbiased, high variance, can be negative."""
     return _log_ratio(logprob, ref_logprob)
 
 
-@KL_ESTIMATORS.register("k2")
+@KL_ESTIMATORS.register("k2", "mse")
 def kl_k2(logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
     """Half the squared log-ratio."""
     return 0.5 * _log_ratio(logprob, ref_logprob).square()
@@ -124,7 +124,7 @@ def _straight_through(value_fn: KLEstimator) -> KLEstimator:
     return estimate
 
 
-KL_ESTIMATORS.register("k1+")(_straight_through(kl_k1))
+KL_ESTIMATORS.register("k1+", "kl+")(_straight_through(kl_k1))
 KL_ESTIMATORS.register("k3+", "low_var_kl+")(_straight_through(kl_k3))
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from npu_rl.verl_defaults import VERL_DEFAULTS
 from npu_rl.verl_rules import (
     ALIAS,
     ANY_VALUE,
@@ -38,6 +39,7 @@ from npu_rl.verl_rules import (
     Rule,
     find_rule,
     markdown_table,
+    warmup_steps,
 )
 
 __all__ = [
@@ -67,6 +69,7 @@ class _Compat:
         self.defaults = dataclasses.asdict(Config())
         self.groups, self.leaves = _native_paths(Config)
         self.notices: list[str] = []
+        self.verl_input = False  # the input is a verl config (it has actor_rollout_ref.*): null means unset
 
 
 def _native_paths(cls: type, prefix: str = "") -> tuple[set[str], set[str]]:
@@ -133,6 +136,16 @@ def _inline_refs(pairs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
     return [(key, value_of(key, value, frozenset({key}))) for key, value in pairs]
 
 
+def _at_verl_default(key: str, value: Any) -> bool:
+    """A verl key npu_rl has no use for, at verl's own default value (as a verl run's saved config holds
+    every key): it changes nothing, so it is skipped instead of stopping the run. A key with a rule that
+    maps it somewhere is never skipped, whatever the table says."""
+    if key not in VERL_DEFAULTS or VERL_DEFAULTS[key] != value or type(VERL_DEFAULTS[key]) is not type(value):
+        return False
+    rule = find_rule(key)[0]
+    return rule is None or rule.kind in (IGNORED, UNSUPPORTED)
+
+
 def _torchrun_hint(nodes: Any, per_node: Any) -> str:
     multi = f"--nnodes {nodes} --node_rank <this node> --master_addr <node 0> " if nodes != 1 else ""
     return f"torchrun {multi}--nproc_per_node {per_node} -m npu_rl.train --config <yaml> [overrides]"
@@ -165,8 +178,16 @@ def _translate(key: str, value: Any, compat: _Compat, launcher: dict[str, Any]) 
     top = key.split(".", 1)[0]
     per_device = key.removesuffix("_per_gpu") + "_per_device"
     if key.endswith("_per_gpu") and per_device in compat.leaves:  # verl's spelling of any native key
+        if value is None and _native_default(per_device, compat) is not None:
+            compat.notices.append(f"verl spelling {key}=null (unset) keeps npu_rl's default")
+            return []
         compat.notices.append(f"verl spelling {key} -> {per_device}")
         return [(per_device, value)]
+    if key in compat.leaves and value is None and compat.verl_input and _native_default(key, compat) is not None:
+        compat.notices.append(f"{key}=null (verl's unset) keeps npu_rl's default")
+        return []
+    if key == "critic.optim.lr_warmup_steps" and compat.verl_input:  # spelled alike, read as verl reads it
+        return warmup_steps("critic", value)
     if key in compat.leaves or (top not in VERL_GROUPS and find_rule(key)[0] is None):
         return [(key, value)]  # native, or unknown under a native group: the config builder reports it
     rule, native = find_rule(key)
@@ -179,6 +200,9 @@ def _translate(key: str, value: Any, compat: _Compat, launcher: dict[str, Any]) 
         )
     note = f" ({rule.note})" if rule.note else ""
     if rule.kind == ALIAS:
+        if value is None and native in compat.leaves and _native_default(native, compat) is not None:
+            compat.notices.append(f"verl key {key}=null (unset) keeps npu_rl's default for {native}")
+            return []
         compat.notices.append(f"verl key {key} -> {native}")
         return [(native, value)]
     if rule.kind == SPECIAL:
@@ -216,15 +240,19 @@ def _set(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _native_default(native: str, compat: _Compat) -> Any:
+    value: Any = compat.defaults
+    for part in native.split("."):
+        value = value[part]
+    return value
+
+
 def _lookup(key: str, flat: dict[str, Any], compat: _Compat) -> Any:
     native = key if key in compat.leaves else find_rule(key)[1]
     if native in flat:
         return flat[native]
     if native in compat.leaves:
-        value: Any = compat.defaults
-        for part in native.split("."):
-            value = value[part]
-        return value
+        return _native_default(native, compat)
     raise compat.error(f"interpolation ${{{key}}}: no such config key")
 
 
@@ -279,11 +307,20 @@ def to_native(tree: dict[str, Any], overrides: list[str] | tuple[str, ...] = ())
     compat = _Compat()
     pairs: list[tuple[str, Any]] = []
     _leaves(tree, "", compat, pairs)
+    compat.verl_input = any(key.split(".", 1)[0] == "actor_rollout_ref" for key, _ in pairs)  # a verl config
+    at_default = [key for key, value in pairs if _at_verl_default(key, value)]  # as written (references too)
     pairs = _inline_refs(pairs)
     override_keys = [".".join(parse_override(text)[0]) for text in overrides]
     launcher: dict[str, Any] = {}
     native: list[tuple[tuple[int, int], str, str, Any]] = []
+    if at_default:
+        compat.notices.append(
+            f"{len(at_default)} verl keys at verl's default values have no effect here and were skipped "
+            f"({', '.join(at_default[:3])}, ...: npu_rl/verl_defaults.py lists them)"
+        )
     for key, value in pairs:
+        if key in at_default:
+            continue
         rule = find_rule(key)[0] if key not in compat.leaves else None
         rank = (rule.priority if rule is not None else 0, _rank(key, override_keys))
         for target, new in _translate(key, value, compat, launcher):

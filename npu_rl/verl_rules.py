@@ -53,11 +53,20 @@ def _resume_path(value: Any) -> list[tuple[str, Any]]:
 
 
 def _warmup_style(value: Any) -> list[tuple[str, Any]]:
-    return [("actor.optim.lr_scheduler", value)]
+    return [] if value is None else [("actor.optim.lr_scheduler", value)]  # null: unset (lr_scheduler_type decides)
+
+
+def warmup_steps(group: str, value: Any) -> list[tuple[str, Any]]:
+    """verl: lr_warmup_steps < 0 means "use lr_warmup_steps_ratio" and 0 means no warmup; npu_rl reads
+    0 as "use the ratio", so verl's 0 also zeroes the ratio (verl ignores it then)."""
+    if isinstance(value, int) and value < 0:
+        return []
+    pairs = [(f"{group}.optim.lr_warmup_steps", value)]
+    return [*pairs, (f"{group}.optim.lr_warmup_steps_ratio", 0.0)] if value == 0 else pairs
 
 
 def _critic_warmup_style(value: Any) -> list[tuple[str, Any]]:
-    return [("critic.optim.lr_scheduler", value)]
+    return [] if value is None else [("critic.optim.lr_scheduler", value)]
 
 
 def _target_modules(value: Any) -> list[tuple[str, Any]]:
@@ -154,7 +163,14 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_AR}.actor.ulysses_sequence_parallel_size", IGNORED, only=(1,), note=_off("sequence parallelism")),
     Rule(f"{_AR}.actor.checkpoint.*", IGNORED, note="checkpoints always hold model, optimizer and extra state"),
     Rule(f"{_AR}.actor.optim.lr", ALIAS, "actor.optim.lr"),
-    Rule(f"{_AR}.actor.optim.lr_warmup_steps", ALIAS, "actor.optim.lr_warmup_steps"),
+    Rule(
+        f"{_AR}.actor.optim.lr_warmup_steps",
+        SPECIAL,
+        "actor.optim.lr_warmup_steps, actor.optim.lr_warmup_steps_ratio",
+        note="verl's -1 is npu_rl's 0 (warm up by lr_warmup_steps_ratio); verl's 0 is no warmup",
+        convert=lambda value: warmup_steps("actor", value),
+        priority=1,
+    ),
     Rule(f"{_AR}.actor.optim.lr_warmup_steps_ratio", ALIAS, "actor.optim.lr_warmup_steps_ratio"),
     Rule(f"{_AR}.actor.optim.min_lr_ratio", ALIAS, "actor.optim.min_lr_ratio"),
     Rule(f"{_AR}.actor.optim.weight_decay", ALIAS, "actor.optim.weight_decay"),

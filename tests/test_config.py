@@ -169,7 +169,7 @@ def test_speed_path_choices_default_to_auto():
          r"mean 'grpo'\?\); registered: grpo"),
         ("actor.policy_loss=vanila", r"actor\.policy_loss: unknown policy loss 'vanila'.*registered: vanilla"),
         ("actor.kl_loss_type=k4", r"actor\.kl_loss_type: unknown KL estimator 'k4'.*"
-         r"registered: k1, k2, k3, low_var_kl"),
+         r"registered: k1, kl, k2, mse, k3, low_var_kl"),
         ("algorithm.kl_penalty=low_var", r"algorithm\.kl_penalty: .*did you mean 'low_var_kl'"),
         ("actor.loss_agg_mode=token-avg", r"actor\.loss_agg_mode: unknown loss aggregation mode 'token-avg'.*"
          r"registered: token-mean, token-sum, seq-mean-token-sum, seq-mean-token-mean, seq-mean-token-sum-norm"),

@@ -53,7 +53,7 @@ def test_low_var_kl_is_clamped():
 
 
 def test_unknown_kl_estimator_is_rejected():
-    with pytest.raises(ValueError, match="k1, k2, k3"):
+    with pytest.raises(ValueError, match="k1, kl, k2, mse, k3"):
         core_algos.kl_estimate(torch.zeros(1), torch.zeros(1), "k9")
 
 
@@ -151,7 +151,9 @@ def _reference_agg(loss, mask, mode, num_tokens=None, num_seqs=None, horizon=Non
 def test_kl_registry_gives_the_former_numbers():
     gen = torch.Generator().manual_seed(0)
     logp, ref = -torch.rand(6, 9, generator=gen) * 30, -torch.rand(6, 9, generator=gen) * 30
-    assert core_algos.KL_ESTIMATORS.names()[:4] == ["k1", "k2", "k3", "low_var_kl"]
+    assert core_algos.KL_ESTIMATORS.names()[:6] == ["k1", "kl", "k2", "mse", "k3", "low_var_kl"]
+    assert core_algos.KL_ESTIMATORS["kl"] is core_algos.KL_ESTIMATORS["k1"]  # verl's names for k1 and k2
+    assert core_algos.KL_ESTIMATORS["mse"] is core_algos.KL_ESTIMATORS["k2"]
     for kind in ["k1", "k2", "k3", "low_var_kl"]:
         assert torch.equal(core_algos.kl_estimate(logp, ref, kind), _reference_kl(logp, ref, kind))
         assert torch.equal(core_algos.KL_ESTIMATORS[kind](logp, ref), _reference_kl(logp, ref, kind))

@@ -98,3 +98,59 @@ def test_references_between_verl_keys_are_seen_before_the_rules_check_values(tmp
     assert cfg.rollout.log_prob_max_token_len_per_device == 12000
     assert cfg.model.tokenizer_path is None  # oc.select's default, typed (null)
     assert cfg.trainer.experiment_name == "tp1_n5"  # inside a string; `..` from trainer.experiment_name is the top
+
+
+def _nested(flat: dict) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return tree
+
+
+def test_a_saved_verl_config_loads_where_unused_keys_hold_verls_defaults(tmp_path, capsys):
+    import yaml
+
+    from npu_rl.verl_defaults import VERL_DEFAULTS
+
+    dump = _nested({**VERL_DEFAULTS, "actor_rollout_ref.rollout.n": 4, "data.train_batch_size": 16})
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump(dump))
+    cfg = load_config(saved, BASE)
+    assert (cfg.rollout.n, cfg.data.train_batch_size) == (4, 16)
+    err = capsys.readouterr().err
+    assert f"{len(VERL_DEFAULTS)} verl keys at verl's default values have no effect here" in err
+    dump["actor_rollout_ref"]["actor"]["policy_loss"]["clip_cov_ratio"] = 0.5  # a setting npu_rl lacks
+    saved.write_text(yaml.safe_dump(dump))
+    with pytest.raises(ConfigError, match=r"actor_rollout_ref\.actor\.policy_loss\.clip_cov_ratio"):
+        load_config(saved, BASE)
+
+
+@pytest.mark.parametrize(
+    ("steps", "ratio", "want"),
+    [(-1, 0.1, (0, 0.1)), (0, 0.1, (0, 0.0)), (5, 0.1, (5, 0.1))],
+    ids=["ratio", "none", "steps"],
+)
+def test_verl_warmup_steps_read_as_verl_reads_them(steps, ratio, want):
+    ar = "actor_rollout_ref.actor.optim"
+    cfg = load_config(None, [*BASE, f"{ar}.lr_warmup_steps={steps}", f"{ar}.lr_warmup_steps_ratio={ratio}"])
+    assert (cfg.actor.optim.lr_warmup_steps, cfg.actor.optim.lr_warmup_steps_ratio) == want
+    # the critic's key is spelled as npu_rl's: in a verl config it is read as verl's
+    critic = load_config(None, [*BASE, f"{ar}.lr=1e-6", f"critic.optim.lr_warmup_steps={steps}"])
+    assert critic.critic.optim.lr_warmup_steps == max(steps, 0)
+
+
+def test_verl_nulls_kl_names_and_an_unused_critic_path():
+    ar = "actor_rollout_ref"
+    nulls = [f"{ar}.actor.ppo_micro_batch_size_per_gpu=null", f"{ar}.actor.optim.warmup_style=null"]
+    cfg = load_config(None, [*BASE, *nulls, "data.val_batch_size=null", "algorithm.kl_penalty=kl"])
+    assert cfg.actor.ppo_micro_batch_size_per_device == 8 and cfg.data.val_batch_size == 64  # npu_rl's defaults
+    assert cfg.actor.optim.lr_scheduler == "constant"
+    assert load_config(None, [*BASE, "algorithm.kl_penalty=mse"]).algorithm.kl_penalty == "mse"
+    unused = load_config(None, [*BASE, "critic.model_path=/no/such/model"])  # GRPO builds no critic
+    assert unused.critic.model_path == "/no/such/model"
+    with pytest.raises(ConfigError, match=r"critic.model_path"):
+        load_config(None, [*BASE, "critic.model_path=/no/such/model", "algorithm.adv_estimator=gae"])

@@ -171,10 +171,6 @@ class CriticConfig(Section):
     )
     grad_clip: float = knob(1.0, "max gradient norm", gt=0)
 
-    def check(self, path: str) -> None:
-        if self.model_path:
-            environment.check_local_path(self.model_path, join(path, "model_path"))
-
 
 @dataclass
 class RefConfig(Section):
@@ -264,6 +260,8 @@ class Config(Section):
                     f"= {longest}; raise it or turn dynamic batching off"
                 )
         environment.warn_single_sample_groups(self.algorithm.adv_estimator, rollout.n)
+        if self.use_critic and self.critic.model_path:  # read only when a critic is built
+            environment.check_local_path(self.critic.model_path, "critic.model_path")
         if self.reward.overlong_buffer.enable and self.reward.overlong_buffer.len >= rollout.max_new_tokens:
             raise ConfigError(
                 f"reward.overlong_buffer.len ({self.reward.overlong_buffer.len}) must be smaller than "
