@@ -38,7 +38,6 @@ from npu_rl.verl_rules import (
     VERL_GROUPS,
     Rule,
     find_rule,
-    markdown_table,
     warmup_steps,
 )
 
@@ -343,6 +342,27 @@ def to_native(tree: dict[str, Any], overrides: list[str] | tuple[str, ...] = ())
         for line in dict.fromkeys(compat.notices):
             print(f"[npu_rl] {line}", file=sys.stderr)
     return out
+
+
+def markdown_table() -> str:
+    """The migration table of docs/verl_migration.md, generated from RULES."""
+    what = {
+        ALIAS: "renamed",
+        SPECIAL: "converted",
+        IGNORED: "accepted, no effect",
+        LAUNCHER: "launcher",
+        UNSUPPORTED: "error: no equivalent",
+    }
+    lines = ["| verl key | npu_rl | what happens |", "|---|---|---|"]
+    for rule in RULES:
+        native = f"`{rule.native}`" if rule.native else "-"
+        detail = what[rule.kind]
+        if rule.kind == IGNORED and rule.only is not ANY_VALUE:
+            detail = f"accepted when {' / '.join(repr(v) for v in rule.only)}, else error"
+        if rule.note:
+            detail += f": {rule.note}"
+        lines.append(f"| `{rule.verl}` | {native} | {detail} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

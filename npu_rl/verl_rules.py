@@ -1,8 +1,8 @@
 """verl's config keys and what each becomes in npu_rl: the table (data) behind the loader and the docs.
 
 `RULES` is the only source: `npu_rl.verl_compat.to_native` applies it to a config, and the table in
-`docs/verl_migration.md` is `markdown_table()` output, printed by `python -m npu_rl.verl_compat`
-(tests/test_verl_compat.py checks that they agree).
+`docs/verl_migration.md` is `npu_rl.verl_compat.markdown_table()` output, printed by
+`python -m npu_rl.verl_compat` (tests/test_verl_compat.py checks that they agree).
 """
 
 from __future__ import annotations
@@ -383,24 +383,3 @@ def find_rule(key: str) -> tuple[Rule | None, str]:
         elif pattern == parts:
             return rule, rule.native
     return best
-
-
-def markdown_table() -> str:
-    """The migration table of docs/verl_migration.md, generated from RULES."""
-    what = {
-        ALIAS: "renamed",
-        SPECIAL: "converted",
-        IGNORED: "accepted, no effect",
-        LAUNCHER: "launcher",
-        UNSUPPORTED: "error: no equivalent",
-    }
-    lines = ["| verl key | npu_rl | what happens |", "|---|---|---|"]
-    for rule in RULES:
-        native = f"`{rule.native}`" if rule.native else "-"
-        detail = what[rule.kind]
-        if rule.kind == IGNORED and rule.only is not ANY_VALUE:
-            detail = f"accepted when {' / '.join(repr(v) for v in rule.only)}, else error"
-        if rule.note:
-            detail += f": {rule.note}"
-        lines.append(f"| `{rule.verl}` | {native} | {detail} |")
-    return "\n".join(lines) + "\n"
