@@ -269,7 +269,8 @@ def _micro_step(
     old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
     policy_loss = core_algos.POLICY_LOSSES.get(cfg.policy_loss, key="actor.policy_loss")
     pg_mat, pg_stats = policy_loss(logprobs, old, micro.advantages, mask, cfg)
-    pg_loss = core_algos.aggregate_loss(pg_mat, mask, cfg.loss_agg_mode, num_tokens, num_seqs, horizon)
+    pg_agg = core_algos.policy_agg_mode(cfg.policy_loss, cfg.loss_agg_mode)
+    pg_loss = core_algos.aggregate_loss(pg_mat, mask, pg_agg, num_tokens, num_seqs, horizon)
     entropy_loss = core_algos.aggregate_loss(entropy, mask, cfg.loss_agg_mode, num_tokens, num_seqs, horizon)
     loss = pg_loss - cfg.entropy_coeff * entropy_loss
     weight = mask.sum().item() / max(1.0, float(num_tokens))

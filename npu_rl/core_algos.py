@@ -8,7 +8,8 @@ function and a new variant is one decorated function; every member of a family h
   (npu_rl.algos.advantages: grpo, rloo, reinforce_plus_plus(_baseline), gae)
 - POLICY_LOSSES (actor.policy_loss): fn(logprob, old_logprob, advantages, mask, cfg: ActorConfig)
   -> (loss_mat [N, T], stats: dict of scalar tensors)
-  (vanilla here; gspo in npu_rl.algos.policy_losses)
+  (vanilla here; gspo, gpg, cispo, geo_mean, sapo in npu_rl.algos.policy_losses; clip_cov, kl_cov in
+  npu_rl.algos.cov_losses). A loss registered with `agg_mode` is always reduced that way (policy_agg_mode).
 - KL_ESTIMATORS (actor.kl_loss_type, algorithm.kl_penalty): fn(logprob, ref_logprob) -> [N, T]
 - LOSS_AGG_MODES (actor.loss_agg_mode): fn(loss_mat, mask, num_tokens, num_seqs, horizon) -> scalar
 """
@@ -52,6 +53,22 @@ def register_adv_estimator(name: str, *, group_relative: bool = False) -> Callab
         return ADV_ESTIMATORS.register(name)(fn)
 
     return wrap
+
+
+def register_policy_loss(name: str, *, agg_mode: str | None = None) -> Callable[[PolicyLoss], PolicyLoss]:
+    """Register a policy loss; one defined per sequence (verl's `sapo`, `geo_mean`) names the aggregation
+    it must be reduced with, which then replaces actor.loss_agg_mode for the policy term (as in verl)."""
+
+    def wrap(fn: PolicyLoss) -> PolicyLoss:
+        fn.agg_mode = agg_mode  # type: ignore[attr-defined]
+        return POLICY_LOSSES.register(name)(fn)
+
+    return wrap
+
+
+def policy_agg_mode(policy_loss: str, loss_agg_mode: str) -> str:
+    """How the policy loss `policy_loss` reduces: its own fixed mode, if it has one, else `loss_agg_mode`."""
+    return getattr(POLICY_LOSSES.get(policy_loss, key="actor.policy_loss"), "agg_mode", None) or loss_agg_mode
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -259,7 +276,7 @@ def ppo_policy_loss(
     return loss, stats
 
 
-@POLICY_LOSSES.register("vanilla")
+@register_policy_loss("vanilla")
 def vanilla_policy_loss(
     logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -285,4 +302,5 @@ def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 # The other families' members register themselves on import (they import the registries above).
 from npu_rl.algos import advantages as _advantages  # noqa: E402, F401
 from npu_rl.algos import baselines as _baselines  # noqa: E402, F401
+from npu_rl.algos import cov_losses as _cov_losses  # noqa: E402, F401
 from npu_rl.algos import policy_losses as _policy_losses  # noqa: E402, F401

@@ -27,14 +27,23 @@ def _train_rows(tmp_path):
         ("algorithm.adv_estimator=opo", "actor.policy_loss=cispo", "actor.clip_ratio_high=4.0"),
         ("algorithm.adv_estimator=grpo_passk",),
         ("algorithm.adv_estimator=grpo_batch_std",),
+        ("actor.policy_loss=geo_mean", "actor.ppo_epochs=2"),
+        ("actor.policy_loss=sapo", "actor.ppo_epochs=2"),
+        ("actor.policy_loss=clip_cov", "actor.policy_loss_params.clip_cov_lb=-1e9", "actor.ppo_epochs=2"),
+        ("actor.policy_loss=kl_cov", "actor.policy_loss_params.kl_cov_ratio=0.1", "actor.ppo_epochs=2"),
     ],
-    ids=["rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo", "gpg", "opo_cispo", "passk", "batch_std"],
-)
+    ids=[
+        "rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo", "gpg", "opo_cispo", "passk", "batch_std",
+        "geo_mean", "sapo", "clip_cov", "kl_cov",
+    ],
+)  # fmt: skip
 def test_each_estimator_and_loss_trains(tmp_path, tiny_model_dir, synthetic_parquet, extra):
     run(make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, *BASE, *extra))
     rows = _train_rows(tmp_path)
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["actor/grad_norm"] > 1e-6 for r in rows), "the reward varies, so the policy must move"
+    if "actor.policy_loss=clip_cov" in extra or "actor.policy_loss=kl_cov" in extra:  # one token per micro-batch
+        assert all(r["actor/pg_clipfrac"] > 0 for r in rows), "every micro-batch treats at least one token"
 
 
 def test_adaptive_kl_in_reward_and_rollout_correction_log_their_metrics(tmp_path, tiny_model_dir, synthetic_parquet):

@@ -1,8 +1,9 @@
-"""Policy losses beyond vanilla PPO (GSPO, GPG, CISPO), the rollout-correction token weight and PPO's
-value loss.
+"""Policy losses beyond vanilla PPO (GSPO, GPG, CISPO, GMPO's geo_mean, SAPO), the rollout-correction
+token weight and PPO's value loss.
 
 Every POLICY_LOSSES member: fn(logprob, old_logprob, advantages, mask, cfg: ActorConfig)
--> (loss_mat [N, T], stats), reduced by the actor's `loss_agg_mode`.
+-> (loss_mat [N, T], stats), reduced by the actor's `loss_agg_mode` or, for the sequence-level
+losses registered with `agg_mode`, by that mode.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from npu_rl.core_algos import POLICY_LOSSES, masked_mean
+from npu_rl.core_algos import masked_mean, register_policy_loss
 
 if TYPE_CHECKING:
     from npu_rl.config import ActorConfig
@@ -32,9 +33,8 @@ def gspo_loss(
 
     Each token's ratio carries the token-level gradient path: log s_t = logprob_t - sg(logprob_t)
     + sg(mean log-ratio), clamped at 10 before exp, so its value is s and its gradient flows through
-    the token's own logprob. Matches verl 0.9.1's compute_policy_loss_gspo; an empty row has
-    log-ratio 0 (length clamped to 1); pg_clipfrac_lower is 0 (no dual clip). verl recommends
-    actor.loss_agg_mode=seq-mean-token-mean with it.
+    the token's own logprob. Matches verl's compute_policy_loss_gspo (0.9.1, and main of 2026-01-29);
+    an empty row has log-ratio 0 (length clamped to 1); pg_clipfrac_lower is 0 (no dual clip).
     """
     advantages, mask = advantages.float(), mask.float()
     log_ratio = logprob.float() - old_logprob.float()
@@ -51,15 +51,16 @@ def gspo_loss(
     return torch.maximum(unclipped, clipped), stats
 
 
-@POLICY_LOSSES.register("gspo")
+@register_policy_loss("gspo", agg_mode="seq-mean-token-mean")
 def gspo_policy_loss(
     logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """verl's `gspo` loss mode with the actor's clip ratios (GSPO's paper uses 3e-4 / 4e-4)."""
+    """verl's `gspo` loss mode with the actor's clip ratios (GSPO's paper uses 3e-4 / 4e-4), always reduced
+    as seq-mean-token-mean, as verl reduces it whatever its loss_agg_mode (found by bench/verl_parity.py)."""
     return gspo_loss(logprob, old_logprob, advantages, mask, cfg.clip_ratio_low, cfg.clip_ratio_high)
 
 
-@POLICY_LOSSES.register("gpg")
+@register_policy_loss("gpg")
 def gpg_policy_loss(
     logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -71,7 +72,7 @@ def gpg_policy_loss(
     return -advantages.float() * logprob.float(), stats
 
 
-@POLICY_LOSSES.register("cispo")
+@register_policy_loss("cispo")
 def cispo_policy_loss(
     logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -90,6 +91,64 @@ def cispo_policy_loss(
         "ppo_kl": masked_mean(-log_ratio.detach(), mask),
     }
     return -clipped.detach() * advantages.float() * logprob.float(), stats
+
+
+@register_policy_loss("geo_mean", agg_mode="seq-mean-token-mean")
+def geo_mean_policy_loss(
+    logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GMPO (Zhao et al. 2025): -A_i * exp(mean_t of the clipped log-ratio), the geometric mean of the
+    token ratios of sequence i, so one outlier token moves the sequence less than PPO's arithmetic mean.
+
+    The clip acts on each token's log-ratio: [-clip_ratio_low, clip_ratio_high] in log space, and only on
+    the side that helps the update (A > 0: above, A < 0: below, A = 0: the term is 0). A_i is the
+    sequence's mean advantage. Matches verl's compute_policy_loss_geo_mean (main of 2026-01-29,
+    0.8.0.dev): no log-ratio clamp, pg_clipfrac / pg_clipfrac_lower count clipped tokens with A > 0 / A < 0.
+    The sequence loss is placed on each of its tokens and reduced as seq-mean-token-mean (whatever
+    actor.loss_agg_mode says, as verl), i.e. the mean over the mini-batch's sequences; verl averages
+    each micro-batch's rows, which is the same for equal micro-batches, except that a fully masked row
+    (loss 0) is not counted here.
+    """
+    mask = mask.float()
+    log_ratio = logprob.float() - old_logprob.float()
+    sign = torch.sign(advantages.float())
+    clamped = log_ratio.clamp(-cfg.clip_ratio_low, cfg.clip_ratio_high)
+    bounded = sign * torch.minimum(sign * log_ratio, sign * clamped)
+    length = mask.sum(-1).clamp(min=1)
+    seq_ratio = ((bounded * mask).sum(-1) / length).exp()
+    seq_adv = (advantages.float() * mask).sum(-1) / length
+    clipped = (log_ratio != clamped).float()
+    stats = {
+        "pg_clipfrac": masked_mean(clipped * (advantages > 0), mask),
+        "pg_clipfrac_lower": masked_mean(clipped * (advantages < 0), mask),
+        "ppo_kl": masked_mean(-log_ratio.detach(), mask),
+    }
+    return (-seq_adv * seq_ratio)[:, None].expand_as(mask), stats
+
+
+@register_policy_loss("sapo", agg_mode="seq-mean-token-mean")
+def sapo_policy_loss(
+    logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """SAPO (Gao et al. 2025, arXiv 2511.20347): a smooth gate instead of PPO's hard clip,
+    -A * sigmoid(tau (rho - 1)) * 4 / tau per token, tau = tau_pos where A > 0 else tau_neg.
+
+    At rho = 1 the gradient equals the plain policy gradient's; away from 1 it fades smoothly instead of
+    dropping to zero at a clip edge (tau_neg > tau_pos fades negative updates faster). The log-ratio is
+    clamped to [-20, 20]. Matches verl's compute_policy_loss_sapo (main of 2026-01-29, 0.8.0.dev):
+    always reduced as seq-mean-token-mean, clip fractions 0. Keys: actor.policy_loss_params.tau_pos / tau_neg.
+    """
+    params = cfg.policy_loss_params
+    log_ratio = (logprob.float() - old_logprob.float()).clamp(-20.0, 20.0)
+    advantages = advantages.float()
+    tau = torch.where(advantages > 0, params.tau_pos, params.tau_neg)
+    gate = torch.sigmoid(tau * (log_ratio.exp() - 1.0)) * (4.0 / tau)
+    stats = {
+        "pg_clipfrac": torch.zeros(()),
+        "pg_clipfrac_lower": torch.zeros(()),
+        "ppo_kl": masked_mean(-log_ratio.detach(), mask.float()),
+    }
+    return -gate * advantages, stats
 
 
 def truncated_is_weight(

@@ -46,6 +46,28 @@ class FilterGroupsConfig(Section):
 
 
 @dataclass
+class PolicyLossParams(Section):
+    """Parameters of the policy losses that have their own (verl: actor.policy_loss.* and actor.tau_*)."""
+
+    clip_cov_ratio: float = knob(
+        0.0002, "clip_cov: fraction of a micro-batch's tokens whose gradient is removed", gt=0, le=1
+    )
+    clip_cov_lb: float = knob(1.0, "clip_cov: a token is a candidate when its covariance is above this ...")
+    clip_cov_ub: float = knob(5.0, "clip_cov: ... and below this")
+    kl_cov_ratio: float = knob(0.0002, "kl_cov: fraction of a micro-batch's tokens that get the KL penalty", gt=0, le=1)
+    ppo_kl_coef: float = knob(0.1, "kl_cov: weight of the |log ratio| penalty on those tokens", ge=0)
+    tau_pos: float = knob(1.0, "sapo: gate temperature of tokens with a positive advantage", gt=0)
+    tau_neg: float = knob(1.05, "sapo: gate temperature of the others (larger: negative updates fade faster)", gt=0)
+
+    def check(self, path: str) -> None:
+        if self.clip_cov_lb >= self.clip_cov_ub:
+            raise ConfigError(
+                f"{join(path, 'clip_cov_lb')} ({self.clip_cov_lb}) must be below {join(path, 'clip_cov_ub')} "
+                f"({self.clip_cov_ub}): no covariance lies between them"
+            )
+
+
+@dataclass
 class AlgorithmConfig(Section):
     """Advantage estimation and the in-reward KL penalty."""
 

@@ -16,7 +16,7 @@ from typing import Literal
 from npu_rl.config import environment
 from npu_rl.config.fields import ConfigError, Section, join, knob
 from npu_rl.config.generation import RolloutConfig
-from npu_rl.config.objective import KL_REGISTRY, AlgorithmConfig, RewardConfig
+from npu_rl.config.objective import KL_REGISTRY, AlgorithmConfig, PolicyLossParams, RewardConfig
 
 
 @dataclass
@@ -133,6 +133,7 @@ class ActorConfig(Section):
     policy_loss: str = knob(
         "vanilla", "policy loss (verl's policy_loss.loss_mode)", registry="npu_rl.core_algos:POLICY_LOSSES"
     )
+    policy_loss_params: PolicyLossParams = knob(PolicyLossParams, "parameters of clip_cov, kl_cov and sapo")
     forward: Literal["auto", "plain", "shared_prefix", "fused", "packed"] = knob(
         "auto",
         "logprob/training forward: plain = one forward over padded rows; shared_prefix = each prompt once, "
@@ -156,6 +157,9 @@ class ActorConfig(Section):
         "leave responses cut at rollout.max_new_tokens out of the policy loss; they still count in their "
         "group's advantage statistics (TRL's mask_truncated_completions, DAPO's overlong filtering)",
     )
+
+    def check(self, path: str) -> None:
+        environment.note_fixed_aggregation(self.policy_loss, self.loss_agg_mode, path)
 
 
 @dataclass
