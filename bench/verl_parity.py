@@ -1,75 +1,78 @@
-"""npu_rl's policy losses against verl's own functions, on random batches: loss, gradient and metrics.
+"""npu_rl's policy losses and advantage estimators against verl's own functions, on random batches.
 
-verl is not a dependency, so this runs against a verl checkout the user points at: its
-`verl/trainer/ppo/core_algos.py` is parsed, the `compute_policy_loss_<name>` functions and `agg_loss`
-are taken out (decorators dropped) and run with a stand-in for the two `verl_F` helpers they call, on
-the same inputs as npu_rl's registered loss of that name, reduced the way each side reduces it.
+verl is not a dependency, so this runs against a verl checkout the user points at: the functions of
+`verl/trainer/ppo/core_algos.py` (`compute_policy_loss_<name>`, `compute_<name>_outcome_advantage`,
+`compute_gae_advantage_return`, `agg_loss`) and the masked statistics of `verl/utils/torch_functional.py`
+they call are parsed out of the files (decorators dropped) and run on the same inputs as npu_rl's
+registered function of the same name.
 
     python bench/verl_parity.py --verl /path/to/verl [--trials 200]
 
-Every batch has rows of random length (some empty), random advantages with ties and zeros, and
-log-ratios of a few tenths, so clips, dual clips and the covariance selections all occur. The random
-choice of clip_cov is seeded identically on both sides. verl's geo_mean averages the rows of its
-micro-batch with torch.mean (empty rows included), npu_rl the non-empty sequences: the script rescales
-verl's value by rows / non-empty rows before comparing (docs/algorithms.md).
+Losses: rows of random length (some empty), advantages with ties and zeros, log-ratios of a few tenths,
+so clips, dual clips and the covariance selections all occur; clip_cov's random choice is seeded alike on
+both sides; compared: the reduced loss, its gradient and verl's metrics. verl's geo_mean averages the rows
+of its micro-batch with torch.mean (empty rows included), npu_rl the non-empty sequences: verl's value is
+rescaled by rows / non-empty rows first (docs/algorithms.md). Estimators: groups of 1 to 4 samples,
+scores with ties (0, 0.5, 1) on each row's last token, critic values for gae; compared: advantages and
+returns on the valid tokens. The script exits 1 when any difference exceeds 1e-6.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
+import inspect
 import sys
 import types
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from npu_rl import core_algos
+from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.config import ActorConfig
 
 
-class _VerlActorConfig(types.SimpleNamespace):
-    """The attributes verl's loss functions read from its ActorConfig (and its dict-style `get`)."""
+class _VerlConfig(types.SimpleNamespace):
+    """The attributes verl's functions read from its ActorConfig / AlgoConfig (and their dict-style `get`)."""
 
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default)
 
 
-def _masked_sum(values: torch.Tensor, mask: torch.Tensor, axis: Any = None) -> torch.Tensor:
-    return (torch.where(mask.bool(), values, 0.0) * mask).sum(axis=axis)
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor, axis: Any = None) -> torch.Tensor:
-    return _masked_sum(values, mask, axis) / (mask.sum(axis=axis) + 1e-8)  # verl's torch_functional
-
-
-def load_verl_losses(verl: Path) -> dict[str, Any]:
-    """verl's `compute_policy_loss_*` functions (by loss name) from a checkout's core_algos.py."""
-    path = verl / "verl" / "trainer" / "ppo" / "core_algos.py" if verl.is_dir() else verl
+def _functions(path: Path, keep: Any, namespace: dict[str, Any]) -> dict[str, Any]:
+    """Define the top-level functions of `path` whose name `keep` accepts in `namespace` (decorators dropped)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    wanted = [
-        node
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef)
-        and (node.name.startswith("compute_policy_loss_") or node.name == "agg_loss")
-    ]
+    wanted = [node for node in tree.body if isinstance(node, ast.FunctionDef) and keep(node.name)]
     for node in wanted:
         node.decorator_list = []
+    exec(compile(ast.Module(body=wanted, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace
+
+
+def load_verl(checkout: Path) -> dict[str, Any]:
+    """verl's loss and estimator functions, by name, from a checkout."""
+    stats = {"masked_sum", "masked_mean", "masked_var", "masked_whiten"}
+    helpers = _functions(checkout / "verl" / "utils" / "torch_functional.py", stats.__contains__, {"torch": torch})
     namespace: dict[str, Any] = {
         "torch": torch,
+        "np": np,
+        "defaultdict": defaultdict,
         "Any": Any,
         "Optional": Optional,
-        "verl_F": types.SimpleNamespace(masked_sum=_masked_sum, masked_mean=_masked_mean),
-        "ActorConfig": _VerlActorConfig,
-        "AlgoConfig": type("AlgoConfig", (), {}),
+        "verl_F": types.SimpleNamespace(**{name: helpers[name] for name in stats if name in helpers}),
+        "ActorConfig": _VerlConfig,
+        "AlgoConfig": type("AlgoConfig", (), {}),  # losses assert their config is not one
     }
-    exec(compile(ast.Module(body=wanted, type_ignores=[]), str(path), "exec"), namespace)
-    prefix = "compute_policy_loss_"
-    return {name.removeprefix(prefix): fn for name, fn in namespace.items() if name.startswith(prefix)}
+    core = checkout / "verl" / "trainer" / "ppo" / "core_algos.py"
+    return _functions(core, lambda name: name.startswith("compute_") or name == "agg_loss", namespace)
 
 
-def verl_config(cfg: ActorConfig) -> _VerlActorConfig:
+def verl_config(cfg: ActorConfig) -> _VerlConfig:
     params = cfg.policy_loss_params
     policy_loss = types.SimpleNamespace(
         clip_cov_ratio=params.clip_cov_ratio,
@@ -78,7 +81,7 @@ def verl_config(cfg: ActorConfig) -> _VerlActorConfig:
         kl_cov_ratio=params.kl_cov_ratio,
         ppo_kl_coef=params.ppo_kl_coef,
     )
-    return _VerlActorConfig(
+    return _VerlConfig(
         clip_ratio=cfg.clip_ratio_low,
         clip_ratio_low=cfg.clip_ratio_low,
         clip_ratio_high=cfg.clip_ratio_high,
@@ -90,7 +93,7 @@ def verl_config(cfg: ActorConfig) -> _VerlActorConfig:
     )
 
 
-def random_batch(seed: int, rows: int = 6, width: int = 9) -> tuple[torch.Tensor, ...]:
+def random_loss_batch(seed: int, rows: int = 6, width: int = 9) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(seed)
     lengths = torch.randint(0, width + 1, (rows,), generator=gen)
     lengths[0] = width
@@ -101,7 +104,7 @@ def random_batch(seed: int, rows: int = 6, width: int = 9) -> tuple[torch.Tensor
     return logprob, old, advantages, mask
 
 
-def compare(name: str, verl_fn: Any, agg_mode: str, trials: int) -> tuple[float, float]:
+def compare_loss(name: str, verl_fn: Any, agg_mode: str, trials: int) -> tuple[float, float]:
     """Worst |loss or gradient difference| and worst |metric difference| over `trials` batches."""
     cfg = ActorConfig(clip_ratio_low=0.2, clip_ratio_high=0.28, loss_agg_mode=agg_mode)
     params = cfg.policy_loss_params
@@ -109,7 +112,7 @@ def compare(name: str, verl_fn: Any, agg_mode: str, trials: int) -> tuple[float,
     params.ppo_kl_coef = 0.3
     worst_value = worst_metric = 0.0
     for seed in range(trials):
-        logprob, old, advantages, mask = random_batch(seed)
+        logprob, old, advantages, mask = random_loss_batch(seed)
         logprob.requires_grad_()
         torch.manual_seed(seed)
         loss_mat, stats = core_algos.POLICY_LOSSES[name](logprob, old, advantages, mask, cfg)
@@ -126,23 +129,81 @@ def compare(name: str, verl_fn: Any, agg_mode: str, trials: int) -> tuple[float,
     return worst_value, worst_metric
 
 
+def random_estimator_batch(seed: int, width: int = 7) -> AdvantageInputs:
+    gen = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(1, 5, (4,), generator=gen)
+    group = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+    lengths = torch.randint(1, width + 1, (len(group),), generator=gen)
+    mask = (torch.arange(width)[None] < lengths[:, None]).float()
+    scores = torch.randint(0, 3, (len(group),), generator=gen).float() / 2
+    values = torch.randn(len(group), width, generator=gen) * mask
+    return AdvantageInputs(place_scores(scores, mask), mask, group, values, gamma=0.99, lam=0.95)
+
+
+def call_verl_estimator(fn: Any, batch: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call verl's estimator with the arguments its signature names (verl's uids become strings)."""
+    offered = {
+        "token_level_rewards": batch.token_rewards.clone(),
+        "response_mask": batch.response_mask,
+        "index": np.array([f"uid{g}" for g in batch.group.tolist()], dtype=object),
+        "values": batch.values,
+        "gamma": batch.gamma,
+        "lam": batch.lam,
+        "norm_adv_by_std_in_grpo": batch.norm_by_std,
+        "config": _VerlConfig(gamma=batch.gamma, lam=batch.lam, norm_adv_by_std_in_grpo=batch.norm_by_std),
+    }
+    names = inspect.signature(fn).parameters
+    return fn(**{name: value for name, value in offered.items() if name in names})
+
+
+def compare_estimator(name: str, verl_fn: Any, trials: int, norm_by_std: bool) -> float:
+    """Worst |advantage or return difference| on valid tokens over `trials` batches (groups of one
+    skipped for grpo_passk, which both sides refuse)."""
+    worst = 0.0
+    for seed in range(trials):
+        batch = dataclasses.replace(random_estimator_batch(seed), norm_by_std=norm_by_std)
+        if name == "grpo_passk" and (torch.bincount(batch.group) < 2).any():
+            continue
+        ours = core_algos.ADV_ESTIMATORS[name](batch)
+        theirs = call_verl_estimator(verl_fn, batch)
+        for mine, verls in zip(ours, theirs, strict=True):
+            worst = max(worst, ((mine - verls) * batch.response_mask).abs().max().item())
+    return worst
+
+
+def verl_estimator(verl: dict[str, Any], name: str) -> Any:
+    return verl.get(f"compute_{name}_outcome_advantage") or verl.get(f"compute_{name}_advantage_return")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--verl", type=Path, required=True, help="a verl checkout (or its core_algos.py)")
-    parser.add_argument("--trials", type=int, default=200, help="random batches per loss and mode")
+    parser.add_argument("--verl", type=Path, required=True, help="a verl checkout (the folder holding verl/)")
+    parser.add_argument("--trials", type=int, default=200, help="random batches per row")
     args = parser.parse_args(argv)
-    verl = load_verl_losses(args.verl)
-    shared = [name for name in core_algos.POLICY_LOSSES.names() if name in verl]
+    verl = load_verl(args.verl)
+    prefix = "compute_policy_loss_"
+    verl_losses = {name.removeprefix(prefix) for name in verl if name.startswith(prefix)}
+    losses = [name for name in core_algos.POLICY_LOSSES.names() if name in verl_losses]
+    estimators = [name for name in core_algos.ADV_ESTIMATORS.names() if verl_estimator(verl, name)]
+    verl_estimators = {
+        name[8:].removesuffix("_outcome_advantage") for name in verl if name.endswith("_outcome_advantage")
+    }
     print(f"[verl_parity] {args.trials} random batches per row; verl losses not here: "
-          f"{sorted(set(verl) - set(shared)) or 'none'}")  # fmt: skip
+          f"{sorted(verl_losses - set(losses)) or 'none'}; verl estimators not here: "
+          f"{sorted(verl_estimators - set(estimators)) or 'none'}")  # fmt: skip
     print(f"{'loss':10s} {'loss_agg_mode':22s} {'loss/grad diff':>15s} {'metric diff':>12s}")
-    failed = False
-    for name in shared:
+    worst = 0.0
+    for name in losses:
         for mode in ("token-mean", "seq-mean-token-mean"):
-            value, metric = compare(name, verl[name], mode, args.trials)
-            failed |= value > 1e-6 or metric > 1e-6
+            value, metric = compare_loss(name, verl[f"{prefix}{name}"], mode, args.trials)
+            worst = max(worst, value, metric)
             print(f"{name:10s} {mode:22s} {value:15.2e} {metric:12.2e}")
-    return 1 if failed else 0
+    print(f"{'estimator (adv/return diff)':33s} {'std-normed':>12s} {'no std':>12s}")
+    for name in estimators:
+        normed, plain = (compare_estimator(name, verl_estimator(verl, name), args.trials, on) for on in (True, False))
+        worst = max(worst, normed, plain)
+        print(f"{name:33s} {normed:12.2e} {plain:12.2e}")
+    return 1 if worst > 1e-6 else 0
 
 
 if __name__ == "__main__":

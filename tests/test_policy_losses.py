@@ -2,6 +2,7 @@
 computed by hand, their fixed aggregation, their config keys and verl's spellings of them."""
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,13 +164,21 @@ def test_verl_spellings_of_the_loss_parameters():
     assert (params.kl_cov_ratio, params.ppo_kl_coef, params.tau_neg, params.tau_pos) == (0.01, 1.0, 2.0, 1.0)
 
 
+STAND_IN_STATS = """
+def masked_sum(values, mask, axis=None):
+    return (values * mask).sum(axis=axis)
+
+
+def masked_mean(values, mask, axis=None):
+    return masked_sum(values, mask, axis) / mask.sum(axis=axis)
+"""
+
 STAND_IN = """
 def register_policy_loss(name):  # verl's decorator: the script drops it
     raise AssertionError("decorators are not run")
 
 
 def agg_loss(loss_mat, loss_mask, loss_agg_mode, **batch_info):
-    assert loss_agg_mode == "token-mean" or loss_agg_mode == "seq-mean-token-mean"
     if loss_agg_mode == "token-mean":
         return (loss_mat * loss_mask).sum() / loss_mask.sum()
     rows = loss_mask.sum(-1) > 0
@@ -187,19 +196,46 @@ def compute_policy_loss_cispo(old_log_prob, log_prob, advantages, response_mask,
     ratio = torch.exp(log_prob - old_log_prob).detach()  # the weight left unclipped: a wrong CISPO
     loss = agg_loss(-ratio * advantages * log_prob, response_mask, loss_agg_mode)
     return loss, {"actor/ppo_kl": verl_F.masked_mean(old_log_prob - log_prob, response_mask).item()}
+
+
+def compute_rloo_outcome_advantage(token_level_rewards, response_mask, index, config=None):
+    scores = token_level_rewards.sum(-1)
+    groups = defaultdict(list)
+    for row, uid in enumerate(index):
+        groups[uid].append(row)
+    out = scores.clone()
+    for rows in groups.values():
+        if len(rows) > 1:
+            out[rows] = (scores[rows] - scores[rows].mean()) * len(rows) / (len(rows) - 1)
+    return out[:, None] * response_mask, out[:, None] * response_mask
+
+
+def compute_opo_outcome_advantage(token_level_rewards, response_mask, index, config=None):
+    scores = token_level_rewards.sum(-1)  # OPO without its baseline: wrong
+    return scores[:, None] * response_mask, scores[:, None] * response_mask
 """
 
 
 def test_verl_parity_script_compares_with_the_functions_it_is_given(tmp_path):
     """bench/verl_parity.py (run by hand against a verl checkout) finds agreement and disagreement."""
-    stand_in = tmp_path / "core_algos.py"
-    stand_in.write_text(STAND_IN)
+    ppo, utils = tmp_path / "verl" / "trainer" / "ppo", tmp_path / "verl" / "utils"
+    ppo.mkdir(parents=True)
+    utils.mkdir()
+    (ppo / "core_algos.py").write_text(STAND_IN)
+    (utils / "torch_functional.py").write_text(STAND_IN_STATS)
     script = Path(__file__).resolve().parents[1] / "bench" / "verl_parity.py"
     done = subprocess.run(
-        [sys.executable, str(script), "--verl", str(stand_in), "--trials", "5"], capture_output=True, text=True
+        [sys.executable, str(script), "--verl", str(tmp_path), "--trials", "5"], capture_output=True, text=True
     )
-    rows = {tuple(line.split()[:2]): line.split()[2:] for line in done.stdout.splitlines()[2:]}
     assert done.returncode == 1, done.stdout + done.stderr
-    assert set(rows) == {(name, mode) for name in ("gpg", "cispo") for mode in ("token-mean", "seq-mean-token-mean")}
-    assert all(float(value) == 0 for value in rows["gpg", "token-mean"] + rows["gpg", "seq-mean-token-mean"])
-    assert float(rows["cispo", "token-mean"][0]) > 1e-3 and float(rows["cispo", "token-mean"][1]) == 0
+    number = r"(\d\.\d\de[+-]\d\d)"
+    losses = {
+        (m[1], m[2]): (float(m[3]), float(m[4]))
+        for m in re.finditer(rf"^(\S+) +(\S+) +{number} +{number}$", done.stdout, re.M)
+    }
+    estimators = {
+        m[1]: (float(m[2]), float(m[3])) for m in re.finditer(rf"^(\S+) +{number} +{number}$", done.stdout, re.M)
+    }
+    assert losses["gpg", "token-mean"] == (0.0, 0.0) and losses["gpg", "seq-mean-token-mean"] == (0.0, 0.0)
+    assert losses["cispo", "token-mean"][0] > 1e-3 and losses["cispo", "token-mean"][1] == 0
+    assert max(estimators["rloo"]) < 1e-6 and min(estimators["opo"]) > 1e-3
