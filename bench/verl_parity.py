@@ -23,6 +23,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import math
 import sys
 import types
 from collections import defaultdict
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from npu_rl import core_algos
+from npu_rl.algos import rollout_correction
 from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.config import ActorConfig
 
@@ -45,9 +47,21 @@ class _VerlConfig(types.SimpleNamespace):
 
 
 def _functions(path: Path, keep: Any, namespace: dict[str, Any]) -> dict[str, Any]:
-    """Define the top-level functions of `path` whose name `keep` accepts in `namespace` (decorators dropped)."""
+    """Define the top-level functions of `path` whose name `keep` accepts, and its UPPER_CASE constants,
+    in `namespace` (decorators dropped)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    wanted = [node for node in tree.body if isinstance(node, ast.FunctionDef) and keep(node.name)]
+
+    def wanted_node(node: ast.stmt) -> bool:
+        if isinstance(node, ast.FunctionDef):
+            return keep(node.name)
+        target = (
+            node.target
+            if isinstance(node, ast.AnnAssign)
+            else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        )
+        return isinstance(target, ast.Name) and target.id.isupper()
+
+    wanted = [node for node in tree.body if wanted_node(node)]
     for node in wanted:
         node.decorator_list = []
     exec(compile(ast.Module(body=wanted, type_ignores=[]), str(path), "exec"), namespace)
@@ -68,8 +82,16 @@ def load_verl(checkout: Path) -> dict[str, Any]:
         "ActorConfig": _VerlConfig,
         "AlgoConfig": type("AlgoConfig", (), {}),  # losses assert their config is not one
     }
-    core = checkout / "verl" / "trainer" / "ppo" / "core_algos.py"
-    return _functions(core, lambda name: name.startswith("compute_") or name == "agg_loss", namespace)
+    ppo = checkout / "verl" / "trainer" / "ppo"
+    functions = _functions(
+        ppo / "core_algos.py", lambda name: name.startswith("compute_") or name == "agg_loss", namespace
+    )
+    correction = ppo / "rollout_corr_helper.py"
+    if correction.exists():
+        corr = _functions(correction, lambda name: True, {**namespace, "math": math})
+        functions["rollout_correction_weights"] = corr["compute_rollout_correction_weights"]
+        functions["rollout_rejection_mask"] = corr["compute_rollout_rejection_mask"]
+    return functions
 
 
 def verl_config(cfg: ActorConfig) -> _VerlConfig:
@@ -175,6 +197,43 @@ def verl_estimator(verl: dict[str, Any], name: str) -> Any:
     return verl.get(f"compute_{name}_outcome_advantage") or verl.get(f"compute_{name}_advantage_return")
 
 
+# rejection options with bounds that reject some but not most rows of random_loss_batch's log-ratios
+REJECTIONS = {
+    "token_k1": "0.6_1.5",
+    "token_k2": "0.05",
+    "token_k3": "0.05",
+    "seq_sum_k1": "2.0",
+    "seq_sum_k2": "0.3",
+    "seq_sum_k3": "0.3",
+    "seq_mean_k1": "0.9_1.1",
+    "seq_mean_k2": "0.05",
+    "seq_mean_k3": "0.05",
+    "seq_max_k2": "0.15",
+    "seq_max_k3": "0.15",
+    "token_k1,seq_mean_k3,seq_max_k2": "0.6_1.5,0.05,0.15",
+}
+
+
+def compare_correction(verl: dict[str, Any], trials: int) -> dict[str, float]:
+    """Worst |weight difference| per IS setting and count of differing mask entries per rejection option."""
+    worst: dict[str, float] = defaultdict(float)
+    for seed in range(trials):
+        logprob, old, _, mask = random_loss_batch(seed)
+        log_ratio = logprob - old
+        for level in ("token", "sequence"):
+            for normalize in (False, True):
+                ours, _ = rollout_correction.importance_weights(log_ratio, mask, level, 2.0, normalize)
+                theirs, _ = verl["rollout_correction_weights"](log_ratio, mask, level, 2.0, normalize)
+                key = f"rollout_is={level}" + (" batch_normalize" if normalize else "")
+                worst[key] = max(worst[key], (ours - theirs).abs().max().item())
+        for options, threshold in REJECTIONS.items():
+            rules = rollout_correction.parse_rejection(options, threshold)
+            ours, _ = rollout_correction.rejection_mask(log_ratio, mask, rules)
+            theirs, _ = verl["rollout_rejection_mask"](log_ratio, mask, options, threshold)
+            worst[f"rollout_rs={options}"] += float((ours != theirs).sum())
+    return worst
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--verl", type=Path, required=True, help="a verl checkout (the folder holding verl/)")
@@ -203,6 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         normed, plain = (compare_estimator(name, verl_estimator(verl, name), args.trials, on) for on in (True, False))
         worst = max(worst, normed, plain)
         print(f"{name:33s} {normed:12.2e} {plain:12.2e}")
+    if "rollout_correction_weights" in verl:
+        print(f"{'rollout correction':47s} {'weight diff / mask entries differing':>12s}")
+        for key, value in compare_correction(verl, args.trials).items():
+            worst = max(worst, value)
+            print(f"{key:47s} {value:12.3g}")
     return 1 if worst > 1e-6 else 0
 
 

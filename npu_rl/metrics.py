@@ -51,6 +51,15 @@ class StepStats:
         self._put(f"{name}\0num", "sum", numerator)
         self._put(f"{name}\0den", "sum", denominator)
 
+    def add_all(self, prefix: str, stats: dict[str, float | tuple[float, float]]) -> None:
+        """`<prefix>/<name>` for each entry: a (sum, count) pair as a ratio over ranks, a number as the
+        largest on any rank (maxima, or values every rank holds alike)."""
+        for name, value in stats.items():
+            if isinstance(value, tuple):
+                self.add_ratio(f"{prefix}/{name}", *value)
+            else:
+                self.add_max(f"{prefix}/{name}", value)
+
     def add_values(self, prefix: str, values: torch.Tensor) -> None:
         """`<prefix>/mean`, `/max`, `/min` of a 1-D tensor whose entries are split across ranks."""
         values = values.double().flatten()

@@ -30,6 +30,7 @@ import yaml
 
 from npu_rl.checkpoint import CheckpointManager
 from npu_rl.config import Config, OptimConfig, format_path, to_dict
+from npu_rl.config.yaml_io import load_yaml
 from npu_rl.distributed import DistInfo, barrier
 from npu_rl.run_guard import RunLock
 from npu_rl.storage import fsync_dir, write_atomic
@@ -94,10 +95,10 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, 
 
 
 def saved_config(step_dir: Path, log_dir: Path) -> tuple[dict[str, Any] | None, Path | None]:
-    """The config a checkpoint was trained with (plain YAML, read with safe_load), and where it came from."""
+    """The config a checkpoint was trained with (plain YAML, read as configs are), and where it came from."""
     for path in (step_dir / "actor" / RUN_CONFIG, log_dir / "config.yaml"):
         if path.is_file():
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = load_yaml(path.read_text(encoding="utf-8"))
             if isinstance(loaded, dict):
                 return loaded, path
     return None, None

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from npu_rl import actor, core_algos, critic, device, distributed, lora
-from npu_rl.algos import dapo, policy_losses
+from npu_rl.algos import dapo, rollout_correction
 from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.checkpoint import CheckpointManager
 from npu_rl.compute import build_plan
@@ -154,9 +154,9 @@ class GRPOTrainer:
             batch.rollout_logprobs = rollout.logprobs
             on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size == cfg.data.train_batch_size
             kl_in_reward = cfg.algorithm.use_kl_in_reward and self.ref is not None
-            tis = cfg.algorithm.rollout_correction.rollout_is == "token"
+            correction = cfg.algorithm.rollout_correction
             # several updates per rollout, KL priced into the reward, or the engine's logprobs corrected
-            if not on_policy or kl_in_reward or tis:
+            if not on_policy or kl_in_reward or correction.enabled:
                 with timer.section("old_log_prob"):
                     batch.old_logprobs = actor.compute_logprobs(
                         self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device,
@@ -178,22 +178,23 @@ class GRPOTrainer:
                 if kl_in_reward:  # every token pays for its divergence from the reference
                     token_rewards = token_rewards - self._reward_kl(batch, stats) * mask
                 rewards = token_rewards.sum(-1)
+                all_sum = lambda t: distributed.all_reduce(t, "sum")  # noqa: E731
+                weight = None
+                if correction.enabled:  # rejected tokens leave the advantages and the update (verl's order)
+                    mask, weight, corr_stats = rollout_correction.correct(
+                        correction, batch.old_logprobs, rollout.logprobs, mask, all_sum
+                    )
+                    batch.response_mask = mask
+                    stats.add_all("rollout_corr", corr_stats)
                 a = cfg.algorithm
                 inputs = AdvantageInputs(
                     token_rewards, mask, rollout.group, batch.values, a.gamma, a.lam, a.norm_adv_by_std_in_grpo,
-                    all_sum=lambda t: distributed.all_reduce(t, "sum"),
+                    all_sum=all_sum,
                 )  # fmt: skip
                 batch.advantages, batch.returns = core_algos.ADV_ESTIMATORS[a.adv_estimator](inputs)
                 seq_adv = (batch.advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-                if tis:  # scaling A by w > 0 scales every clipped/dual-clipped token loss by w
-                    cap = cfg.algorithm.rollout_correction.rollout_is_threshold
-                    weight, is_stats = policy_losses.truncated_is_weight(
-                        batch.old_logprobs, rollout.logprobs, mask, cap
-                    )
+                if weight is not None:  # scaling A by w > 0 scales every clipped/dual-clipped token loss by w
                     batch.advantages = batch.advantages * weight
-                    stats.add_max("rollout_corr/is_max", float(is_stats.pop("is_max")))
-                    for key, value in is_stats.items():
-                        stats.add_ratio(f"rollout_corr/{key}", float(value) * float(mask.sum()), float(mask.sum()))
 
             mini_groups = cfg.actor.ppo_mini_batch_size // self.dist.world_size
             if self.critic is not None:

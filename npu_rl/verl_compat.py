@@ -24,8 +24,7 @@ import re
 import sys
 from typing import Any
 
-import yaml
-
+from npu_rl.config.yaml_io import load_yaml
 from npu_rl.verl_defaults import VERL_DEFAULTS
 from npu_rl.verl_rules import (
     ALIAS,
@@ -277,7 +276,7 @@ def _resolve(value: Any, key: str, flat: dict[str, Any], compat: _Compat, seen: 
             native = path.strip() if path.strip() in compat.leaves else find_rule(path.strip())[1]
             if native in flat or native in compat.leaves:
                 return one(path)
-            return yaml.safe_load(default) if default.strip() else None
+            return load_yaml(default) if default.strip() else None
         if ":" in expr or not re.fullmatch(r"[A-Za-z_][\w.]*", expr):
             supported = "${a.b}, ${oc.env:VAR} and ${oc.select:a.b,default}"
             raise compat.error(f"{key}: cannot resolve ${{{expr}}}; only {supported} are supported")

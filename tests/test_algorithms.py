@@ -1,4 +1,4 @@
-"""Estimators, GSPO, KL variants, the KL controller and rollout correction against values computed by hand."""
+"""Estimators, GSPO, KL variants, the KL controller and DAPO's pieces against values computed by hand."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 
 from npu_rl import core_algos
 from npu_rl.algos.advantages import AdvantageInputs, masked_whiten, place_scores
-from npu_rl.algos.policy_losses import gspo_loss, truncated_is_weight
+from npu_rl.algos.policy_losses import gspo_loss
 from npu_rl.config import ActorConfig
 
 
@@ -162,19 +162,6 @@ def test_token_sum_and_seq_mean_skip_fully_masked_rows():
     assert core_algos.aggregate_loss(loss, mask, "seq-mean-token-sum").item() == pytest.approx((3 + 3) / 2)
     assert core_algos.aggregate_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx((1.5 + 3) / 2)
     assert core_algos.count_sequences(mask).item() == 2
-
-
-def test_truncated_is_weight_caps_the_ratio():
-    logprob = torch.tensor([[0.0, -1.0, math.log(3.0)]])
-    rollout = torch.tensor([[0.0, 0.0, 0.0]])
-    mask = torch.tensor([[1.0, 1.0, 1.0]])
-    weight, stats = truncated_is_weight(logprob, rollout, mask, cap=2.0)
-    torch.testing.assert_close(weight, torch.tensor([[1.0, math.exp(-1.0), 2.0]]))
-    torch.testing.assert_close(stats["is_mean"], torch.tensor((1 + math.exp(-1.0) + 3) / 3))
-    torch.testing.assert_close(stats["is_max"], torch.tensor(3.0))
-    torch.testing.assert_close(stats["is_clipfrac"], torch.tensor(1 / 3))
-    masked, _ = truncated_is_weight(logprob, rollout, torch.tensor([[1.0, 0.0, 0.0]]), cap=2.0)
-    assert masked.tolist() == [[1.0, 0.0, 0.0]]
 
 
 def test_overlong_penalty_ramps_over_the_buffer():

@@ -324,10 +324,10 @@ def test_cli_help_describes_each_key():
         assert f"  {key} (" in out
 
 
-def test_rollout_correction_accepts_verls_null_and_refuses_what_is_not_built():
-    """verl's rollout_correction.yaml sets `rollout_is: null` (off); sequence-level IS is not built here."""
+def test_rollout_correction_accepts_verls_null_and_refuses_other_levels():
+    """verl's rollout_correction.yaml sets `rollout_is: null` (off); token and sequence levels exist."""
     base = ["model.path=Qwen/Qwen2.5-0.5B-Instruct", "data.train_files=[x.parquet]"]
     cfg = load_config(None, [*base, "algorithm.rollout_correction.rollout_is=null"])
     assert cfg.algorithm.rollout_correction.rollout_is is None
-    with pytest.raises(ConfigError, match="rollout_is: 'sequence' is not one of"):
-        load_config(None, [*base, "algorithm.rollout_correction.rollout_is=sequence"])
+    with pytest.raises(ConfigError, match="rollout_is: 'geometric' is not one of"):
+        load_config(None, [*base, "algorithm.rollout_correction.rollout_is=geometric"])

@@ -1,5 +1,4 @@
-"""Policy losses beyond vanilla PPO (GSPO, GPG, CISPO, GMPO's geo_mean, SAPO), the rollout-correction
-token weight and PPO's value loss.
+"""Policy losses beyond vanilla PPO (GSPO, GPG, CISPO, GMPO's geo_mean, SAPO) and PPO's value loss.
 
 Every POLICY_LOSSES member: fn(logprob, old_logprob, advantages, mask, cfg: ActorConfig)
 -> (loss_mat [N, T], stats), reduced by the actor's `loss_agg_mode` or, for the sequence-level
@@ -149,28 +148,6 @@ def sapo_policy_loss(
         "ppo_kl": masked_mean(-log_ratio.detach(), mask.float()),
     }
     return -gate * advantages, stats
-
-
-def truncated_is_weight(
-    logprob: torch.Tensor, rollout_logprob: torch.Tensor, mask: torch.Tensor, cap: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Rollout correction: token weight min(pi_train / pi_rollout, cap), detached, zero on mask-0 tokens.
-
-    The engine that sampled (vLLM, bf16 kernels) and the trainer disagree slightly on probabilities;
-    weighting each token's loss by this truncated importance ratio corrects the bias of training on
-    samples from the engine's distribution (Yao et al. 2025, "TIS"). The log-ratio is clamped to
-    [-20, 20] before exp, as verl does. Stats: rollout_corr/{is_mean, is_max, is_clipfrac}.
-    """
-    mask = mask.float()
-    log_ratio = (logprob.detach().float() - rollout_logprob.float()).clamp(-20.0, 20.0)
-    ratio = log_ratio.exp()
-    weight = ratio.clamp(max=cap) * mask
-    stats = {
-        "is_mean": masked_mean(ratio, mask),
-        "is_max": (ratio * mask).max() if mask.any() else torch.zeros(()),
-        "is_clipfrac": masked_mean((ratio > cap).float(), mask),
-    }
-    return weight, stats
 
 
 def value_loss(

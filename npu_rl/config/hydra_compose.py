@@ -23,9 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from npu_rl.config.fields import ConfigError
+from npu_rl.config.yaml_io import load_yaml
 
 # verl's top-level configs and config groups (verl/trainer/config): what a recipe's defaults name
 VERL_CONFIGS = {"ppo_trainer", "ppo_megatron_trainer", "_generated_ppo_trainer", "_generated_ppo_megatron_trainer"}
@@ -46,7 +45,7 @@ def compose(path: Path, notices: list[str]) -> dict[str, Any]:
 
 def _read(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as fh:
-        tree = yaml.safe_load(fh) or {}
+        tree = load_yaml(fh) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return tree

@@ -24,6 +24,7 @@ from npu_rl import verl_compat
 from npu_rl.config import hydra_compose
 from npu_rl.config.fields import ConfigError, type_name
 from npu_rl.config.schema import Config
+from npu_rl.config.yaml_io import load_yaml
 
 
 def _coerce(value: Any, tp: Any, path: str) -> Any:
@@ -112,7 +113,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: cannot parse value ({err})") from err
     return key.split("."), value
@@ -134,7 +135,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     tree: dict[str, Any] = {}
     if path is not None:
         with open(path, encoding="utf-8") as fh:
-            loaded = yaml.safe_load(fh) or {}
+            loaded = load_yaml(fh) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config groups")
         tree = loaded

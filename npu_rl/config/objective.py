@@ -27,13 +27,47 @@ class KLControlConfig(Section):
 
 @dataclass
 class RolloutCorrectionConfig(Section):
-    """Truncated importance sampling between the rollout engine's and the trainer's logprobs
-    (verl's algorithm.rollout_correction)."""
+    """Importance weights and rejection between the rollout engine's and the trainer's log-probs
+    (verl's algorithm.rollout_correction; npu_rl.algos.rollout_correction)."""
 
-    rollout_is: Literal["none", "token"] | None = knob(
-        "none", "token: weight each token by min(pi_train/pi_rollout, C); none or null (verl's default): off"
+    rollout_is: Literal["none", "token", "sequence"] | None = knob(
+        "none",
+        "weight the policy loss by min(pi_train/pi_rollout, C) per token, or by min(prod over the sequence, C) "
+        "on each of its tokens; none or null (verl's default): no weights",
     )
     rollout_is_threshold: float = knob(2.0, "the cap C of the importance weight", gt=0)
+    rollout_is_batch_normalize: bool = knob(False, "divide the weights by their mean over the step batch")
+    rollout_rs: str | None = knob(
+        None,
+        "reject tokens or sequences whose divergence leaves a band, comma-separated options "
+        "token_k1..3, seq_sum_k1..3, seq_mean_k1..3, seq_max_k2..3 (all must pass); null: no rejection",
+    )
+    rollout_rs_threshold: str | None = knob(
+        None,
+        "bounds of rollout_rs, one for all options or one per option: 'lower_upper' ratio bounds for k1 "
+        "(one number u: 1/u_u), an upper bound for k2 / k3",
+    )
+
+    def check(self, path: str) -> None:
+        if self.rollout_rs is None:
+            if self.rollout_rs_threshold is not None:
+                raise ConfigError(f"{join(path, 'rollout_rs_threshold')} is set but {join(path, 'rollout_rs')} is not")
+            return
+        from npu_rl.algos.rollout_correction import parse_rejection  # torch: only when rejection is asked for
+
+        try:
+            parse_rejection(self.rollout_rs, self.rollout_rs_threshold)
+        except ValueError as err:
+            raise ConfigError(f"{join(path, 'rollout_rs')}={self.rollout_rs!r}: {err}") from None
+
+    @property
+    def weighted(self) -> bool:
+        return self.rollout_is in ("token", "sequence")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the trainer needs its own log-probs before the update to compare with the engine's."""
+        return self.weighted or self.rollout_rs is not None
 
 
 @dataclass
