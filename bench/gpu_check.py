@@ -130,7 +130,8 @@ def report_npu_rl(rows: list[dict]) -> float:
     memory = memory_of(last)
     log("npu_rl", f"{len(rows)} steps; last step: {split}")
     log("npu_rl", f"throughput {last.get('perf/throughput', 0):.0f} tokens/s, mfu/actor "
-        f"{last.get('perf/mfu/actor', float('nan')):.3f}, memory {memory}")  # fmt: skip
+        f"{last.get('perf/mfu/actor', float('nan')):.3f}, memory {memory}, engine-vs-trainer |log-prob| "
+        f"{last.get('rollout/logprob_diff', float('nan')):.2e} per token")  # fmt: skip
     timed = [r["timing_s/step"] for r in rows[1:]] or [rows[0]["timing_s/step"]]
     return statistics.median(timed)
 
