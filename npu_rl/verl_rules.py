@@ -35,6 +35,9 @@ class Rule:
     priority: int = 0  # -1: yields to any other setting of its native keys; 1: overrides them all
 
 
+_OWN_KERNELS = "npu_rl picks its kernels itself: actor.forward=auto runs fused / packed kernels where it can"
+
+
 def _off(note: str) -> str:
     return f"only the default (off) exists here: {note}"
 
@@ -109,7 +112,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         f"{_AR}.model.use_remove_padding", IGNORED, note="the training passes remove padding themselves (actor.forward)"
     ),
-    Rule(f"{_AR}.model.use_fused_kernels", IGNORED, only=(False,), note=_off("fused kernels")),
+    Rule(f"{_AR}.model.use_fused_kernels", IGNORED, note=_OWN_KERNELS),
+    Rule(f"{_AR}.model.fused_kernel_options.*", IGNORED, note=_OWN_KERNELS),
+    Rule(f"{_AR}.actor.use_fused_kernels", IGNORED, note=_OWN_KERNELS),
     Rule(f"{_AR}.model.use_liger", IGNORED, only=(False,), note=_off("liger kernels are not available on NPU")),
     Rule(f"{_AR}.model.use_shm", IGNORED, only=(False,), note=_off("shared-memory model copy")),
     Rule(f"{_AR}.model.enable_activation_offload", IGNORED, only=(False,), note=_off("activation offload")),
