@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from npu_rl import core_algos, distributed, packing, prefix, seqlen
+from npu_rl.algos import high_entropy
 from npu_rl.compute import ComputePlan
 from npu_rl.config import ActorConfig, OptimConfig
 from npu_rl.metrics import StepStats
@@ -269,6 +270,11 @@ def _micro_step(
     old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
     policy_loss = core_algos.POLICY_LOSSES.get(cfg.policy_loss, key="actor.policy_loss")
     pg_mat, pg_stats = policy_loss(logprobs, old, micro.advantages, mask, cfg)
+    if cfg.top_entropy_quantile < 1.0:  # only the uncertain ("forking") tokens keep a policy term
+        assert entropy is not None
+        selected = high_entropy.high_entropy_mask(entropy, mask, cfg.top_entropy_quantile)
+        pg_mat = pg_mat * selected
+        pg_stats["entropy_selected_fraction"] = core_algos.masked_mean(selected.float(), mask.float())
     pg_agg = core_algos.policy_agg_mode(cfg.policy_loss, cfg.loss_agg_mode)
     pg_loss = core_algos.aggregate_loss(pg_mat, mask, pg_agg, num_tokens, num_seqs, horizon)
     entropy_loss = core_algos.aggregate_loss(entropy, mask, cfg.loss_agg_mode, num_tokens, num_seqs, horizon)

@@ -152,6 +152,13 @@ class ActorConfig(Section):
     kl_loss_coef: float = knob(0.001, "weight of the KL loss term", ge=0)
     kl_loss_type: str = knob("low_var_kl", "KL estimator of the loss term", registry=KL_REGISTRY)
     grad_clip: float = knob(1.0, "global gradient-norm clip", gt=0)
+    top_entropy_quantile: float = knob(
+        1.0,
+        "keep only this top fraction of a micro-batch's tokens, by entropy, in the policy term (the rest stay in "
+        "its normaliser); 1: every token (TRL's top_entropy_quantile; 'Beyond the 80/20 rule' uses 0.2)",
+        ge=0,
+        le=1,
+    )
     mask_truncated_completions: bool = knob(
         False,
         "leave responses cut at rollout.max_new_tokens out of the policy loss; they still count in their "
