@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import importlib.util
 import inspect
 import math
 import sys
@@ -37,6 +38,7 @@ from npu_rl import core_algos
 from npu_rl.algos import rollout_correction
 from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.config import ActorConfig
+from npu_rl.config.objective import RolloutCorrectionConfig
 
 
 class _VerlConfig(types.SimpleNamespace):
@@ -88,15 +90,27 @@ def load_verl(checkout: Path) -> dict[str, Any]:
     )
     correction = ppo / "rollout_corr_helper.py"
     if correction.exists():
-        corr = _functions(correction, lambda name: True, {**namespace, "math": math})
+        data_proto = type("DataProto", (), {"from_dict": staticmethod(lambda tensors: _VerlConfig(batch=tensors))})
+        corr = _functions(correction, lambda name: True, {**namespace, "math": math, "DataProto": data_proto})
         functions["rollout_correction_weights"] = corr["compute_rollout_correction_weights"]
         functions["rollout_rejection_mask"] = corr["compute_rollout_rejection_mask"]
+        _stand_in_module("verl.trainer.ppo.rollout_corr_helper", corr)  # bypass mode imports it at call time
     return functions
+
+
+def _stand_in_module(name: str, attributes: dict[str, Any]) -> None:
+    """Make `from <name> import ...` find `attributes` (only where verl itself is not installed)."""
+    if importlib.util.find_spec(name.split(".")[0]) is not None:
+        return
+    parts = name.split(".")
+    for depth in range(1, len(parts) + 1):
+        sys.modules.setdefault(".".join(parts[:depth]), types.ModuleType(".".join(parts[:depth])))
+    sys.modules[name].__dict__.update(attributes)
 
 
 def verl_config(cfg: ActorConfig) -> _VerlConfig:
     params = cfg.policy_loss_params
-    policy_loss = types.SimpleNamespace(
+    policy_loss = _VerlConfig(
         clip_cov_ratio=params.clip_cov_ratio,
         clip_cov_lb=params.clip_cov_lb,
         clip_cov_ub=params.clip_cov_ub,
@@ -234,6 +248,31 @@ def compare_correction(verl: dict[str, Any], trials: int) -> dict[str, float]:
     return worst
 
 
+def compare_bypass(verl_fn: Any, loss_type: str, trials: int) -> tuple[float, float]:
+    """Bypass mode (token weights, token_k1 rejection) against verl's: worst loss/gradient and metric gaps."""
+    cfg = ActorConfig(clip_ratio_low=0.2, clip_ratio_high=0.28)
+    correction = RolloutCorrectionConfig(
+        rollout_is="token", rollout_rs="token_k1", rollout_rs_threshold="0.6_1.5", bypass_mode=True, loss_type=loss_type
+    )
+    verl_cfg = verl_config(cfg)
+    verl_cfg.policy_loss.rollout_correction = _VerlConfig(**dataclasses.asdict(correction))
+    worst_value = worst_metric = 0.0
+    for seed in range(trials):
+        logprob, rollout, advantages, mask = random_loss_batch(seed)
+        if not mask.any():
+            continue
+        logprob.requires_grad_()
+        loss_mat, stats, kept = rollout_correction.bypass_loss(logprob, rollout, advantages, mask, cfg, correction)
+        ours = core_algos.aggregate_loss(loss_mat, kept, "token-mean")
+        theirs, metrics = verl_fn(rollout, logprob, advantages, mask, "token-mean", verl_cfg)
+        grads = [torch.autograd.grad(loss, logprob)[0] for loss in (ours, theirs)]
+        worst_value = max(worst_value, (ours - theirs).abs().item(), (grads[0] - grads[1]).abs().max().item())
+        worst_metric = max(worst_metric, abs(stats["ppo_kl"].item() - metrics["actor/ppo_kl"]))
+        masked = metrics["rollout_corr/rollout_rs_masked_fraction"]
+        worst_metric = max(worst_metric, abs(stats["rollout_rs_masked_fraction"].item() - masked))
+    return worst_value, worst_metric
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--verl", type=Path, required=True, help="a verl checkout (the folder holding verl/)")
@@ -247,8 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     verl_estimators = {
         name[8:].removesuffix("_outcome_advantage") for name in verl if name.endswith("_outcome_advantage")
     }
+    bypass = "compute_policy_loss_bypass_mode" in verl and "rollout_correction_weights" in verl
+    covered = {"bypass_mode", "reinforce"} if bypass else set()  # rollout_correction.bypass_mode and its loss_type
     print(f"[verl_parity] {args.trials} random batches per row; verl losses not here: "
-          f"{sorted(verl_losses - set(losses)) or 'none'}; verl estimators not here: "
+          f"{sorted(verl_losses - set(losses) - covered) or 'none'}; verl estimators not here: "
           f"{sorted(verl_estimators - set(estimators)) or 'none'}")  # fmt: skip
     print(f"{'loss':10s} {'loss_agg_mode':22s} {'loss/grad diff':>15s} {'metric diff':>12s}")
     worst = 0.0
@@ -262,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         normed, plain = (compare_estimator(name, verl_estimator(verl, name), args.trials, on) for on in (True, False))
         worst = max(worst, normed, plain)
         print(f"{name:33s} {normed:12.2e} {plain:12.2e}")
+    if bypass:
+        for loss_type in ("ppo_clip", "reinforce"):
+            value, metric = compare_bypass(verl["compute_policy_loss_bypass_mode"], loss_type, args.trials)
+            worst = max(worst, value, metric)
+            print(f"{'bypass_mode':10s} {'loss_type=' + loss_type:22s} {value:15.2e} {metric:12.2e}")
     if "rollout_correction_weights" in verl:
         print(f"{'rollout correction':47s} {'weight diff / mask entries differing':>12s}")
         for key, value in compare_correction(verl, args.trials).items():

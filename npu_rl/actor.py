@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from npu_rl import core_algos, distributed, packing, prefix, seqlen
-from npu_rl.algos import high_entropy
+from npu_rl.algos import high_entropy, rollout_correction
 from npu_rl.compute import ComputePlan
 from npu_rl.config import ActorConfig, OptimConfig
+from npu_rl.config.objective import RolloutCorrectionConfig
 from npu_rl.metrics import StepStats
 from npu_rl.rollout.batch import RolloutBatch
 
@@ -257,9 +258,12 @@ def _micro_step(
     num_seqs: torch.Tensor,
     horizon: int,
     world_size: int,
+    bypass: RolloutCorrectionConfig | None = None,
 ) -> dict[str, float]:
     """Forward + backward of one micro-batch; its loss is its share of the mini-batch loss.
 
+    With `bypass` (rollout correction's bypass mode) the old log-probs are the engine's and the policy
+    term is rollout_correction.bypass_loss, over the tokens it does not reject.
     Returns this rank's additive shares of the mini-batch's statistics (summed over micro-batches
     and ranks they give the mini-batch's value).
     """
@@ -268,15 +272,18 @@ def _micro_step(
         model, micro, temperature, plan, with_entropy=True, entropy_grad=cfg.entropy_coeff != 0
     )
     old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
-    policy_loss = core_algos.POLICY_LOSSES.get(cfg.policy_loss, key="actor.policy_loss")
-    pg_mat, pg_stats = policy_loss(logprobs, old, micro.advantages, mask, cfg)
+    if bypass is not None:
+        pg_mat, pg_stats, pg_mask = rollout_correction.bypass_loss(logprobs, old, micro.advantages, mask, cfg, bypass)
+    else:
+        policy_loss = core_algos.POLICY_LOSSES.get(cfg.policy_loss, key="actor.policy_loss")
+        (pg_mat, pg_stats), pg_mask = policy_loss(logprobs, old, micro.advantages, mask, cfg), mask
     if cfg.top_entropy_quantile < 1.0:  # only the uncertain ("forking") tokens keep a policy term
         assert entropy is not None
         selected = high_entropy.high_entropy_mask(entropy, mask, cfg.top_entropy_quantile)
         pg_mat = pg_mat * selected
         pg_stats["entropy_selected_fraction"] = core_algos.masked_mean(selected.float(), mask.float())
     pg_agg = core_algos.policy_agg_mode(cfg.policy_loss, cfg.loss_agg_mode)
-    pg_loss = core_algos.aggregate_loss(pg_mat, mask, pg_agg, num_tokens, num_seqs, horizon)
+    pg_loss = core_algos.aggregate_loss(pg_mat, pg_mask, pg_agg, num_tokens, num_seqs, horizon)
     entropy_loss = core_algos.aggregate_loss(entropy, mask, cfg.loss_agg_mode, num_tokens, num_seqs, horizon)
     loss = pg_loss - cfg.entropy_coeff * entropy_loss
     weight = mask.sum().item() / max(1.0, float(num_tokens))
@@ -308,6 +315,7 @@ def update_policy(
     stats: StepStats,
     device: torch.device | None = None,
     world_size: int = 1,
+    bypass: RolloutCorrectionConfig | None = None,
 ) -> None:
     """PPO epochs over mini-batches with micro-batch accumulation; one optimizer step per mini-batch.
 
@@ -336,7 +344,7 @@ def update_policy(
             for rows in micro_batch_rows(mini, cfg.ppo_micro_batch_size_per_device, budget):
                 micro = mini.select(rows).to(device)
                 micro_stats = _micro_step(
-                    model, micro, cfg, temperature, plan, totals[0], totals[1], horizon, world_size
+                    model, micro, cfg, temperature, plan, totals[0], totals[1], horizon, world_size, bypass
                 )
                 for key, value in micro_stats.items():
                     if not key.startswith("_") or (epoch == 0 and mini_index == 0):

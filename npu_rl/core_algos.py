@@ -39,7 +39,13 @@ ADV_ESTIMATORS: Registry[AdvEstimator] = Registry(
         "dr_grpo": "'grpo' with norm_adv_by_std_in_grpo=false",
     },
 )
-POLICY_LOSSES: Registry[PolicyLoss] = Registry("policy loss")
+POLICY_LOSSES: Registry[PolicyLoss] = Registry(
+    "policy loss",
+    redirects={
+        "bypass_mode": "algorithm.rollout_correction.bypass_mode=true",
+        "reinforce": "algorithm.rollout_correction.bypass_mode=true with loss_type=reinforce",
+    },
+)
 KL_ESTIMATORS: Registry[KLEstimator] = Registry("KL estimator")
 LOSS_AGG_MODES: Registry[LossAgg] = Registry("loss aggregation mode")
 

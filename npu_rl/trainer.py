@@ -155,8 +155,10 @@ class GRPOTrainer:
             on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size == cfg.data.train_batch_size
             kl_in_reward = cfg.algorithm.use_kl_in_reward and self.ref is not None
             correction = cfg.algorithm.rollout_correction
+            if correction.bypass_mode:  # the engine's log-probs stand for the old policy: no extra forward
+                batch.old_logprobs = rollout.logprobs
             # several updates per rollout, KL priced into the reward, or the engine's logprobs corrected
-            if not on_policy or kl_in_reward or correction.enabled:
+            elif not on_policy or kl_in_reward or correction.enabled:
                 with timer.section("old_log_prob"):
                     batch.old_logprobs = actor.compute_logprobs(
                         self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device,
@@ -224,6 +226,7 @@ class GRPOTrainer:
                         stats=stats,
                         device=self.device,
                         world_size=self.dist.world_size,
+                        bypass=correction if correction.bypass_mode else None,
                     )
             with timer.section("update_weights"):
                 self.rollout.update_weights(lora.merged_tensors(distributed.iter_full_state_dict(self.model)))

@@ -164,3 +164,72 @@ def test_lower_upper_bounds_stay_text_in_yaml_files_and_overrides(tmp_path):
     assert cfg.algorithm.rollout_correction.rollout_rs_threshold == "2_3"
     with pytest.raises(ConfigError, match=r"trainer\.total_training_steps: expected an integer, got '1_000'"):
         _load("trainer.total_training_steps=1_000")
+
+
+def _rc(**values):
+    from npu_rl.config.objective import RolloutCorrectionConfig
+
+    return RolloutCorrectionConfig(bypass_mode=True, **values)
+
+
+def test_bypass_ppo_clip_is_ppo_against_the_engine_over_the_kept_tokens():
+    from npu_rl import core_algos
+    from npu_rl.algos.rollout_correction import bypass_loss
+    from npu_rl.config import ActorConfig
+
+    rollout = torch.zeros(3, 3)
+    logprob = LOG_RATIO.clone().requires_grad_()  # current vs engine: r = 1, e^-1, 3 | 1.5, 1.2
+    adv = torch.tensor([[1.0, -1.0, 1.0], [-2.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    cfg = _rc(rollout_is="token", rollout_rs="token_k1", rollout_rs_threshold="0.5_2.5")  # drops e^-1 and 3
+    loss, stats, kept = bypass_loss(logprob, rollout, adv, MASK, ActorConfig(), cfg)
+    assert kept.tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+    want, want_stats = core_algos.ppo_policy_loss(logprob, rollout, adv, kept, 0.2, 0.2, 3.0)
+    torch.testing.assert_close(loss, want)  # no importance weight on top of PPO's own ratio
+    assert stats["ppo_kl"] == want_stats["ppo_kl"] and stats["rollout_rs_masked_fraction"].item() == pytest.approx(0.4)
+    assert stats["rollout_is_mean"].item() == pytest.approx((1.0 + math.exp(-1.0) + 2.0 + 1.5 + 1.2) / 5)
+
+
+def test_bypass_reinforce_weights_the_plain_policy_gradient():
+    from npu_rl.algos.rollout_correction import bypass_loss
+    from npu_rl.config import ActorConfig
+
+    logprob = LOG_RATIO.clone().requires_grad_()
+    adv = torch.ones(3, 3)
+    loss, _, kept = bypass_loss(
+        logprob, torch.zeros(3, 3), adv, MASK, ActorConfig(), _rc(loss_type="reinforce", rollout_is="token")
+    )
+    weights = torch.tensor([[1.0, math.exp(-1.0), 2.0], [1.5, 1.2, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(loss, -weights * LOG_RATIO)
+    (loss * kept).sum().backward()
+    torch.testing.assert_close(logprob.grad, -weights)  # the weight is detached
+    plain, _, _ = bypass_loss(LOG_RATIO, torch.zeros(3, 3), adv, MASK, ActorConfig(), _rc(loss_type="reinforce"))
+    torch.testing.assert_close(plain, -LOG_RATIO)
+
+
+def test_bypass_runs_without_the_old_logprob_pass(tmp_path, tiny_model_dir, synthetic_parquet):
+    # the tiny run has two mini-batches per step, so without bypass the old log-probs take their own pass
+    bypass = (
+        f"{RC}.bypass_mode=true",
+        f"{RC}.rollout_is=token",
+        f"{RC}.rollout_rs=token_k1",
+        f"{RC}.rollout_rs_threshold=2",
+    )
+    for loss_type in ("ppo_clip", "reinforce"):
+        out = tmp_path / loss_type
+        run(make_cfg(out, tiny_model_dir, synthetic_parquet, *STEPS, *bypass, f"{RC}.loss_type={loss_type}"))
+        for row in _train_rows(out):
+            assert "timing_s/old_log_prob" not in row and row["actor/grad_norm"] > 0
+            assert 0.0 <= row["actor/rollout_rs_masked_fraction"] < 0.5 and row["actor/rollout_is_mean"] > 0
+
+
+def test_bypass_settings_that_cannot_work_are_refused():
+    with pytest.raises(ConfigError, match=rf"{RC}.loss_type=reinforce only applies with {RC}.bypass_mode=true"):
+        _load(f"{RC}.loss_type=reinforce")
+    with pytest.raises(ConfigError, match=rf"{RC}.rollout_is_batch_normalize needs the step batch's weights"):
+        _load(f"{RC}.bypass_mode=true", f"{RC}.rollout_is=token", f"{RC}.rollout_is_batch_normalize=true")
+    with pytest.raises(ConfigError, match=r"actor\.policy_loss=gspo cannot be combined with it"):
+        _load(f"{RC}.bypass_mode=true", "actor.policy_loss=gspo")
+    with pytest.raises(
+        ConfigError, match=r"unknown policy loss 'reinforce' \(use algorithm\.rollout_correction\.bypass"
+    ):
+        _load("actor.policy_loss=reinforce")

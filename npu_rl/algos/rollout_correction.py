@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from npu_rl.core_algos import ppo_policy_loss
+
 if TYPE_CHECKING:
+    from npu_rl.config import ActorConfig
     from npu_rl.config.objective import RolloutCorrectionConfig
 
 SAFETY_BOUND = 20.0  # |log r| is clamped here before exp, as in verl
@@ -191,3 +194,39 @@ def correct(
         mask, rs_stats = rejection_mask(log_ratio, mask, parse_rejection(cfg.rollout_rs, cfg.rollout_rs_threshold))
         stats.update(rs_stats)
     return mask, weights, stats
+
+
+def bypass_loss(
+    logprob: torch.Tensor,
+    rollout_logprob: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    actor_cfg: ActorConfig,
+    cfg: RolloutCorrectionConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """verl's bypass mode for one micro-batch, whose old policy is the engine (`rollout_logprob`): the
+    weights and the rejection mask compare the current policy with the engine; `ppo_clip` is the dual-clip
+    PPO loss on that ratio without the weights (the clip already bounds it, verl's reasoning), `reinforce`
+    is -w A log pi with the weights (1 without rollout_is). Matches verl's compute_policy_loss_bypass_mode
+    (main of 2026-01-29). Returns the loss matrix, its stats and the mask to aggregate it with (rejected
+    tokens 0; the normaliser is still the mini-batch's, as in verl)."""
+    with torch.no_grad():
+        kept, weights, _ = correct(cfg, logprob.detach(), rollout_logprob, mask)
+    if cfg.loss_type == "reinforce":
+        loss = -advantages.float() * logprob.float() * (weights if weights is not None else 1.0)
+        log_ratio = (logprob.detach().float() - rollout_logprob.float()) * kept
+        stats = {
+            "pg_clipfrac": torch.zeros(()),
+            "pg_clipfrac_lower": torch.zeros(()),
+            "ppo_kl": -log_ratio.sum() / kept.sum().clamp(min=1),
+        }
+    else:
+        loss, stats = ppo_policy_loss(
+            logprob, rollout_logprob, advantages, kept, actor_cfg.clip_ratio_low, actor_cfg.clip_ratio_high,
+            actor_cfg.clip_ratio_c,
+        )  # fmt: skip
+    valid = mask.float()
+    stats["rollout_rs_masked_fraction"] = ((1.0 - kept) * valid).sum() / valid.sum().clamp(min=1)
+    if weights is not None:
+        stats["rollout_is_mean"] = (weights * valid).sum() / valid.sum().clamp(min=1)
+    return loss, stats, kept

@@ -47,8 +47,25 @@ class RolloutCorrectionConfig(Section):
         "bounds of rollout_rs, one for all options or one per option: 'lower_upper' ratio bounds for k1 "
         "(one number u: 1/u_u), an upper bound for k2 / k3",
     )
+    bypass_mode: bool = knob(
+        False,
+        "the engine's log-probs are the old policy: no old-logprob forward pass; PPO's ratio compares the current "
+        "policy with the engine, and the weights / rejection are taken per micro-batch against the current policy",
+    )
+    loss_type: Literal["ppo_clip", "reinforce"] = knob(
+        "ppo_clip", "bypass mode's loss: PPO's clip on that ratio, or -w A log pi with the weights (verl's)"
+    )
 
     def check(self, path: str) -> None:
+        if self.loss_type != "ppo_clip" and not self.bypass_mode:
+            raise ConfigError(
+                f"{join(path, 'loss_type')}={self.loss_type} only applies with {join(path, 'bypass_mode')}=true"
+            )
+        if self.bypass_mode and self.rollout_is_batch_normalize:
+            raise ConfigError(
+                f"{join(path, 'rollout_is_batch_normalize')} needs the step batch's weights, which bypass mode never "
+                "has at once (they are taken per micro-batch): turn one of them off"
+            )
         if self.rollout_rs is None:
             if self.rollout_rs_threshold is not None:
                 raise ConfigError(f"{join(path, 'rollout_rs_threshold')} is set but {join(path, 'rollout_rs')} is not")
@@ -66,8 +83,9 @@ class RolloutCorrectionConfig(Section):
 
     @property
     def enabled(self) -> bool:
-        """Whether the trainer needs its own log-probs before the update to compare with the engine's."""
-        return self.weighted or self.rollout_rs is not None
+        """Whether the trainer corrects the step batch before the update, from its own log-probs (bypass mode
+        corrects inside the loss instead)."""
+        return (self.weighted or self.rollout_rs is not None) and not self.bypass_mode
 
 
 @dataclass

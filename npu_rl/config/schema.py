@@ -271,6 +271,11 @@ class Config(Section):
                     f"= {longest}; raise it or turn dynamic batching off"
                 )
         environment.warn_single_sample_groups(self.algorithm.adv_estimator, rollout.n)
+        if self.algorithm.rollout_correction.bypass_mode and actor.policy_loss != "vanilla":
+            raise ConfigError(
+                f"algorithm.rollout_correction.bypass_mode replaces the policy loss (loss_type ppo_clip or reinforce); "
+                f"actor.policy_loss={actor.policy_loss} cannot be combined with it"
+            )
         if self.use_critic and self.critic.model_path:  # read only when a critic is built
             environment.check_local_path(self.critic.model_path, "critic.model_path")
         if self.reward.overlong_buffer.enable and self.reward.overlong_buffer.len >= rollout.max_new_tokens:
