@@ -13,6 +13,15 @@
 #   rpp    algorithm.adv_estimator=reinforce_plus_plus_baseline
 #   ppo    PPO with a critic: algorithm.adv_estimator=gae (gamma = lam = 1), critic lr 1e-4 (untuned)
 #   gspo   actor.policy_loss=gspo with seq-mean-token-mean (GSPO's clip ratios 3e-4 / 4e-4)
+#   cispo  actor.policy_loss=cispo with clip_ratio_high 4 (MiniMax-M1's large upper bound)
+#   sapo   actor.policy_loss=sapo (tau_pos 1, tau_neg 1.05)
+#   gmpo   actor.policy_loss=geo_mean with log-ratio clip 0.4 (GMPO's)
+#   clipcov  actor.policy_loss=clip_cov (verl's defaults: 2e-4 of the tokens, covariance in (1, 5))
+#   klcov  actor.policy_loss=kl_cov (verl's defaults: 2e-4 of the tokens, coefficient 0.1)
+#   entropy20  actor.top_entropy_quantile=0.2 (policy term on the top 20% of tokens by entropy)
+#   bypass two updates per step (mini-batches of 8 prompts) in rollout correction's bypass mode, token
+#          weights and token_k1 rejection outside [0.5, 2]: no old-logprob pass
+#   twoupdates  the same two updates per step, weights and rejection, without bypass mode (its comparison)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variants=("$@")
@@ -28,7 +37,20 @@ overrides() {
         rpp) echo "algorithm.adv_estimator=reinforce_plus_plus_baseline" ;;
         gspo) echo "actor.policy_loss=gspo actor.loss_agg_mode=seq-mean-token-mean" \
                    "actor.clip_ratio_low=3e-4 actor.clip_ratio_high=4e-4" ;;
-        *) echo "unknown variant '$1' (rloo, dapo, ppo, rpp, gspo)" >&2; exit 2 ;;
+        cispo) echo "actor.policy_loss=cispo actor.clip_ratio_high=4.0" ;;
+        sapo) echo "actor.policy_loss=sapo" ;;
+        gmpo) echo "actor.policy_loss=geo_mean actor.clip_ratio_low=0.4 actor.clip_ratio_high=0.4" ;;
+        clipcov) echo "actor.policy_loss=clip_cov" ;;
+        klcov) echo "actor.policy_loss=kl_cov" ;;
+        entropy20) echo "actor.top_entropy_quantile=0.2" ;;
+        bypass) echo "actor.ppo_mini_batch_size=8 algorithm.rollout_correction.bypass_mode=true" \
+                     "algorithm.rollout_correction.rollout_is=token algorithm.rollout_correction.rollout_rs=token_k1" \
+                     "algorithm.rollout_correction.rollout_rs_threshold=2" ;;
+        twoupdates) echo "actor.ppo_mini_batch_size=8 algorithm.rollout_correction.rollout_is=token" \
+                         "algorithm.rollout_correction.rollout_rs=token_k1" \
+                         "algorithm.rollout_correction.rollout_rs_threshold=2" ;;
+        *) echo "unknown variant '$1' (rloo, dapo, ppo, rpp, gspo, cispo, sapo, gmpo, clipcov, klcov, entropy20," \
+                "bypass, twoupdates)" >&2; exit 2 ;;
     esac
 }
 summary=()
