@@ -56,19 +56,22 @@ from torch.distributed.checkpoint.state_dict import (
 import npu_rl
 from npu_rl import device
 from npu_rl.checkpoint_state import (
+    SPACE_EXTRA_BYTES,
+    SPACE_MARGIN,
     dcp_load,
     dcp_save,
     estimate_bytes,
     mesh_info,
     nonfinite_tensors,
     plain_bytes,
+    refuse_save,
     restore_rng_state,
     rng_state_for_save,
 )
 from npu_rl.device import Accelerator
-from npu_rl.distributed import DistInfo, all_reduce, barrier
+from npu_rl.distributed import DistInfo, barrier
 from npu_rl.safe_load import load_plain
-from npu_rl.storage import fmt_bytes, free_bytes, fsync_dir, fsync_tree, torch_bytes, write_atomic, write_durable
+from npu_rl.storage import fsync_dir, fsync_tree, torch_bytes, write_atomic, write_durable
 
 __all__ = [
     "FORMAT",
@@ -92,8 +95,6 @@ FORMAT = "npu_rl.fsdp_dcp"
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^global_step_(\d+)$")
 _DEBRIS = re.compile(rf"^(\.tmp_global_step_\d+|\.old_global_step_\d+|\.{re.escape(MARKER)}\.tmp-\d+)$")
-SPACE_MARGIN = 1.05  # the estimate counts tensor bytes only: headroom for file headers and metadata
-SPACE_EXTRA_BYTES = 64 << 20  # tokenizer, configs, RNG and scheduler files
 
 
 class CheckpointError(RuntimeError):
@@ -149,8 +150,9 @@ class CheckpointManager:
         actor = tmp / "actor"
         state_bytes = plain_bytes(trainer_state, "trainer_state")  # fail before writing anything
         model_sd = get_model_state_dict(model)
-        self._check_finite(step, model_sd)
-        self._check_space(step, model_sd, optimizer)
+        refusal = refuse_save(step, self.root, model_sd, optimizer, self.latest)
+        if refusal:
+            raise CheckpointError(refusal)
         try:
             parts = (hf_config, tokenizer, generation_config)
             self._write(tmp, model, model_sd, optimizer, scheduler, state_bytes, parts, others or {})
@@ -187,27 +189,6 @@ class CheckpointManager:
             self._prune(keep=final)
         barrier()
         return final
-
-    def _check_finite(self, step: int, model_sd: dict[str, Any]) -> None:
-        bad = nonfinite_tensors(model_sd)
-        if int(all_reduce(torch.tensor(float(len(bad))), "sum")):
-            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            raise CheckpointError(
-                f"refusing to save step {step} to {self.root}: parameters hold NaN/inf ({shown or 'on another rank'}); "
-                f"the latest good checkpoint is {self.latest() or 'none'}"
-            )
-
-    def _check_space(self, step: int, model_sd: dict[str, Any], optimizer: torch.optim.Optimizer | None) -> None:
-        needed = all_reduce(torch.tensor(float(estimate_bytes(model_sd, optimizer))), "sum").item()
-        needed = int(needed * SPACE_MARGIN) + SPACE_EXTRA_BYTES
-        free = free_bytes(self.root)
-        if free < needed:
-            raise CheckpointError(
-                f"not enough free space to save step {step} in {self.root}: the checkpoint needs about "
-                f"{fmt_bytes(needed)} ({needed} bytes: parameters and optimizer state), {fmt_bytes(free)} "
-                "are free. Free space there, point trainer.default_local_dir elsewhere or set "
-                f"trainer.max_ckpt_to_keep; the latest checkpoint is still {self.latest() or 'none'}"
-            )
 
     def _write(
         self,

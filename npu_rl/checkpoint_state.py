@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,12 @@ from torch.distributed.tensor import DTensor
 
 from npu_rl import device
 from npu_rl.device import Accelerator
+from npu_rl.distributed import all_reduce
 from npu_rl.safe_load import SafeFileSystemReader, SafeLoadPlanner, UnsafeCheckpointError
-from npu_rl.storage import torch_bytes
+from npu_rl.storage import fmt_bytes, free_bytes, torch_bytes
+
+SPACE_MARGIN = 1.05  # the estimate counts tensor bytes only: headroom for file headers and metadata
+SPACE_EXTRA_BYTES = 64 << 20  # tokenizer, configs, RNG and scheduler files
 
 
 def _no_dist() -> bool:
@@ -123,4 +128,35 @@ def mesh_info(model: nn.Module) -> dict[str, Any] | None:
         if isinstance(p, DTensor):
             mesh = p.device_mesh
             return {"device_type": mesh.device_type, "shape": list(mesh.shape), "dim_names": mesh.mesh_dim_names}
+    return None
+
+
+def refuse_save(
+    step: int,
+    root: Path,
+    model_sd: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None,
+    latest: Callable[[], Path | None],
+) -> str | None:
+    """Why step `step` must not be saved under `root`, or None: a parameter holds NaN/inf on some rank, or
+    the disk has less room than the checkpoint's estimated size. Both counts are summed over ranks, so
+    every rank refuses together, before anything is written; the message names the latest good
+    checkpoint (`latest()`) and what to do."""
+    bad = nonfinite_tensors(model_sd)
+    if int(all_reduce(torch.tensor(float(len(bad))), "sum")):
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        return (
+            f"refusing to save step {step} to {root}: parameters hold NaN/inf ({shown or 'on another rank'}); "
+            f"the latest good checkpoint is {latest() or 'none'}"
+        )
+    needed = all_reduce(torch.tensor(float(estimate_bytes(model_sd, optimizer))), "sum").item()
+    needed = int(needed * SPACE_MARGIN) + SPACE_EXTRA_BYTES
+    free = free_bytes(root)
+    if free < needed:
+        return (
+            f"not enough free space to save step {step} in {root}: the checkpoint needs about "
+            f"{fmt_bytes(needed)} ({needed} bytes: parameters and optimizer state), {fmt_bytes(free)} "
+            "are free. Free space there, point trainer.default_local_dir elsewhere or set "
+            f"trainer.max_ckpt_to_keep; the latest checkpoint is still {latest() or 'none'}"
+        )
     return None

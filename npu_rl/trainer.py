@@ -2,8 +2,9 @@
 
     rollout -> reward -> (old logprobs) -> (ref logprobs) -> advantages -> PPO update -> weight sync
 
-Everything it calls is either a pure function (npu_rl.core_algos) or an engine behind a small
-interface chosen by config (rollout, reward, trackers, checkpoints, device and distribution).
+Everything it calls is either a pure function (npu_rl.core_algos, npu_rl.algos) or an engine behind a
+small interface chosen by config (rollout, reward, trackers, checkpoints, device and distribution);
+generation, grading and dynamic sampling are npu_rl.step_rollouts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from npu_rl import actor, core_algos, critic, device, distributed, lora
-from npu_rl.algos import dapo, rollout_correction
+from npu_rl.algos import rollout_correction
 from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.checkpoint import CheckpointManager
 from npu_rl.compute import build_plan
@@ -26,23 +27,12 @@ from npu_rl.metrics import StepStats, Timer, perf_metrics, record_data
 from npu_rl.model import load_model, load_tokenizer, num_parameters
 from npu_rl.progress import Progress
 from npu_rl.resume import RUN_CONFIG, apply_optim_config, config_yaml, open_run, record_start
-from npu_rl.reward_manager import RewardBatch, RewardItem, RewardManager
-from npu_rl.rollout import RolloutBatch, SamplingParams, build_rollout, eos_and_pad_ids, generate, tool_schemas
-from npu_rl.rollout.tool_metrics import record_tool_metrics, tool_shaping
+from npu_rl.reward_manager import RewardManager
+from npu_rl.rollout import SamplingParams, build_rollout, eos_and_pad_ids, tool_schemas
+from npu_rl.rollout.tool_metrics import record_tool_metrics
 from npu_rl.run_guard import NonFiniteGuard, StopRequested, StopSignals
-from npu_rl.seeds import prompt_seed
+from npu_rl.step_rollouts import StepRollouts, shard_prompts
 from npu_rl.tracking import Tracking
-
-
-def shard_prompts(records: list[PromptRecord], mini_batch: int, rank: int, world: int) -> list[PromptRecord]:
-    """This rank's prompts: an equal slice of every mini-batch, so the ranks' mini-batch k together
-    hold exactly the prompts of the single-process mini-batch k (same updates at any world size)."""
-    per_rank = mini_batch // world
-    return [
-        r
-        for start in range(0, len(records), mini_batch)
-        for r in records[start + rank * per_rank : start + (rank + 1) * per_rank]
-    ]
 
 
 class GRPOTrainer:
@@ -90,7 +80,7 @@ class GRPOTrainer:
             self.critic_scheduler = actor.build_scheduler(self.critic_optimizer, self.total_steps, cfg.critic.optim)
         self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist, self.plan)
         self.pad_token_id = eos_and_pad_ids(self.tokenizer, model)[1]
-        self.reward = RewardManager(cfg.reward)
+        self.rollouts = StepRollouts(cfg, self.rollout, self.tokenizer, self.sampler, self.dist)
         self.val_reward = RewardManager(cfg.reward, strict=False)
         v = cfg.rollout.val_kwargs
         self.val_cfg = EvalConfig(
@@ -125,18 +115,6 @@ class GRPOTrainer:
         r = self.cfg.rollout
         return SamplingParams(r.n, r.temperature, r.top_p, r.top_k, r.max_new_tokens)
 
-    def _grade(self, batch: RolloutBatch) -> RewardBatch:
-        texts = batch.decode(self.tokenizer)
-        rows = zip(batch.row_records, texts, batch.truncated, strict=True)
-        return self.reward.score(
-            [
-                RewardItem(
-                    rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages or rec.prompt_text
-                )
-                for rec, text, cut in rows
-            ]
-        )
-
     # ------------------------------------------------------------------------------------------
     def train_step(self, records: list[PromptRecord]) -> dict[str, float]:
         """One GRPO step on this rank's share of the step's prompts."""
@@ -145,7 +123,7 @@ class GRPOTrainer:
         stats = StepStats()
         params = self.sampling_params()
         with timer.section("step"):
-            rollout, graded, num_gen_batches = self._sample(records, params, timer)
+            rollout, graded, num_gen_batches = self.rollouts.sample(records, params, timer, self.global_step)
             scores = torch.tensor(graded.scores, dtype=torch.float32)
             stats.add_max("batch/num_gen_batches", num_gen_batches)  # ranks generate in lockstep
 
@@ -247,47 +225,6 @@ class GRPOTrainer:
         )
         metrics.update(self.acc.memory_stats())
         return metrics
-
-    def _generate_and_grade(
-        self, records: list[PromptRecord], params: SamplingParams, timer: Timer
-    ) -> tuple[RolloutBatch, RewardBatch]:
-        with timer.section("gen"):
-            seeds = [prompt_seed(self.cfg.trainer.seed, self.global_step, r.index) for r in records]
-            rollout = generate(self.rollout, records, params, seeds)
-        with timer.section("reward"):
-            graded = self._grade(rollout)
-            ob = self.cfg.reward.overlong_buffer
-            if ob.enable:
-                penalty = dapo.overlong_penalty(rollout.lengths, params.max_new_tokens, ob.len, ob.penalty_factor)
-                graded.scores = [s + float(p) for s, p in zip(graded.scores, penalty, strict=True)]
-                graded.components["overlong_reward"] = penalty.tolist()
-            shaping = tool_shaping(rollout.row_metrics, self.cfg.rollout.multi_turn)
-            if shaping is not None:  # multi-turn tool-use shaping, logged as its own term
-                graded.scores = [s + float(p) for s, p in zip(graded.scores, shaping, strict=True)]
-                graded.components["tool_shaping"] = shaping.tolist()
-        return rollout, graded
-
-    def _sample(
-        self, records: list[PromptRecord], params: SamplingParams, timer: Timer
-    ) -> tuple[RolloutBatch, RewardBatch, int]:
-        """This rank's graded rollouts, and how many generation batches they took (more than one only
-        with algorithm.filter_groups.enable: DAPO dynamic sampling, `npu_rl.algos.dapo.dynamic_sampling`,
-        drawing further training batches from the sampler, each rank its shard)."""
-        fg = self.cfg.algorithm.filter_groups
-        first = self._generate_and_grade(records, params, timer)
-        if not fg.enable:
-            return (*first, 1)
-
-        def more() -> tuple[RolloutBatch, RewardBatch]:
-            mine = shard_prompts(
-                self.sampler.next_batch(), self.cfg.actor.ppo_mini_batch_size, self.dist.rank, self.dist.world_size
-            )
-            return self._generate_and_grade(mine, params, timer)
-
-        def any_rank_short(short: bool) -> bool:
-            return float(distributed.all_reduce(torch.tensor([float(short)]), "sum")[0]) > 0
-
-        return dapo.dynamic_sampling(first, len(records), fg.metric, fg.max_num_gen_batches, more, any_rank_short)
 
     def _reward_kl(self, batch: actor.PolicyBatch, stats: StepStats) -> torch.Tensor:
         """coef * per-token KL for the reward, then the coefficient's update from this step's mean
@@ -435,7 +372,7 @@ class GRPOTrainer:
             self.tracking.close()
         if self.run_lock is not None:
             self.run_lock.release()
-        self.reward.close()
+        self.rollouts.close()
         self.val_reward.close()
         self.rollout.close()  # before the process group goes: vLLM's shutdown uses it
         distributed.destroy()

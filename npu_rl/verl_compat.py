@@ -176,12 +176,12 @@ def _translate(key: str, value: Any, compat: _Compat, launcher: dict[str, Any]) 
     top = key.split(".", 1)[0]
     per_device = key.removesuffix("_per_gpu") + "_per_device"
     if key.endswith("_per_gpu") and per_device in compat.leaves:  # verl's spelling of any native key
-        if value is None and _native_default(per_device, compat) is not None:
+        if _null_keeps_default(value, per_device, compat):
             compat.notices.append(f"verl spelling {key}=null (unset) keeps npu_rl's default")
             return []
         compat.notices.append(f"verl spelling {key} -> {per_device}")
         return [(per_device, value)]
-    if key in compat.leaves and value is None and compat.verl_input and _native_default(key, compat) is not None:
+    if compat.verl_input and _null_keeps_default(value, key, compat):
         compat.notices.append(f"{key}=null (verl's unset) keeps npu_rl's default")
         return []
     if key == "critic.optim.lr_warmup_steps" and compat.verl_input:  # spelled alike, read as verl reads it
@@ -198,7 +198,7 @@ def _translate(key: str, value: Any, compat: _Compat, launcher: dict[str, Any]) 
         )
     note = f" ({rule.note})" if rule.note else ""
     if rule.kind == ALIAS:
-        if value is None and native in compat.leaves and _native_default(native, compat) is not None:
+        if _null_keeps_default(value, native, compat):
             compat.notices.append(f"verl key {key}=null (unset) keeps npu_rl's default for {native}")
             return []
         compat.notices.append(f"verl key {key} -> {native}")
@@ -236,6 +236,12 @@ def _set(tree: dict[str, Any], key: str, value: Any) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
+
+
+def _null_keeps_default(value: Any, native: str, compat: _Compat) -> bool:
+    """verl's `null` (unset) on a key that is `native` here, whose default is not null: the key keeps
+    npu_rl's default instead of being set to None."""
+    return value is None and native in compat.leaves and _native_default(native, compat) is not None
 
 
 def _native_default(native: str, compat: _Compat) -> Any:

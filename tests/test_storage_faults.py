@@ -14,7 +14,7 @@ import torch
 from _train_proc import ROOT, env
 from torch import nn
 
-from npu_rl import checkpoint
+from npu_rl import checkpoint, checkpoint_state
 from npu_rl.checkpoint import MARKER, CheckpointError, CheckpointManager
 
 # Saves step 1, then dies by SIGKILL at the rename named by argv[2] during a second save.
@@ -133,7 +133,7 @@ def test_not_enough_free_space_is_refused_before_writing(tmp_path, monkeypatch):
     model, opt = _tiny()
     cm = CheckpointManager(tmp_path / "ckpt")
     cm.save(1, model, opt, None, {"v": 1}, None, None)
-    monkeypatch.setattr(checkpoint, "free_bytes", lambda path: 1000)
+    monkeypatch.setattr(checkpoint_state, "free_bytes", lambda path: 1000)  # where the check reads it
     with pytest.raises(CheckpointError, match="not enough free space") as err:
         cm.save(2, model, opt, None, {"v": 2}, None, None)
     needed = int(checkpoint.estimate_bytes(model.state_dict(), opt) * checkpoint.SPACE_MARGIN)

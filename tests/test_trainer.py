@@ -10,7 +10,8 @@ from _train_proc import train_args
 from safetensors.torch import load_file
 
 from npu_rl.config import load_config
-from npu_rl.trainer import GRPOTrainer, shard_prompts
+from npu_rl.step_rollouts import shard_prompts
+from npu_rl.trainer import GRPOTrainer
 
 
 def make_cfg(tmp_path: Path, model_dir: Path, data: dict, *extra: str):

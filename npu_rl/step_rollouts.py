@@ -1,0 +1,98 @@
+"""One step's graded rollouts: generation, grading, reward shaping and DAPO's dynamic sampling.
+
+This is one job with its own state (the rollout engine it drives, the reward workers, the prompt
+sampler it draws refills from), so it lives apart from the trainer, which asks for this rank's
+rollouts and their scores and gets them, however many generation batches that took.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from npu_rl import distributed
+from npu_rl.algos import dapo
+from npu_rl.config import Config
+from npu_rl.data import BatchSampler, PromptRecord
+from npu_rl.distributed import DistInfo
+from npu_rl.metrics import Timer
+from npu_rl.reward_manager import RewardBatch, RewardItem, RewardManager
+from npu_rl.rollout import RolloutBatch, RolloutEngine, SamplingParams, generate
+from npu_rl.rollout.tool_metrics import tool_shaping
+from npu_rl.seeds import prompt_seed
+
+
+def shard_prompts(records: list[PromptRecord], mini_batch: int, rank: int, world: int) -> list[PromptRecord]:
+    """This rank's prompts: an equal slice of every mini-batch, so the ranks' mini-batch k together
+    hold exactly the prompts of the single-process mini-batch k (same updates at any world size)."""
+    per_rank = mini_batch // world
+    return [
+        r
+        for start in range(0, len(records), mini_batch)
+        for r in records[start + rank * per_rank : start + (rank + 1) * per_rank]
+    ]
+
+
+class StepRollouts:
+    """Generates and grades this rank's rollouts of a step (reward workers owned here)."""
+
+    def __init__(self, cfg: Config, engine: RolloutEngine, tokenizer, sampler: BatchSampler, dist: DistInfo) -> None:
+        self.cfg, self.engine, self.tokenizer, self.sampler, self.dist = cfg, engine, tokenizer, sampler, dist
+        self.reward = RewardManager(cfg.reward)
+
+    def grade(self, batch: RolloutBatch) -> RewardBatch:
+        texts = batch.decode(self.tokenizer)
+        rows = zip(batch.row_records, texts, batch.truncated, strict=True)
+        return self.reward.score(
+            [
+                RewardItem(
+                    rec.data_source, text, rec.ground_truth, rec.extra_info, cut, rec.messages or rec.prompt_text
+                )
+                for rec, text, cut in rows
+            ]
+        )
+
+    def generate_and_grade(
+        self, records: list[PromptRecord], params: SamplingParams, timer: Timer, step: int
+    ) -> tuple[RolloutBatch, RewardBatch]:
+        """One generation batch, graded; DAPO's overlong penalty and multi-turn tool shaping are added to
+        the scores and logged as their own reward terms."""
+        with timer.section("gen"):
+            seeds = [prompt_seed(self.cfg.trainer.seed, step, r.index) for r in records]
+            rollout = generate(self.engine, records, params, seeds)
+        with timer.section("reward"):
+            graded = self.grade(rollout)
+            ob = self.cfg.reward.overlong_buffer
+            if ob.enable:
+                penalty = dapo.overlong_penalty(rollout.lengths, params.max_new_tokens, ob.len, ob.penalty_factor)
+                graded.scores = [s + float(p) for s, p in zip(graded.scores, penalty, strict=True)]
+                graded.components["overlong_reward"] = penalty.tolist()
+            shaping = tool_shaping(rollout.row_metrics, self.cfg.rollout.multi_turn)
+            if shaping is not None:  # multi-turn tool-use shaping, logged as its own term
+                graded.scores = [s + float(p) for s, p in zip(graded.scores, shaping, strict=True)]
+                graded.components["tool_shaping"] = shaping.tolist()
+        return rollout, graded
+
+    def sample(
+        self, records: list[PromptRecord], params: SamplingParams, timer: Timer, step: int
+    ) -> tuple[RolloutBatch, RewardBatch, int]:
+        """This rank's graded rollouts, and how many generation batches they took (more than one only
+        with algorithm.filter_groups.enable: DAPO dynamic sampling, `npu_rl.algos.dapo.dynamic_sampling`,
+        drawing further training batches from the sampler, each rank its shard)."""
+        fg = self.cfg.algorithm.filter_groups
+        first = self.generate_and_grade(records, params, timer, step)
+        if not fg.enable:
+            return (*first, 1)
+
+        def more() -> tuple[RolloutBatch, RewardBatch]:
+            mine = shard_prompts(
+                self.sampler.next_batch(), self.cfg.actor.ppo_mini_batch_size, self.dist.rank, self.dist.world_size
+            )
+            return self.generate_and_grade(mine, params, timer, step)
+
+        def any_rank_short(short: bool) -> bool:
+            return float(distributed.all_reduce(torch.tensor([float(short)]), "sum")[0]) > 0
+
+        return dapo.dynamic_sampling(first, len(records), fg.metric, fg.max_num_gen_batches, more, any_rank_short)
+
+    def close(self) -> None:
+        self.reward.close()
