@@ -80,7 +80,7 @@ class GRPOTrainer:
             self.critic_scheduler = actor.build_scheduler(self.critic_optimizer, self.total_steps, cfg.critic.optim)
         self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist, self.plan)
         self.pad_token_id = eos_and_pad_ids(self.tokenizer, model)[1]
-        self.rollouts = StepRollouts(cfg, self.rollout, self.tokenizer, self.sampler, self.dist)
+        self.step_rollouts = StepRollouts(cfg, self.rollout, self.tokenizer, self.sampler, self.dist)
         self.val_reward = RewardManager(cfg.reward, strict=False)
         v = cfg.rollout.val_kwargs
         self.val_cfg = EvalConfig(
@@ -123,7 +123,7 @@ class GRPOTrainer:
         stats = StepStats()
         params = self.sampling_params()
         with timer.section("step"):
-            rollout, graded, num_gen_batches = self.rollouts.sample(records, params, timer, self.global_step)
+            rollout, graded, num_gen_batches = self.step_rollouts.sample(records, params, timer, self.global_step)
             scores = torch.tensor(graded.scores, dtype=torch.float32)
             stats.add_max("batch/num_gen_batches", num_gen_batches)  # ranks generate in lockstep
 
@@ -372,7 +372,7 @@ class GRPOTrainer:
             self.tracking.close()
         if self.run_lock is not None:
             self.run_lock.release()
-        self.rollouts.close()
+        self.step_rollouts.close()
         self.val_reward.close()
         self.rollout.close()  # before the process group goes: vLLM's shutdown uses it
         distributed.destroy()

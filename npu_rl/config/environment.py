@@ -120,7 +120,7 @@ def warn_single_sample_groups(estimator: str, n: int) -> None:
 
 
 def note_fixed_aggregation(policy_loss: str, loss_agg_mode: str, path: str) -> None:
-    """Say so when the policy loss fixes its own aggregation (verl's sapo, geo_mean) and the config asks
+    """Say so when the policy loss fixes its own aggregation (verl's gspo, sapo, geo_mean) and the config asks
     for another: actor.loss_agg_mode then reduces only the entropy and KL terms."""
     fixed = registry("npu_rl.core_algos:POLICY_LOSSES").get(policy_loss).agg_mode
     if fixed and fixed != loss_agg_mode and os.environ.get("RANK", "0") == "0":
