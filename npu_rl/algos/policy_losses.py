@@ -32,8 +32,9 @@ def gspo_loss(
 
     Each token's ratio carries the token-level gradient path: log s_t = logprob_t - sg(logprob_t)
     + sg(mean log-ratio), clamped at 10 before exp, so its value is s and its gradient flows through
-    the token's own logprob. Matches verl's compute_policy_loss_gspo (0.9.1, and main of 2026-01-29);
-    an empty row has log-ratio 0 (length clamped to 1); pg_clipfrac_lower is 0 (no dual clip).
+    the token's own logprob. Matches verl's compute_policy_loss_gspo (checked against verl main of
+    2026-01-29 by bench/verl_parity.py); an empty row has log-ratio 0 (length clamped to 1);
+    pg_clipfrac_lower is 0 (no dual clip).
     """
     advantages, mask = advantages.float(), mask.float()
     log_ratio = logprob.float() - old_logprob.float()
