@@ -17,11 +17,12 @@ def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, keep: float) ->
     entropies (linear interpolation, as torch.quantile and TRL). keep = 1 keeps every valid token, 0
     only the highest-entropy one(s); no valid token: all False."""
     valid = mask > 0
-    values = entropy.detach().float()[valid].sort().values
+    entropy = entropy.detach().float()
+    values = entropy[valid].sort().values
     if values.numel() == 0:
         return valid
     position = (1.0 - keep) * (values.numel() - 1)  # sorting avoids torch.quantile's input-size limit
     low = int(position)
     high = min(low + 1, values.numel() - 1)
     threshold = values[low] + (values[high] - values[low]) * (position - low)
-    return valid & (entropy.detach().float() >= threshold)
+    return valid & (entropy >= threshold)
