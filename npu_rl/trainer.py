@@ -322,7 +322,8 @@ class GRPOTrainer:
             self.tracking.log(metrics, self.global_step)
 
     def fit(self) -> dict[str, float]:
-        """Train to `total_steps`, validating and checkpointing on schedule; returns the last metrics.
+        """Train to `total_steps`, validating and checkpointing on schedule; returns the last metrics
+        (with trainer.val_only, only validate the model or the resumed checkpoint, as verl does).
 
         Each step's row (validation included) is logged durably before the checkpoint covering it is
         published, so a kill at any point loses no logged step. A first SIGTERM/SIGINT finishes the
@@ -330,6 +331,10 @@ class GRPOTrainer:
         """
         tcfg = self.cfg.trainer
         self.maybe_resume()
+        if tcfg.val_only:  # verl's: the current (or resumed) policy's validation, logged, and nothing else
+            last = self.validate()
+            self.log(last)
+            return last
         last: dict[str, float] = {}
         nonfinite = NonFiniteGuard(tcfg.max_nonfinite_steps, self.dist.is_main)
         with StopSignals() as stop:

@@ -370,7 +370,6 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.balance_batch", IGNORED, note="batches are split evenly by prompt"),
     Rule("trainer.use_legacy_worker_impl", IGNORED, note="one worker implementation"),
     Rule("trainer.tensorboard_dir", UNSUPPORTED, note="set the TENSORBOARD_DIR environment variable instead"),
-    Rule("trainer.val_only", UNSUPPORTED, note="use python -m npu_rl.eval --model <folder> --data <parquet>"),
     Rule("ray_init.*", IGNORED, note="no Ray: processes come from torchrun"),
     Rule("global_profiler.*", IGNORED, note="profiling is not wired to the config"),
 )

@@ -9,7 +9,7 @@ from _tolerances import assert_below
 from _train_proc import train_args
 from safetensors.torch import load_file
 
-from npu_rl.config import load_config
+from npu_rl.config import ConfigError, load_config
 from npu_rl.step_rollouts import shard_prompts
 from npu_rl.trainer import GRPOTrainer
 
@@ -87,3 +87,25 @@ def test_shard_prompts_gives_each_rank_a_slice_of_every_mini_batch():
     assert shard_prompts(records, mini_batch=4, rank=0, world=2) == [0, 1, 4, 5]
     assert shard_prompts(records, mini_batch=4, rank=1, world=2) == [2, 3, 6, 7]
     assert shard_prompts(records, mini_batch=8, rank=0, world=1) == records
+
+
+def test_val_only_validates_the_resumed_checkpoint_and_trains_nothing(tmp_path, tiny_model_dir, synthetic_parquet):
+    """verl's trainer.val_only: one validation row of the checkpoint's weights, no step, no new checkpoint."""
+    trained = run(make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.total_training_steps=2"))
+    metrics = tmp_path / "logs" / "metrics.jsonl"
+    logged = len(metrics.read_text().splitlines())
+    checkpoints = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    only = run(make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.total_training_steps=4",
+                        "trainer.val_only=true"))  # fmt: skip
+    assert only.global_step == 2  # resumed, not trained
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()][logged:]
+    assert len(rows) == 1 and rows[0]["step"] == 2 and "val-core/synthetic/arith/acc/mean@1" in rows[0]
+    assert not any(k.startswith(("actor/", "timing_s/")) for k in rows[0])
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == checkpoints
+    base = run(make_cfg(tmp_path / "fresh", tiny_model_dir, synthetic_parquet, "trainer.val_only=true"))
+    validated, fresh = only.model.state_dict(), base.model.state_dict()
+    for name, weight in trained.model.state_dict().items():  # the checkpoint's weights were validated
+        torch.testing.assert_close(validated[name], weight, rtol=0, atol=0)
+    assert any(not torch.equal(fresh[name], validated[name]) for name in validated), "training moved the weights"
+    with pytest.raises(ConfigError, match=r"trainer\.val_only=true needs data\.val_files"):
+        make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.val_only=true", "data.val_files=[]")

@@ -212,6 +212,9 @@ class TrainerConfig(Section):
     log_dir: str = knob("outputs/{project_name}/{experiment_name}", "metrics, samples and config.yaml")
     test_freq: int = knob(-1, "validate every N steps; -1: never (see val_before_train)", ge=-1)
     val_before_train: bool = knob(True, "validate once before the first step")
+    val_only: bool = knob(
+        False, "validate the policy (the model, or the checkpoint resumed from) once, log it and stop (verl's)"
+    )
     save_freq: int = knob(-1, "checkpoint every N steps; -1: only at the end", ge=-1)
     default_local_dir: str = knob("checkpoints/{project_name}/{experiment_name}", "checkpoint directory")
     critic_warmup: int = knob(0, "steps that train only the critic before the actor starts (PPO with GAE)", ge=0)
@@ -271,6 +274,8 @@ class Config(Section):
                     f"= {longest}; raise it or turn dynamic batching off"
                 )
         environment.warn_single_sample_groups(self.algorithm.adv_estimator, rollout.n)
+        if self.trainer.val_only and not data.val_files:
+            raise ConfigError("trainer.val_only=true needs data.val_files: it only runs validation")
         if self.algorithm.rollout_correction.bypass_mode and actor.policy_loss != "vanilla":
             raise ConfigError(
                 f"algorithm.rollout_correction.bypass_mode replaces the policy loss (loss_type ppo_clip or reinforce); "
