@@ -105,7 +105,7 @@ def npu_rl_trainer(model_dir: str, train: str, work: Path) -> Any:
         ],
     )
     trainer = GRPOTrainer(cfg)
-    trainer.reward = BenchReward()
+    trainer.step_rollouts.reward = BenchReward()  # grades the step's rollouts (npu_rl.step_rollouts)
     return trainer
 
 

@@ -84,15 +84,17 @@ class StepRollouts:
             return (*first, 1)
 
         def more() -> tuple[RolloutBatch, RewardBatch]:
-            mine = shard_prompts(
-                self.sampler.next_batch(), self.cfg.actor.ppo_mini_batch_size, self.dist.rank, self.dist.world_size
-            )
-            return self.generate_and_grade(mine, params, timer, step)
+            return self.generate_and_grade(self.next_prompts(), params, timer, step)
 
         def any_rank_short(short: bool) -> bool:
             return float(distributed.all_reduce(torch.tensor([float(short)]), "sum")[0]) > 0
 
         return dapo.dynamic_sampling(first, len(records), fg.metric, fg.max_num_gen_batches, more, any_rank_short)
+
+    def next_prompts(self) -> list[PromptRecord]:
+        """This rank's share of the sampler's next training batch."""
+        batch = self.sampler.next_batch()
+        return shard_prompts(batch, self.cfg.actor.ppo_mini_batch_size, self.dist.rank, self.dist.world_size)
 
     def close(self) -> None:
         self.reward.close()

@@ -31,7 +31,7 @@ from npu_rl.reward_manager import RewardManager
 from npu_rl.rollout import SamplingParams, build_rollout, eos_and_pad_ids, tool_schemas
 from npu_rl.rollout.tool_metrics import record_tool_metrics
 from npu_rl.run_guard import NonFiniteGuard, StopRequested, StopSignals
-from npu_rl.step_rollouts import StepRollouts, shard_prompts
+from npu_rl.step_rollouts import StepRollouts
 from npu_rl.tracking import Tracking
 
 
@@ -341,10 +341,8 @@ class GRPOTrainer:
             if tcfg.val_before_train and self.global_step == 0 and self.val_data is not None:
                 self.log(self.validate())
             while self.global_step < self.total_steps:
-                batch = self.sampler.next_batch()
-                mine = shard_prompts(batch, self.cfg.actor.ppo_mini_batch_size, self.dist.rank, self.dist.world_size)
                 start = time.perf_counter()
-                last = self.train_step(mine)
+                last = self.train_step(self.step_rollouts.next_prompts())
                 self.global_step += 1
                 last["training/global_step"] = self.global_step
                 last["training/epoch"] = self.sampler.epoch
