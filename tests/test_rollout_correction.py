@@ -9,8 +9,16 @@ import pytest
 import torch
 from test_trainer import make_cfg, run
 
-from npu_rl.algos.rollout_correction import REJECTION_OPTIONS, importance_weights, parse_rejection, rejection_mask
-from npu_rl.config import ConfigError, load_config
+from npu_rl import core_algos
+from npu_rl.algos.rollout_correction import (
+    REJECTION_OPTIONS,
+    bypass_loss,
+    importance_weights,
+    parse_rejection,
+    rejection_mask,
+)
+from npu_rl.config import ActorConfig, ConfigError, load_config
+from npu_rl.config.objective import RolloutCorrectionConfig
 
 # log r = log pi_train - log pi_rollout; row 1 has a padded token, row 2 is empty
 LOG_RATIO = torch.tensor([[0.0, -1.0, math.log(3.0)], [math.log(1.5), math.log(1.2), 7.0], [0.0, 0.0, 0.0]])
@@ -167,16 +175,10 @@ def test_lower_upper_bounds_stay_text_in_yaml_files_and_overrides(tmp_path):
 
 
 def _rc(**values):
-    from npu_rl.config.objective import RolloutCorrectionConfig
-
     return RolloutCorrectionConfig(bypass_mode=True, **values)
 
 
 def test_bypass_ppo_clip_is_ppo_against_the_engine_over_the_kept_tokens():
-    from npu_rl import core_algos
-    from npu_rl.algos.rollout_correction import bypass_loss
-    from npu_rl.config import ActorConfig
-
     rollout = torch.zeros(3, 3)
     logprob = LOG_RATIO.clone().requires_grad_()  # current vs engine: r = 1, e^-1, 3 | 1.5, 1.2
     adv = torch.tensor([[1.0, -1.0, 1.0], [-2.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
@@ -190,9 +192,6 @@ def test_bypass_ppo_clip_is_ppo_against_the_engine_over_the_kept_tokens():
 
 
 def test_bypass_reinforce_weights_the_plain_policy_gradient():
-    from npu_rl.algos.rollout_correction import bypass_loss
-    from npu_rl.config import ActorConfig
-
     logprob = LOG_RATIO.clone().requires_grad_()
     adv = torch.ones(3, 3)
     loss, _, kept = bypass_loss(

@@ -122,8 +122,10 @@ def warn_single_sample_groups(estimator: str, n: int) -> None:
 def note_fixed_aggregation(policy_loss: str, loss_agg_mode: str, path: str) -> None:
     """Say so when the policy loss fixes its own aggregation (verl's gspo, sapo, geo_mean) and the config asks
     for another: actor.loss_agg_mode then reduces only the entropy and KL terms."""
-    fixed = registry("npu_rl.core_algos:POLICY_LOSSES").get(policy_loss).agg_mode
-    if fixed and fixed != loss_agg_mode and os.environ.get("RANK", "0") == "0":
+    from npu_rl.core_algos import policy_agg_mode  # torch: imported when a config is checked, not loaded
+
+    fixed = policy_agg_mode(policy_loss, loss_agg_mode)
+    if fixed != loss_agg_mode and os.environ.get("RANK", "0") == "0":
         print(
             f"[npu_rl] note: {path}.policy_loss={policy_loss} is always reduced as {fixed} (as in verl); "
             f"{path}.loss_agg_mode={loss_agg_mode} applies to the entropy and KL terms only",
