@@ -22,6 +22,8 @@
 #   bypass two updates per step (mini-batches of 8 prompts) in rollout correction's bypass mode, token
 #          weights and token_k1 rejection outside [0.5, 2]: no old-logprob pass
 #   twoupdates  the same two updates per step, weights and rejection, without bypass mode (its comparison)
+#   remax  algorithm.adv_estimator=remax: the greedy answer's score as baseline, KL in the reward (k1, 0.001)
+#          instead of the KL loss, as verl's remax example (its rollout.n=4 is not used: the demo's n stays)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variants=("$@")
@@ -49,8 +51,10 @@ overrides() {
         twoupdates) echo "actor.ppo_mini_batch_size=8 algorithm.rollout_correction.rollout_is=token" \
                          "algorithm.rollout_correction.rollout_rs=token_k1" \
                          "algorithm.rollout_correction.rollout_rs_threshold=2" ;;
+        remax) echo "algorithm.adv_estimator=remax actor.use_kl_loss=false algorithm.use_kl_in_reward=true" \
+                    "algorithm.kl_penalty=kl algorithm.kl_coef=0.001" ;;
         *) echo "unknown variant '$1' (rloo, dapo, ppo, rpp, gspo, cispo, sapo, gmpo, clipcov, klcov, entropy20," \
-                "bypass, twoupdates)" >&2; exit 2 ;;
+                "bypass, twoupdates, remax)" >&2; exit 2 ;;
     esac
 }
 summary=()

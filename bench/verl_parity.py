@@ -25,6 +25,7 @@ import dataclasses
 import importlib.util
 import inspect
 import math
+import os
 import sys
 import types
 from collections import defaultdict
@@ -80,10 +81,15 @@ def load_verl(checkout: Path) -> dict[str, Any]:
         "defaultdict": defaultdict,
         "Any": Any,
         "Optional": Optional,
+        "os": os,
+        "get_device_name": lambda: "cpu",  # groupwise's device policy: CPU here
         "verl_F": types.SimpleNamespace(**{name: helpers[name] for name in stats if name in helpers}),
         "ActorConfig": _VerlConfig,
         "AlgoConfig": type("AlgoConfig", (), {}),  # losses assert their config is not one
     }
+    groupwise = checkout / "verl" / "utils" / "groupwise.py"  # the _vectorized estimators' helpers
+    if groupwise.exists():
+        _functions(groupwise, lambda name: True, namespace)
     ppo = checkout / "verl" / "trainer" / "ppo"
     functions = _functions(
         ppo / "core_algos.py", lambda name: name.startswith("compute_") or name == "agg_loss", namespace
@@ -172,8 +178,10 @@ def random_estimator_batch(seed: int, width: int = 7) -> AdvantageInputs:
     lengths = torch.randint(1, width + 1, (len(group),), generator=gen)
     mask = (torch.arange(width)[None] < lengths[:, None]).float()
     scores = torch.randint(0, 3, (len(group),), generator=gen).float() / 2
+    scores += 1e-4 * torch.randint(0, 2, (len(group),), generator=gen)  # near-ties: variances under 1e-6
     values = torch.randn(len(group), width, generator=gen) * mask
-    return AdvantageInputs(place_scores(scores, mask), mask, group, values, gamma=0.99, lam=0.95)
+    greedy = (torch.randint(0, 3, (len(sizes),), generator=gen).float() / 2)[group]  # remax: per prompt
+    return AdvantageInputs(place_scores(scores, mask), mask, group, values, gamma=0.99, lam=0.95, baselines=greedy)
 
 
 def call_verl_estimator(fn: Any, batch: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +191,7 @@ def call_verl_estimator(fn: Any, batch: AdvantageInputs) -> tuple[torch.Tensor, 
         "response_mask": batch.response_mask,
         "index": np.array([f"uid{g}" for g in batch.group.tolist()], dtype=object),
         "values": batch.values,
+        "reward_baselines": batch.baselines,
         "gamma": batch.gamma,
         "lam": batch.lam,
         "norm_adv_by_std_in_grpo": batch.norm_by_std,

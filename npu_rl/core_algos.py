@@ -50,12 +50,16 @@ KL_ESTIMATORS: Registry[KLEstimator] = Registry("KL estimator")
 LOSS_AGG_MODES: Registry[LossAgg] = Registry("loss aggregation mode")
 
 
-def register_adv_estimator(name: str, *, group_relative: bool = False) -> Callable[[AdvEstimator], AdvEstimator]:
+def register_adv_estimator(
+    name: str, *, group_relative: bool = False, greedy_baseline: bool = False
+) -> Callable[[AdvEstimator], AdvEstimator]:
     """Register an advantage estimator; `group_relative` ones compare the samples of one prompt, so
-    config validation warns when rollout.n=1 gives them groups of one."""
+    config validation warns when rollout.n=1 gives them groups of one; `greedy_baseline` ones read
+    `AdvantageInputs.baselines`, so each step also decodes every prompt greedily and grades it (ReMax)."""
 
     def wrap(fn: AdvEstimator) -> AdvEstimator:
         fn.group_relative = group_relative  # type: ignore[attr-defined]
+        fn.greedy_baseline = greedy_baseline  # type: ignore[attr-defined]
         return ADV_ESTIMATORS.register(name)(fn)
 
     return wrap

@@ -37,6 +37,7 @@ class RewardBatch:
     components: dict[str, list[float]] = field(default_factory=dict)  # logged as reward/<name>/mean
     timeouts: int = 0  # items over reward.timeout_s (scored as incorrect)
     errors: int = 0  # items whose grading process crashed or hit an internal grader error (scored incorrect)
+    baselines: list[float] | None = None  # per row: its prompt's greedy answer's score (remax)
 
 
 def spec_from_config(cfg: RewardConfig, strict: bool) -> ScorerSpec:

@@ -7,11 +7,14 @@ rollouts and their scores and gets them, however many generation batches that to
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from npu_rl import distributed
 from npu_rl.algos import dapo
 from npu_rl.config import Config
+from npu_rl.core_algos import ADV_ESTIMATORS
 from npu_rl.data import BatchSampler, PromptRecord
 from npu_rl.distributed import DistInfo
 from npu_rl.metrics import Timer
@@ -55,22 +58,34 @@ class StepRollouts:
         self, records: list[PromptRecord], params: SamplingParams, timer: Timer, step: int
     ) -> tuple[RolloutBatch, RewardBatch]:
         """One generation batch, graded; DAPO's overlong penalty and multi-turn tool shaping are added to
-        the scores and logged as their own reward terms."""
+        the scores and logged as their own reward terms. An estimator with a greedy baseline (remax) also
+        gets each prompt's greedy answer graded the same way, as `RewardBatch.baselines` (one per row)."""
+        seeds = [prompt_seed(self.cfg.trainer.seed, step, r.index) for r in records]
         with timer.section("gen"):
-            seeds = [prompt_seed(self.cfg.trainer.seed, step, r.index) for r in records]
             rollout = generate(self.engine, records, params, seeds)
         with timer.section("reward"):
-            graded = self.grade(rollout)
-            ob = self.cfg.reward.overlong_buffer
-            if ob.enable:
-                penalty = dapo.overlong_penalty(rollout.lengths, params.max_new_tokens, ob.len, ob.penalty_factor)
-                graded.scores = [s + float(p) for s, p in zip(graded.scores, penalty, strict=True)]
-                graded.components["overlong_reward"] = penalty.tolist()
-            shaping = tool_shaping(rollout.row_metrics, self.cfg.rollout.multi_turn)
-            if shaping is not None:  # multi-turn tool-use shaping, logged as its own term
-                graded.scores = [s + float(p) for s, p in zip(graded.scores, shaping, strict=True)]
-                graded.components["tool_shaping"] = shaping.tolist()
+            graded = self.shaped_grade(rollout, params.max_new_tokens)
+        if getattr(ADV_ESTIMATORS[self.cfg.algorithm.adv_estimator], "greedy_baseline", False):
+            greedy = dataclasses.replace(params, n=1, temperature=0.0)
+            with timer.section("gen_max"):  # verl's timing name for ReMax's greedy pass
+                answers = generate(self.engine, records, greedy, seeds)
+            with timer.section("reward"):
+                scores = self.shaped_grade(answers, params.max_new_tokens).scores
+            graded.baselines = [scores[g] for g in rollout.group.tolist()]
         return rollout, graded
+
+    def shaped_grade(self, rollout: RolloutBatch, max_new_tokens: int) -> RewardBatch:
+        graded = self.grade(rollout)
+        ob = self.cfg.reward.overlong_buffer
+        if ob.enable:
+            penalty = dapo.overlong_penalty(rollout.lengths, max_new_tokens, ob.len, ob.penalty_factor)
+            graded.scores = [s + float(p) for s, p in zip(graded.scores, penalty, strict=True)]
+            graded.components["overlong_reward"] = penalty.tolist()
+        shaping = tool_shaping(rollout.row_metrics, self.cfg.rollout.multi_turn)
+        if shaping is not None:  # multi-turn tool-use shaping, logged as its own term
+            graded.scores = [s + float(p) for s, p in zip(graded.scores, shaping, strict=True)]
+            graded.components["tool_shaping"] = shaping.tolist()
+        return graded
 
     def sample(
         self, records: list[PromptRecord], params: SamplingParams, timer: Timer, step: int

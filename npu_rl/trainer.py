@@ -169,7 +169,7 @@ class GRPOTrainer:
                 a = cfg.algorithm
                 inputs = AdvantageInputs(
                     token_rewards, mask, rollout.group, batch.values, a.gamma, a.lam, a.norm_adv_by_std_in_grpo,
-                    all_sum=all_sum,
+                    all_sum=all_sum, baselines=None if graded.baselines is None else torch.tensor(graded.baselines),
                 )  # fmt: skip
                 batch.advantages, batch.returns = core_algos.ADV_ESTIMATORS[a.adv_estimator](inputs)
                 seq_adv = (batch.advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
@@ -216,6 +216,8 @@ class GRPOTrainer:
             stats, scores, rewards, seq_adv, rollout.lengths, rollout.prompt_lengths, params.max_new_tokens, components
         )
         record_tool_metrics(stats, rollout.row_metrics)
+        if graded.baselines is not None:  # remax: the greedy answers' scores, one per sampled row
+            stats.add_values("critic/reward_baselines", torch.tensor(graded.baselines))
         stats.add_sum("reward/timeouts", graded.timeouts)
         stats.add_sum("reward/errors", graded.errors)
         stats.add_sum("perf/total_num_tokens", int(batch.attention_mask.sum()))

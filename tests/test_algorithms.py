@@ -1,5 +1,6 @@
 """Estimators, GSPO, KL variants, the KL controller and DAPO's pieces against values computed by hand."""
 
+import dataclasses
 import math
 
 import pytest
@@ -20,6 +21,9 @@ def test_place_scores_puts_the_score_on_the_last_valid_token():
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
     got = place_scores(torch.tensor([2.0, 3.0, 4.0]), mask)
     assert got.tolist() == [[0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [4.0, 0.0, 0.0]]
+    # a multi-turn response: tool answer at columns 1-2, the model's final turn at 3-4
+    holed = place_scores(torch.tensor([5.0]), torch.tensor([[1.0, 0.0, 0.0, 1.0, 1.0, 0.0]]))
+    assert holed.tolist() == [[0.0, 0.0, 0.0, 0.0, 5.0, 0.0]]
 
 
 def test_rloo_leave_one_out_and_group_of_one_keeps_raw_reward():
@@ -28,6 +32,21 @@ def test_rloo_leave_one_out_and_group_of_one_keeps_raw_reward():
     torch.testing.assert_close(adv[:, 0], torch.tensor([1.0, -0.5, -0.5, 0.7]))
     assert adv[0, 2] == 0 and adv[2, 1] == 0  # zero on padding
     assert torch.equal(adv, ret)
+
+
+def test_vectorized_variants_differ_from_grpo_and_rloo_only_where_verl_does():
+    # rewards 0 and 1e-4: variance 5e-9, floored at 1e-6 (std 1e-3) by grpo_vectorized only
+    near = _inputs([0.0, 1e-4, 1.0], [0, 0, 1], [1, 1, 1], width=1)
+    plain = core_algos.ADV_ESTIMATORS["grpo"](near)[0][:, 0]
+    floored = core_algos.ADV_ESTIMATORS["grpo_vectorized"](near)[0][:, 0]
+    own_std = 5e-5 / (1e-4 / math.sqrt(2) + 1e-6)  # about 0.697
+    assert plain[:2].tolist() == pytest.approx([-own_std, own_std], rel=1e-3)
+    assert floored[:2].tolist() == pytest.approx([-5e-5 / (1e-3 + 1e-6), 5e-5 / (1e-3 + 1e-6)], rel=1e-3)
+    assert plain[2] == floored[2] == pytest.approx(1.0 / (1.0 + 1e-6))  # a group of one: mean 0, std 1 in both
+    # a group of one: rloo keeps the raw reward, rloo_vectorized gives 0
+    alone = _inputs([1.0, 0.0, 0.7], [0, 0, 1], [1, 1, 1], width=1)
+    assert core_algos.ADV_ESTIMATORS["rloo"](alone)[0][:, 0].tolist() == pytest.approx([1.0, -1.0, 0.7])
+    assert core_algos.ADV_ESTIMATORS["rloo_vectorized"](alone)[0][:, 0].tolist() == pytest.approx([1.0, -1.0, 0.0])
 
 
 def test_rloo_all_equal_group_is_zero():
@@ -181,6 +200,22 @@ def test_informative_groups_drop_all_equal_keep_singletons():
     assert informative_groups(values, group, 5).tolist() == [False, True, False, True, False]  # group 4: no rows
 
 
+def test_remax_subtracts_the_greedy_score_from_the_reward_to_go():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 1.0]])
+    # scores 1, 0, 0.5 on the last valid tokens, a KL penalty of 0.1 on every valid token
+    rewards = place_scores(torch.tensor([1.0, 0.0, 0.5]), mask) - 0.1 * mask
+    inputs = AdvantageInputs(rewards, mask, torch.tensor([0, 0, 1]), baselines=torch.tensor([0.5, 0.5, 1.0]))
+    adv, ret = core_algos.ADV_ESTIMATORS["remax"](inputs)
+    # returns: reward-to-go (row 3's tool answer at column 1 adds nothing and is zeroed); advantage: minus b
+    torch.testing.assert_close(ret, torch.tensor([[0.7, 0.8, 0.9, 0.0], [-0.2, -0.1, 0.0, 0.0], [0.2, 0.0, 0.3, 0.4]]))
+    torch.testing.assert_close(
+        adv, torch.tensor([[0.2, 0.3, 0.4, 0.0], [-0.7, -0.6, 0.0, 0.0], [-0.8, 0.0, -0.7, -0.6]])
+    )
+    with pytest.raises(ValueError, match="greedy answers"):
+        core_algos.ADV_ESTIMATORS["remax"](dataclasses.replace(inputs, baselines=None))
+    assert core_algos.ADV_ESTIMATORS["remax"].greedy_baseline and not core_algos.ADV_ESTIMATORS["grpo"].greedy_baseline
+
+
 def test_take_groups_renumbers_pads_and_stops_at_the_limit():
     from npu_rl.algos.dapo import take_groups
     from npu_rl.data import PromptRecord
@@ -206,6 +241,10 @@ def test_take_groups_renumbers_pads_and_stops_at_the_limit():
     assert merged.group.tolist() == [0, 0, 1] and merged.response_ids.shape == (3, 3)
     assert merged.response_ids[0].tolist() == [7, 7, 0] and merged.lengths.tolist() == [2, 2, 3]
     assert graded.scores == [1.0, 0.0, 0.0] and graded.acc == [True, False, False]
+    assert graded.baselines is None
+    ga.baselines, gb.baselines = [0.1, 0.1, 0.2, 0.2], [0.3, 0.4, 0.4]  # remax: each row's greedy score
+    _, kept = take_groups([(a, ga, torch.tensor([False, True])), (b, gb, torch.tensor([True, True]))], 2)
+    assert kept.baselines == [0.2, 0.2, 0.3]
     assert (graded.timeouts, graded.errors, len(graded.components["x"])) == (1, 2, 7)
     # multi-turn batches: the policy-token mask and per-row metrics follow their rows
     a.token_mask, a.row_metrics = torch.tensor([[1.0, 0.0]] * 4), {"turns": torch.tensor([1.0, 2.0, 3.0, 4.0])}

@@ -27,13 +27,14 @@ def _train_rows(tmp_path):
         ("algorithm.adv_estimator=opo", "actor.policy_loss=cispo", "actor.clip_ratio_high=4.0"),
         ("algorithm.adv_estimator=grpo_passk",),
         ("algorithm.adv_estimator=grpo_batch_std",),
+        ("algorithm.adv_estimator=remax", "rollout.n=1", "algorithm.use_kl_in_reward=true"),
         ("actor.policy_loss=geo_mean", "actor.ppo_epochs=2"),
         ("actor.policy_loss=sapo", "actor.ppo_epochs=2"),
         ("actor.policy_loss=clip_cov", "actor.policy_loss_params.clip_cov_lb=-1e9", "actor.ppo_epochs=2"),
         ("actor.policy_loss=kl_cov", "actor.policy_loss_params.kl_cov_ratio=0.1", "actor.ppo_epochs=2"),
     ],
     ids=[
-        "rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo", "gpg", "opo_cispo", "passk", "batch_std",
+        "rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo", "gpg", "opo_cispo", "passk", "batch_std", "remax",
         "geo_mean", "sapo", "clip_cov", "kl_cov",
     ],
 )  # fmt: skip
@@ -44,6 +45,30 @@ def test_each_estimator_and_loss_trains(tmp_path, tiny_model_dir, synthetic_parq
     assert all(r["actor/grad_norm"] > 1e-6 for r in rows), "the reward varies, so the policy must move"
     if "actor.policy_loss=clip_cov" in extra or "actor.policy_loss=kl_cov" in extra:  # one token per micro-batch
         assert all(r["actor/pg_clipfrac"] > 0 for r in rows), "every micro-batch treats at least one token"
+
+
+TEXT_HASH = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    return (sum(map(ord, solution_str)) + extra_info["index"]) % 7 / 7  # differs between prompts and answers
+"""
+
+
+def test_remax_baseline_is_the_greedy_answers_score(tmp_path, tiny_model_dir, synthetic_parquet):
+    """With top-k 1 every sample is the greedy answer, so each score equals its own prompt's baseline (the
+    scores differ between prompts, so a baseline given to the wrong rows shows): advantages 0."""
+    reward = tmp_path / "text_hash.py"
+    reward.write_text(TEXT_HASH)
+    run(
+        make_cfg(
+            tmp_path, tiny_model_dir, synthetic_parquet, *BASE, "algorithm.adv_estimator=remax", "rollout.top_k=1",
+            f"reward.custom_function.path={reward}",
+        )
+    )  # fmt: skip
+    for row in _train_rows(tmp_path):
+        assert row["timing_s/gen_max"] > 0
+        assert row["critic/score/max"] > row["critic/score/min"], "the custom reward varies between prompts"
+        assert row["critic/reward_baselines/mean"] == pytest.approx(row["critic/score/mean"])
+        assert row["critic/advantages/max"] == row["critic/advantages/min"] == 0
 
 
 def test_adaptive_kl_in_reward_and_rollout_correction_log_their_metrics(tmp_path, tiny_model_dir, synthetic_parquet):

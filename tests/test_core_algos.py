@@ -201,12 +201,17 @@ def test_unknown_names_list_the_registered_ones():
         core_algos.aggregate_loss(LOSS, MASK, "token-avg")
     with pytest.raises(UnknownName, match=r"actor\.policy_loss: unknown policy loss 'vanila' \(did you mean 'vanilla'"):
         core_algos.POLICY_LOSSES.get("vanila", key="actor.policy_loss")
-    with pytest.raises(KeyError, match=r"unknown advantage estimator 'ppo' \(use 'gae'.*\); registered: grpo, rloo"):
+    with pytest.raises(KeyError, match=r"estimator 'ppo' \(use 'gae'.*\); registered: grpo, grpo_vectorized, rloo"):
         core_algos.ADV_ESTIMATORS["ppo"]  # not the look-alike 'opo'
-    with pytest.raises(KeyError, match=r"unknown advantage estimator 'xyz'; registered: grpo, rloo"):
+    with pytest.raises(KeyError, match=r"unknown advantage estimator 'xyz'; registered: grpo, grpo_vectorized, rloo"):
         core_algos.ADV_ESTIMATORS["xyz"]
 
 
 def test_group_relative_estimators_are_marked():
     relative = {name for name in core_algos.ADV_ESTIMATORS if core_algos.ADV_ESTIMATORS[name].group_relative}
-    assert relative == {"grpo", "rloo", "reinforce_plus_plus_baseline", "grpo_passk", "opo", "gpg", "grpo_batch_std"}
+    assert relative == {
+        "grpo", "grpo_vectorized", "rloo", "rloo_vectorized", "reinforce_plus_plus_baseline", "grpo_passk", "opo",
+        "gpg", "grpo_batch_std",
+    }  # fmt: skip
+    greedy = {name for name in core_algos.ADV_ESTIMATORS if core_algos.ADV_ESTIMATORS[name].greedy_baseline}
+    assert greedy == {"remax"}

@@ -26,7 +26,8 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class AdvantageInputs:
     """What an estimator may read. `token_rewards` [N, T] holds each row's score on its last valid
-    token (see `place_scores`); `values` [N, T] are the critic's (GAE only)."""
+    token (see `place_scores`); `values` [N, T] are the critic's (GAE only); `baselines` [N] are set
+    for estimators registered with `greedy_baseline` (ReMax)."""
 
     token_rewards: torch.Tensor
     response_mask: torch.Tensor
@@ -37,6 +38,7 @@ class AdvantageInputs:
     norm_by_std: bool = True
     eps: float = 1e-6
     all_sum: Callable[[torch.Tensor], torch.Tensor] = _identity  # sums a tensor over data-parallel ranks
+    baselines: torch.Tensor | None = None  # [N] the score of the greedy answer to each row's prompt (remax)
 
     @property
     def scores(self) -> torch.Tensor:
@@ -46,9 +48,13 @@ class AdvantageInputs:
 
 def place_scores(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """[N] scores -> [N, T] token rewards with the score on each row's last valid token (verl's
-    reward manager). A row with no response token keeps its score on column 0, so its total is kept."""
+    reward manager). A row with no response token keeps its score on column 0, so its total is kept.
+
+    "Last valid" is the last mask-1 column, not the count of valid tokens minus one: a multi-turn
+    response's mask has holes at tool answers, and its final turn is the model's."""
     rewards = torch.zeros(response_mask.shape, dtype=torch.float32)
-    last = (response_mask.sum(dim=-1).long() - 1).clamp(min=0)
+    columns = torch.arange(response_mask.shape[1])
+    last = torch.where(response_mask.bool(), columns, torch.zeros_like(columns)).amax(dim=-1)
     rewards[torch.arange(len(scores)), last] = scores.float()
     return rewards
 
@@ -92,6 +98,25 @@ def grpo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     return per_token(adv, inputs.response_mask)
 
 
+@register_adv_estimator("grpo_vectorized", group_relative=True)
+def grpo_vectorized(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl's grpo_vectorized: `grpo` with verl's one-pass group variance (sum r^2 - (sum r)^2 / n) / (n - 1)
+    floored at eps, so a group whose rewards differ by less than ~1e-3 is divided by sqrt(eps) = 1e-3
+    rather than by its own tiny std. A group of one: mean 0, std 1. Matches verl's
+    compute_grpo_vectorized_outcome_advantage with verl_utils.groupwise.group_mean_std (main of 2026-01-29)."""
+    scores = inputs.scores
+    _, inverse, counts = torch.unique(inputs.group, return_inverse=True, return_counts=True)
+    n = counts.float()
+    s1 = torch.zeros_like(n).index_add_(0, inverse, scores)
+    s2 = torch.zeros_like(n).index_add_(0, inverse, scores * scores)
+    var = (s2 - s1 * s1 / n) / (n - 1).clamp(min=1)
+    single = n <= 1
+    mean = torch.where(single, 0.0, s1 / n)[inverse]
+    std = torch.where(single, 1.0, var.clamp(min=inputs.eps).sqrt())[inverse]
+    adv = (scores - mean) / (std + inputs.eps) if inputs.norm_by_std else scores - mean
+    return per_token(adv, inputs.response_mask)
+
+
 @register_adv_estimator("rloo", group_relative=True)
 def rloo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """RLOO: r_i minus the mean of the other n-1 rewards of its group, i.e. (r_i - mean) * n / (n - 1).
@@ -101,6 +126,15 @@ def rloo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     scores = inputs.scores
     mean, n = group_means(scores, inputs.group)
     adv = torch.where(n > 1, (scores - mean) * n / (n - 1).clamp(min=1), scores)
+    return per_token(adv, inputs.response_mask)
+
+
+@register_adv_estimator("rloo_vectorized", group_relative=True)
+def rloo_vectorized(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """verl's rloo_vectorized: `rloo` except that a group of one gets 0, not its raw reward (verl's
+    compute_rloo_vectorized_outcome_advantage, main of 2026-01-29, differs from its rloo there too)."""
+    mean, n = group_means(inputs.scores, inputs.group)
+    adv = torch.where(n > 1, (inputs.scores - mean) * n / (n - 1).clamp(min=1), torch.zeros_like(mean))
     return per_token(adv, inputs.response_mask)
 
 

@@ -1,7 +1,8 @@
-"""Outcome estimators with other baselines or scales than GRPO's: verl's `grpo_passk`, `opo` and `gpg`,
-and TRL's batch-scaled GRPO (`grpo_batch_std`). Each reads only the rows' scores, groups and response
-lengths; a statistic taken over the whole step batch goes through `inputs.all_sum`, so rows sharded
-over ranks give the one-process numbers (verl computes advantages on its driver's full batch).
+"""Outcome estimators with other baselines or scales than GRPO's: verl's `grpo_passk`, `opo`, `gpg` and
+`remax`, and TRL's batch-scaled GRPO (`grpo_batch_std`). Each reads only the rows' scores, groups and
+response lengths (remax also the greedy answers' scores); a statistic taken over the whole step batch
+goes through `inputs.all_sum`, so rows sharded over ranks give the one-process numbers (verl computes
+advantages on its driver's full batch).
 """
 
 from __future__ import annotations
@@ -89,3 +90,19 @@ def grpo_batch_std(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]
     squares = inputs.all_sum((scores - total[0] / count).square().sum())
     std = torch.sqrt(squares / (count - 1)) if count > 1 else torch.zeros(())
     return per_token(centred / (std + TRL_STD_EPS), inputs.response_mask)
+
+
+@register_adv_estimator("remax", greedy_baseline=True)
+def remax(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """ReMax (Li et al. 2023): G_t - b on every valid token, G_t the reward-to-go (sum of the token rewards
+    from t on: the score, minus the KL penalties still ahead when KL is in the reward) and b the score
+    of the greedy answer to the same prompt, decoded and graded each step with the sampled ones. No
+    std, no whitening; works with rollout.n=1 (the paper's setting). Matches verl's
+    compute_remax_outcome_advantage (main of 2026-01-29) on valid tokens; both outputs are zeroed on
+    mask-0 tokens here (verl leaves the return on a tool observation's tokens, which the loss masks).
+    """
+    if inputs.baselines is None:
+        raise ValueError("remax needs the greedy answers' scores (AdvantageInputs.baselines), got None")
+    mask = inputs.response_mask.float()
+    returns = (inputs.token_rewards.float() * mask).flip(-1).cumsum(-1).flip(-1) * mask
+    return returns - inputs.baselines.float()[:, None] * mask, returns

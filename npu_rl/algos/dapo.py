@@ -63,7 +63,7 @@ def take_groups(
     the grader's work, not the kept rows)."""
     width = max(p[0].response_ids.shape[1] for p in parts)
     pieces: list[RolloutBatch] = []
-    records, scores, acc = [], [], []
+    records, scores, acc, baselines = [], [], [], []
     for batch, graded, keep in parts:
         for g in keep.nonzero().squeeze(-1).tolist():
             if len(records) == limit:
@@ -77,6 +77,8 @@ def take_groups(
             pieces.append(piece)
             scores.extend(graded.scores[i] for i in rows.tolist())
             acc.extend(graded.acc[i] for i in rows.tolist())
+            if graded.baselines is not None:
+                baselines.extend(graded.baselines[i] for i in rows.tolist())
             records.append(batch.records[g])
     metric_names = set.intersection(*(set(p.row_metrics) for p in pieces))  # one engine: the same names
     merged = RolloutBatch(
@@ -96,7 +98,8 @@ def take_groups(
             components.setdefault(name, []).extend(values)
     timeouts = sum(p[1].timeouts for p in parts)
     errors = sum(p[1].errors for p in parts)
-    return merged, RewardBatch(scores, acc, components, timeouts, errors)
+    kept_baselines = baselines if parts[0][1].baselines is not None else None
+    return merged, RewardBatch(scores, acc, components, timeouts, errors, kept_baselines)
 
 
 class DynamicSamplingError(RuntimeError):
