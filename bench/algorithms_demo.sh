@@ -24,6 +24,7 @@
 #   twoupdates  the same two updates per step, weights and rejection, without bypass mode (its comparison)
 #   remax  algorithm.adv_estimator=remax: the greedy answer's score as baseline, KL in the reward (k1, 0.001)
 #          instead of the KL loss, as verl's remax example (its rollout.n=4 is not used: the demo's n stays)
+#   otb    algorithm.adv_estimator=optimal_token_baseline (a baseline per group and response position)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variants=("$@")
@@ -53,8 +54,9 @@ overrides() {
                          "algorithm.rollout_correction.rollout_rs_threshold=2" ;;
         remax) echo "algorithm.adv_estimator=remax actor.use_kl_loss=false algorithm.use_kl_in_reward=true" \
                     "algorithm.kl_penalty=kl algorithm.kl_coef=0.001" ;;
+        otb) echo "algorithm.adv_estimator=optimal_token_baseline" ;;
         *) echo "unknown variant '$1' (rloo, dapo, ppo, rpp, gspo, cispo, sapo, gmpo, clipcov, klcov, entropy20," \
-                "bypass, twoupdates, remax)" >&2; exit 2 ;;
+                "bypass, twoupdates, remax, otb)" >&2; exit 2 ;;
     esac
 }
 summary=()

@@ -37,7 +37,7 @@ DEFAULT_TESTS = [
     "tests/test_vllm_rollout.py",
 ]
 _PROBE = (
-    "import torch; from npu_rl.cpu_linear import linear;"
+    "import torch; from npu_rl.kernels.onednn import linear;"
     "print('aten', torch.backends.cpu.get_cpu_capability());"
     "linear(torch.randn(4, 8), torch.randn(8, 8))"
 )

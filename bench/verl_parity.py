@@ -171,7 +171,7 @@ def compare_loss(name: str, verl_fn: Any, agg_mode: str, trials: int) -> tuple[f
     return worst_value, worst_metric
 
 
-def random_estimator_batch(seed: int, width: int = 7) -> AdvantageInputs:
+def random_estimator_batch(seed: int, width: int = 7, holes: bool = False) -> AdvantageInputs:
     gen = torch.Generator().manual_seed(seed)
     sizes = torch.randint(1, 5, (4,), generator=gen)
     group = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
@@ -181,7 +181,16 @@ def random_estimator_batch(seed: int, width: int = 7) -> AdvantageInputs:
     scores += 1e-4 * torch.randint(0, 2, (len(group),), generator=gen)  # near-ties: variances under 1e-6
     values = torch.randn(len(group), width, generator=gen) * mask
     greedy = (torch.randint(0, 3, (len(sizes),), generator=gen).float() / 2)[group]  # remax: per prompt
-    return AdvantageInputs(place_scores(scores, mask), mask, group, values, gamma=0.99, lam=0.95, baselines=greedy)
+    logits = torch.randn(len(group), width, 11, generator=gen) * 2  # optimal token baselines: an 11-word policy
+    sampled = torch.randint(0, 11, (len(group), width), generator=gen)
+    old = core_algos.logprobs_from_logits(logits, sampled)
+    if holes:  # tool answers inside responses (never the first token)
+        mask[(torch.rand(mask.shape, generator=gen) < 0.15) & (mask.cumsum(-1) > 1)] = 0
+    return AdvantageInputs(
+        place_scores(scores, mask), mask, group, values, gamma=0.99, lam=0.95, baselines=greedy, old_logprobs=old,
+        sum_pi_squared=core_algos.sum_pi_squared_from_logits(logits),
+        is_weights=torch.rand(mask.shape, generator=gen) * 2 if seed % 2 else None,
+    )  # fmt: skip
 
 
 def call_verl_estimator(fn: Any, batch: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,6 +201,9 @@ def call_verl_estimator(fn: Any, batch: AdvantageInputs) -> tuple[torch.Tensor, 
         "index": np.array([f"uid{g}" for g in batch.group.tolist()], dtype=object),
         "values": batch.values,
         "reward_baselines": batch.baselines,
+        "old_log_probs": batch.old_logprobs,
+        "sum_pi_squared": batch.sum_pi_squared,
+        "rollout_is_weights": batch.is_weights,
         "gamma": batch.gamma,
         "lam": batch.lam,
         "norm_adv_by_std_in_grpo": batch.norm_by_std,
@@ -201,12 +213,17 @@ def call_verl_estimator(fn: Any, batch: AdvantageInputs) -> tuple[torch.Tensor, 
     return fn(**{name: value for name, value in offered.items() if name in names})
 
 
+# npu_rl carries reinforce_plus_plus's return through a response's mask-0 tokens (verl 0.9.1); verl main resets it
+HOLES_DIFFER = {"reinforce_plus_plus"}
+
+
 def compare_estimator(name: str, verl_fn: Any, trials: int, norm_by_std: bool) -> float:
-    """Worst |advantage or return difference| on valid tokens over `trials` batches (groups of one
-    skipped for grpo_passk, which both sides refuse)."""
+    """Worst |advantage or return difference| on valid tokens over `trials` batches, half of them with
+    tool-answer holes in the masks (groups of one skipped for grpo_passk, which both sides refuse)."""
     worst = 0.0
     for seed in range(trials):
-        batch = dataclasses.replace(random_estimator_batch(seed), norm_by_std=norm_by_std)
+        holes = seed % 2 == 1 and name not in HOLES_DIFFER
+        batch = dataclasses.replace(random_estimator_batch(seed, holes=holes), norm_by_std=norm_by_std)
         if name == "grpo_passk" and (torch.bincount(batch.group) < 2).any():
             continue
         ours = core_algos.ADV_ESTIMATORS[name](batch)
@@ -216,8 +233,12 @@ def compare_estimator(name: str, verl_fn: Any, trials: int, norm_by_std: bool) -
     return worst
 
 
+VERL_ESTIMATOR_NAMES = {"tir_optimal_token_baseline": "compute_multi_turn_optimal_token_baseline_advantage"}
+
+
 def verl_estimator(verl: dict[str, Any], name: str) -> Any:
-    return verl.get(f"compute_{name}_outcome_advantage") or verl.get(f"compute_{name}_advantage_return")
+    candidates = (f"compute_{name}_outcome_advantage", f"compute_{name}_advantage_return", f"compute_{name}_advantage")
+    return next((verl[c] for c in (VERL_ESTIMATOR_NAMES.get(name), *candidates) if c in verl), None)
 
 
 # rejection options with bounds that reject some but not most rows of random_loss_batch's log-ratios

@@ -13,6 +13,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -96,6 +97,14 @@ def build_policy_batch(batch: RolloutBatch, pad_token_id: int) -> PolicyBatch:
     return PolicyBatch(input_ids, attention_mask, position_ids, batch.response_mask.float(), batch.group.clone())
 
 
+class TokenStats(NamedTuple):
+    """Per-token values of a forward over the response columns, [N, T] each."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor | None = None
+    sum_pi_squared: torch.Tensor | None = None  # sum over the vocabulary of pi^2 (optimal token baselines)
+
+
 def forward_logprobs(
     model: nn.Module,
     batch: PolicyBatch,
@@ -103,8 +112,10 @@ def forward_logprobs(
     plan: ComputePlan,
     with_entropy: bool = False,
     entropy_grad: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probabilities (and entropies) of the response tokens under temperature-scaled logits.
+    with_sum_pi_squared: bool = False,
+) -> TokenStats:
+    """Log-probabilities (and entropies, and sums of squared probabilities) of the response tokens
+    under temperature-scaled logits.
 
     The entropy is only differentiated when it is part of the loss (`entropy_grad`): as a metric it
     would otherwise keep a second vocabulary-sized graph alive through backward.
@@ -115,6 +126,7 @@ def forward_logprobs(
     row are not run (they are returned as 0).
     """
     width = batch.response_width
+    extras = (with_entropy, entropy_grad, with_sum_pi_squared)
     # Responses are left-aligned; the attention mask also covers tool answers (the loss mask does not).
     used = max(1, int(batch.attention_mask[:, -width:].sum(-1).max().item()))
     keep = batch.input_ids.shape[1] - width + used
@@ -123,7 +135,7 @@ def forward_logprobs(
         layout = packing.build_layout(ids, mask, pos, batch.response_mask[:, :used], batch.group)
         if layout is not None:
             logits = packing.packed_logits(model, layout, plan.attention, plan.linears.linear)
-            return _token_logprobs(logits, layout.targets, temperature, with_entropy, entropy_grad, layout, width)
+            return _token_stats(logits, layout.targets, temperature, *extras, layout, width)
     logits = None
     if plan.forward not in ("plain", "packed"):
         logits = prefix.response_logits(model, plan, ids, mask, pos, batch.group, used)
@@ -131,35 +143,37 @@ def forward_logprobs(
         with plan.linears.around():
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=used + 1)
         logits = out.logits[:, :-1]  # position t predicts token t + 1
-    logprobs, entropy = _token_logprobs(logits, ids[:, -used:], temperature, with_entropy, entropy_grad)
+    stats = _token_stats(logits, ids[:, -used:], temperature, *extras)
     if used < width:
-        logprobs = nn.functional.pad(logprobs, (0, width - used))
-        entropy = None if entropy is None else nn.functional.pad(entropy, (0, width - used))
-    return logprobs, entropy
+        stats = TokenStats(*(None if t is None else nn.functional.pad(t, (0, width - used)) for t in stats))
+    return stats
 
 
-def _token_logprobs(
+def _token_stats(
     logits: torch.Tensor,
     targets: torch.Tensor,
     temperature: float,
     with_entropy: bool,
     entropy_grad: bool,
+    with_sum_pi_squared: bool,
     layout: packing.PackedLayout | None = None,
     width: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (and entropies) of `targets` under temperature-scaled `logits`; packed per-token
-    values are scattered back to the [N, width] grid through `layout`."""
+) -> TokenStats:
+    """Log-probs (entropies, sums of squared probabilities) of `targets` under temperature-scaled
+    `logits`; packed per-token values are scattered back to the [N, width] grid through `layout`."""
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
     logprobs = core_algos.logprobs_from_logits(logits, targets)
-    entropy = None
+    entropy = sum_pi_squared = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             entropy = core_algos.entropy_from_logits(logits if entropy_grad else logits.detach())
+    if with_sum_pi_squared:
+        sum_pi_squared = core_algos.sum_pi_squared_from_logits(logits.detach())
+    stats = TokenStats(logprobs, entropy, sum_pi_squared)
     if layout is not None:
         shape = (len(layout.tail_lens), width)
-        logprobs = packing.scatter_rows(logprobs, layout, shape)
-        entropy = None if entropy is None else packing.scatter_rows(entropy, layout, shape)
-    return logprobs, entropy
+        stats = TokenStats(*(None if t is None else packing.scatter_rows(t, layout, shape) for t in stats))
+    return stats
 
 
 @torch.no_grad()
@@ -171,18 +185,25 @@ def compute_logprobs(
     plan: ComputePlan,
     device: torch.device | None = None,
     max_tokens: int | None = None,
-) -> torch.Tensor:
-    """Logprobs of a whole batch without gradients, in micro-batches (old policy or reference).
+    with_sum_pi_squared: bool = False,
+) -> TokenStats:
+    """Logprobs of a whole batch without gradients, in micro-batches (old policy or reference), and
+    with `with_sum_pi_squared` each token's sum over the vocabulary of pi^2 (optimal token baselines).
 
     Micro-batches hold `micro_batch_size` rows, or about `max_tokens` tokens when that is given
     (npu_rl.seqlen; a collective under torchrun). `device` is where the model computes (default:
     where its parameters are), which with offloaded FSDP shards is not where its parameters rest.
     """
     device = device or next(model.parameters()).device
-    out = torch.zeros(batch.response_mask.shape)
+    logprobs = torch.zeros(batch.response_mask.shape)
+    sum_pi_squared = torch.zeros(batch.response_mask.shape) if with_sum_pi_squared else None
     for rows in micro_batch_rows(batch, micro_batch_size, max_tokens):
-        out[rows] = forward_logprobs(model, batch.select(rows).to(device), temperature, plan)[0].cpu()
-    return out
+        micro = batch.select(rows).to(device)
+        stats = forward_logprobs(model, micro, temperature, plan, with_sum_pi_squared=with_sum_pi_squared)
+        logprobs[rows] = stats.logprobs.cpu()
+        if sum_pi_squared is not None:
+            sum_pi_squared[rows] = stats.sum_pi_squared.cpu()
+    return TokenStats(logprobs, sum_pi_squared=sum_pi_squared)
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -268,7 +289,7 @@ def _micro_step(
     and ranks they give the mini-batch's value).
     """
     mask = micro.response_mask
-    logprobs, entropy = forward_logprobs(
+    logprobs, entropy, _ = forward_logprobs(
         model, micro, temperature, plan, with_entropy=True, entropy_grad=cfg.entropy_coeff != 0
     )
     old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()

@@ -51,15 +51,18 @@ LOSS_AGG_MODES: Registry[LossAgg] = Registry("loss aggregation mode")
 
 
 def register_adv_estimator(
-    name: str, *, group_relative: bool = False, greedy_baseline: bool = False
+    name: str, *, group_relative: bool = False, greedy_baseline: bool = False, needs_sum_pi_squared: bool = False
 ) -> Callable[[AdvEstimator], AdvEstimator]:
     """Register an advantage estimator; `group_relative` ones compare the samples of one prompt, so
     config validation warns when rollout.n=1 gives them groups of one; `greedy_baseline` ones read
-    `AdvantageInputs.baselines`, so each step also decodes every prompt greedily and grades it (ReMax)."""
+    `AdvantageInputs.baselines`, so each step also decodes every prompt greedily and grades it (ReMax);
+    `needs_sum_pi_squared` ones read the old policy's log-probs and sum_v pi_v^2 per token, so the
+    trainer always runs the old-log-prob pass and has it compute that sum (optimal token baselines)."""
 
     def wrap(fn: AdvEstimator) -> AdvEstimator:
         fn.group_relative = group_relative  # type: ignore[attr-defined]
         fn.greedy_baseline = greedy_baseline  # type: ignore[attr-defined]
+        fn.needs_sum_pi_squared = needs_sum_pi_squared  # type: ignore[attr-defined]
         return ADV_ESTIMATORS.register(name)(fn)
 
     return wrap
@@ -303,6 +306,13 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return log_z - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1)
 
 
+def sum_pi_squared_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """sum_v softmax(logits)_v^2 along the last dim, as exp(logsumexp(2 x) - 2 logsumexp(x)) (stable, no
+    softmax tensor kept; verl's calculate_sum_pi_squared_from_logits)."""
+    logits = logits.float()
+    return torch.exp(torch.logsumexp(2.0 * logits, dim=-1) - 2.0 * torch.logsumexp(logits, dim=-1))
+
+
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[label] without materialising the full log-softmax tensor."""
     logits = logits.float()
@@ -314,3 +324,4 @@ from npu_rl.algos import advantages as _advantages  # noqa: E402, F401
 from npu_rl.algos import baselines as _baselines  # noqa: E402, F401
 from npu_rl.algos import cov_losses as _cov_losses  # noqa: E402, F401
 from npu_rl.algos import policy_losses as _policy_losses  # noqa: E402, F401
+from npu_rl.algos import token_baselines as _token_baselines  # noqa: E402, F401

@@ -133,14 +133,19 @@ class GRPOTrainer:
             on_policy = cfg.actor.ppo_epochs == 1 and cfg.actor.ppo_mini_batch_size == cfg.data.train_batch_size
             kl_in_reward = cfg.algorithm.use_kl_in_reward and self.ref is not None
             correction = cfg.algorithm.rollout_correction
+            estimator = core_algos.ADV_ESTIMATORS[cfg.algorithm.adv_estimator]
+            wants_sum_pi_squared = getattr(estimator, "needs_sum_pi_squared", False)  # set by register_adv_estimator
+            sum_pi_squared = None
             if correction.bypass_mode:  # the engine's log-probs stand for the old policy: no extra forward
                 batch.old_logprobs = rollout.logprobs
-            # several updates per rollout, KL priced into the reward, or the engine's logprobs corrected
-            elif not on_policy or kl_in_reward or correction.enabled:
+            # several updates per rollout, KL priced into the reward, the engine's logprobs corrected, or
+            # an estimator that reads the old policy's sum of squared probabilities
+            elif not on_policy or kl_in_reward or correction.enabled or wants_sum_pi_squared:
                 with timer.section("old_log_prob"):
-                    batch.old_logprobs = actor.compute_logprobs(
+                    batch.old_logprobs, _, sum_pi_squared = actor.compute_logprobs(
                         self.model, batch, params.temperature, cfg.rollout.log_prob_micro_batch_size_per_device,
                         self.plan, self.device, cfg.token_budgets()["rollout.log_prob_max_token_len_per_device"],
+                        with_sum_pi_squared=wants_sum_pi_squared,
                     )  # fmt: skip
             if self.critic is not None:
                 with timer.section("values"):
@@ -151,7 +156,7 @@ class GRPOTrainer:
                     batch.ref_logprobs = actor.compute_logprobs(
                         self.ref, batch, params.temperature, cfg.ref.log_prob_micro_batch_size_per_device,
                         self.ref_plan, self.device, cfg.token_budgets()["ref.log_prob_max_token_len_per_device"],
-                    )  # fmt: skip
+                    ).logprobs  # fmt: skip
 
             with timer.section("adv"):
                 token_rewards = place_scores(scores, mask)
@@ -170,8 +175,9 @@ class GRPOTrainer:
                 inputs = AdvantageInputs(
                     token_rewards, mask, rollout.group, batch.values, a.gamma, a.lam, a.norm_adv_by_std_in_grpo,
                     all_sum=all_sum, baselines=None if graded.baselines is None else torch.tensor(graded.baselines),
+                    old_logprobs=batch.old_logprobs, sum_pi_squared=sum_pi_squared, is_weights=weight,
                 )  # fmt: skip
-                batch.advantages, batch.returns = core_algos.ADV_ESTIMATORS[a.adv_estimator](inputs)
+                batch.advantages, batch.returns = estimator(inputs)
                 seq_adv = (batch.advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
                 if weight is not None:  # scaling A by w > 0 scales every clipped/dual-clipped token loss by w
                     batch.advantages = batch.advantages * weight

@@ -115,6 +115,12 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_AR}.model.use_fused_kernels", IGNORED, note=_OWN_KERNELS),
     Rule(f"{_AR}.model.fused_kernel_options.*", IGNORED, note=_OWN_KERNELS),
     Rule(f"{_AR}.actor.use_fused_kernels", IGNORED, note=_OWN_KERNELS),
+    Rule(
+        f"{_AR}.actor.calculate_sum_pi_squared",
+        IGNORED,
+        note="the old-log-prob pass computes it whenever algorithm.adv_estimator reads it (optimal token baselines)",
+    ),
+    Rule(f"{_AR}.actor.sum_pi_squared_checkpointing", IGNORED, note="sum pi^2 is computed without gradients"),
     Rule(f"{_AR}.model.use_liger", IGNORED, only=(False,), note=_off("liger kernels are not available on NPU")),
     Rule(f"{_AR}.model.use_shm", IGNORED, only=(False,), note=_off("shared-memory model copy")),
     Rule(f"{_AR}.model.enable_activation_offload", IGNORED, only=(False,), note=_off("activation offload")),

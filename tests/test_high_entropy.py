@@ -45,7 +45,7 @@ def _grads(batch: actor.PolicyBatch, keep: float) -> list[torch.Tensor]:
 def test_the_update_is_the_one_without_the_low_entropy_tokens_advantages():
     batch = policy_batch()
     with torch.no_grad():
-        _, entropy = actor.forward_logprobs(
+        _, entropy, _ = actor.forward_logprobs(
             sharp_model("qwen2"), batch, 0.9, build_plan(sharp_model("qwen2"), CPU), True
         )
     selected = high_entropy_mask(entropy, batch.response_mask, 0.2)

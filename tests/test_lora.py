@@ -115,12 +115,13 @@ def test_packed_pass_reads_the_adapters(tiny_tokenizer):
             torch.testing.assert_close(packed[2][name], grad, atol=4e-5 * float(grad.abs().max()), rtol=0, msg=name)
     base = sharp_model("qwen2", 512, tiny_tokenizer.pad_token_id)
     with lora.adapters_disabled(model):  # the reference policy of a LoRA run
-        off = actor.compute_logprobs(model, batch, 1.0, 16, build_plan(model, Accelerator("cpu"), forward="packed"))
+        packed = build_plan(model, Accelerator("cpu"), forward="packed")
+        off = actor.compute_logprobs(model, batch, 1.0, 16, packed).logprobs
         assert not any(p.requires_grad for p in model.parameters())
     assert all(p.requires_grad == (".lora_" in n) for n, p in model.named_parameters())  # switched back on
-    expected = actor.compute_logprobs(base, batch, 1.0, 16, REFERENCE_PLAN)
+    expected = actor.compute_logprobs(base, batch, 1.0, 16, REFERENCE_PLAN).logprobs
     torch.testing.assert_close(off[mask], expected[mask], atol=1.5e-5, rtol=0)
-    adapted = actor.compute_logprobs(model, batch, 1.0, 16, REFERENCE_PLAN)
+    adapted = actor.compute_logprobs(model, batch, 1.0, 16, REFERENCE_PLAN).logprobs
     assert not torch.allclose(adapted[mask], off[mask], atol=1e-3)  # the adapters do change the policy
     head = lora.wrap(sharp_model("qwen2", 512, tiny_tokenizer.pad_token_id), 4, 8.0, ["q_proj", "lm_head"])
     assert not llama.supports(head) and build_plan(head, Accelerator("cpu")).forward == "shared_prefix"

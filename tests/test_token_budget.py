@@ -135,7 +135,7 @@ def test_multi_tensor_adamw_steps_like_the_per_parameter_loop():
     for model, opt in zip(models, opts, strict=True):
         for _ in range(2):
             opt.zero_grad()
-            logprobs, _ = actor.forward_logprobs(model, batch, 1.0, build_plan(model, CPU))
+            logprobs = actor.forward_logprobs(model, batch, 1.0, build_plan(model, CPU)).logprobs
             (logprobs * batch.advantages).sum().backward()
             opt.step()
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):

@@ -84,7 +84,7 @@ def prompts(tiny_tokenizer) -> list[list[int]]:
 def trainer_logprobs(model, prompts: list[list[int]], out: RolloutOutput, n: int, temperature: float, pad: int):
     """What the trainer computes for the same tokens (its own batch builder and forward)."""
     batch = actor.build_policy_batch(rollout_batch(prompts, out.response_ids, out.lengths, n), pad)
-    return actor.compute_logprobs(model, batch, temperature, 16, build_plan(model, CPU))
+    return actor.compute_logprobs(model, batch, temperature, 16, build_plan(model, CPU)).logprobs
 
 
 def assert_well_formed(out: RolloutOutput, rows: int, eos: list[int], pad: int) -> None:

@@ -27,7 +27,8 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 class AdvantageInputs:
     """What an estimator may read. `token_rewards` [N, T] holds each row's score on its last valid
     token (see `place_scores`); `values` [N, T] are the critic's (GAE only); `baselines` [N] are set
-    for estimators registered with `greedy_baseline` (ReMax)."""
+    for estimators registered with `greedy_baseline` (ReMax), `old_logprobs` and `sum_pi_squared` for
+    those registered with `needs_sum_pi_squared`."""
 
     token_rewards: torch.Tensor
     response_mask: torch.Tensor
@@ -39,6 +40,9 @@ class AdvantageInputs:
     eps: float = 1e-6
     all_sum: Callable[[torch.Tensor], torch.Tensor] = _identity  # sums a tensor over data-parallel ranks
     baselines: torch.Tensor | None = None  # [N] the score of the greedy answer to each row's prompt (remax)
+    old_logprobs: torch.Tensor | None = None  # [N, T] the trainer's old policy (optimal token baselines)
+    sum_pi_squared: torch.Tensor | None = None  # [N, T] sum over the vocabulary of pi^2 (optimal token baselines)
+    is_weights: torch.Tensor | None = None  # [N, T] rollout correction's truncated importance weights, if on
 
     @property
     def scores(self) -> torch.Tensor:

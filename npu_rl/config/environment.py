@@ -119,6 +119,11 @@ def warn_single_sample_groups(estimator: str, n: int) -> None:
         )
 
 
+def needs_sum_pi_squared(estimator: str) -> bool:
+    """Whether the estimator reads sum_v pi_v^2 from the old-log-prob pass (optimal token baselines)."""
+    return getattr(registry("npu_rl.core_algos:ADV_ESTIMATORS").get(estimator), "needs_sum_pi_squared", False)
+
+
 def note_fixed_aggregation(policy_loss: str, loss_agg_mode: str, path: str) -> None:
     """Say so when the policy loss fixes its own aggregation (verl's gspo, sapo, geo_mean) and the config asks
     for another: actor.loss_agg_mode then reduces only the entropy and KL terms."""

@@ -276,7 +276,14 @@ class Config(Section):
         environment.warn_single_sample_groups(self.algorithm.adv_estimator, rollout.n)
         if self.trainer.val_only and not data.val_files:
             raise ConfigError("trainer.val_only=true needs data.val_files: it only runs validation")
-        if self.algorithm.rollout_correction.bypass_mode and actor.policy_loss != "vanilla":
+        bypass = self.algorithm.rollout_correction.bypass_mode
+        if bypass and environment.needs_sum_pi_squared(self.algorithm.adv_estimator):
+            raise ConfigError(
+                f"algorithm.adv_estimator={self.algorithm.adv_estimator} needs the trainer's old-log-prob pass (its "
+                "sum of squared probabilities per token), which algorithm.rollout_correction.bypass_mode skips; "
+                "turn bypass_mode off or pick another estimator"
+            )
+        if bypass and actor.policy_loss != "vanilla":
             raise ConfigError(
                 f"algorithm.rollout_correction.bypass_mode replaces the policy loss (loss_type ppo_clip or reinforce); "
                 f"actor.policy_loss={actor.policy_loss} cannot be combined with it"
