@@ -25,6 +25,8 @@
 #   remax  algorithm.adv_estimator=remax: the greedy answer's score as baseline, KL in the reward (k1, 0.001)
 #          instead of the KL loss, as verl's remax example (its rollout.n=4 is not used: the demo's n stays)
 #   otb    algorithm.adv_estimator=optimal_token_baseline (a baseline per group and response position)
+#   gdpo   algorithm.adv_estimator=gdpo (TRL's normalize_then_sum; the demo's one reward term: group then
+#          batch normalization)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 variants=("$@")
@@ -55,8 +57,9 @@ overrides() {
         remax) echo "algorithm.adv_estimator=remax actor.use_kl_loss=false algorithm.use_kl_in_reward=true" \
                     "algorithm.kl_penalty=kl algorithm.kl_coef=0.001" ;;
         otb) echo "algorithm.adv_estimator=optimal_token_baseline" ;;
+        gdpo) echo "algorithm.adv_estimator=gdpo" ;;
         *) echo "unknown variant '$1' (rloo, dapo, ppo, rpp, gspo, cispo, sapo, gmpo, clipcov, klcov, entropy20," \
-                "bypass, twoupdates, remax, otb)" >&2; exit 2 ;;
+                "bypass, twoupdates, remax, otb, gdpo)" >&2; exit 2 ;;
     esac
 }
 summary=()

@@ -38,6 +38,10 @@ class RewardBatch:
     timeouts: int = 0  # items over reward.timeout_s (scored as incorrect)
     errors: int = 0  # items whose grading process crashed or hit an internal grader error (scored incorrect)
     baselines: list[float] | None = None  # per row: its prompt's greedy answer's score (remax)
+    # per row, each term's own score (reward terms in config order, then any shaping; empty: not reported);
+    # GDPO normalizes them one by one
+    terms: list[list[float]] = field(default_factory=list)
+    term_weights: list[float] = field(default_factory=list)  # what each term is weighted with in `scores`
 
 
 def spec_from_config(cfg: RewardConfig, strict: bool) -> ScorerSpec:
@@ -67,6 +71,7 @@ class RewardManager:
         self.strict = cfg.strict if strict is None else strict
         spec = spec_from_config(cfg, self.strict)
         self._scorer = Scorer(spec)  # built here too so that config errors surface before training
+        self.term_weights = [t[1] for t in self._scorer.terms]
         self._pool = GradingPool(spec, cfg.num_workers) if cfg.num_workers > 0 else None
 
     def _args(self, item: RewardItem) -> tuple[Any, ...]:
@@ -86,12 +91,15 @@ class RewardManager:
         names = sorted({k for r in results for k in r.get("components", {}) if k.rpartition("/")[2] not in _COUNTED})
         components = {n: [float(r.get("components", {}).get(n, 0.0)) for r in results] for n in names}
         errors = sum(1 for r in results if r.get("crashed") or _flagged(r, "error"))
+        unscored = [0.0] * len(self.term_weights)  # an item the pool timed out or lost has no term scores
         return RewardBatch(
             scores=[float(r["score"]) for r in results],
             acc=[None if r.get("acc") is None else bool(r["acc"]) for r in results],
             components=components,
             timeouts=sum(1 for r in results if r.get("timeout")),
             errors=errors,
+            terms=[[float(v) for v in r.get("terms", unscored)] for r in results],
+            term_weights=list(self.term_weights),
         )
 
     def _score_here(self, k: int, args: tuple[Any, ...]) -> dict[str, Any]:

@@ -35,6 +35,16 @@ def shard_prompts(records: list[PromptRecord], mini_batch: int, rank: int, world
     ]
 
 
+def add_term(graded: RewardBatch, name: str, values: list[float]) -> None:
+    """Add a shaping term (weight 1) to the scores, as a term of its own (GDPO normalizes it apart) and a
+    logged component."""
+    graded.scores = [s + v for s, v in zip(graded.scores, values, strict=True)]
+    if graded.terms:  # (a reward that reports no terms keeps reporting none)
+        graded.terms = [[*row, v] for row, v in zip(graded.terms, values, strict=True)]
+        graded.term_weights = [*graded.term_weights, 1.0]
+    graded.components[name] = values
+
+
 class StepRollouts:
     """Generates and grades this rank's rollouts of a step (reward workers owned here)."""
 
@@ -79,12 +89,10 @@ class StepRollouts:
         ob = self.cfg.reward.overlong_buffer
         if ob.enable:
             penalty = dapo.overlong_penalty(rollout.lengths, max_new_tokens, ob.len, ob.penalty_factor)
-            graded.scores = [s + float(p) for s, p in zip(graded.scores, penalty, strict=True)]
-            graded.components["overlong_reward"] = penalty.tolist()
+            add_term(graded, "overlong_reward", penalty.tolist())
         shaping = tool_shaping(rollout.row_metrics, self.cfg.rollout.multi_turn)
         if shaping is not None:  # multi-turn tool-use shaping, logged as its own term
-            graded.scores = [s + float(p) for s, p in zip(graded.scores, shaping, strict=True)]
-            graded.components["tool_shaping"] = shaping.tolist()
+            add_term(graded, "tool_shaping", shaping.tolist())
         return graded
 
     def sample(

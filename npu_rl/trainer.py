@@ -176,6 +176,8 @@ class GRPOTrainer:
                     token_rewards, mask, rollout.group, batch.values, a.gamma, a.lam, a.norm_adv_by_std_in_grpo,
                     all_sum=all_sum, baselines=None if graded.baselines is None else torch.tensor(graded.baselines),
                     old_logprobs=batch.old_logprobs, sum_pi_squared=sum_pi_squared, is_weights=weight,
+                    term_scores=torch.tensor(graded.terms) if graded.terms else None,
+                    term_weights=torch.tensor(graded.term_weights) if graded.terms else None,
                 )  # fmt: skip
                 batch.advantages, batch.returns = estimator(inputs)
                 seq_adv = (batch.advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)

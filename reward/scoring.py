@@ -163,7 +163,10 @@ class Scorer:
     def __call__(
         self, data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, prompt: Any = None
     ) -> dict:
-        """{"score": float, "acc": bool | None, "timeout": bool, "components": {name: float}}.
+        """{"score": float, "acc": bool | None, "timeout": bool, "components": {name: float}, "terms": [float]}.
+
+        `terms` are the terms' own (unweighted) scores in configuration order, which GDPO normalizes one by
+        one (npu_rl.algos.baselines.gdpo).
 
         `acc` is None when no term reports correctness (a user function returning only a score):
         a score is not a verdict, so it is logged as reward, never as accuracy. `prompt` (chat
@@ -171,6 +174,7 @@ class Scorer:
         """
         total, acc, timeout = 0.0, None, False
         components: dict[str, float] = {}
+        terms: list[float] = []
         item = {
             "data_source": data_source,
             "solution_str": solution_str,
@@ -185,6 +189,7 @@ class Scorer:
             score, term_acc, extras = _unpack(label, raw)
             timeout = timeout or bool(extras.get("timeout", 0.0))
             total += weight * score
+            terms.append(score)
             if acc is None and term_acc is not None:
                 acc = term_acc
             prefix = "" if self.single else f"{label}/"
@@ -196,6 +201,7 @@ class Scorer:
             "acc": acc,
             "timeout": timeout,
             "components": components,
+            "terms": terms,
         }
 
     def _call_term(

@@ -216,6 +216,37 @@ def test_remax_subtracts_the_greedy_score_from_the_reward_to_go():
     assert core_algos.ADV_ESTIMATORS["remax"].greedy_baseline and not core_algos.ADV_ESTIMATORS["grpo"].greedy_baseline
 
 
+def test_gdpo_normalizes_each_term_in_its_group_then_the_weighted_sum_over_the_batch():
+    # group 0: correctness 1 / 0 and a length bonus 10 / 90 (weights 2 and 1); group 1: equal rows
+    terms = torch.tensor([[1.0, 10.0], [0.0, 90.0], [1.0, 50.0], [1.0, 50.0]])
+    inputs = _inputs([0.0] * 4, [0, 0, 1, 1], [2, 2, 2, 2], term_scores=terms, term_weights=torch.tensor([2.0, 1.0]))
+    adv, _ = core_algos.ADV_ESTIMATORS["gdpo"](inputs)
+    # each term: +-(half the gap) / (unbiased std of two = gap / sqrt 2, + 1e-4)
+    correct, length = 0.5 / (1 / math.sqrt(2) + 1e-4), 40 / (80 / math.sqrt(2) + 1e-4)
+    summed = 2 * correct - length  # row 0; row 1 is its negative; group 1 normalizes to 0
+    batch_std = math.sqrt(2 * summed**2 / 3)  # mean 0, unbiased over the 4 rows
+    expected = torch.tensor([1.0, -1.0, 0.0, 0.0]) * summed / (batch_std + 1e-4)
+    torch.testing.assert_close(adv[:, 0], expected)
+    assert (adv[:, 2] == 0).all()  # padding
+    # one weighted sum normalized once (grpo) lets the wide length term decide; gdpo lets correctness win
+    summed_once = core_algos.ADV_ESTIMATORS["grpo"](
+        _inputs((terms @ torch.tensor([2.0, 1.0])).tolist(), [0, 0, 1, 1], [2] * 4)
+    )
+    assert summed_once[0][0, 0] < 0 < adv[0, 0]
+    with pytest.raises(ValueError, match="each reward term"):
+        core_algos.ADV_ESTIMATORS["gdpo"](_inputs([0.0], [0], [1]))
+
+
+def test_shaping_terms_join_the_scores_terms_and_components():
+    from npu_rl.reward_manager import RewardBatch
+    from npu_rl.step_rollouts import add_term
+
+    graded = RewardBatch([1.0, 0.0], [True, False], terms=[[1.0], [0.0]], term_weights=[0.5])
+    add_term(graded, "overlong_reward", [-0.25, 0.0])
+    assert graded.scores == [0.75, 0.0] and graded.components["overlong_reward"] == [-0.25, 0.0]
+    assert graded.terms == [[1.0, -0.25], [0.0, 0.0]] and graded.term_weights == [0.5, 1.0]
+
+
 def test_take_groups_renumbers_pads_and_stops_at_the_limit():
     from npu_rl.algos.dapo import take_groups
     from npu_rl.data import PromptRecord
@@ -243,8 +274,11 @@ def test_take_groups_renumbers_pads_and_stops_at_the_limit():
     assert graded.scores == [1.0, 0.0, 0.0] and graded.acc == [True, False, False]
     assert graded.baselines is None
     ga.baselines, gb.baselines = [0.1, 0.1, 0.2, 0.2], [0.3, 0.4, 0.4]  # remax: each row's greedy score
+    ga.terms, gb.terms = [[1.0, 0.0], [0.0, 0.0], [1.0, 1.0], [1.0, 2.0]], [[0.0, 3.0], [1.0, 4.0], [0.0, 5.0]]
+    ga.term_weights = gb.term_weights = [1.0, 0.5]
     _, kept = take_groups([(a, ga, torch.tensor([False, True])), (b, gb, torch.tensor([True, True]))], 2)
     assert kept.baselines == [0.2, 0.2, 0.3]
+    assert kept.terms == [[1.0, 1.0], [1.0, 2.0], [0.0, 3.0]] and kept.term_weights == [1.0, 0.5]
     assert (graded.timeouts, graded.errors, len(graded.components["x"])) == (1, 2, 7)
     # multi-turn batches: the policy-token mask and per-row metrics follow their rows
     a.token_mask, a.row_metrics = torch.tensor([[1.0, 0.0]] * 4), {"turns": torch.tensor([1.0, 2.0, 3.0, 4.0])}

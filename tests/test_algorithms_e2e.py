@@ -7,6 +7,7 @@ import torch
 from test_trainer import make_cfg, run
 
 from npu_rl.algos.dapo import DynamicSamplingError
+from npu_rl.config import ConfigError
 
 BASE = ("trainer.total_training_steps=2", "trainer.test_freq=0", "trainer.save_freq=0")
 
@@ -71,6 +72,42 @@ def test_remax_baseline_is_the_greedy_answers_score(tmp_path, tiny_model_dir, sy
         assert row["critic/advantages/max"] == row["critic/advantages/min"] == 0
 
 
+TWO_TERMS = """
+def digits(data_source, solution_str, ground_truth, extra_info=None):
+    return sum(ch.isdigit() for ch in solution_str) / max(1, len(solution_str))
+
+def length(data_source, solution_str, ground_truth, extra_info=None):
+    return float(len(solution_str))  # a wide-range term that GDPO keeps from drowning the other
+"""
+
+
+def test_gdpo_trains_on_several_reward_terms_and_the_overlong_penalty(tmp_path, tiny_model_dir, synthetic_parquet):
+    rewards = tmp_path / "two_terms.py"
+    rewards.write_text(TWO_TERMS)
+    run(
+        make_cfg(
+            tmp_path, tiny_model_dir, synthetic_parquet, *BASE, "algorithm.adv_estimator=gdpo",
+            f"reward.functions=[{{name: digits, path: {rewards}}}, {{name: length, path: {rewards}, weight: 0.1}}]",
+            "reward.custom_function.path=null", "reward.overlong_buffer.enable=true", "reward.overlong_buffer.len=4",
+        )
+    )  # fmt: skip
+    for row in _train_rows(tmp_path):
+        assert row["actor/grad_norm"] > 1e-6
+        assert abs(row["critic/advantages/mean"]) < 1e-5, "normalized over the whole step batch"
+        assert row["reward/length/mean"] > 1 and "reward/overlong_reward/mean" in row
+
+
+def test_gdpo_refuses_a_kl_penalty_in_the_reward(tmp_path, tiny_model_dir, synthetic_parquet):
+    with pytest.raises(ConfigError, match="use_kl_in_reward=false"):
+        make_cfg(
+            tmp_path,
+            tiny_model_dir,
+            synthetic_parquet,
+            "algorithm.adv_estimator=gdpo",
+            "algorithm.use_kl_in_reward=true",
+        )
+
+
 def test_adaptive_kl_in_reward_and_rollout_correction_log_their_metrics(tmp_path, tiny_model_dir, synthetic_parquet):
     run(
         make_cfg(
@@ -106,7 +143,7 @@ def test_dynamic_sampling_refills_and_reports_generation_batches(tmp_path, tiny_
             tmp_path, tiny_model_dir, synthetic_parquet, *BASE,
             "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=score",
             "algorithm.filter_groups.max_num_gen_batches=8", f"reward.custom_function.path={reward}",
-            "reward.overlong_buffer.enable=true", "reward.overlong_buffer.len=4",
+            "reward.custom_function.path=null", "reward.overlong_buffer.enable=true", "reward.overlong_buffer.len=4",
             "reward.overlong_buffer.penalty_factor=0.5",
         )
     )  # fmt: skip

@@ -211,7 +211,7 @@ def test_group_relative_estimators_are_marked():
     relative = {name for name in core_algos.ADV_ESTIMATORS if core_algos.ADV_ESTIMATORS[name].group_relative}
     assert relative == {
         "grpo", "grpo_vectorized", "rloo", "rloo_vectorized", "reinforce_plus_plus_baseline", "grpo_passk", "opo",
-        "gpg", "grpo_batch_std", "optimal_token_baseline", "tir_optimal_token_baseline",
+        "gpg", "grpo_batch_std", "gdpo", "optimal_token_baseline", "tir_optimal_token_baseline",
     }  # fmt: skip
     greedy = {name for name in core_algos.ADV_ESTIMATORS if core_algos.ADV_ESTIMATORS[name].greedy_baseline}
     assert greedy == {"remax"}

@@ -171,6 +171,18 @@ def test_weighted_list_logs_each_term(user_file: str) -> None:
     assert batch.components["format_soft_xml"] == [1.0]
     assert batch.components["plain"] == [0.5]
     assert batch.components["math/format"] == [1.0]
+    assert batch.terms == [pytest.approx([1.15, 1.0, 0.5])] and batch.term_weights == [1.0, 0.5, 2.0]  # for gdpo
+
+
+def test_worker_pool_reports_each_terms_score_and_zeros_for_a_killed_item(user_file: str) -> None:
+    cfg = RewardConfig(
+        num_workers=1,
+        timeout_s=0.3,
+        functions=[WeightedReward(name="compute_score", path=user_file), WeightedReward(name="plain", path=user_file)],
+    )
+    with RewardManager(cfg) as manager:
+        batch = manager.score([RewardItem("s", "7", "7"), RewardItem("s", "hang", "7")])
+    assert batch.terms == [[1.0, 0.5], [0.0, 0.0]] and batch.term_weights == [1.0, 1.0]
 
 
 def test_configuration_errors_name_the_key(user_file: str, tmp_path: Path) -> None:

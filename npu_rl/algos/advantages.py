@@ -28,7 +28,7 @@ class AdvantageInputs:
     """What an estimator may read. `token_rewards` [N, T] holds each row's score on its last valid
     token (see `place_scores`); `values` [N, T] are the critic's (GAE only); `baselines` [N] are set
     for estimators registered with `greedy_baseline` (ReMax), `old_logprobs` and `sum_pi_squared` for
-    those registered with `needs_sum_pi_squared`."""
+    those registered with `needs_sum_pi_squared`; `term_scores` whenever the reward reports its terms."""
 
     token_rewards: torch.Tensor
     response_mask: torch.Tensor
@@ -43,6 +43,8 @@ class AdvantageInputs:
     old_logprobs: torch.Tensor | None = None  # [N, T] the trainer's old policy (optimal token baselines)
     sum_pi_squared: torch.Tensor | None = None  # [N, T] sum over the vocabulary of pi^2 (optimal token baselines)
     is_weights: torch.Tensor | None = None  # [N, T] rollout correction's truncated importance weights, if on
+    term_scores: torch.Tensor | None = None  # [N, K] each reward term's own score (gdpo)
+    term_weights: torch.Tensor | None = None  # [K] the terms' weights in the score (gdpo)
 
     @property
     def scores(self) -> torch.Tensor:

@@ -1,11 +1,13 @@
 """Outcome estimators with other baselines or scales than GRPO's: verl's `grpo_passk`, `opo`, `gpg` and
-`remax`, and TRL's batch-scaled GRPO (`grpo_batch_std`). Each reads only the rows' scores, groups and
-response lengths (remax also the greedy answers' scores); a statistic taken over the whole step batch
-goes through `inputs.all_sum`, so rows sharded over ranks give the one-process numbers (verl computes
-advantages on its driver's full batch).
+`remax`, TRL's batch-scaled GRPO (`grpo_batch_std`) and its per-term normalization (`gdpo`). Each reads
+only the rows' scores (gdpo: each reward term's), groups and response lengths (remax also the greedy
+answers' scores); a statistic taken over the whole step batch goes through `inputs.all_sum`, so rows
+sharded over ranks give the one-process numbers (verl computes advantages on its driver's full batch).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -85,11 +87,48 @@ def grpo_batch_std(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]
     centred = scores - mean
     if not inputs.norm_by_std:
         return per_token(centred, inputs.response_mask)
-    total = inputs.all_sum(torch.stack([scores.sum(), torch.tensor(float(scores.numel()))]))
-    count = float(total[1])
-    squares = inputs.all_sum((scores - total[0] / count).square().sum())
-    std = torch.sqrt(squares / (count - 1)) if count > 1 else torch.zeros(())
+    _, std = batch_mean_std(scores, inputs.all_sum)
     return per_token(centred / (std + TRL_STD_EPS), inputs.response_mask)
+
+
+def batch_mean_std(
+    values: torch.Tensor, all_sum: Callable[[torch.Tensor], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased std of [N] values over every rank's rows (TRL's over the gathered batch); the
+    std is 0 when the whole batch holds a single value, as in TRL."""
+    total = all_sum(torch.stack([values.sum(), torch.tensor(float(values.numel()))]))
+    count = float(total[1])
+    mean = total[0] / count
+    squares = all_sum((values - mean).square().sum())
+    return mean, torch.sqrt(squares / (count - 1)) if count > 1 else torch.zeros(())
+
+
+@register_adv_estimator("gdpo", group_relative=True)
+def gdpo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """GDPO (Group reward-Decoupled normalization, 2026): every reward term is normalized within its group
+    on its own, (r_k - mean_g(r_k)) / (std_g(r_k) + 1e-4), the normalized terms are summed with their
+    weights, and the sum is normalized over the whole step batch, (s - mean) / (std + 1e-4); stds
+    unbiased, the batch statistics over all ranks. So a term with a wide range (a length bonus) cannot
+    drown a 0/1 correctness term, as it can when the weighted sum is normalized once (`grpo`).
+
+    Matches TRL's GRPOTrainer with multi_objective_aggregation="normalize_then_sum" (TRL main of
+    2026-07-24; its eps and its rules: a group of one normalizes to 0, a batch of one value has std 0).
+    The terms are reward.functions in order (or the one custom / built-in reward), then DAPO's overlong
+    penalty and the tool-use shaping when on, each weight 1. A term that returned None counts 0 here
+    (TRL leaves it out of the statistics).
+    """
+    if inputs.term_scores is None or inputs.term_weights is None:
+        raise ValueError("gdpo needs each reward term's score (AdvantageInputs.term_scores), got None")
+    terms = inputs.term_scores.float()
+    _, inverse, counts = torch.unique(inputs.group, return_inverse=True, return_counts=True)
+    n = counts.float()[:, None]
+    sums = torch.zeros(len(counts), terms.shape[1]).index_add_(0, inverse, terms)
+    centred = terms - (sums / n)[inverse]
+    squares = torch.zeros(len(counts), terms.shape[1]).index_add_(0, inverse, centred.square())
+    std = torch.where(n > 1, (squares / (n - 1).clamp(min=1)).sqrt(), torch.zeros_like(squares))[inverse]
+    combined = (centred / (std + TRL_STD_EPS) * inputs.term_weights.float()).sum(-1)
+    mean, batch_std = batch_mean_std(combined, inputs.all_sum)
+    return per_token((combined - mean) / (batch_std + TRL_STD_EPS), inputs.response_mask)
 
 
 @register_adv_estimator("remax", greedy_baseline=True)

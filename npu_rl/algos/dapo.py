@@ -63,7 +63,7 @@ def take_groups(
     the grader's work, not the kept rows)."""
     width = max(p[0].response_ids.shape[1] for p in parts)
     pieces: list[RolloutBatch] = []
-    records, scores, acc, baselines = [], [], [], []
+    records, scores, acc, baselines, terms = [], [], [], [], []
     for batch, graded, keep in parts:
         for g in keep.nonzero().squeeze(-1).tolist():
             if len(records) == limit:
@@ -79,6 +79,8 @@ def take_groups(
             acc.extend(graded.acc[i] for i in rows.tolist())
             if graded.baselines is not None:
                 baselines.extend(graded.baselines[i] for i in rows.tolist())
+            if graded.terms:
+                terms.extend(graded.terms[i] for i in rows.tolist())
             records.append(batch.records[g])
     metric_names = set.intersection(*(set(p.row_metrics) for p in pieces))  # one engine: the same names
     merged = RolloutBatch(
@@ -99,7 +101,8 @@ def take_groups(
     timeouts = sum(p[1].timeouts for p in parts)
     errors = sum(p[1].errors for p in parts)
     kept_baselines = baselines if parts[0][1].baselines is not None else None
-    return merged, RewardBatch(scores, acc, components, timeouts, errors, kept_baselines)
+    weights = parts[0][1].term_weights
+    return merged, RewardBatch(scores, acc, components, timeouts, errors, kept_baselines, terms, weights)
 
 
 class DynamicSamplingError(RuntimeError):

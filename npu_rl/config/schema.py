@@ -276,6 +276,11 @@ class Config(Section):
         environment.warn_single_sample_groups(self.algorithm.adv_estimator, rollout.n)
         if self.trainer.val_only and not data.val_files:
             raise ConfigError("trainer.val_only=true needs data.val_files: it only runs validation")
+        if self.algorithm.adv_estimator == "gdpo" and self.algorithm.use_kl_in_reward:
+            raise ConfigError(
+                "algorithm.adv_estimator=gdpo normalizes each reward term on its own, and a KL penalty in the reward "
+                "is no reward term: set algorithm.use_kl_in_reward=false (actor.use_kl_loss=true keeps a KL term)"
+            )
         bypass = self.algorithm.rollout_correction.bypass_mode
         if bypass and environment.needs_sum_pi_squared(self.algorithm.adv_estimator):
             raise ConfigError(
