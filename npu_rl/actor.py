@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from npu_rl import core_algos, distributed, packing, prefix, seqlen
-from npu_rl.algos import high_entropy, rollout_correction
+from npu_rl.algos import high_entropy, off_policy_mask, rollout_correction
 from npu_rl.compute import ComputePlan
 from npu_rl.config import ActorConfig, OptimConfig
 from npu_rl.config.objective import RolloutCorrectionConfig
@@ -298,6 +298,12 @@ def _micro_step(
     else:
         policy_loss = core_algos.POLICY_LOSSES.get(cfg.policy_loss, key="actor.policy_loss")
         (pg_mat, pg_stats), pg_mask = policy_loss(logprobs, old, micro.advantages, mask, cfg), mask
+    if cfg.off_policy_mask_threshold is not None and micro.rollout_logprobs is not None:
+        keep = off_policy_mask.off_policy_keep(
+            micro.advantages, logprobs, micro.rollout_logprobs, mask, cfg.off_policy_mask_threshold
+        )
+        pg_mat = pg_mat * keep
+        pg_stats["off_policy_masked_fraction"] = core_algos.masked_mean(1.0 - keep, mask.float())
     if cfg.top_entropy_quantile < 1.0:  # only the uncertain ("forking") tokens keep a policy term
         assert entropy is not None
         selected = high_entropy.high_entropy_mask(entropy, mask, cfg.top_entropy_quantile)
@@ -312,6 +318,8 @@ def _micro_step(
     stats.update({f"actor/{key}": value.item() * weight for key, value in pg_stats.items()})
     if cfg.use_kl_loss and micro.ref_logprobs is not None:
         kl_mat = core_algos.kl_estimate(logprobs, micro.ref_logprobs, cfg.kl_loss_type)
+        if cfg.kl_loss_bias_correction:  # the ratio carries gradient too, as in TRL
+            kl_mat = kl_mat * torch.exp(logprobs - old)
         kl_loss = core_algos.aggregate_loss(kl_mat, mask, cfg.loss_agg_mode, num_tokens, num_seqs, horizon)
         loss = loss + cfg.kl_loss_coef * kl_loss
         stats["actor/kl_loss"] = kl_loss.item()

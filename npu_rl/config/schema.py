@@ -159,6 +159,18 @@ class ActorConfig(Section):
         ge=0,
         le=1,
     )
+    off_policy_mask_threshold: float | None = knob(
+        None,
+        "drop the policy term of responses with a negative advantage whose mean log-prob drift from the engine's "
+        "sampling (log pi_engine - log pi) exceeds this (DeepSeek-V3.2's off-policy sequence masking, TRL's "
+        "off_policy_mask_threshold, e.g. 0.5); null: off",
+        gt=0,
+    )
+    kl_loss_bias_correction: bool = knob(
+        False,
+        "multiply the KL loss per token by the importance ratio pi / pi_old, so the KL is estimated for the "
+        "current policy rather than the sampling one (DeepSeek-V3.2; TRL's use_bias_correction_kl)",
+    )
     mask_truncated_completions: bool = knob(
         False,
         "leave responses cut at rollout.max_new_tokens out of the policy loss; they still count in their "
