@@ -81,12 +81,25 @@ def load_model(cfg: ModelConfig, acc: Accelerator, *, trainable: bool) -> nn.Mod
         **source_kwargs(cfg.path, "model.path", MODEL_FILES),
     )
     model.config.use_cache = False
+    if cfg.disable_dropout:
+        disable_dropout(model)
     if trainable and cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not trainable:
         model.requires_grad_(False)
         model.eval()
     return model
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Zero the dropout of every `nn.Dropout` and the float dropout rates attention modules read at call
+    time (transformers' `attention_dropout`); the model's config.json is left as it was."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout", "hidden_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
 
 
 def num_parameters(model: nn.Module) -> int:

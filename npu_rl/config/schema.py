@@ -32,6 +32,11 @@ class ModelConfig(Section):
         False, "recompute activations in backward (less memory, one more forward per backward)"
     )
     trust_remote_code: bool = knob(False, "allow the model folder's own Python code (only for folders you trust)")
+    disable_dropout: bool = knob(
+        True,
+        "zero every dropout probability of the loaded models, so the old-log-prob pass, the reference and the "
+        "update see the same function (TRL's disable_dropout; most LLMs have none)",
+    )
 
     def check(self, path: str) -> None:
         if not self.path:
