@@ -25,6 +25,8 @@
 #   remax  algorithm.adv_estimator=remax: the greedy answer's score as baseline, KL in the reward (k1, 0.001)
 #          instead of the KL loss, as verl's remax example (its rollout.n=4 is not used: the demo's n stays)
 #   otb    algorithm.adv_estimator=optimal_token_baseline (a baseline per group and response position)
+#   vespo  actor.policy_loss=vespo with two updates per step (mini-batches of 8 prompts): TRL's defaults
+#   luspo  actor.policy_loss=luspo (GSPO's ratio, length-weighted) with GSPO's clip ratios 3e-4 / 4e-4
 #   gdpo   algorithm.adv_estimator=gdpo (TRL's normalize_then_sum; the demo's one reward term: group then
 #          batch normalization)
 set -euo pipefail
@@ -58,8 +60,10 @@ overrides() {
                     "algorithm.kl_penalty=kl algorithm.kl_coef=0.001" ;;
         otb) echo "algorithm.adv_estimator=optimal_token_baseline" ;;
         gdpo) echo "algorithm.adv_estimator=gdpo" ;;
+        vespo) echo "actor.policy_loss=vespo actor.ppo_mini_batch_size=8" ;;
+        luspo) echo "actor.policy_loss=luspo actor.clip_ratio_low=3e-4 actor.clip_ratio_high=4e-4" ;;
         *) echo "unknown variant '$1' (rloo, dapo, ppo, rpp, gspo, cispo, sapo, gmpo, clipcov, klcov, entropy20," \
-                "bypass, twoupdates, remax, otb, gdpo)" >&2; exit 2 ;;
+                "bypass, twoupdates, remax, otb, gdpo, vespo, luspo)" >&2; exit 2 ;;
     esac
 }
 summary=()

@@ -31,12 +31,14 @@ def _train_rows(tmp_path):
         ("algorithm.adv_estimator=remax", "rollout.n=1", "algorithm.use_kl_in_reward=true"),
         ("actor.policy_loss=geo_mean", "actor.ppo_epochs=2"),
         ("actor.policy_loss=sapo", "actor.ppo_epochs=2"),
+        ("actor.policy_loss=vespo", "actor.ppo_epochs=2"),
+        ("actor.policy_loss=luspo",),
         ("actor.policy_loss=clip_cov", "actor.policy_loss_params.clip_cov_lb=-1e9", "actor.ppo_epochs=2"),
         ("actor.policy_loss=kl_cov", "actor.policy_loss_params.kl_cov_ratio=0.1", "actor.ppo_epochs=2"),
     ],
     ids=[
         "rloo", "reinforce_pp", "reinforce_pp_baseline", "gspo", "gpg", "opo_cispo", "passk", "batch_std", "remax",
-        "geo_mean", "sapo", "clip_cov", "kl_cov",
+        "geo_mean", "sapo", "vespo", "luspo", "clip_cov", "kl_cov",
     ],
 )  # fmt: skip
 def test_each_estimator_and_loss_trains(tmp_path, tiny_model_dir, synthetic_parquet, extra):

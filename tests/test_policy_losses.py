@@ -239,3 +239,38 @@ def test_verl_parity_script_compares_with_the_functions_it_is_given(tmp_path):
     assert losses["gpg", "token-mean"] == (0.0, 0.0) and losses["gpg", "seq-mean-token-mean"] == (0.0, 0.0)
     assert losses["cispo", "token-mean"][0] > 1e-3 and losses["cispo", "token-mean"][1] == 0
     assert max(estimators["rloo"]) < 1e-6 and min(estimators["opo"]) > 1e-3
+
+
+def test_luspo_is_gspo_weighted_by_length_as_trl_computes_it():
+    gen = torch.Generator().manual_seed(4)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    old = torch.randn(3, 4, generator=gen)
+    logprob = (old + 0.3 * torch.randn(3, 4, generator=gen)).requires_grad_()
+    adv = torch.tensor([1.0, -1.0, 0.5])[:, None] * torch.ones(3, 4)
+    loss, _, _ = _loss("luspo", logprob, old, adv, mask)
+    # TRL's sequence-level luspo: s = exp(mean log-ratio), -min(s A, clip(s) A) per sequence, times its length
+    seq_ratio = torch.exp(((logprob - old) * mask).sum(-1) / mask.sum(-1))
+    per_seq = -torch.minimum(seq_ratio * adv[:, 0], seq_ratio.clamp(0.8, 1.2) * adv[:, 0])
+    trl = (per_seq * mask.sum(-1)).mean()
+    torch.testing.assert_close(loss, trl)
+    (ours_grad,) = torch.autograd.grad(loss, logprob)
+    (trl_grad,) = torch.autograd.grad(trl, logprob)
+    torch.testing.assert_close(ours_grad * mask, trl_grad * mask)
+
+
+def test_vespo_weights_each_sequence_by_its_gamma_shaped_ratio():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    old = torch.zeros(2, 3)
+    logprob = torch.tensor([[0.2, 0.3, 5.0], [-0.4, 0.1, -0.1]], requires_grad=True)
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0]])
+    _, loss_mat, stats = _loss("vespo", logprob, old, adv, mask)
+    # row 0: w = e^0.5, A >= 0: k 2, lambda 3; row 1: w = e^-0.4, A < 0: k 3, lambda 2 (TRL's defaults)
+    phi = torch.tensor([math.exp(3 + 2 * 0.5 - 3 * math.exp(0.5)), math.exp(2 + 3 * -0.4 - 2 * math.exp(-0.4))])
+    torch.testing.assert_close(loss_mat * mask, -phi[:, None] * adv * logprob.detach() * mask)
+    (grad,) = torch.autograd.grad((loss_mat * mask).sum(), logprob)
+    torch.testing.assert_close(grad, -phi[:, None] * adv * mask)  # the weight is held constant
+    assert stats["vespo_weight"] == pytest.approx(float((phi[0] * 2 + phi[1] * 3) / 5))
+    # on-policy (w = 1) the weight is 1: the plain policy gradient, as gpg
+    on_policy, _, _ = _loss("vespo", logprob, logprob.detach(), adv, mask)
+    gpg, _, _ = _loss("gpg", logprob, logprob.detach(), adv, mask)
+    torch.testing.assert_close(on_policy, gpg)

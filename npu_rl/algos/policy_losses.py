@@ -1,4 +1,4 @@
-"""Policy losses beyond vanilla PPO (GSPO, GPG, CISPO, GMPO's geo_mean, SAPO) and PPO's value loss.
+"""Policy losses beyond vanilla PPO (GSPO, LUSPO, GPG, CISPO, GMPO's geo_mean, SAPO, VESPO) and PPO's value loss.
 
 Every POLICY_LOSSES member: fn(logprob, old_logprob, advantages, mask, cfg: ActorConfig)
 -> (loss_mat [N, T], stats), reduced by the actor's `loss_agg_mode` or, for the sequence-level
@@ -7,6 +7,7 @@ losses registered with `agg_mode`, by that mode.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -57,6 +58,18 @@ def gspo_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """verl's `gspo` loss mode with the actor's clip ratios (GSPO's paper uses 3e-4 / 4e-4), always reduced
     as seq-mean-token-mean, as verl reduces it whatever its loss_agg_mode (found by bench/verl_parity.py)."""
+    return gspo_loss(logprob, old_logprob, advantages, mask, cfg.clip_ratio_low, cfg.clip_ratio_high)
+
+
+@register_policy_loss("luspo", agg_mode="seq-mean-token-sum")
+def luspo_policy_loss(
+    logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """LUSPO (length-unbiased sequence policy optimization): GSPO's clipped sequence ratio, each sequence's
+    loss weighted by its length, i.e. reduced as seq-mean-token-sum, so long responses are not
+    down-weighted as in GSPO's per-sequence mean. TRL's loss_type="luspo" with
+    importance_sampling_level="sequence" (main of 2026-07-24): the same loss and gradient, with GSPO's
+    log-ratio clamp at 10 (TRL has none) and empty rows not counted as sequences."""
     return gspo_loss(logprob, old_logprob, advantages, mask, cfg.clip_ratio_low, cfg.clip_ratio_high)
 
 
@@ -149,6 +162,34 @@ def sapo_policy_loss(
         "ppo_kl": masked_mean(-log_ratio.detach(), mask.float()),
     }
     return -gate * advantages, stats
+
+
+@register_policy_loss("vespo")
+def vespo_policy_loss(
+    logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cfg: ActorConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """VESPO: -sg(phi(w)) * A * log pi per token, w = pi / pi_old of the whole sequence (the product of
+    the token ratios) and phi(w) = exp(lambda + k log w - lambda w), a gamma-shaped weight equal to 1 at
+    w = 1 that fades both for w << 1 (power k) and for w >> 1 (decay lambda), with (k, lambda) set by
+    the advantage's sign. Matches TRL's get_gamma_weights (main of 2026-07-24): token log-ratios clamped
+    to [-20, 20], log w to [log 1e-8, 20], lambda at least 1e-4, non-finite weights 0; TRL reduces it
+    token-mean (npu_rl: actor.loss_agg_mode, default token-mean). With rollout correction the weights
+    scale the advantages as for every loss here (TRL folds its IS ratio into w instead).
+    `vespo_weight` logs the mean phi over valid tokens."""
+    params, mask = cfg.policy_loss_params, mask.float()
+    log_ratio = (logprob.detach().float() - old_logprob.float()).clamp(-20.0, 20.0)
+    log_w = (log_ratio * mask).sum(-1, keepdim=True).clamp(math.log(1e-8), 20.0)
+    positive = advantages >= 0
+    k = torch.where(positive, params.vespo_k_pos, params.vespo_k_neg)
+    lam = torch.where(positive, params.vespo_lambda_pos, params.vespo_lambda_neg).clamp(min=1e-4)
+    phi = torch.exp(lam + k * log_w - lam * log_w.exp()).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+    stats = {
+        "pg_clipfrac": torch.zeros(()),
+        "pg_clipfrac_lower": torch.zeros(()),
+        "ppo_kl": masked_mean(-log_ratio, mask),
+        "vespo_weight": masked_mean(phi, mask),
+    }
+    return -phi * advantages.float() * logprob.float(), stats
 
 
 def value_loss(

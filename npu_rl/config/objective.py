@@ -99,7 +99,8 @@ class FilterGroupsConfig(Section):
 
 @dataclass
 class PolicyLossParams(Section):
-    """Parameters of the policy losses that have their own (verl: actor.policy_loss.* and actor.tau_*)."""
+    """Parameters of the policy losses that have their own (verl: actor.policy_loss.* and actor.tau_*; TRL:
+    sapo_temperature_*, vespo_*)."""
 
     clip_cov_ratio: float = knob(
         0.0002, "clip_cov: fraction of a micro-batch's tokens whose gradient is removed", gt=0, le=1
@@ -110,6 +111,10 @@ class PolicyLossParams(Section):
     ppo_kl_coef: float = knob(0.1, "kl_cov: weight of the |log ratio| penalty on those tokens", ge=0)
     tau_pos: float = knob(1.0, "sapo: gate temperature of tokens with a positive advantage", gt=0)
     tau_neg: float = knob(1.05, "sapo: gate temperature of the others (larger: negative updates fade faster)", gt=0)
+    vespo_k_pos: float = knob(2.0, "vespo: power of the sequence ratio w for tokens with A >= 0 (fades w << 1)", ge=0)
+    vespo_lambda_pos: float = knob(3.0, "vespo: decay in w for tokens with A >= 0 (fades w >> 1)", ge=0)
+    vespo_k_neg: float = knob(3.0, "vespo: power of w for tokens with A < 0", ge=0)
+    vespo_lambda_neg: float = knob(2.0, "vespo: decay in w for tokens with A < 0", ge=0)
 
     def check(self, path: str) -> None:
         if self.clip_cov_lb >= self.clip_cov_ub:

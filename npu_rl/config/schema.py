@@ -138,7 +138,7 @@ class ActorConfig(Section):
     policy_loss: str = knob(
         "vanilla", "policy loss (verl's policy_loss.loss_mode)", registry="npu_rl.core_algos:POLICY_LOSSES"
     )
-    policy_loss_params: PolicyLossParams = knob(PolicyLossParams, "parameters of clip_cov, kl_cov and sapo")
+    policy_loss_params: PolicyLossParams = knob(PolicyLossParams, "parameters of clip_cov, kl_cov, sapo and vespo")
     forward: Literal["auto", "plain", "shared_prefix", "fused", "packed"] = knob(
         "auto",
         "logprob/training forward: plain = one forward over padded rows; shared_prefix = each prompt once, "
