@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE))
 
 from _assets import BENCH_SIZES  # noqa: E402
 
-from npu_rl import actor  # noqa: E402
+from npu_rl import actor, optim  # noqa: E402
 from npu_rl.compute import build_plan  # noqa: E402
 from npu_rl.config import ActorConfig  # noqa: E402
 from npu_rl.device import Accelerator  # noqa: E402
@@ -142,7 +142,7 @@ def run_speed(args: argparse.Namespace) -> None:
           f"{int(lengths.min())}-{int(lengths.max())} tokens (median {int(lengths.median())}), {tokens} real "
           f"tokens; torch threads {torch.get_num_threads()}")  # fmt: skip
     setups = {name: variant_setup(name, model, batch) for name in VARIANTS}
-    optimizer = actor.build_optimizer(model, setups["padded"][0].optim)
+    optimizer = optim.build_optimizer(model, setups["padded"][0].optim)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
     for repeat in range(args.repeats + 1):  # the first round warms up
         for name in VARIANTS if repeat % 2 == 0 else reversed(VARIANTS):
@@ -177,7 +177,7 @@ def memory_child(args: argparse.Namespace) -> None:
     cfg.ppo_micro_batch_size_per_device = MICRO
     plan = build_plan(model, Accelerator("cpu"))  # auto: packed, or shared_prefix for a LoRA model
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    one_step(model, actor.build_optimizer(model, cfg.optim), batch, cfg, plan, None)
+    one_step(model, optim.build_optimizer(model, cfg.optim), batch, cfg, plan, None)
     print(f"{plan.forward} {loaded:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from npu_rl.actor import build_optimizer
 from npu_rl.config import OptimConfig
 from npu_rl.kernels import onednn
+from npu_rl.optim import build_optimizer
 from npu_rl.tools import make_tiny_model as mtm
 from npu_rl.tools.make_synthetic_math import iter_problems
 

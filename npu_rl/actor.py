@@ -20,8 +20,9 @@ from torch import nn
 
 from npu_rl import core_algos, distributed, packing, prefix, seqlen
 from npu_rl.algos import high_entropy, off_policy_mask, rollout_correction
+from npu_rl.algos.adaptive_entropy import AdaptiveEntropy
 from npu_rl.compute import ComputePlan
-from npu_rl.config import ActorConfig, OptimConfig
+from npu_rl.config import ActorConfig
 from npu_rl.config.objective import RolloutCorrectionConfig
 from npu_rl.metrics import StepStats
 from npu_rl.rollout.batch import RolloutBatch
@@ -206,35 +207,6 @@ def compute_logprobs(
     return TokenStats(logprobs, sum_pi_squared=sum_pi_squared)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters, one multi-tensor kernel per step instead of one loop
-    iteration per parameter: `fused` where every parameter is on a CUDA device, else `foreach`
-    (the same arithmetic as the loop, grouped; works on FSDP2 shards and offloaded shards)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    kernel = {"fused": True} if params and all(p.device.type == "cuda" for p in params) else {"foreach": True}
-    return torch.optim.AdamW(
-        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **kernel
-    )
-
-
-def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Linear warmup, then constant / cosine / linear decay down to `min_lr_ratio`."""
-    warmup = cfg.lr_warmup_steps or int(cfg.lr_warmup_steps_ratio * total_steps)
-    if step < warmup:
-        return (step + 1) / warmup
-    if cfg.lr_scheduler == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_scheduler == "cosine" else 1 - progress
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig
-) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, cfg))
-
-
 def without_truncated(batch: PolicyBatch, truncated: list[bool]) -> PolicyBatch:
     """The batch with the loss mask of truncated rows zeroed (TRL's mask_truncated_completions): they
     keep their place, attention and advantages (computed with their group), but add no loss and no
@@ -280,6 +252,7 @@ def _micro_step(
     horizon: int,
     world_size: int,
     bypass: RolloutCorrectionConfig | None = None,
+    entropy_coeff: float = 0.0,
 ) -> dict[str, float]:
     """Forward + backward of one micro-batch; its loss is its share of the mini-batch loss.
 
@@ -290,7 +263,7 @@ def _micro_step(
     """
     mask = micro.response_mask
     logprobs, entropy, _ = forward_logprobs(
-        model, micro, temperature, plan, with_entropy=True, entropy_grad=cfg.entropy_coeff != 0
+        model, micro, temperature, plan, with_entropy=True, entropy_grad=entropy_coeff != 0
     )
     old = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
     if bypass is not None:
@@ -312,7 +285,7 @@ def _micro_step(
     pg_agg = core_algos.policy_agg_mode(cfg.policy_loss, cfg.loss_agg_mode)
     pg_loss = core_algos.aggregate_loss(pg_mat, pg_mask, pg_agg, num_tokens, num_seqs, horizon)
     entropy_loss = core_algos.aggregate_loss(entropy, mask, cfg.loss_agg_mode, num_tokens, num_seqs, horizon)
-    loss = pg_loss - cfg.entropy_coeff * entropy_loss
+    loss = pg_loss - entropy_coeff * entropy_loss
     weight = mask.sum().item() / max(1.0, float(num_tokens))
     stats = {"actor/pg_loss": pg_loss.item(), "actor/entropy": entropy_loss.item()}
     stats.update({f"actor/{key}": value.item() * weight for key, value in pg_stats.items()})
@@ -323,6 +296,7 @@ def _micro_step(
         kl_loss = core_algos.aggregate_loss(kl_mat, mask, cfg.loss_agg_mode, num_tokens, num_seqs, horizon)
         loss = loss + cfg.kl_loss_coef * kl_loss
         stats["actor/kl_loss"] = kl_loss.item()
+    stats["_entropy_sum"] = float((entropy.detach() * mask).sum())  # adaptive entropy's measurement
     if micro.rollout_logprobs is not None:
         stats["_diff_sum"] = float(((logprobs.detach() - micro.rollout_logprobs).abs() * mask).sum())
         stats["_diff_tokens"] = float(mask.sum())
@@ -345,6 +319,7 @@ def update_policy(
     device: torch.device | None = None,
     world_size: int = 1,
     bypass: RolloutCorrectionConfig | None = None,
+    entropy_control: AdaptiveEntropy | None = None,
 ) -> None:
     """PPO epochs over mini-batches with micro-batch accumulation; one optimizer step per mini-batch.
 
@@ -370,20 +345,28 @@ def update_policy(
             totals = distributed.all_reduce(torch.tensor([mini.response_mask.sum().item(), seqs]), "sum")
             optimizer.zero_grad(set_to_none=True)
             budget = cfg.ppo_max_token_len_per_device if cfg.use_dynamic_bsz else None
+            coeff = cfg.entropy_coeff if entropy_control is None else entropy_control.applied()
+            entropy_sum = 0.0
             for rows in micro_batch_rows(mini, cfg.ppo_micro_batch_size_per_device, budget):
                 micro = mini.select(rows).to(device)
                 micro_stats = _micro_step(
-                    model, micro, cfg, temperature, plan, totals[0], totals[1], horizon, world_size, bypass
+                    model, micro, cfg, temperature, plan, totals[0], totals[1], horizon, world_size, bypass, coeff
                 )
+                entropy_sum += micro_stats["_entropy_sum"]
                 for key, value in micro_stats.items():
                     if not key.startswith("_") or (epoch == 0 and mini_index == 0):
                         sums[key] += value
             grad_norms.append(clipped_step(model, optimizer, cfg.grad_clip))
+            if entropy_control is not None:  # the mini-batch's mean token entropy over all ranks
+                entropy_sum = float(distributed.all_reduce(torch.tensor([entropy_sum]), "sum")[0])
+                entropy_control.update(entropy_sum / max(float(totals[0]), 1.0))
     updates = max(1, len(grad_norms))  # the same count on every rank
     for key, value in sums.items():
         if not key.startswith("_"):
             stats.add_sum(key, value / updates)
     stats.add_max("actor/grad_norm", sum(grad_norms) / updates)  # a global norm: equal on every rank
+    if entropy_control is not None:  # equal on every rank
+        stats.add_max("actor/entropy_coeff", entropy_control.coef)
     stats.add_max("actor/lr", scheduler.get_last_lr()[0])
     scheduler.step()
     stats.add_max("actor/nonfinite_skipped", float(sum(not math.isfinite(g) for g in grad_norms)))  # same on all ranks

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from npu_rl import actor, core_algos, critic, device, distributed, lora
+from npu_rl import actor, core_algos, critic, device, distributed, lora, optim
 from npu_rl.algos import rollout_correction
-from npu_rl.algos.advantages import AdvantageInputs, place_scores
+from npu_rl.algos.adaptive_entropy import AdaptiveEntropy
+from npu_rl.algos.advantages import AdvantageInputs, place_scores, reward_inputs
 from npu_rl.checkpoint import CheckpointManager
 from npu_rl.compute import build_plan
 from npu_rl.config import Config, format_path
@@ -70,14 +71,14 @@ class GRPOTrainer:
             self.ref = self._place(load_model(cfg.model, self.acc, trainable=False), trainable=False)
             self.ref_plan = build_plan(self.ref, self.acc, cfg.actor.forward, cfg.rollout.decoder)
         self.device = self.acc.torch_device(self.dist.local_rank)
-        self.optimizer = actor.build_optimizer(self.model, cfg.actor.optim)
-        self.scheduler = actor.build_scheduler(self.optimizer, self.total_steps, cfg.actor.optim)
+        self.optimizer = optim.build_optimizer(self.model, cfg.actor.optim)
+        self.scheduler = optim.build_scheduler(self.optimizer, self.total_steps, cfg.actor.optim)
         self.critic = self.critic_optimizer = self.critic_scheduler = None
         if cfg.use_critic:  # PPO with GAE: the policy's architecture with a value head
             init = dataclasses.replace(cfg.model, path=cfg.critic.model_path or cfg.model.path)
             self.critic = self._place(critic.ValueModel(load_model(init, self.acc, trainable=True)), trainable=True)
-            self.critic_optimizer = actor.build_optimizer(self.critic, cfg.critic.optim)
-            self.critic_scheduler = actor.build_scheduler(self.critic_optimizer, self.total_steps, cfg.critic.optim)
+            self.critic_optimizer = optim.build_optimizer(self.critic, cfg.critic.optim)
+            self.critic_scheduler = optim.build_scheduler(self.critic_optimizer, self.total_steps, cfg.critic.optim)
         self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist, self.plan)
         self.pad_token_id = eos_and_pad_ids(self.tokenizer, model)[1]
         self.step_rollouts = StepRollouts(cfg, self.rollout, self.tokenizer, self.sampler, self.dist)
@@ -92,6 +93,7 @@ class GRPOTrainer:
         a = cfg.algorithm
         target = a.kl_ctrl.target_kl if a.kl_ctrl.type == "adaptive" else None
         self.kl_ctrl = core_algos.AdaptiveKLController(a.kl_coef, target, a.kl_ctrl.horizon)
+        self.entropy_control = AdaptiveEntropy.from_config(cfg.actor)
         self.global_step = 0
         self.tracking: Tracking | None = None
         if self.dist.is_main:
@@ -174,10 +176,8 @@ class GRPOTrainer:
                 a = cfg.algorithm
                 inputs = AdvantageInputs(
                     token_rewards, mask, rollout.group, batch.values, a.gamma, a.lam, a.norm_adv_by_std_in_grpo,
-                    all_sum=all_sum, baselines=None if graded.baselines is None else torch.tensor(graded.baselines),
-                    old_logprobs=batch.old_logprobs, sum_pi_squared=sum_pi_squared, is_weights=weight,
-                    term_scores=torch.tensor(graded.terms) if graded.terms else None,
-                    term_weights=torch.tensor(graded.term_weights) if graded.terms else None,
+                    all_sum=all_sum, old_logprobs=batch.old_logprobs, sum_pi_squared=sum_pi_squared, is_weights=weight,
+                    **reward_inputs(graded),
                 )  # fmt: skip
                 batch.advantages, batch.returns = estimator(inputs)
                 seq_adv = (batch.advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
@@ -213,6 +213,7 @@ class GRPOTrainer:
                         device=self.device,
                         world_size=self.dist.world_size,
                         bypass=correction if correction.bypass_mode else None,
+                        entropy_control=self.entropy_control,
                     )
             with timer.section("update_weights"):
                 self.rollout.update_weights(lora.merged_tensors(distributed.iter_full_state_dict(self.model)))
@@ -285,7 +286,7 @@ class GRPOTrainer:
                 self.model,
                 self.optimizer,
                 self.scheduler,
-                {"global_step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value},
+                self._trainer_state(),
                 self.model.config,
                 self.tokenizer,
                 getattr(self.model, "generation_config", None),
@@ -293,6 +294,12 @@ class GRPOTrainer:
                 others=self._others(),
             )
             bar.update()
+
+    def _trainer_state(self) -> dict:
+        state = {"global_step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value}
+        if self.entropy_control is not None:
+            state["entropy_control"] = self.entropy_control.state_dict()
+        return state
 
     def _others(self) -> dict[str, tuple]:
         """Trained modules checkpointed beside the actor."""
@@ -311,6 +318,8 @@ class GRPOTrainer:
             bar.update()
         self.global_step = int(state["global_step"])
         self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))  # adaptive KL resumes where it was
+        if self.entropy_control is not None and "entropy_control" in state:  # so does adaptive entropy
+            self.entropy_control.load_state_dict(state["entropy_control"])
         sampler_state = state["sampler"]
         if changed & sampler_keys:  # allowed (trainer.allow_config_change): the new order starts at the next epoch
             sampler_state = dict(sampler_state, seed=self.sampler.seed, shuffle=self.sampler.shuffle)

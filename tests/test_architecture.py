@@ -11,7 +11,7 @@ import torch
 from _arch_models import sharp_model
 from test_trainer import make_cfg, run
 
-from npu_rl import actor, core_algos
+from npu_rl import actor, core_algos, optim
 from npu_rl.compute import build_plan
 from npu_rl.config import ActorConfig, OptimConfig
 from npu_rl.data import PromptRecord
@@ -77,8 +77,8 @@ def test_unequal_groups_through_advantages_and_one_update():
 
     cfg = ActorConfig(ppo_micro_batch_size_per_device=2, optim=OptimConfig(lr=1e-2))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = actor.build_optimizer(model, cfg.optim)
-    scheduler = actor.build_scheduler(optimizer, 1, cfg.optim)
+    optimizer = optim.build_optimizer(model, cfg.optim)
+    scheduler = optim.build_scheduler(optimizer, 1, cfg.optim)
     stats = StepStats()
     plan = build_plan(model, Accelerator("cpu"))
     actor.update_policy(model, optimizer, scheduler, batch, cfg, 1.0, plan, 2, horizon=6, stats=stats)

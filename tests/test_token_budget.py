@@ -10,7 +10,7 @@ import torch
 from _arch_models import rollout_batch, sharp_model
 from _dist_utils import run_workers
 
-from npu_rl import actor, seqlen
+from npu_rl import actor, optim, seqlen
 from npu_rl.compute import build_plan
 from npu_rl.config import ActorConfig
 from npu_rl.device import Accelerator
@@ -129,7 +129,7 @@ def test_multi_tensor_adamw_steps_like_the_per_parameter_loop():
 
     models = [sharp_model("qwen2") for _ in range(2)]
     batch = policy_batch()
-    opts = [actor.build_optimizer(models[0], OptimConfig(lr=1e-3))]
+    opts = [optim.build_optimizer(models[0], OptimConfig(lr=1e-3))]
     opts.append(torch.optim.AdamW(models[1].parameters(), lr=1e-3, weight_decay=0.01, foreach=False))
     assert opts[0].defaults["foreach"]
     for model, opt in zip(models, opts, strict=True):

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from npu_rl.core_algos import grpo_advantages, register_adv_estimator
+
+if TYPE_CHECKING:
+    from npu_rl.reward_manager import RewardBatch
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -50,6 +54,16 @@ class AdvantageInputs:
     def scores(self) -> torch.Tensor:
         """Each row's total reward (outcome estimators' input), as verl's token_level_rewards.sum(-1)."""
         return self.token_rewards.float().sum(dim=-1)
+
+
+def reward_inputs(graded: RewardBatch) -> dict[str, torch.Tensor | None]:
+    """The AdvantageInputs fields the reward side fills: the greedy answers' scores (remax) and each
+    reward term's score with its weight (gdpo); None where the reward did not report them."""
+    return {
+        "baselines": None if graded.baselines is None else torch.tensor(graded.baselines),
+        "term_scores": torch.tensor(graded.terms) if graded.terms else None,
+        "term_weights": torch.tensor(graded.term_weights) if graded.terms else None,
+    }
 
 
 def place_scores(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

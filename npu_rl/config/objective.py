@@ -26,6 +26,26 @@ class KLControlConfig(Section):
 
 
 @dataclass
+class AdaptiveEntropyConfig(Section):
+    """Adaptive entropy control (Skywork-OR1, TRL's use_adaptive_entropy); actor.entropy_coeff is the
+    initial coefficient."""
+
+    enable: bool = knob(False, "move the entropy coefficient after every optimizer step towards the target")
+    target: float = knob(
+        0.2, "mean per-token entropy (nats) at or below which the bonus applies and its coefficient grows", ge=0
+    )
+    coef_min: float = knob(0.0, "lower bound of the coefficient", ge=0)
+    coef_max: float = knob(1.0, "upper bound of the coefficient", ge=0)
+    delta: float = knob(0.005, "change of the coefficient per optimizer step", gt=0)
+
+    def check(self, path: str) -> None:
+        if self.coef_min > self.coef_max:
+            raise ConfigError(
+                f"{join(path, 'coef_min')} ({self.coef_min}) must not exceed {join(path, 'coef_max')} ({self.coef_max})"
+            )
+
+
+@dataclass
 class RolloutCorrectionConfig(Section):
     """Importance weights and rejection between the rollout engine's and the trainer's log-probs
     (verl's algorithm.rollout_correction; npu_rl.algos.rollout_correction)."""

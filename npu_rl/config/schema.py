@@ -16,7 +16,13 @@ from typing import Literal
 from npu_rl.config import environment
 from npu_rl.config.fields import ConfigError, Section, join, knob
 from npu_rl.config.generation import RolloutConfig
-from npu_rl.config.objective import KL_REGISTRY, AlgorithmConfig, PolicyLossParams, RewardConfig
+from npu_rl.config.objective import (
+    KL_REGISTRY,
+    AdaptiveEntropyConfig,
+    AlgorithmConfig,
+    PolicyLossParams,
+    RewardConfig,
+)
 
 
 @dataclass
@@ -152,7 +158,8 @@ class ActorConfig(Section):
     loss_agg_mode: str = knob(
         "token-mean", "how per-token losses reduce to one", registry="npu_rl.core_algos:LOSS_AGG_MODES"
     )
-    entropy_coeff: float = knob(0.0, "entropy bonus weight (subtracted from the loss)")
+    entropy_coeff: float = knob(0.0, "entropy bonus weight (subtracted from the loss); with adaptive_entropy its start")
+    adaptive_entropy: AdaptiveEntropyConfig = knob(AdaptiveEntropyConfig, "entropy coefficient control (Skywork-OR1)")
     use_kl_loss: bool = knob(False, "add a KL(policy || reference) term to the loss")
     kl_loss_coef: float = knob(0.001, "weight of the KL loss term", ge=0)
     kl_loss_type: str = knob("low_var_kl", "KL estimator of the loss term", registry=KL_REGISTRY)

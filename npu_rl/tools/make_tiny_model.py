@@ -27,11 +27,11 @@ import torch
 from torch.nn import functional as F
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from npu_rl.actor import build_optimizer, build_scheduler
 from npu_rl.cli import UserError, entry_point
 from npu_rl.compute import linears_for
 from npu_rl.config import OptimConfig
 from npu_rl.device import Accelerator
+from npu_rl.optim import build_optimizer, build_scheduler
 from npu_rl.tools._tiny_tokenizer import save_tokenizer, train_tokenizer
 from npu_rl.tools.make_synthetic_math import Problem, ProblemKey, iter_problems, row_key, tokenizer_corpus
 

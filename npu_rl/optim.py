@@ -1,0 +1,40 @@
+"""The optimizer and learning-rate schedule of the actor and the critic (and of the tiny demo's
+pre-training): AdamW over the trainable parameters with verl's warmup and decay options."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from npu_rl.config import OptimConfig
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, one multi-tensor kernel per step instead of one loop
+    iteration per parameter: `fused` where every parameter is on a CUDA device, else `foreach`
+    (the same arithmetic as the loop, grouped; works on FSDP2 shards and offloaded shards)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    kernel = {"fused": True} if params and all(p.device.type == "cuda" for p in params) else {"foreach": True}
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **kernel
+    )
+
+
+def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Linear warmup, then constant / cosine / linear decay down to `min_lr_ratio`."""
+    warmup = cfg.lr_warmup_steps or int(cfg.lr_warmup_steps_ratio * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.lr_scheduler == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_scheduler == "cosine" else 1 - progress
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, cfg))
