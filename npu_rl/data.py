@@ -64,7 +64,7 @@ def _tokenize(
             texts.append(r.prompt_text)
             continue
         try:
-            kwargs = {"tools": tools} if tools else {}
+            kwargs = {**cfg.apply_chat_template_kwargs, **({"tools": tools} if tools else {})}
             texts.append(
                 tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False, **kwargs)
             )

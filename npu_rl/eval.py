@@ -93,6 +93,7 @@ class Evaluator:
         reward: RewardConfig | None = None,
         num_threads: int = 0,
         tools: str | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.model_arg = str(model)
         self.model_dir, self._tmp = resolve_model_dir(model)
@@ -103,13 +104,16 @@ class Evaluator:
         cfg.model.path, cfg.model.dtype = str(self.model_dir), dtype
         cfg.rollout.name, cfg.rollout.micro_batch_size = rollout, batch_size
         cfg.data.max_prompt_length, cfg.rollout.max_new_tokens = max_prompt_length, max_new_tokens
+        cfg.data.apply_chat_template_kwargs = dict(chat_template_kwargs or {})  # e.g. Qwen3's enable_thinking
         if tools:  # multi-turn: prompts rendered with the tools' schemas, calls executed (docs/multi_turn.md)
             cfg.rollout.multi_turn.enable, cfg.rollout.multi_turn.tool_config_path = True, tools
             cfg.rollout.multi_turn.check("rollout.multi_turn")
         self.cfg = cfg
         self.tools = tool_schemas(cfg)
         self.batch_size = batch_size
-        self.data_cfg = DataConfig(max_prompt_length=max_prompt_length)
+        self.data_cfg = DataConfig(
+            max_prompt_length=max_prompt_length, apply_chat_template_kwargs=cfg.data.apply_chat_template_kwargs
+        )
         self.tokenizer = load_tokenizer(cfg.model)
         net, plan = None, None
         if rollout == "hf":
@@ -195,12 +199,28 @@ def write_outputs(out: Path, tag: str, generations: list[dict[str, Any]], summar
 
 def evaluate(model: str | Path, data_files: str | Path | Sequence[str | Path], **kwargs: Any) -> dict[str, Any]:
     """One-shot `Evaluator(model, ...).evaluate(data_files, ...)`; constructor keywords are split off."""
-    init_keys = ("rollout", "device_name", "dtype", "batch_size", "max_prompt_length", "reward", "num_threads", "tools")
+    init_keys = (
+        "rollout", "device_name", "dtype", "batch_size", "max_prompt_length", "reward", "num_threads", "tools",
+        "chat_template_kwargs",
+    )  # fmt: skip
     init = {key: kwargs.pop(key) for key in init_keys if key in kwargs}
     if kwargs.get("max_new_tokens") is not None:  # it sizes the engine as well as the evaluation
         init["max_new_tokens"] = kwargs["max_new_tokens"]
     with Evaluator(model, **init) as ev:
         return ev.evaluate(data_files, **kwargs)
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type: a JSON object (a bad value is argparse's usage error, exit code 2)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON ({err.msg}): {text!r}") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"enable_thinking\": false}}', got {text!r}"
+        )
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         "math-verify), to put a number next to harnesses that use it",
     )
     p.add_argument("--max-prompt-length", type=int, default=1024)
+    p.add_argument(
+        "--chat-template-kwargs",
+        type=json_object,
+        default=None,
+        help="JSON keywords for the chat template, e.g. '{\"enable_thinking\": false}' for Qwen3",
+    )
     p.add_argument("--max-samples", type=int, default=-1, help="evaluate only the first N prompts")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call")
     p.add_argument("--rollout", choices=["hf", "vllm"], default="hf")
@@ -254,6 +280,7 @@ def evaluator_from_args(args: argparse.Namespace) -> Evaluator:
         reward=grader_config(args.grader, args.reward_workers),
         num_threads=args.num_threads,
         tools=args.tools,
+        chat_template_kwargs=args.chat_template_kwargs,
     )
 
 

@@ -6,6 +6,7 @@ tokenizer (tests/conftest.py). Validation errors must name file, row and column.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import re
@@ -59,6 +60,24 @@ def test_valid_rows_become_records(tmp_path, tiny_tokenizer):
     assert rec.prompt_text.startswith("<|im_start|>user\nWhat is 2 plus one?")
     assert rec.prompt_text.endswith("<|im_end|>\n<|im_start|>assistant\n")  # the generation prompt
     assert tiny_tokenizer.decode(rec.prompt_ids) == rec.prompt_text
+
+
+THINKING_TEMPLATE = (  # Qwen3's switch, reduced: the generation prompt closes the thinking block when asked
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def test_chat_template_kwargs_reach_the_template(tmp_path, tiny_tokenizer):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.chat_template = THINKING_TEMPLATE
+    path = write(tmp_path / "train.parquet", [make_row(1)])
+    thinking = load_prompts(path, tokenizer).records[0]
+    direct = load_prompts(path, tokenizer, DataConfig(apply_chat_template_kwargs={"enable_thinking": False})).records[0]
+    assert thinking.prompt_text.endswith("<|im_start|>assistant\n")
+    assert direct.prompt_text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert tokenizer.decode(direct.prompt_ids) == direct.prompt_text
 
 
 def test_optional_columns_and_numeric_ground_truth(tmp_path, tiny_tokenizer):

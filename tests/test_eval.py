@@ -163,6 +163,20 @@ def test_cli_prints_the_table_and_writes_both_files(tmp_path, tiny_model_dir, sy
     assert (tmp_path / "out" / "n1_t0.summary.json").is_file()
 
 
+def test_chat_template_kwargs_reach_the_prompts_and_bad_json_is_a_usage_error(tiny_model_dir, capsys):
+    from npu_rl.eval import build_parser
+
+    args = build_parser().parse_args(
+        ["--model", "m", "--data", "x", "--chat-template-kwargs", '{"enable_thinking": false}']
+    )
+    assert args.chat_template_kwargs == {"enable_thinking": False}
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--model", "m", "--data", "x", "--chat-template-kwargs", "[1]"])
+    assert info.value.code == 2 and "expected a JSON object" in capsys.readouterr().err
+    with Evaluator(tiny_model_dir, chat_template_kwargs={"enable_thinking": False}) as ev:
+        assert ev.data_cfg.apply_chat_template_kwargs == {"enable_thinking": False}
+
+
 def test_a_checkpoint_evaluates_like_the_model_it_holds(tmp_path, tiny_model_dir, synthetic_parquet, parity_reward):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -3,6 +3,7 @@ scripted engine that answers each turn with given text, so the conversation is k
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import threading
@@ -90,6 +91,18 @@ def test_chat_template_round_trip_of_a_tool_call_and_answer(tok) -> None:
     suffix = tok.decode(ToolMessages(tok, tok.eos_token).ids(["84"]))
     assert before + generated + suffix == full
     assert "<tool_response>\n84\n</tool_response>" in suffix and suffix.endswith("<|im_start|>assistant\n")
+
+
+def test_tool_answers_follow_the_chat_template_kwargs(tok) -> None:
+    """data.apply_chat_template_kwargs (Qwen3's enable_thinking) shape the next assistant header too."""
+    switch = copy.deepcopy(tok)
+    switch.chat_template += (
+        "{% if add_generation_prompt and enable_thinking is defined and not enable_thinking %}"
+        "<think>\n\n</think>\n\n{% endif %}"
+    )
+    no_thinking = switch.decode(ToolMessages(switch, tok.eos_token, {"enable_thinking": False}).ids(["84"]))
+    assert no_thinking.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert switch.decode(ToolMessages(switch, tok.eos_token).ids(["84"])).endswith("<|im_start|>assistant\n")
 
 
 def test_parse_tool_calls_reports_malformed_calls() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from npu_rl.config import environment
 from npu_rl.config.fields import ConfigError, Section, join, knob
@@ -68,6 +68,11 @@ class DataConfig(Section):
     filter_overlong_prompts: bool = knob(True, "drop prompts over max_prompt_length; false: such a prompt is an error")
     apply_chat_template: bool = knob(
         True, "prompts are chat messages rendered by the tokenizer's template; false: plain strings, as written"
+    )
+    apply_chat_template_kwargs: dict[str, Any] = knob(
+        {},
+        "keyword arguments for the tokenizer's chat template, e.g. {enable_thinking: false} for Qwen3 (also used "
+        "for multi-turn tool answers; verl's data.apply_chat_template_kwargs, TRL's chat_template_kwargs)",
     )
 
     def check(self, path: str) -> None:

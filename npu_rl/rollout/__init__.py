@@ -123,5 +123,5 @@ def build_rollout(
     tools = load_tools(mt.tool_config_path)
     return MultiTurnRollout(
         engine, tokenizer, tools, pad, mt.max_assistant_turns, mt.max_tool_response_tokens,
-        mt.max_parallel_calls, mt.max_concurrent_calls,
+        mt.max_parallel_calls, mt.max_concurrent_calls, cfg.data.apply_chat_template_kwargs,
     )  # fmt: skip

@@ -84,9 +84,10 @@ def turn_seed(seed: int, sample: int, turn: int) -> int:
 class ToolMessages:
     """Renders tool answers as the chat template does, as token ids to append after an assistant turn."""
 
-    def __init__(self, tokenizer: Any, eos_text: str) -> None:
+    def __init__(self, tokenizer: Any, eos_text: str, chat_kwargs: dict[str, Any] | None = None) -> None:
         self.tokenizer = tokenizer
-        base = tokenizer.apply_chat_template(_RENDER_BASE, tokenize=False)
+        self.chat_kwargs = dict(chat_kwargs or {})  # data.apply_chat_template_kwargs: prompts and tool turns alike
+        base = tokenizer.apply_chat_template(_RENDER_BASE, tokenize=False, **self.chat_kwargs)
         if eos_text not in base:
             raise ValueError(f"the chat template does not end assistant turns with {eos_text!r}")
         self.base = base
@@ -95,7 +96,9 @@ class ToolMessages:
     def ids(self, answers: Sequence[str]) -> list[int]:
         """Tokens from the end of the assistant turn through the next assistant header."""
         messages = _RENDER_BASE + [{"role": "tool", "content": a} for a in answers]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **self.chat_kwargs
+        )
         if not text.startswith(self.base[: self.cut]):
             raise ValueError("the chat template renders earlier messages differently once a tool message follows")
         return self.tokenizer(text[self.cut :], add_special_tokens=False)["input_ids"]
@@ -137,6 +140,7 @@ class MultiTurnRollout:
         max_tool_response_tokens: int = 256,
         max_parallel_calls: int = 1,
         max_concurrent_calls: int = 0,
+        chat_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -146,7 +150,7 @@ class MultiTurnRollout:
         self.max_tool_response_tokens = max_tool_response_tokens
         self.max_parallel_calls = max_parallel_calls
         self.max_concurrent_calls = max_concurrent_calls or len(os.sched_getaffinity(0))
-        self.messages = ToolMessages(tokenizer, tokenizer.eos_token)
+        self.messages = ToolMessages(tokenizer, tokenizer.eos_token, chat_kwargs)
 
     def generate(
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
