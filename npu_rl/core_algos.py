@@ -24,7 +24,7 @@ import torch
 from npu_rl.registry import Registry
 
 if TYPE_CHECKING:
-    from npu_rl.config import ActorConfig
+    from npu_rl.config import ActorConfig, AlgorithmConfig
 
 AdvEstimator = Callable[..., torch.Tensor]
 PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -168,6 +168,12 @@ class AdaptiveKLController:
         if target_kl is not None and (target_kl <= 0 or horizon <= 0):
             raise ValueError(f"adaptive KL needs target_kl > 0 and horizon > 0, got {target_kl}, {horizon}")
         self.value, self.target, self.horizon = float(init_coef), target_kl, horizon
+
+    @classmethod
+    def from_config(cls, cfg: AlgorithmConfig) -> AdaptiveKLController:
+        """algorithm.kl_coef, moved when algorithm.kl_ctrl.type is adaptive."""
+        target = cfg.kl_ctrl.target_kl if cfg.kl_ctrl.type == "adaptive" else None
+        return cls(cfg.kl_coef, target, cfg.kl_ctrl.horizon)
 
     def update(self, current_kl: float, n_steps: int) -> float:
         if self.target is not None:

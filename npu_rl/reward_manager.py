@@ -8,10 +8,12 @@ wall-clock budget (reward/timeouts). Nothing here imports torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from npu_rl.config import RewardConfig
+from npu_rl.config.objective import REWARD_MODEL_TERM
 from reward.pool import GradingPool
 from reward.scoring import RewardError, Scorer, ScorerSpec, Term
 from reward.tiers import Tiers
@@ -44,17 +46,28 @@ class RewardBatch:
     term_weights: list[float] = field(default_factory=list)  # what each term is weighted with in `scores`
 
 
+class ModelScorer(Protocol):
+    """What scores the reward-model term (npu_rl.reward_model.RewardModel; torch lives there)."""
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[str]) -> list[float]: ...
+
+
 def spec_from_config(cfg: RewardConfig, strict: bool) -> ScorerSpec:
     """The plain-data reward description shipped to worker processes (`cfg` validated: its own checks)."""
     cfg.validate("reward")
     return ScorerSpec(
-        terms=tuple(Term(f.name, f.weight, f.path, dict(f.kwargs), f.style) for f in cfg.functions),
+        terms=tuple(
+            Term(f.name, f.weight, f.path, dict(f.kwargs), f.style)
+            for f in cfg.functions
+            if f.name != REWARD_MODEL_TERM or f.path
+        ),
         custom_path=cfg.custom_function.path,
         custom_name=cfg.custom_function.name,
         custom_kwargs=dict(cfg.custom_function.reward_kwargs),
         strict=strict,
         tiers=Tiers(cfg.incorrect_score, cfg.correct_score, cfg.format_bonus, cfg.reasoning_bonus),
         timeout_s=cfg.timeout_s,
+        with_model=cfg.uses_model,
     )
 
 
@@ -66,12 +79,19 @@ def _flagged(result: dict[str, Any], flag: str) -> bool:
 class RewardManager:
     """Scores batches with the configured reward; `strict=False` gives the lenient evaluation grader."""
 
-    def __init__(self, cfg: RewardConfig, strict: bool | None = None) -> None:
+    def __init__(self, cfg: RewardConfig, strict: bool | None = None, model: ModelScorer | None = None) -> None:
         self.cfg = cfg
         self.strict = cfg.strict if strict is None else strict
         spec = spec_from_config(cfg, self.strict)
         self._scorer = Scorer(spec)  # built here too so that config errors surface before training
         self.term_weights = [t[1] for t in self._scorer.terms]
+        if cfg.uses_model and model is None:
+            raise ValueError("reward.functions has a reward_model term: pass the npu_rl.reward_model.RewardModel")
+        self.model = model if cfg.uses_model else None
+        if self.model is not None:  # its term comes after the rule-based ones
+            self.term_weights.append(
+                next(f.weight for f in cfg.functions if f.name == REWARD_MODEL_TERM and not f.path)
+            )
         self._pool = GradingPool(spec, cfg.num_workers) if cfg.num_workers > 0 else None
 
     def _args(self, item: RewardItem) -> tuple[Any, ...]:
@@ -91,14 +111,22 @@ class RewardManager:
         names = sorted({k for r in results for k in r.get("components", {}) if k.rpartition("/")[2] not in _COUNTED})
         components = {n: [float(r.get("components", {}).get(n, 0.0)) for r in results] for n in names}
         errors = sum(1 for r in results if r.get("crashed") or _flagged(r, "error"))
-        unscored = [0.0] * len(self.term_weights)  # an item the pool timed out or lost has no term scores
+        unscored = [0.0] * len(self._scorer.terms)  # an item the pool timed out or lost has no term scores
+        terms = [[float(v) for v in r.get("terms", unscored)] for r in results]
+        scores = [float(r["score"]) for r in results]
+        if self.model is not None:  # the hybrid reward's model term, scored here on the accelerator
+            model_scores = self.model.score([i.prompt for i in items], [i.solution_str for i in items])
+            weight = self.term_weights[-1]
+            scores = [s + weight * m for s, m in zip(scores, model_scores, strict=True)]
+            terms = [[*row, m] for row, m in zip(terms, model_scores, strict=True)]
+            components[REWARD_MODEL_TERM] = model_scores
         return RewardBatch(
-            scores=[float(r["score"]) for r in results],
+            scores=scores,
             acc=[None if r.get("acc") is None else bool(r["acc"]) for r in results],
             components=components,
             timeouts=sum(1 for r in results if r.get("timeout")),
             errors=errors,
-            terms=[[float(v) for v in r.get("terms", unscored)] for r in results],
+            terms=terms,
             term_weights=list(self.term_weights),
         )
 

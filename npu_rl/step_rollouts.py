@@ -18,7 +18,7 @@ from npu_rl.core_algos import ADV_ESTIMATORS
 from npu_rl.data import BatchSampler, PromptRecord
 from npu_rl.distributed import DistInfo
 from npu_rl.metrics import Timer
-from npu_rl.reward_manager import RewardBatch, RewardItem, RewardManager
+from npu_rl.reward_manager import ModelScorer, RewardBatch, RewardItem, RewardManager
 from npu_rl.rollout import RolloutBatch, RolloutEngine, SamplingParams, generate
 from npu_rl.rollout.tool_metrics import tool_shaping
 from npu_rl.seeds import prompt_seed
@@ -48,9 +48,17 @@ def add_term(graded: RewardBatch, name: str, values: list[float]) -> None:
 class StepRollouts:
     """Generates and grades this rank's rollouts of a step (reward workers owned here)."""
 
-    def __init__(self, cfg: Config, engine: RolloutEngine, tokenizer, sampler: BatchSampler, dist: DistInfo) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        engine: RolloutEngine,
+        tokenizer,
+        sampler: BatchSampler,
+        dist: DistInfo,
+        reward_model: ModelScorer | None = None,
+    ) -> None:
         self.cfg, self.engine, self.tokenizer, self.sampler, self.dist = cfg, engine, tokenizer, sampler, dist
-        self.reward = RewardManager(cfg.reward)
+        self.reward = RewardManager(cfg.reward, model=reward_model)
 
     def grade(self, batch: RolloutBatch) -> RewardBatch:
         texts = batch.decode(self.tokenizer)

@@ -29,6 +29,7 @@ from npu_rl.model import load_model, load_tokenizer, num_parameters
 from npu_rl.progress import Progress
 from npu_rl.resume import RUN_CONFIG, apply_optim_config, config_yaml, open_run, record_start
 from npu_rl.reward_manager import RewardManager
+from npu_rl.reward_model import RewardModel
 from npu_rl.rollout import SamplingParams, build_rollout, eos_and_pad_ids, tool_schemas
 from npu_rl.rollout.tool_metrics import record_tool_metrics
 from npu_rl.run_guard import NonFiniteGuard, StopRequested, StopSignals
@@ -81,8 +82,9 @@ class GRPOTrainer:
             self.critic_scheduler = optim.build_scheduler(self.critic_optimizer, self.total_steps, cfg.critic.optim)
         self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist, self.plan)
         self.pad_token_id = eos_and_pad_ids(self.tokenizer, model)[1]
-        self.step_rollouts = StepRollouts(cfg, self.rollout, self.tokenizer, self.sampler, self.dist)
-        self.val_reward = RewardManager(cfg.reward, strict=False)
+        scorer = RewardModel(cfg.reward.model, self.acc, self.dist.local_rank) if cfg.reward.uses_model else None
+        self.step_rollouts = StepRollouts(cfg, self.rollout, self.tokenizer, self.sampler, self.dist, scorer)
+        self.val_reward = RewardManager(cfg.reward, strict=False, model=scorer)
         v = cfg.rollout.val_kwargs
         self.val_cfg = EvalConfig(
             v.n, v.temperature, v.top_p, v.top_k, cfg.rollout.max_new_tokens, cfg.data.val_batch_size, cfg.trainer.seed
@@ -90,9 +92,7 @@ class GRPOTrainer:
         self.checkpoints = CheckpointManager(
             format_path(cfg.trainer.default_local_dir, cfg), cfg.trainer.max_ckpt_to_keep, self.dist, self.acc
         )
-        a = cfg.algorithm
-        target = a.kl_ctrl.target_kl if a.kl_ctrl.type == "adaptive" else None
-        self.kl_ctrl = core_algos.AdaptiveKLController(a.kl_coef, target, a.kl_ctrl.horizon)
+        self.kl_ctrl = core_algos.AdaptiveKLController.from_config(cfg.algorithm)
         self.entropy_control = AdaptiveEntropy.from_config(cfg.actor)
         self.global_step = 0
         self.tracking: Tracking | None = None

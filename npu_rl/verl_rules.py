@@ -59,6 +59,13 @@ def _warmup_style(value: Any) -> list[tuple[str, Any]]:
     return [] if value is None else [("actor.optim.lr_scheduler", value)]  # null: unset (lr_scheduler_type decides)
 
 
+def _reward_model_enable(value: Any) -> list[tuple[str, Any]]:
+    """verl scores with the reward model alone when it is on and no custom function is set (its legacy
+    reward manager returns the model's scores); with a custom function, npu_rl's config check names the
+    hybrid form (both terms in reward.functions)."""
+    return [("reward.functions", [{"name": "reward_model"}])] if value else []
+
+
 def warmup_steps(group: str, value: Any) -> list[tuple[str, Any]]:
     """verl: lr_warmup_steps < 0 means "use lr_warmup_steps_ratio" and 0 means no warmup; npu_rl reads
     0 as "use the ratio", so verl's 0 also zeroes the ratio (verl ignores it then)."""
@@ -315,7 +322,22 @@ RULES: tuple[Rule, ...] = (
         note="the critic is the model's decoder with a value head, in the actor's FSDP layout",
     ),
     Rule("critic.*", IGNORED, note="verl's other critic settings (checkpoint contents, profiler) have no effect here"),
-    Rule("reward_model.enable", IGNORED, only=(False,), note="rule-based rewards only (no reward model)"),
+    Rule(
+        "reward_model.enable",
+        SPECIAL,
+        "reward.functions",
+        convert=_reward_model_enable,
+        note="a discriminative reward model is the term {name: reward_model} of reward.functions (docs/reward.md)",
+    ),
+    Rule("reward_model.model.path", ALIAS, "reward.model.path"),
+    Rule("reward_model.model.trust_remote_code", ALIAS, "reward.model.trust_remote_code"),
+    Rule("reward_model.micro_batch_size_per_gpu", ALIAS, "reward.model.micro_batch_size"),
+    Rule("reward_model.max_length", ALIAS, "reward.model.max_length"),
+    Rule(
+        "reward_model.model.input_tokenizer",
+        IGNORED,
+        note="the policy's tokenizer decodes the response, the reward model's renders it (always re-templated)",
+    ),
     Rule(
         "reward_model.reward_manager",
         IGNORED,
@@ -338,7 +360,7 @@ RULES: tuple[Rule, ...] = (
         note="the overlong penalty counts from rollout.max_new_tokens",
     ),
     Rule("reward_model.launch_reward_fn_async", IGNORED, note="grading always runs in worker processes"),
-    Rule("reward_model.*", IGNORED, note="only read when reward_model.enable=true, which is an error"),
+    Rule("reward_model.*", IGNORED, note="the reward model's other settings: it runs unsharded, in inference mode"),
     Rule("custom_reward_function.path", ALIAS, "reward.custom_function.path"),
     Rule("custom_reward_function.name", ALIAS, "reward.custom_function.name"),
     Rule("custom_reward_function.reward_kwargs", ALIAS, "reward.custom_function.reward_kwargs"),

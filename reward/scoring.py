@@ -40,6 +40,15 @@ REGISTRY.add("int_answer", int_answer)
 REGISTRY.add("xml_tags", xml_tags)
 REGISTRY.add("ascend_sample_math", ascend_sample_math)  # the Ascend GRPO sample's 0.7 / 0.2 / 0.1 (reward/presets.py)
 REGISTRY.add("math_verify", math_verify_score)  # correctness by math-verify when installed (math_verify_adapter)
+
+
+def reward_model_term(**_: Any) -> float:
+    """`{name: reward_model}`: the discriminative reward model of reward.model, scored by npu_rl's
+    RewardManager on the accelerator (npu_rl.reward_model), never by a grading worker."""
+    raise RewardError("the reward_model term is scored by npu_rl.reward_model in the trainer, not per item")
+
+
+REGISTRY.add("reward_model", reward_model_term)
 _OWN_GRADERS = {"math", "accuracy"}
 
 
@@ -67,6 +76,7 @@ class ScorerSpec:
     strict: bool = False  # True: only the requested answer form counts (form as a gate)
     tiers: Tiers = field(default_factory=Tiers)
     timeout_s: float = 5.0
+    with_model: bool = False  # a reward-model term is scored beside these (npu_rl.reward_model), not here
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +91,7 @@ class ScorerSpec:
             strict=data["strict"],
             tiers=Tiers(**data["tiers"]),
             timeout_s=data["timeout_s"],
+            with_model=data.get("with_model", False),
         )
 
 
@@ -141,10 +152,10 @@ class Scorer:
         terms = list(spec.terms)
         if spec.custom_path:
             terms = [Term(spec.custom_name, 1.0, spec.custom_path, spec.custom_kwargs)]
-        self.single = len(terms) <= 1
+        self.single = len(terms) <= 1 and not spec.with_model  # one term alone: logged as the total
         self.terms: list[tuple[str, float, RewardFn, bool, dict[str, Any], str]] = []
         names: set[str] = set()
-        for k, term in enumerate(terms or [Term("math")]):
+        for k, term in enumerate(terms or ([] if spec.with_model else [Term("math")])):
             key = "reward.custom_function" if spec.custom_path else f"reward.functions[{k}]"
             if term.path:
                 fn, own = load_function(term.path, term.name, key), False

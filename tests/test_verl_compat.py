@@ -149,8 +149,6 @@ def test_keys_with_no_equivalent_say_so_not_did_you_mean():
         load_config(None, [*base, "actor_rollout_ref.actor.shuffle=True"])
     with pytest.raises(ConfigError, match=r"'actor_rollout_ref\.rollout\.sharding_manager\.x' has no equivalent"):
         load_config(None, [*base, "actor_rollout_ref.rollout.sharding_manager.x=1"])
-    with pytest.raises(ConfigError, match=r"'reward_model\.enable=True' has no equivalent.*no reward model"):
-        load_config(None, [*base, "reward_model.enable=True", "reward_model.model.path=rm"])
     with pytest.raises(ConfigError, match=r"'data\.custom_cls\.path='my\.py'' has no equivalent"):
         load_config(None, [*base, "data.custom_cls.path=my.py"])
     load_config(None, [*base, "data.custom_cls.path=null", "reward_model.model.path=rm"])  # verl's unused defaults

@@ -202,6 +202,28 @@ class OverlongBufferConfig(Section):
     penalty_factor: float = knob(1.0, "penalty of a response that reaches rollout.max_new_tokens", ge=0)
 
 
+REWARD_MODEL_TERM = "reward_model"  # the reward.functions name scored by reward.model (npu_rl.reward_model)
+
+
+@dataclass
+class RewardModelConfig(Section):
+    """The discriminative reward model scoring the `{name: reward_model}` term of reward.functions (verl's
+    reward_model.model; docs/reward.md)."""
+
+    path: str | None = knob(
+        None, "Hugging Face folder of a classification model with one label (e.g. a Skywork-Reward checkpoint)"
+    )
+    tokenizer_path: str | None = knob(
+        None, "its tokenizer (it renders prompt + response with its chat template); null: path"
+    )
+    max_length: int = knob(4096, "tokens it reads per response; longer inputs are cut from the right (as verl)", gt=0)
+    micro_batch_size: int = knob(8, "sequences per forward", gt=0)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = knob(
+        "auto", "parameter dtype; auto: bfloat16 on accelerators, float32 on CPU"
+    )
+    trust_remote_code: bool = knob(False, "allow the model folder's own Python code (only for folders you trust)")
+
+
 @dataclass
 class RewardConfig(Section):
     """How responses are graded (docs/reward.md)."""
@@ -216,6 +238,7 @@ class RewardConfig(Section):
     format_bonus: float = knob(0.1, "added when a correct answer is in the requested form")
     reasoning_bonus: float = knob(0.1, "added (x completeness) when a correct answer shows its reasoning")
     overlong_buffer: OverlongBufferConfig = knob(OverlongBufferConfig, "soft overlong punishment (DAPO)")
+    model: RewardModelConfig = knob(RewardModelConfig, "the reward model of a {name: reward_model} term")
     answer_format: Literal["", "boxed", "hash", "answer_tag", "answer_is"] = knob(
         "", "requested answer form for every row; empty: from data_source (gsm8k: hash, else boxed)"
     )
@@ -224,4 +247,20 @@ class RewardConfig(Section):
         if self.overlong_buffer.enable and self.overlong_buffer.len <= 0:
             raise ConfigError(f"{path}.overlong_buffer.len must be > 0 when {path}.overlong_buffer.enable is true")
         if self.custom_function.path and self.functions:
-            raise ConfigError(f"set either {path}.custom_function.path or {path}.functions, not both")
+            raise ConfigError(
+                f"set either {path}.custom_function.path or {path}.functions, not both (to add a reward model to "
+                f"your function, list both: {path}.functions=[{{name: compute_score, path: ...}}, "
+                f"{{name: {REWARD_MODEL_TERM}}}])"
+            )
+        if self.uses_model and not self.model.path:
+            raise ConfigError(
+                f"{path}.functions has a {REWARD_MODEL_TERM!r} term but {path}.model.path is not set "
+                "(a Hugging Face folder of a one-label classification model)"
+            )
+        if self.uses_model:
+            environment.check_local_path(self.model.path, join(path, "model.path"))
+
+    @property
+    def uses_model(self) -> bool:
+        """Whether a term is scored by the reward model."""
+        return any(f.name == REWARD_MODEL_TERM and not f.path for f in self.functions)
