@@ -8,8 +8,9 @@ the prompt's chat messages plus `{"role": "assistant", "content": response}` are
 reward model's own chat template, cut from the right at `reward.model.max_length` tokens, right-padded,
 and the logit at each row's last real token is its score. As verl's RewardModelWorker (main of
 2026-01-29): a token-classification head with one label (a sequence-classification checkpoint such as
-Skywork-Reward loads into it with the same `score` weights), the last attended token, right truncation.
-Every rank holds a whole copy (reward models are small next to the policy); dropout is off.
+Skywork-Reward loads into it with the same `score` weights; the bias it lacks is zero), the last attended
+token, right truncation. A folder without a head (a language model, which would load with a random one)
+is refused. Every rank holds a whole copy (reward models are small next to the policy); dropout is off.
 """
 
 from __future__ import annotations
@@ -41,13 +42,23 @@ class RewardModel:
                 f"{tok_key}={tok_path!r}: the reward model's tokenizer has no chat template to render with"
             )
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.model = AutoModelForTokenClassification.from_pretrained(
+        self.model, info = AutoModelForTokenClassification.from_pretrained(
             cfg.path,
             num_labels=1,
             trust_remote_code=cfg.trust_remote_code,
+            output_loading_info=True,
             **dtype_kwarg(resolve_dtype(cfg.dtype, acc)),
             **source_kwargs(cfg.path, "reward.model.path", MODEL_FILES),
         )
+        head = [k for k in info["missing_keys"] if not k.startswith(self.model.base_model_prefix + ".")]
+        if any(not k.endswith(".bias") for k in head):  # a language model's folder loads too, with a random head
+            raise ConfigError(
+                f"reward.model.path={cfg.path!r} has no classification head ({', '.join(sorted(head))} not in the "
+                "checkpoint): point it to a reward model (a sequence- or token-classification checkpoint)"
+            )
+        params = dict(self.model.named_parameters())
+        for name in head:  # a sequence-classification head has no bias: the token head's is zero
+            params[name].data.zero_()
         disable_dropout(self.model)
         self.model.requires_grad_(False).eval().to(self.device)
 

@@ -55,6 +55,11 @@ def test_scores_are_the_checkpoints_own_outputs_in_padded_micro_batches(reward_m
     )  # cut from the right, as verl
 
 
+def test_a_language_model_folder_is_refused_not_given_a_random_head(tiny_model_dir):
+    with pytest.raises(ConfigError, match="no classification head .*score"):
+        RewardModel(RewardModelConfig(path=str(tiny_model_dir)), Accelerator("cpu"))
+
+
 def test_hybrid_reward_adds_the_model_term_with_its_weight(reward_model_dir, tmp_path):
     rewards = tmp_path / "two_terms.py"
     rewards.write_text(TWO_TERMS)
