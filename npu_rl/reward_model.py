@@ -64,8 +64,11 @@ class RewardModel:
 
     def render(self, prompt: Any, response: str) -> str:
         """The reward model's view of one answer: the prompt's messages (a plain prompt as one user
-        message) and the response as the assistant's turn, in its own chat template."""
-        messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+        message, none when unknown) and the response as the assistant's turn, in its own chat template."""
+        if prompt is None:
+            messages = []
+        else:
+            messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
         messages.append({"role": "assistant", "content": response})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
 

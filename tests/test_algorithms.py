@@ -331,6 +331,51 @@ def test_reinforce_plus_plus_whitens_over_both_ranks_like_one_process():
     run_workers(_whiten_on_rank, 2, rewards, mask, whole)
 
 
+def _estimator_batch() -> AdvantageInputs:
+    """8 rows in 4 groups of 2, with every input some estimator reads (values, greedy baselines, old
+    log-probs and sum pi^2, two reward terms); rank r of two holds rows 4r..4r+3 (whole groups)."""
+    gen = torch.Generator().manual_seed(5)
+    mask = (torch.arange(6)[None, :] < torch.tensor([6, 2, 4, 1, 5, 3, 6, 2])[:, None]).float()
+    terms = torch.rand(8, 2, generator=gen).round()
+    terms[:, 1] = torch.rand(8, generator=gen) * 50
+    return AdvantageInputs(
+        place_scores(terms @ torch.tensor([1.0, 0.1]), mask), mask, torch.arange(8) // 2,
+        values=torch.randn(8, 6, generator=gen) * mask, gamma=0.9, lam=0.95,
+        baselines=torch.rand(4, generator=gen).repeat_interleave(2), old_logprobs=-torch.rand(8, 6, generator=gen),
+        sum_pi_squared=torch.rand(8, 6, generator=gen) * 0.5, term_scores=terms, term_weights=torch.tensor([1.0, 0.1]),
+    )  # fmt: skip
+
+
+def _every_estimator_on_rank(info, expected):
+    from npu_rl import distributed
+
+    whole, rows = _estimator_batch(), slice(info.rank * 4, info.rank * 4 + 4)
+    local = AdvantageInputs(
+        **{
+            f.name: (v[rows] if isinstance(v, torch.Tensor) and f.name != "term_weights" else v)
+            for f in dataclasses.fields(whole)
+            for v in [getattr(whole, f.name)]
+        }
+    )
+    local = dataclasses.replace(local, all_sum=lambda t: distributed.all_reduce(t, "sum"))
+    for name, (adv, ret) in expected.items():
+        got_adv, got_ret = core_algos.ADV_ESTIMATORS[name](local)
+        torch.testing.assert_close(got_adv, adv[rows], msg=name)
+        torch.testing.assert_close(got_ret, ret[rows], msg=name)
+
+
+@pytest.mark.slow  # two gloo processes (~6 s)
+def test_every_estimator_gives_the_one_process_advantages_on_two_ranks():
+    """Batch statistics (whitening, GDPO's and TRL's batch std, GPG's alpha) go through all_sum; the
+    rest is per group, and groups are whole on each rank."""
+    from _dist_utils import run_workers
+
+    whole = _estimator_batch()
+    expected = {name: core_algos.ADV_ESTIMATORS[name](whole) for name in core_algos.ADV_ESTIMATORS}
+    assert len(expected) >= 15
+    run_workers(_every_estimator_on_rank, 2, expected)
+
+
 def test_grpo_passk_credits_only_each_groups_best_sample():
     # group 0: 0.2, 1.0, 0.5 -> the best (row 1) gets 1.0 - 0.5, divided by the unbiased std
     inputs = _inputs([0.2, 1.0, 0.5], [0, 0, 0], [1, 2, 1], eps=0.0)
