@@ -36,10 +36,11 @@ import numpy as np
 import torch
 
 from npu_rl import core_algos
-from npu_rl.algos import rollout_correction
+from npu_rl.algos import rollout_correction, token_baselines
 from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.config import ActorConfig
 from npu_rl.config.objective import RolloutCorrectionConfig
+from npu_rl.metrics import StepStats, record_variance_proxies, variance_proxies
 
 
 class _VerlConfig(types.SimpleNamespace):
@@ -94,6 +95,9 @@ def load_verl(checkout: Path) -> dict[str, Any]:
     functions = _functions(
         ppo / "core_algos.py", lambda name: name.startswith("compute_") or name == "agg_loss", namespace
     )
+    metric_utils = ppo / "metric_utils.py"  # the variance proxies logged with the optimal token baselines
+    if metric_utils.exists():
+        _functions(metric_utils, lambda name: name == "compute_variance_proxy_metrics", functions)
     correction = ppo / "rollout_corr_helper.py"
     if correction.exists():
         data_proto = type("DataProto", (), {"from_dict": staticmethod(lambda tensors: _VerlConfig(batch=tensors))})
@@ -236,6 +240,31 @@ def compare_estimator(name: str, verl_fn: Any, trials: int, norm_by_std: bool) -
 VERL_ESTIMATOR_NAMES = {"tir_optimal_token_baseline": "compute_multi_turn_optimal_token_baseline_advantage"}
 
 
+def compare_variance_proxies(verl_fn: Any, trials: int) -> float:
+    """Worst |difference| of the five variance_proxy/* metrics for the optimal token baseline's advantages
+    (every other batch with rollout IS weights), against verl's compute_variance_proxy_metrics."""
+    worst = 0.0
+    for seed in range(trials):
+        batch = random_estimator_batch(seed, holes=seed % 4 == 1)
+        advantages, _ = core_algos.ADV_ESTIMATORS["optimal_token_baseline"](batch)
+        grad_norm = 0.1 + seed % 7 / 10
+        stats = StepStats()
+        record_variance_proxies(stats, token_baselines.variance_proxy_rows(batch, advantages))
+        ours = {**stats.reduce(), "actor/grad_norm": grad_norm}
+        ours.update(variance_proxies(ours))
+        tensors = {
+            "old_log_probs": batch.old_logprobs,
+            "sum_pi_squared": batch.sum_pi_squared,
+            "advantages": advantages,
+        }
+        tensors["response_mask"] = batch.response_mask
+        if batch.is_weights is not None:
+            tensors["rollout_is_weights"] = batch.is_weights
+        theirs = verl_fn(batch=types.SimpleNamespace(batch=tensors), gradient_norm=grad_norm)
+        worst = max(worst, *(abs(ours[key] - float(value)) for key, value in theirs.items()))
+    return worst
+
+
 def verl_estimator(verl: dict[str, Any], name: str) -> Any:
     candidates = (f"compute_{name}_outcome_advantage", f"compute_{name}_advantage_return", f"compute_{name}_advantage")
     return next((verl[c] for c in (VERL_ESTIMATOR_NAMES.get(name), *candidates) if c in verl), None)
@@ -333,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         normed, plain = (compare_estimator(name, verl_estimator(verl, name), args.trials, on) for on in (True, False))
         worst = max(worst, normed, plain)
         print(f"{name:33s} {normed:12.2e} {plain:12.2e}")
+    if "compute_variance_proxy_metrics" in verl and "optimal_token_baseline" in estimators:
+        value = compare_variance_proxies(verl["compute_variance_proxy_metrics"], args.trials)
+        worst = max(worst, value)
+        print(f"{'variance_proxy/* (optimal_token_baseline)':33s} {value:12.2e}")
     if bypass:
         for loss_type in ("ppo_clip", "reinforce"):
             value, metric = compare_bypass(verl["compute_policy_loss_bypass_mode"], loss_type, args.trials)

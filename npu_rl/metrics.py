@@ -151,3 +151,25 @@ def perf_metrics(
         flops = 6.0 * num_params * total_tokens * ppo_epochs
         out["perf/mfu/actor"] = flops / max(metrics["timing_s/update_actor"], 1e-9) / (peak_flops * world_size)
     return out
+
+
+def record_variance_proxies(stats: StepStats, rows: dict[str, torch.Tensor]) -> None:
+    """verl's variance_proxy/* row averages over every rank's rows (npu_rl.algos.token_baselines.
+    variance_proxy_rows), and the row count that `variance_proxies` needs."""
+    for name, values in rows.items():
+        stats.add_ratio(f"variance_proxy/{name}", float(values.sum()), values.numel())
+    stats.add_sum("variance_proxy/_rows", next(iter(rows.values())).numel())
+
+
+def variance_proxies(metrics: dict[str, float]) -> dict[str, float]:
+    """After the reduction: verl's signal strength ||g||^2 (the step's actor/grad_norm squared) and pure
+    noise max(0, (total power - signal) / (rows - 1)); removes the row count. Nothing without proxies."""
+    rows = metrics.pop("variance_proxy/_rows", None)
+    if rows is None:
+        return {}
+    grad_norm = metrics.get("actor/grad_norm")
+    signal = grad_norm**2 if grad_norm is not None else 0.0
+    noise = 0.0
+    if grad_norm is not None and rows > 1:
+        noise = max(0.0, (metrics["variance_proxy/proxy2_total_power"] - signal) / (rows - 1))
+    return {"variance_proxy/proxy1_signal_strength": signal, "variance_proxy/proxy3_pure_noise": noise}

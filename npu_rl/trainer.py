@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from npu_rl import actor, core_algos, critic, device, distributed, lora, optim
-from npu_rl.algos import rollout_correction
+from npu_rl.algos import rollout_correction, token_baselines
 from npu_rl.algos.adaptive_entropy import AdaptiveEntropy
 from npu_rl.algos.advantages import AdvantageInputs, place_scores, reward_inputs
 from npu_rl.checkpoint import CheckpointManager
@@ -24,7 +24,14 @@ from npu_rl.compute import build_plan
 from npu_rl.config import Config, format_path
 from npu_rl.data import BatchSampler, PromptRecord, build_datasets
 from npu_rl.evaluation import EvalConfig, evaluate_records, validation_metrics
-from npu_rl.metrics import StepStats, Timer, perf_metrics, record_data
+from npu_rl.metrics import (
+    StepStats,
+    Timer,
+    perf_metrics,
+    record_data,
+    record_variance_proxies,
+    variance_proxies,
+)
 from npu_rl.model import load_model, load_tokenizer, num_parameters
 from npu_rl.progress import Progress
 from npu_rl.resume import RUN_CONFIG, apply_optim_config, config_yaml, open_run, record_start
@@ -180,6 +187,8 @@ class GRPOTrainer:
                     **reward_inputs(graded),
                 )  # fmt: skip
                 batch.advantages, batch.returns = estimator(inputs)
+                if sum_pi_squared is not None:  # verl logs its variance proxies whenever it has sum pi^2
+                    record_variance_proxies(stats, token_baselines.variance_proxy_rows(inputs, batch.advantages))
                 seq_adv = (batch.advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
                 if weight is not None:  # scaling A by w > 0 scales every clipped/dual-clipped token loss by w
                     batch.advantages = batch.advantages * weight
@@ -200,21 +209,11 @@ class GRPOTrainer:
             if self.global_step >= cfg.trainer.critic_warmup:  # the critic learns alone during its warm-up
                 with timer.section("update_actor"):
                     actor.update_policy(
-                        self.model,
-                        self.optimizer,
-                        self.scheduler,
-                        batch,
-                        cfg.actor,
-                        params.temperature,
-                        self.plan,
-                        mini_groups,
-                        horizon=cfg.rollout.max_new_tokens,
-                        stats=stats,
-                        device=self.device,
-                        world_size=self.dist.world_size,
-                        bypass=correction if correction.bypass_mode else None,
+                        self.model, self.optimizer, self.scheduler, batch, cfg.actor, params.temperature, self.plan,
+                        mini_groups, horizon=cfg.rollout.max_new_tokens, stats=stats, device=self.device,
+                        world_size=self.dist.world_size, bypass=correction if correction.bypass_mode else None,
                         entropy_control=self.entropy_control,
-                    )
+                    )  # fmt: skip
             with timer.section("update_weights"):
                 self.rollout.update_weights(lora.merged_tensors(distributed.iter_full_state_dict(self.model)))
 
@@ -234,6 +233,7 @@ class GRPOTrainer:
         metrics.update(
             perf_metrics(metrics, self.num_params, cfg.actor.ppo_epochs, self.dist.world_size, self.acc.peak_flops())
         )
+        metrics.update(variance_proxies(metrics))
         metrics.update(self.acc.memory_stats())
         return metrics
 

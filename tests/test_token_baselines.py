@@ -9,6 +9,7 @@ from test_algorithms_e2e import BASE, _train_rows
 from test_trainer import make_cfg, run
 
 from npu_rl import core_algos
+from npu_rl.algos import token_baselines
 from npu_rl.algos.advantages import AdvantageInputs, place_scores
 from npu_rl.config import ConfigError
 
@@ -51,6 +52,27 @@ def test_multi_turn_variant_aligns_by_own_tokens_and_zeroes_the_unique_tail():
     torch.testing.assert_close(OTB(inputs)[0][0], torch.tensor([0.5, 0.0, 0.0]), atol=1e-6, rtol=0)
 
 
+def test_variance_proxies_average_rows_and_split_signal_from_noise():
+    from npu_rl.metrics import StepStats, record_variance_proxies, variance_proxies
+
+    inputs = _inputs([[1, 1], [1, 0], [1, 1]], [1.0, 0.0, 0.7], [0, 0, 1])
+    advantages = torch.tensor([[0.5, 0.0], [-0.5, 0.0], [0.7, 0.7]])
+    rows = token_baselines.variance_proxy_rows(inputs, advantages)
+    # A_i = row means 0.25, -0.5, 0.7; W_i = 0.5 per valid token: 1.0, 0.5, 1.0
+    torch.testing.assert_close(rows["expected_w"], torch.tensor([1.0, 0.5, 1.0]))
+    torch.testing.assert_close(rows["expected_a_squared"], torch.tensor([0.0625, 0.25, 0.49]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(rows["proxy2_total_power"], torch.tensor([0.0625, 0.125, 0.49]), rtol=1e-6, atol=0)
+    stats = StepStats()
+    record_variance_proxies(stats, rows)
+    metrics = {**stats.reduce(), "actor/grad_norm": 0.3}
+    metrics.update(variance_proxies(metrics))
+    assert "variance_proxy/_rows" not in metrics
+    assert metrics["variance_proxy/proxy2_total_power"] == pytest.approx((0.0625 + 0.125 + 0.49) / 3)
+    assert metrics["variance_proxy/proxy1_signal_strength"] == pytest.approx(0.09)
+    assert metrics["variance_proxy/proxy3_pure_noise"] == pytest.approx(((0.0625 + 0.125 + 0.49) / 3 - 0.09) / 2)
+    assert variance_proxies({"actor/grad_norm": 1.0}) == {}  # no proxies without sum pi^2
+
+
 def test_missing_policy_statistics_are_named():
     inputs = dataclasses.replace(_inputs([[1]], [1.0], [0]), sum_pi_squared=None)
     with pytest.raises(ValueError, match="sum of squared probabilities"):
@@ -74,6 +96,8 @@ def test_trainer_runs_the_old_log_prob_pass_for_them_even_on_policy(tmp_path, ti
         assert row["timing_s/old_log_prob"] > 0
         assert row["actor/grad_norm"] > 1e-6
         assert row["critic/advantages/max"] > row["critic/advantages/min"]
+        assert row["variance_proxy/proxy1_signal_strength"] == pytest.approx(row["actor/grad_norm"] ** 2)
+        assert row["variance_proxy/expected_w"] > 0 and row["variance_proxy/proxy2_total_power"] >= 0
 
 
 def test_bypass_mode_is_refused(tmp_path, tiny_model_dir, synthetic_parquet):

@@ -94,3 +94,29 @@ def tir_optimal_token_baseline(inputs: AdvantageInputs) -> tuple[torch.Tensor, t
     advantages = torch.zeros_like(returns)
     advantages[rows, cols] = aligned_returns[rows, slot] - baselines[rows, slot]
     return advantages, returns * inputs.response_mask.float()
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row mean over the mask, verl's masked_mean(axis=-1) (its 1e-8 in the denominator)."""
+    return (values * mask).sum(-1) / (mask.sum(-1) + 1e-8)
+
+
+def variance_proxy_rows(inputs: AdvantageInputs, advantages: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-row terms of verl's gradient-variance proxies (compute_variance_proxy_metrics, main of
+    2026-01-29), averaged over the step's rows by the caller: with A_i the row's mean advantage and
+    W_i = sum_t w_t (w_t = 1 - 2 pi_t + sum pi^2, times the squared IS weight when rollout correction
+    weighs), `proxy2_total_power` is A_i^2 max(W_i, 0) (with IS weights: rho_i^2 A_i^2 max(W_i
+    unweighted, 0), rho_i the row's mean weight), `expected_a_squared` A_i^2 and `expected_w` W_i."""
+    mask = inputs.response_mask.float()
+    assert inputs.old_logprobs is not None and inputs.sum_pi_squared is not None
+    w = 1 - 2 * inputs.old_logprobs.float().exp() + inputs.sum_pi_squared.float()
+    a = _masked_mean(advantages.float(), mask)
+    if inputs.is_weights is None:
+        w_rows = (w * mask).sum(-1)
+        power = a.square() * w_rows.clamp(min=0)
+    else:
+        squared = inputs.is_weights.float().square()
+        w_rows = (w * squared * mask).sum(-1)
+        unweighted = (w * squared / squared.clamp(min=1e-10) * mask).sum(-1).clamp(min=0)  # verl's recovery
+        power = _masked_mean(inputs.is_weights.float(), mask).square() * a.square() * unweighted
+    return {"proxy2_total_power": power, "expected_a_squared": a.square(), "expected_w": w_rows}
