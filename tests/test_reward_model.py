@@ -47,12 +47,13 @@ def test_scores_are_the_checkpoints_own_outputs_in_padded_micro_batches(reward_m
     scorer = RewardModel(RewardModelConfig(path=str(reward_model_dir), micro_batch_size=2), Accelerator("cpu"))
     scores = scorer.score(PROMPTS, RESPONSES)
     expected = [_direct(reward_model_dir, scorer, p, r) for p, r in zip(PROMPTS, RESPONSES, strict=True)]
-    assert scores == pytest.approx(expected, abs=1e-5)
+    # padded micro-batches against one unpadded forward: measured 4.5e-8 (AVX-512), 1.5e-8 (AVX2 kernels)
+    torch.testing.assert_close(torch.tensor(scores), torch.tensor(expected), atol=1e-5, rtol=0)
     assert len(set(scores)) == 3
     cut = RewardModel(RewardModelConfig(path=str(reward_model_dir), max_length=6), Accelerator("cpu"))
-    assert cut.score(PROMPTS[1:2], RESPONSES[1:2])[0] == pytest.approx(
-        _direct(reward_model_dir, cut, PROMPTS[1], RESPONSES[1], max_length=6), abs=1e-5
-    )  # cut from the right, as verl
+    truncated = cut.score(PROMPTS[1:2], RESPONSES[1:2])[0]  # cut from the right, as verl
+    expected_cut = _direct(reward_model_dir, cut, PROMPTS[1], RESPONSES[1], max_length=6)
+    torch.testing.assert_close(torch.tensor(truncated), torch.tensor(expected_cut), atol=1e-5, rtol=0)
 
 
 def test_a_language_model_folder_is_refused_not_given_a_random_head(tiny_model_dir):
