@@ -20,7 +20,6 @@ returns on the valid tokens. The script exits 1 when any difference exceeds 1e-6
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import importlib.util
 import inspect
@@ -42,6 +41,9 @@ from npu_rl.config import ActorConfig
 from npu_rl.config.objective import RolloutCorrectionConfig
 from npu_rl.metrics import StepStats, record_variance_proxies, variance_proxies
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _source_functions import source_functions
+
 
 class _VerlConfig(types.SimpleNamespace):
     """The attributes verl's functions read from its ActorConfig / AlgoConfig (and their dict-style `get`)."""
@@ -50,32 +52,12 @@ class _VerlConfig(types.SimpleNamespace):
         return getattr(self, key, default)
 
 
-def _functions(path: Path, keep: Any, namespace: dict[str, Any]) -> dict[str, Any]:
-    """Define the top-level functions of `path` whose name `keep` accepts, and its UPPER_CASE constants,
-    in `namespace` (decorators dropped)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-
-    def wanted_node(node: ast.stmt) -> bool:
-        if isinstance(node, ast.FunctionDef):
-            return keep(node.name)
-        target = (
-            node.target
-            if isinstance(node, ast.AnnAssign)
-            else (node.targets[0] if isinstance(node, ast.Assign) else None)
-        )
-        return isinstance(target, ast.Name) and target.id.isupper()
-
-    wanted = [node for node in tree.body if wanted_node(node)]
-    for node in wanted:
-        node.decorator_list = []
-    exec(compile(ast.Module(body=wanted, type_ignores=[]), str(path), "exec"), namespace)
-    return namespace
-
-
 def load_verl(checkout: Path) -> dict[str, Any]:
     """verl's loss and estimator functions, by name, from a checkout."""
     stats = {"masked_sum", "masked_mean", "masked_var", "masked_whiten"}
-    helpers = _functions(checkout / "verl" / "utils" / "torch_functional.py", stats.__contains__, {"torch": torch})
+    helpers = source_functions(
+        checkout / "verl" / "utils" / "torch_functional.py", stats.__contains__, {"torch": torch}
+    )
     namespace: dict[str, Any] = {
         "torch": torch,
         "np": np,
@@ -90,18 +72,18 @@ def load_verl(checkout: Path) -> dict[str, Any]:
     }
     groupwise = checkout / "verl" / "utils" / "groupwise.py"  # the _vectorized estimators' helpers
     if groupwise.exists():
-        _functions(groupwise, lambda name: True, namespace)
+        source_functions(groupwise, lambda name: True, namespace)
     ppo = checkout / "verl" / "trainer" / "ppo"
-    functions = _functions(
+    functions = source_functions(
         ppo / "core_algos.py", lambda name: name.startswith("compute_") or name == "agg_loss", namespace
     )
     metric_utils = ppo / "metric_utils.py"  # the variance proxies logged with the optimal token baselines
     if metric_utils.exists():
-        _functions(metric_utils, lambda name: name == "compute_variance_proxy_metrics", functions)
+        source_functions(metric_utils, lambda name: name == "compute_variance_proxy_metrics", functions)
     correction = ppo / "rollout_corr_helper.py"
     if correction.exists():
         data_proto = type("DataProto", (), {"from_dict": staticmethod(lambda tensors: _VerlConfig(batch=tensors))})
-        corr = _functions(correction, lambda name: True, {**namespace, "math": math, "DataProto": data_proto})
+        corr = source_functions(correction, lambda name: True, {**namespace, "math": math, "DataProto": data_proto})
         functions["rollout_correction_weights"] = corr["compute_rollout_correction_weights"]
         functions["rollout_rejection_mask"] = corr["compute_rollout_rejection_mask"]
         _stand_in_module("verl.trainer.ppo.rollout_corr_helper", corr)  # bypass mode imports it at call time

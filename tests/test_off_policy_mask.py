@@ -84,3 +84,44 @@ def test_the_trainer_masks_drifted_negative_sequences(tmp_path, tiny_model_dir, 
     rows = _train_rows(tmp_path)
     assert all(0 <= r["actor/off_policy_masked_fraction"] <= 1 for r in rows)
     assert any(r["actor/off_policy_masked_fraction"] > 0 for r in rows), "later epochs drift from the sampler"
+
+
+STAND_IN_TRL = """
+import math
+
+class GRPOTrainer:
+    def unrelated(self):
+        raise AssertionError("not read")
+
+    @staticmethod
+    def get_off_policy_mask(advantages, per_token_logps, sampling_per_token_logps, mask, off_policy_threshold):
+        drift = ((sampling_per_token_logps - per_token_logps) * mask).sum(1, keepdim=True)
+        drift = drift / mask.sum(1, keepdim=True).clamp(min=1.0)
+        return ((advantages >= 0) | (drift <= off_policy_threshold)).to(mask.dtype)
+
+    @staticmethod
+    @torch.no_grad()
+    def get_gamma_weights(advantages, log_ratio_per_token, mask, importance_sampling_ratio, k_pos=2.0,
+                          lambda_pos=3.0, k_neg=3.0, lambda_neg=2.0):
+        log_w = (log_ratio_per_token * mask).sum(-1, keepdim=True)  # deliberately unclamped and sign-blind
+        return torch.exp(lambda_pos + k_pos * log_w - lambda_pos * log_w.exp())
+"""
+
+
+def test_trl_parity_script_compares_with_the_functions_it_is_given(tmp_path):
+    """bench/trl_parity.py (run by hand against a TRL checkout) finds agreement and disagreement."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    trainer = tmp_path / "trl" / "trainer"
+    trainer.mkdir(parents=True)
+    (trainer / "grpo_trainer.py").write_text(STAND_IN_TRL)
+    script = Path(__file__).resolve().parents[1] / "bench" / "trl_parity.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--trl", str(tmp_path), "--trials", "5"], capture_output=True, text=True
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = {m[1]: float(m[2]) for m in re.finditer(r"^(\S+) vs .* (\d\.\d\de[+-]\d\d)$", done.stdout, re.M)}
+    assert rows["get_off_policy_mask"] == 0.0 and rows["get_gamma_weights"] > 1e-3
