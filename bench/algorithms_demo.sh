@@ -27,6 +27,9 @@
 #   otb    algorithm.adv_estimator=optimal_token_baseline (a baseline per group and response position)
 #   vespo  actor.policy_loss=vespo with two updates per step (mini-batches of 8 prompts): TRL's defaults
 #   luspo  actor.policy_loss=luspo (GSPO's ratio, length-weighted) with GSPO's clip ratios 3e-4 / 4e-4
+#   opsm   two updates per step with off-policy sequence masking at 0.01 and the importance-corrected KL
+#          loss (coefficient 0.01): DeepSeek-V3.2's stabilisers
+#   adaptent  adaptive entropy control with target 0.3 nats, starting coefficient 0 (Skywork-OR1)
 #   gdpo   algorithm.adv_estimator=gdpo (TRL's normalize_then_sum; the demo's one reward term: group then
 #          batch normalization)
 set -euo pipefail
@@ -60,10 +63,13 @@ overrides() {
                     "algorithm.kl_penalty=kl algorithm.kl_coef=0.001" ;;
         otb) echo "algorithm.adv_estimator=optimal_token_baseline" ;;
         gdpo) echo "algorithm.adv_estimator=gdpo" ;;
+        opsm) echo "actor.ppo_mini_batch_size=8 actor.off_policy_mask_threshold=0.01 actor.use_kl_loss=true" \
+                   "actor.kl_loss_coef=0.01 actor.kl_loss_bias_correction=true" ;;
+        adaptent) echo "actor.adaptive_entropy.enable=true actor.adaptive_entropy.target=0.3" ;;
         vespo) echo "actor.policy_loss=vespo actor.ppo_mini_batch_size=8" ;;
         luspo) echo "actor.policy_loss=luspo actor.clip_ratio_low=3e-4 actor.clip_ratio_high=4e-4" ;;
         *) echo "unknown variant '$1' (rloo, dapo, ppo, rpp, gspo, cispo, sapo, gmpo, clipcov, klcov, entropy20," \
-                "bypass, twoupdates, remax, otb, gdpo, vespo, luspo)" >&2; exit 2 ;;
+                "bypass, twoupdates, remax, otb, gdpo, vespo, luspo, opsm, adaptent)" >&2; exit 2 ;;
     esac
 }
 summary=()

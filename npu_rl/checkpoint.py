@@ -61,12 +61,14 @@ from npu_rl.checkpoint_state import (
     dcp_load,
     dcp_save,
     estimate_bytes,
+    load_role,
     mesh_info,
     nonfinite_tensors,
     plain_bytes,
     refuse_save,
     restore_rng_state,
     rng_state_for_save,
+    save_role,
 )
 from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo, barrier
@@ -135,7 +137,7 @@ class CheckpointManager:
         tokenizer: Any | None,
         generation_config: Any | None = None,
         extra_files: dict[str, bytes] | None = None,
-        others: dict[str, tuple[nn.Module, torch.optim.Optimizer, Any]] | None = None,
+        others: dict[str, tuple[nn.Module, torch.optim.Optimizer | None, Any]] | None = None,
     ) -> Path:
         """Write `global_step_{step}` (collective: every rank calls it) and mark it latest; return its path.
 
@@ -199,7 +201,7 @@ class CheckpointManager:
         scheduler: Any | None,
         state_bytes: bytes,
         hf_parts: tuple[Any, ...],
-        others: dict[str, tuple[nn.Module, torch.optim.Optimizer, Any]],
+        others: dict[str, tuple[nn.Module, torch.optim.Optimizer | None, Any]],
     ) -> None:
         """Every rank's shards and the main rank's small files into `tmp` (complete once this returns)."""
         actor = tmp / "actor"
@@ -213,10 +215,7 @@ class CheckpointManager:
             dcp_save(get_optimizer_state_dict(model, optimizer), actor / "optim")
         write_durable(actor / "rng" / f"rank_{self.dist.rank}.pt", torch_bytes(rng_state_for_save(self.acc)))
         for role, (other, other_optim, other_sched) in others.items():
-            dcp_save(get_model_state_dict(other), tmp / role / "model")
-            dcp_save(get_optimizer_state_dict(other, other_optim), tmp / role / "optim")
-            if self.dist.is_main:
-                write_durable(tmp / role / "scheduler.pt", torch_bytes(other_sched.state_dict()))
+            save_role(tmp / role, other, other_optim, other_sched, self.dist.is_main)
 
         if self.dist.is_main:
             if scheduler is not None:
@@ -341,7 +340,7 @@ class CheckpointManager:
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None,
         scheduler: Any | None,
-        others: dict[str, tuple[nn.Module, torch.optim.Optimizer, Any]] | None = None,
+        others: dict[str, tuple[nn.Module, torch.optim.Optimizer | None, Any]] | None = None,
     ) -> dict[str, Any]:
         """Restore model, optimizer, scheduler and this rank's RNG (collective); return the trainer state.
 
@@ -374,13 +373,7 @@ class CheckpointManager:
         for role, (other, other_optim, other_sched) in (others or {}).items():
             if not (step_dir / role / "model" / ".metadata").is_file():
                 raise CheckpointError(f"{step_dir} holds no {role} (saved by a run without one); resume_mode=disable")
-            other_sd = get_model_state_dict(other)
-            dcp_load(other_sd, step_dir / role / "model")
-            set_model_state_dict(other, other_sd)
-            other_optim_sd = get_optimizer_state_dict(other, other_optim)
-            dcp_load(other_optim_sd, step_dir / role / "optim")
-            set_optimizer_state_dict(other, other_optim, other_optim_sd)
-            other_sched.load_state_dict(load_plain(step_dir / role / "scheduler.pt"))
+            load_role(step_dir / role, other, other_optim, other_sched)
 
         rng_file = actor / "rng" / f"rank_{self.dist.rank}.pt"
         if meta["world_size"] == self.dist.world_size and rng_file.is_file():

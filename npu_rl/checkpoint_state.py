@@ -24,8 +24,8 @@ from torch.distributed.tensor import DTensor
 from npu_rl import device
 from npu_rl.device import Accelerator
 from npu_rl.distributed import all_reduce
-from npu_rl.safe_load import SafeFileSystemReader, SafeLoadPlanner, UnsafeCheckpointError
-from npu_rl.storage import fmt_bytes, free_bytes, torch_bytes
+from npu_rl.safe_load import SafeFileSystemReader, SafeLoadPlanner, UnsafeCheckpointError, load_plain
+from npu_rl.storage import fmt_bytes, free_bytes, torch_bytes, write_durable
 
 SPACE_MARGIN = 1.05  # the estimate counts tensor bytes only: headroom for file headers and metadata
 SPACE_EXTRA_BYTES = 64 << 20  # tokenizer, configs, RNG and scheduler files
@@ -160,3 +160,35 @@ def refuse_save(
             f"trainer.max_ckpt_to_keep; the latest checkpoint is still {latest() or 'none'}"
         )
     return None
+
+
+def save_role(role_dir: Path, module: nn.Module, optimizer: Any | None, scheduler: Any | None, is_main: bool) -> None:
+    """A module saved beside the actor (`global_step_N/<role>/`): its shards, and its optimizer and
+    scheduler when it has them (a critic does; a mixed reference policy does not). Collective."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    dcp_save(get_model_state_dict(module), role_dir / "model")
+    if optimizer is not None:
+        dcp_save(get_optimizer_state_dict(module, optimizer), role_dir / "optim")
+    if scheduler is not None and is_main:
+        write_durable(role_dir / "scheduler.pt", torch_bytes(scheduler.state_dict()))
+
+
+def load_role(role_dir: Path, module: nn.Module, optimizer: Any | None, scheduler: Any | None) -> None:
+    """What `save_role` wrote, into the built (and sharded) module, optimizer and scheduler. Collective."""
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    module_sd = get_model_state_dict(module)
+    dcp_load(module_sd, role_dir / "model")
+    set_model_state_dict(module, module_sd)
+    if optimizer is not None:
+        optim_sd = get_optimizer_state_dict(module, optimizer)
+        dcp_load(optim_sd, role_dir / "optim")
+        set_optimizer_state_dict(module, optimizer, optim_sd)
+    if scheduler is not None:
+        scheduler.load_state_dict(load_plain(role_dir / "scheduler.pt"))

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import transformers
 from torch import nn
+from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from npu_rl.config import ModelConfig
@@ -100,6 +101,17 @@ def disable_dropout(model: nn.Module) -> None:
         for name in ("attention_dropout", "dropout", "hidden_dropout"):
             if isinstance(getattr(module, name, None), float):
                 setattr(module, name, 0.0)
+
+
+@torch.no_grad()
+def mix_into(target: nn.Module, source: nn.Module, alpha: float) -> None:
+    """target <- alpha * source + (1 - alpha) * target, parameter by parameter (TR-DPO's reference update,
+    `ref.sync_steps`). Both are built from the same folder and sharded alike, so each rank mixes its own
+    shards (DTensor local tensors; the target's may rest on the CPU, offloaded)."""
+    for t, s in zip(target.parameters(), source.parameters(), strict=True):
+        local_t = t.to_local() if isinstance(t, DTensor) else t
+        local_s = s.to_local() if isinstance(s, DTensor) else s
+        local_t.mul_(1.0 - alpha).add_(local_s.detach().to(device=local_t.device, dtype=local_t.dtype), alpha=alpha)
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -32,7 +32,7 @@ from npu_rl.metrics import (
     record_variance_proxies,
     variance_proxies,
 )
-from npu_rl.model import load_model, load_tokenizer, num_parameters
+from npu_rl.model import load_model, load_tokenizer, mix_into, num_parameters
 from npu_rl.progress import Progress
 from npu_rl.resume import RUN_CONFIG, apply_optim_config, config_yaml, open_run, record_start
 from npu_rl.reward_manager import RewardManager
@@ -296,16 +296,14 @@ class GRPOTrainer:
             bar.update()
 
     def _trainer_state(self) -> dict:
-        state = {"global_step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value}
-        if self.entropy_control is not None:
-            state["entropy_control"] = self.entropy_control.state_dict()
-        return state
+        entropy = None if self.entropy_control is None else self.entropy_control.state_dict()
+        return {"global_step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value,
+                "entropy_control": entropy}  # fmt: skip
 
     def _others(self) -> dict[str, tuple]:
-        """Trained modules checkpointed beside the actor."""
-        if self.critic is None:
-            return {}
-        return {"critic": (self.critic, self.critic_optimizer, self.critic_scheduler)}
+        """Modules checkpointed beside the actor: the critic, and a reference that moves (ref.sync_steps)."""
+        others = {} if self.critic is None else {"critic": (self.critic, self.critic_optimizer, self.critic_scheduler)}
+        return {**others, "ref": (self.ref, None, None)} if self.cfg.ref.sync_steps else others
 
     def maybe_resume(self) -> None:
         path = self._resume_from
@@ -318,7 +316,7 @@ class GRPOTrainer:
             bar.update()
         self.global_step = int(state["global_step"])
         self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))  # adaptive KL resumes where it was
-        if self.entropy_control is not None and "entropy_control" in state:  # so does adaptive entropy
+        if self.entropy_control is not None and state.get("entropy_control"):  # so does adaptive entropy
             self.entropy_control.load_state_dict(state["entropy_control"])
         sampler_state = state["sampler"]
         if changed & sampler_keys:  # allowed (trainer.allow_config_change): the new order starts at the next epoch
@@ -363,6 +361,8 @@ class GRPOTrainer:
                 start = time.perf_counter()
                 last = self.train_step(self.step_rollouts.next_prompts())
                 self.global_step += 1
+                if self.cfg.ref.sync_steps and self.global_step % self.cfg.ref.sync_steps == 0:  # TR-DPO
+                    mix_into(self.ref, self.model, self.cfg.ref.mixup_alpha)
                 last["training/global_step"] = self.global_step
                 last["training/epoch"] = self.sampler.epoch
                 is_last = self.global_step == self.total_steps

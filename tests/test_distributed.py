@@ -290,6 +290,19 @@ def test_torchrun_training_matches_single_process_and_resumes_after_kill_9(tmp_p
         _assert_same_metrics(m2[step], m_one[step], rel=1e-4, abs_=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
+def test_a_moving_reference_mixes_its_shards_like_one_process(tmp_path, tiny_model_dir, synthetic_parquet):
+    """ref.sync_steps under FSDP2: each rank mixes its own shards of the reference (TR-DPO)."""
+    args = (tmp_path, tiny_model_dir, synthetic_parquet)
+    single = _metrics(_train(*args, "single", 1, "ref.sync_steps=1"))
+    double = _metrics(_train(*args, "double", 2, "ref.sync_steps=1"))
+    assert sorted(single) == sorted(double) == [1, 2, 3, 4]
+    assert single[4]["actor/kl_loss"] != _metrics(_train(*args, "fixed", 1))[4]["actor/kl_loss"], "the ref moved"
+    for step in single:  # the tolerances of the plain two-rank comparison above
+        _assert_same_metrics(single[step], double[step], rel=3e-5, abs_=3e-6)
+
+
 # ----------------------------------------------------------------------------------------------
 # Run scripts
 

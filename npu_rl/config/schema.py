@@ -222,6 +222,15 @@ class RefConfig(Section):
         16384, "with dynamic batching: tokens per reference logprob micro-batch", gt=0
     )
     param_offload: bool = knob(False, "keep the reference's FSDP shards in CPU memory")
+    sync_steps: int = knob(
+        0,
+        "every this many steps move the reference towards the policy: ref = alpha * policy + (1 - alpha) * ref "
+        "(TR-DPO; TRL's sync_ref_model with ref_model_sync_steps); 0: the reference stays the initial model",
+        ge=0,
+    )
+    mixup_alpha: float = knob(
+        0.6, "with sync_steps: the policy's share alpha (TRL's ref_model_mixup_alpha)", ge=0, le=1
+    )
 
 
 @dataclass
@@ -310,6 +319,9 @@ class Config(Section):
                 "algorithm.adv_estimator=gdpo normalizes each reward term on its own, and a KL penalty in the reward "
                 "is no reward term: set algorithm.use_kl_in_reward=false (actor.use_kl_loss=true keeps a KL term)"
             )
+        if self.ref.sync_steps and (not self.needs_ref or actor.lora.rank > 0):
+            why = "no KL term uses a reference" if not self.needs_ref else "with LoRA the reference is the frozen base"
+            raise ConfigError(f"ref.sync_steps={self.ref.sync_steps} has no reference to move: {why}")
         bypass = self.algorithm.rollout_correction.bypass_mode
         if bypass and environment.needs_sum_pi_squared(self.algorithm.adv_estimator):
             raise ConfigError(
