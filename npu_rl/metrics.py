@@ -7,6 +7,7 @@ metrics collective however many metrics it logs.
 
 from __future__ import annotations
 
+import math
 import operator
 import time
 from collections import defaultdict
@@ -131,7 +132,8 @@ def record_data(
         "response_length/clip_ratio", float((response_lengths >= max_new_tokens).sum()), response_lengths.numel()
     )
     for name, values in sorted(components.items()):
-        stats.add_ratio(f"reward/{name}/mean", sum(values), len(values))
+        applied = [v for v in values if not math.isnan(v)]  # NaN: the term did not apply to that row (TRL's None)
+        stats.add_ratio(f"reward/{name}/mean", sum(applied), len(applied))
 
 
 def perf_metrics(

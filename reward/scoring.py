@@ -28,7 +28,7 @@ from reward.limits import GradeTimeout
 from reward.math_verify_adapter import math_verify_score
 from reward.presets import ascend_sample_math
 from reward.tiers import Tiers
-from reward.user_functions import call_user_function, detect_style
+from reward.user_functions import NOT_APPLICABLE, call_user_function, detect_style
 
 RewardFn = Callable[..., Any]
 REGISTRY: Registry[RewardFn] = Registry("reward")  # names for reward.functions[i].name
@@ -199,7 +199,7 @@ class Scorer:
                 raw = {"score": self.spec.tiers.incorrect, "acc": False, "timeout": 1.0}
             score, term_acc, extras = _unpack(label, raw)
             timeout = timeout or bool(extras.get("timeout", 0.0))
-            total += weight * score
+            total += 0.0 if math.isnan(score) else weight * score  # NaN: this term does not apply (TRL's None)
             terms.append(score)
             if acc is None and term_acc is not None:
                 acc = term_acc
@@ -233,7 +233,10 @@ class Scorer:
 
 
 def _unpack(label: str, raw: Any) -> tuple[float, bool | None, dict[str, float]]:
-    """(score, acc or None, numeric extras) from a float or a verl-style dict."""
+    """(score, acc or None, numeric extras) from a float or a verl-style dict; NaN for a TRL-style
+    function's None (the term does not apply to this item: no part of the total)."""
+    if raw is NOT_APPLICABLE:
+        return math.nan, None, {}
     if isinstance(raw, dict):
         if "score" not in raw:
             raise RewardError(f"reward function {label!r} returned a dict without a 'score' key: {sorted(raw)}")

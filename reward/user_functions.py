@@ -13,7 +13,8 @@ trl       ``fn(prompts=[...], completions=[...], **columns, **reward_kwargs) -> 
           (unless it would shadow one of those). With chat data `prompts` holds message lists and
           `completions` holds `[{"role": "assistant", "content": text}]`, as TRL passes
           conversational data; with plain-string data both are strings. A `None` entry (TRL's
-          "this function does not apply") counts as 0.0.
+          "this function does not apply") comes back as NaN: it adds 0 to the total, stays out of
+          the term's logged mean, and GDPO leaves it out of the term's statistics, as TRL does.
 
 `auto` picks trl when the function has a parameter named `completions`, verl otherwise.
 Items reach TRL functions one at a time (lists of length one) so that the per-item time budget and
@@ -28,6 +29,9 @@ from collections.abc import Callable
 from typing import Any
 
 STYLES = ("auto", "verl", "trl")
+
+
+NOT_APPLICABLE = object()  # a TRL-style function's None (or NaN) for one item: "this term does not apply"
 
 
 def _parameters(fn: Callable[..., Any]) -> tuple[set[str], bool]:
@@ -83,5 +87,5 @@ def call_user_function(
         raise RewardError(f"TRL-style reward {label!r} must return a list with one score per completion, got {out!r}")
     value = out[0]
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return 0.0
+        return NOT_APPLICABLE
     return value

@@ -237,6 +237,24 @@ def test_gdpo_normalizes_each_term_in_its_group_then_the_weighted_sum_over_the_b
         core_algos.ADV_ESTIMATORS["gdpo"](_inputs([0.0], [0], [1]))
 
 
+def test_gdpo_leaves_terms_that_did_not_apply_out_as_trl_does():
+    nan = float("nan")
+    # group 0: a correctness term on all three rows, a second term on two of them; group 1: row 3 has no
+    # applicable term (unscorable), rows 4 and 5 only the first
+    terms = torch.tensor([[1.0, nan], [0.0, 2.0], [1.0, 4.0], [nan, nan], [1.0, nan], [0.0, nan]])
+    inputs = _inputs([0.0] * 6, [0, 0, 0, 1, 1, 1], [1] * 6, term_scores=terms, term_weights=torch.tensor([1.0, 1.0]))
+    adv = core_algos.ADV_ESTIMATORS["gdpo"](inputs)[0][:, 0]
+    s3 = math.sqrt(1 / 3) + 1e-4  # term 0 in group 0: mean 2/3, unbiased std sqrt(1/3)
+    s2 = math.sqrt(2) + 1e-4  # term 1 in group 0: rows 1 and 2 only, mean 3, std sqrt(2)
+    s1 = math.sqrt(0.5) + 1e-4  # term 0 of rows 4 and 5: mean 0.5, std sqrt(1/2)
+    summed = [(1 / 3) / s3, (-2 / 3) / s3 - 1 / s2, (1 / 3) / s3 + 1 / s2, 0.5 / s1, -0.5 / s1]
+    mean = sum(summed) / 5
+    std = math.sqrt(sum((x - mean) ** 2 for x in summed) / 4)
+    expected = [(x - mean) / (std + 1e-4) for x in summed]
+    assert adv[[0, 1, 2, 4, 5]].tolist() == pytest.approx(expected, rel=1e-5)
+    assert adv[3] == 0  # unscorable: no advantage, and not in the batch statistics
+
+
 def test_shaping_terms_join_the_scores_terms_and_components():
     from npu_rl.reward_manager import RewardBatch
     from npu_rl.step_rollouts import add_term

@@ -3,6 +3,7 @@ reward_kwargs), TRL with (prompts, completions, **columns) -> list[float]; throu
 
 from __future__ import annotations
 
+import math
 import textwrap
 
 import pytest
@@ -89,8 +90,11 @@ def test_trl_signature_auto_detected_with_columns_by_name(tmp_path, workers):
     ]
     with RewardManager(cfg) as manager:
         batch = manager.score(items)
-    assert batch.scores == pytest.approx([2.51, 0.5])  # None from a TRL function counts 0
+    assert batch.scores == pytest.approx([2.51, 0.5])  # None from a TRL function adds nothing
     assert batch.components["correctness"] == pytest.approx([2.51, 0.5])
+    # ... and is NaN in its term (so GDPO and the logged mean leave it out, as TRL does)
+    assert all(math.isnan(v) for v in batch.components["not_applicable"])
+    assert [row[0] for row in batch.terms] == pytest.approx([2.51, 0.5]) and all(math.isnan(r[1]) for r in batch.terms)
 
 
 def test_style_errors_name_the_key(tmp_path):

@@ -112,23 +112,32 @@ def gdpo(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     drown a 0/1 correctness term, as it can when the weighted sum is normalized once (`grpo`).
 
     Matches TRL's GRPOTrainer with multi_objective_aggregation="normalize_then_sum" (TRL main of
-    2026-07-24; its eps and its rules: a group of one normalizes to 0, a batch of one value has std 0).
-    The terms are reward.functions in order (or the one custom / built-in reward), then DAPO's overlong
-    penalty and the tool-use shaping when on, each weight 1. A term that returned None counts 0 here
-    (TRL leaves it out of the statistics).
+    2026-07-24), its eps and its NaN rules: a term that did not apply to a row (a TRL-style function
+    returned None: NaN here) is left out of its group's mean and std and adds nothing to the row's sum;
+    a term applied to a single row of a group normalizes to nothing (TRL's std is NaN there); a row no
+    term applied to gets advantage 0 and stays out of the batch statistics; a group of one normalizes
+    to 0. The terms are reward.functions in order (or the one custom / built-in reward), then the
+    reward model's, then DAPO's overlong penalty and the tool-use shaping when on, each weight 1.
     """
     if inputs.term_scores is None or inputs.term_weights is None:
         raise ValueError("gdpo needs each reward term's score (AdvantageInputs.term_scores), got None")
     terms = inputs.term_scores.float()
+    applied = ~terms.isnan()
+    values = torch.where(applied, terms, torch.zeros_like(terms))
     _, inverse, counts = torch.unique(inputs.group, return_inverse=True, return_counts=True)
-    n = counts.float()[:, None]
-    sums = torch.zeros(len(counts), terms.shape[1]).index_add_(0, inverse, terms)
-    centred = terms - (sums / n)[inverse]
+    n = torch.zeros(len(counts), terms.shape[1]).index_add_(0, inverse, applied.float())
+    sums = torch.zeros(len(counts), terms.shape[1]).index_add_(0, inverse, values)
+    centred = torch.where(applied, values - (sums / n.clamp(min=1))[inverse], torch.zeros_like(values))
     squares = torch.zeros(len(counts), terms.shape[1]).index_add_(0, inverse, centred.square())
-    std = torch.where(n > 1, (squares / (n - 1).clamp(min=1)).sqrt(), torch.zeros_like(squares))[inverse]
-    combined = (centred / (std + TRL_STD_EPS) * inputs.term_weights.float()).sum(-1)
-    mean, batch_std = batch_mean_std(combined, inputs.all_sum)
-    return per_token((combined - mean) / (batch_std + TRL_STD_EPS), inputs.response_mask)
+    std = (squares / (n - 1).clamp(min=1)).sqrt()[inverse]
+    single_sample = (counts == 1)[inverse][:, None]  # TRL with one generation per prompt: std 0, term 0
+    usable = applied & ((n > 1)[inverse] | single_sample)
+    normed = torch.where(usable, centred / (std + TRL_STD_EPS), torch.zeros_like(centred))
+    combined = (normed * inputs.term_weights.float()).sum(-1)
+    scorable = applied.any(-1)
+    mean, batch_std = batch_mean_std(combined[scorable], inputs.all_sum)
+    adv = torch.where(scorable, (combined - mean) / (batch_std + TRL_STD_EPS), torch.zeros_like(combined))
+    return per_token(adv, inputs.response_mask)
 
 
 @register_adv_estimator("remax", greedy_baseline=True)
