@@ -93,6 +93,7 @@ class StepRollouts:
         return rollout, graded
 
     def shaped_grade(self, rollout: RolloutBatch, max_new_tokens: int) -> RewardBatch:
+        """The reward with its shaping terms: what the samples and (remax) the greedy answers both get."""
         graded = self.grade(rollout)
         ob = self.cfg.reward.overlong_buffer
         if ob.enable:
