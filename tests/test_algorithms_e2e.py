@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from test_trainer import make_cfg, run
+from test_trainer import make_cfg, run, straight_and_resumed
 
 from npu_rl.algos.dapo import DynamicSamplingError
 from npu_rl.config import ConfigError
@@ -191,12 +191,7 @@ def test_ppo_with_a_critic_trains_and_logs_critic_metrics(tmp_path, tiny_model_d
 
 def test_ppo_resume_reproduces_the_uninterrupted_run_critic_included(tmp_path, tiny_model_dir, synthetic_parquet):
     ppo = ("algorithm.adv_estimator=gae", "critic.optim.lr=1e-3", "trainer.test_freq=0", "trainer.save_freq=2")
-    straight = run(make_cfg(tmp_path / "a", tiny_model_dir, synthetic_parquet, *ppo))
-    first = make_cfg(tmp_path / "b", tiny_model_dir, synthetic_parquet, *ppo)
-    first.trainer.total_training_steps = 2
-    run(first)
-    resumed = run(make_cfg(tmp_path / "b", tiny_model_dir, synthetic_parquet, *ppo))
-    assert resumed.global_step == 4
+    straight, resumed = straight_and_resumed(tmp_path, tiny_model_dir, synthetic_parquet, *ppo)
     assert (tmp_path / "b" / "ckpt" / "global_step_2" / "critic" / "model" / ".metadata").is_file()
     for a, b in ((straight.model, resumed.model), (straight.critic, resumed.critic)):
         sa, sb = a.state_dict(), b.state_dict()

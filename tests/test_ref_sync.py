@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_trainer import make_cfg, run
+from test_trainer import make_cfg, run, straight_and_resumed
 
 from npu_rl.config import ConfigError
 from npu_rl.model import mix_into
@@ -44,12 +44,7 @@ def test_the_reference_is_mixed_on_schedule(tmp_path, tiny_model_dir, synthetic_
 
 def test_a_resumed_run_continues_with_the_moved_reference(tmp_path, tiny_model_dir, synthetic_parquet):
     keys = ("trainer.test_freq=-1", "ref.sync_steps=1")
-    straight = run(make_cfg(tmp_path / "a", tiny_model_dir, synthetic_parquet, *keys))
-    first = make_cfg(tmp_path / "b", tiny_model_dir, synthetic_parquet, *keys)
-    first.trainer.total_training_steps = 2
-    run(first)
-    resumed = run(make_cfg(tmp_path / "b", tiny_model_dir, synthetic_parquet, *keys))
-    assert resumed.global_step == 4
+    straight, resumed = straight_and_resumed(tmp_path, tiny_model_dir, synthetic_parquet, *keys)
     want, got = _ref_weights(straight), _ref_weights(resumed)
     for name in want:  # bit-identical on this machine; 1e-6 admits a reordered reduction
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6, msg=name)

@@ -29,6 +29,17 @@ def run(cfg) -> dict:
     return trainer
 
 
+def straight_and_resumed(tmp_path: Path, model_dir: Path, data: dict, *extra: str):
+    """The 4-step run uninterrupted (in tmp_path/a) and as 2 steps then a resume to 4 (in tmp_path/b)."""
+    straight = run(make_cfg(tmp_path / "a", model_dir, data, *extra))
+    first = make_cfg(tmp_path / "b", model_dir, data, *extra)
+    first.trainer.total_training_steps = 2
+    run(first)
+    resumed = run(make_cfg(tmp_path / "b", model_dir, data, *extra))  # resume_mode=auto finds global_step_2
+    assert resumed.global_step == 4
+    return straight, resumed
+
+
 def test_grpo_trains_end_to_end_and_logs_verl_metrics(tmp_path, tiny_model_dir, synthetic_parquet):
     cfg = make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.save_freq=2")
     run(cfg)
