@@ -247,3 +247,30 @@ def record_start(cfg: Config, log_dir: Path, resume_from: Path | None) -> None:
         if missing:
             print(f"[npu_rl] warning: {name} has no rows for steps {missing} (logged by an older version?)")
     record_config(cfg, log_dir, f"resumed from {resume_from}" if resume_from else "fresh start")
+
+
+SAMPLER_KEYS = frozenset({"data.seed", "data.shuffle", "data.train_batch_size"})
+
+
+def trainer_state(step: int, sampler: Any, kl_ctrl: Any, entropy_control: Any | None) -> dict[str, Any]:
+    """What a checkpoint keeps of the loop beside the weights: the step, the data position, and the
+    controllers' coefficients (adaptive KL in the reward, adaptive entropy)."""
+    entropy = None if entropy_control is None else entropy_control.state_dict()
+    return {"global_step": step, "sampler": sampler.state_dict(), "kl_coef": kl_ctrl.value, "entropy_control": entropy}
+
+
+def restore_trainer_state(
+    state: dict[str, Any], changed: set[str], sampler: Any, kl_ctrl: Any, entropy_control: Any | None
+) -> int:
+    """Put `trainer_state`'s values back; return the step. A data-order key changed on resume (allowed by
+    trainer.allow_config_change) starts the new order at the next epoch."""
+    kl_ctrl.value = float(state.get("kl_coef", kl_ctrl.value))  # adaptive KL resumes where it was
+    if entropy_control is not None and state.get("entropy_control"):  # so does adaptive entropy
+        entropy_control.load_state_dict(state["entropy_control"])
+    sampler_state = state["sampler"]
+    if changed & SAMPLER_KEYS:
+        sampler_state = dict(sampler_state, seed=sampler.seed, shuffle=sampler.shuffle, batch_size=sampler.batch_size)
+        if sampler_state["position"]:
+            sampler_state.update(epoch=sampler_state["epoch"] + 1, position=0)
+    sampler.load_state_dict(sampler_state)
+    return int(state["global_step"])

@@ -34,7 +34,15 @@ from npu_rl.metrics import (
 )
 from npu_rl.model import load_model, load_tokenizer, mix_into, num_parameters
 from npu_rl.progress import Progress
-from npu_rl.resume import RUN_CONFIG, apply_optim_config, config_yaml, open_run, record_start
+from npu_rl.resume import (
+    RUN_CONFIG,
+    apply_optim_config,
+    config_yaml,
+    open_run,
+    record_start,
+    restore_trainer_state,
+    trainer_state,
+)
 from npu_rl.reward_manager import RewardManager
 from npu_rl.reward_model import RewardModel
 from npu_rl.rollout import SamplingParams, build_rollout, eos_and_pad_ids, tool_schemas
@@ -286,7 +294,7 @@ class GRPOTrainer:
                 self.model,
                 self.optimizer,
                 self.scheduler,
-                self._trainer_state(),
+                trainer_state(self.global_step, self.sampler, self.kl_ctrl, self.entropy_control),
                 self.model.config,
                 self.tokenizer,
                 getattr(self.model, "generation_config", None),
@@ -294,11 +302,6 @@ class GRPOTrainer:
                 others=self._others(),
             )
             bar.update()
-
-    def _trainer_state(self) -> dict:
-        entropy = None if self.entropy_control is None else self.entropy_control.state_dict()
-        return {"global_step": self.global_step, "sampler": self.sampler.state_dict(), "kl_coef": self.kl_ctrl.value,
-                "entropy_control": entropy}  # fmt: skip
 
     def _others(self) -> dict[str, tuple]:
         """Modules checkpointed beside the actor: the critic, and a reference that moves (ref.sync_steps)."""
@@ -310,21 +313,10 @@ class GRPOTrainer:
         if path is None:
             return
         changed = {key for key, *_ in self._config_changes}
-        sampler_keys = {"data.seed", "data.shuffle", "data.train_batch_size"}
         with Progress(f"loading checkpoint {path}", total=1, unit="checkpoint", enabled=self.dist.is_main) as bar:
             state = self.checkpoints.load(path, self.model, self.optimizer, self.scheduler, self._others())
             bar.update()
-        self.global_step = int(state["global_step"])
-        self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))  # adaptive KL resumes where it was
-        if self.entropy_control is not None and state.get("entropy_control"):  # so does adaptive entropy
-            self.entropy_control.load_state_dict(state["entropy_control"])
-        sampler_state = state["sampler"]
-        if changed & sampler_keys:  # allowed (trainer.allow_config_change): the new order starts at the next epoch
-            sampler_state = dict(sampler_state, seed=self.sampler.seed, shuffle=self.sampler.shuffle)
-            sampler_state["batch_size"] = self.sampler.batch_size
-            if sampler_state["position"]:
-                sampler_state.update(epoch=sampler_state["epoch"] + 1, position=0)
-        self.sampler.load_state_dict(sampler_state)
+        self.global_step = restore_trainer_state(state, changed, self.sampler, self.kl_ctrl, self.entropy_control)
         if any(key.startswith("actor.optim.") or key.startswith("trainer.total_") for key in changed):
             apply_optim_config(self.optimizer, self.scheduler, self.cfg.actor.optim)
         # An engine with its own copy of the weights (vLLM) still holds model.path's: sync before sampling.
