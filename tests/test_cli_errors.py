@@ -36,6 +36,7 @@ def test_train_with_a_missing_model_folder(tmp_path, synthetic_parquet):
     assert proc.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.slow  # loads the model before the data (~4.5 s); the missing-model case stays quick
 def test_train_with_a_missing_data_file(tmp_path, tiny_model_dir):
     missing = tmp_path / "nope" / "train.parquet"
     proc = run(

@@ -81,6 +81,7 @@ def _bf16_base_worker(info: DistInfo) -> None:
             assert torch.equal(p.full_tensor(), base_before[name]), name
 
 
+@pytest.mark.slow  # a 2-process FSDP run (~5 s); the one-process LoRA tests stay quick
 @pytest.mark.dist
 def test_frozen_base_stays_bf16_under_mixed_precision():
     run_workers(_bf16_base_worker, 2)
