@@ -37,8 +37,8 @@ from npu_rl.verl_rules import (
     VERL_GROUPS,
     Rule,
     find_rule,
-    warmup_steps,
 )
+from npu_rl.verl_values import warmup_steps
 
 __all__ = [
     "ALIAS",

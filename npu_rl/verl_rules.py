@@ -11,6 +11,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from npu_rl.verl_values import (
+    clip_ratio,
+    critic_warmup_style,
+    offload_policy,
+    resume_path,
+    reward_model_enable,
+    target_modules,
+    unbounded_turns,
+    val_do_sample,
+    warmup_steps,
+    warmup_style,
+)
+
 ALIAS, SPECIAL, IGNORED, LAUNCHER, UNSUPPORTED = "alias", "special", "ignored", "launcher", "unsupported"
 ANY_VALUE = object()  # `only` default: every value accepted
 
@@ -40,58 +53,6 @@ _OWN_KERNELS = "npu_rl picks its kernels itself: actor.forward=auto runs fused /
 
 def _off(note: str) -> str:
     return f"only the default (off) exists here: {note}"
-
-
-def _val_do_sample(value: Any) -> list[tuple[str, Any]]:
-    # verl validates greedily with do_sample=False; here greedy is temperature 0.
-    return [] if value else [("rollout.val_kwargs.temperature", 0.0)]
-
-
-def _clip_ratio(value: Any) -> list[tuple[str, Any]]:
-    return [("actor.clip_ratio_low", value), ("actor.clip_ratio_high", value)]
-
-
-def _resume_path(value: Any) -> list[tuple[str, Any]]:
-    return [("trainer.resume_mode", value)] if value else []
-
-
-def _warmup_style(value: Any) -> list[tuple[str, Any]]:
-    return [] if value is None else [("actor.optim.lr_scheduler", value)]  # null: unset (lr_scheduler_type decides)
-
-
-def _reward_model_enable(value: Any) -> list[tuple[str, Any]]:
-    """verl scores with the reward model alone when it is on and no custom function is set (its legacy
-    reward manager returns the model's scores); with a custom function, npu_rl's config check names the
-    hybrid form (both terms in reward.functions)."""
-    return [("reward.functions", [{"name": "reward_model"}])] if value else []
-
-
-def warmup_steps(group: str, value: Any) -> list[tuple[str, Any]]:
-    """verl: lr_warmup_steps < 0 means "use lr_warmup_steps_ratio" and 0 means no warmup; npu_rl reads
-    0 as "use the ratio", so verl's 0 also zeroes the ratio (verl ignores it then)."""
-    if isinstance(value, int) and value < 0:
-        return []
-    pairs = [(f"{group}.optim.lr_warmup_steps", value)]
-    return [*pairs, (f"{group}.optim.lr_warmup_steps_ratio", 0.0)] if value == 0 else pairs
-
-
-def _critic_warmup_style(value: Any) -> list[tuple[str, Any]]:
-    return [] if value is None else [("critic.optim.lr_scheduler", value)]
-
-
-def _target_modules(value: Any) -> list[tuple[str, Any]]:
-    # verl takes a string ("all-linear") or a list of module names; the native key is always a list
-    return [("actor.lora.target_modules", [value] if isinstance(value, str) else value)]
-
-
-def _offload_policy(value: Any) -> list[tuple[str, Any]]:
-    # FSDP2's CPUOffloadPolicy: parameter, gradient and optimizer shards on the host (actor.fsdp.param_offload)
-    return [("actor.fsdp.param_offload", True)] if value else []
-
-
-def _unbounded_turns(value: Any) -> list[tuple[str, Any]]:
-    # verl's null means "bounded by the response length only"; that is the token budget here too
-    return [] if value is None else [("rollout.multi_turn.max_assistant_turns", value)]
 
 
 _AR = "actor_rollout_ref"
@@ -138,7 +99,7 @@ RULES: tuple[Rule, ...] = (
         SPECIAL,
         "actor.lora.target_modules",
         note="a string (e.g. all-linear) becomes a one-item list",
-        convert=_target_modules,
+        convert=target_modules,
     ),
     Rule(
         f"{_AR}.model.exclude_modules", IGNORED, only=(None,), note="list the wanted actor.lora.target_modules instead"
@@ -166,7 +127,7 @@ RULES: tuple[Rule, ...] = (
         SPECIAL,
         "actor.clip_ratio_low, actor.clip_ratio_high",
         note="both, unless clip_ratio_low / clip_ratio_high are set",
-        convert=_clip_ratio,
+        convert=clip_ratio,
         priority=-1,
     ),
     Rule(f"{_AR}.actor.clip_ratio_low", ALIAS, "actor.clip_ratio_low"),
@@ -201,7 +162,7 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_AR}.actor.optim.weight_decay", ALIAS, "actor.optim.weight_decay"),
     Rule(f"{_AR}.actor.optim.betas", ALIAS, "actor.optim.betas"),
     Rule(f"{_AR}.actor.optim.clip_grad", ALIAS, "actor.grad_clip"),
-    Rule(f"{_AR}.actor.optim.warmup_style", SPECIAL, "actor.optim.lr_scheduler", convert=_warmup_style),
+    Rule(f"{_AR}.actor.optim.warmup_style", SPECIAL, "actor.optim.lr_scheduler", convert=warmup_style),
     Rule(f"{_AR}.actor.optim.lr_scheduler_type", ALIAS, "actor.optim.lr_scheduler"),
     Rule(f"{_AR}.actor.optim.total_training_steps", IGNORED, note="derived from trainer.total_training_steps"),
     Rule(f"{_AR}.actor.optim.num_cycles", IGNORED, only=(0.5,), note="cosine decays over half a cycle"),
@@ -213,7 +174,7 @@ RULES: tuple[Rule, ...] = (
         SPECIAL,
         "actor.fsdp.param_offload",
         note="true: FSDP2's CPUOffloadPolicy, which is actor.fsdp.param_offload here",
-        convert=_offload_policy,
+        convert=offload_policy,
     ),
     Rule(f"{_AR}.actor.fsdp_config.fsdp_size", IGNORED, only=(-1,), note="FSDP spans every rank"),
     Rule(f"{_AR}.actor.fsdp_config.wrap_policy.*", IGNORED, note="each decoder layer is one FSDP unit"),
@@ -277,7 +238,7 @@ RULES: tuple[Rule, ...] = (
         SPECIAL,
         "rollout.val_kwargs.temperature",
         note="false sets temperature 0 (greedy); true keeps rollout.val_kwargs.temperature",
-        convert=_val_do_sample,
+        convert=val_do_sample,
     ),
     Rule(f"{_AR}.rollout.multi_turn.enable", ALIAS, "rollout.multi_turn.enable"),
     Rule(f"{_AR}.rollout.multi_turn.tool_config_path", ALIAS, "rollout.multi_turn.tool_config_path"),
@@ -286,7 +247,7 @@ RULES: tuple[Rule, ...] = (
         SPECIAL,
         "rollout.multi_turn.max_assistant_turns",
         note="null (verl: unbounded) keeps npu_rl's default; rollout.max_new_tokens bounds the conversation",
-        convert=_unbounded_turns,
+        convert=unbounded_turns,
     ),
     Rule(f"{_AR}.rollout.multi_turn.max_parallel_calls", ALIAS, "rollout.multi_turn.max_parallel_calls"),
     Rule(
@@ -314,7 +275,7 @@ RULES: tuple[Rule, ...] = (
     Rule("critic.ppo_epochs", IGNORED, note="the critic updates for actor.ppo_epochs"),
     Rule("critic.use_dynamic_bsz", IGNORED, note="critic passes use critic.ppo_micro_batch_size_per_device rows"),
     Rule("critic.ppo_max_token_len_per_gpu", IGNORED, note="critic passes use critic.ppo_micro_batch_size_per_device"),
-    Rule("critic.optim.warmup_style", SPECIAL, "critic.optim.lr_scheduler", convert=_critic_warmup_style),
+    Rule("critic.optim.warmup_style", SPECIAL, "critic.optim.lr_scheduler", convert=critic_warmup_style),
     Rule("critic.optim.total_training_steps", IGNORED, note="derived from trainer.total_training_steps"),
     Rule(
         "critic.model.*",
@@ -326,7 +287,7 @@ RULES: tuple[Rule, ...] = (
         "reward_model.enable",
         SPECIAL,
         "reward.functions",
-        convert=_reward_model_enable,
+        convert=reward_model_enable,
         note="a discriminative reward model is the term {name: reward_model} of reward.functions (docs/reward.md)",
     ),
     Rule("reward_model.model.path", ALIAS, "reward.model.path"),
@@ -387,7 +348,7 @@ RULES: tuple[Rule, ...] = (
         SPECIAL,
         "trainer.resume_mode",
         note="the path becomes trainer.resume_mode (verl's resume_mode=resume_path)",
-        convert=_resume_path,
+        convert=resume_path,
         priority=1,
     ),
     Rule("trainer.log_val_generations", IGNORED, note="a few validation samples are always logged"),
