@@ -66,6 +66,13 @@ def reward_inputs(graded: RewardBatch) -> dict[str, torch.Tensor | None]:
     }
 
 
+def reward_to_go(inputs: AdvantageInputs) -> torch.Tensor:
+    """[N, T] the sum of the token rewards from t on (undiscounted), zero on mask-0 tokens: ReMax's and
+    the optimal token baselines' returns."""
+    mask = inputs.response_mask.float()
+    return (inputs.token_rewards.float() * mask).flip(-1).cumsum(-1).flip(-1) * mask
+
+
 def place_scores(scores: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """[N] scores -> [N, T] token rewards with the score on each row's last valid token (verl's
     reward manager). A row with no response token keeps its score on column 0, so its total is kept.

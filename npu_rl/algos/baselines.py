@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from npu_rl.algos.advantages import AdvantageInputs, group_means, per_token
+from npu_rl.algos.advantages import AdvantageInputs, group_means, per_token, reward_to_go
 from npu_rl.core_algos import register_adv_estimator
 
 TRL_STD_EPS = 1e-4  # TRL adds 1e-4 to the std (verl's GRPO: 1e-6)
@@ -151,6 +151,5 @@ def remax(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if inputs.baselines is None:
         raise ValueError("remax needs the greedy answers' scores (AdvantageInputs.baselines), got None")
-    mask = inputs.response_mask.float()
-    returns = (inputs.token_rewards.float() * mask).flip(-1).cumsum(-1).flip(-1) * mask
-    return returns - inputs.baselines.float()[:, None] * mask, returns
+    returns = reward_to_go(inputs)
+    return returns - inputs.baselines.float()[:, None] * inputs.response_mask.float(), returns

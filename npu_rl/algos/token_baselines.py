@@ -18,25 +18,28 @@ from __future__ import annotations
 
 import torch
 
-from npu_rl.algos.advantages import AdvantageInputs
+from npu_rl.algos.advantages import AdvantageInputs, reward_to_go
 from npu_rl.core_algos import register_adv_estimator
 
 EPS = 1e-8  # verl's epsilon (not configurable there either)
 
 
-def _returns_and_path_variance(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reward-to-go G [N, T] and the cumulative score-norm proxy W [N, T] (both before any alignment)."""
+def _score_norm(inputs: AdvantageInputs) -> torch.Tensor:
+    """[N, T] 1 - 2 pi_t + sum_v pi_v^2 under the old policy, the per-token score-norm proxy (unweighted)."""
     if inputs.old_logprobs is None or inputs.sum_pi_squared is None:
         raise ValueError(
             "optimal token baselines need the old policy's log-probs and sum of squared probabilities "
             "(AdvantageInputs.old_logprobs / sum_pi_squared), got None"
         )
-    mask = inputs.response_mask.float()
-    returns = (inputs.token_rewards.float() * mask).flip(-1).cumsum(-1).flip(-1)
-    w = 1 - 2 * inputs.old_logprobs.float().exp() + inputs.sum_pi_squared.float()
+    return 1 - 2 * inputs.old_logprobs.float().exp() + inputs.sum_pi_squared.float()
+
+
+def _returns_and_path_variance(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reward-to-go G [N, T] and the cumulative score-norm proxy W [N, T] (both before any alignment)."""
+    w = _score_norm(inputs)
     if inputs.is_weights is not None:
         w = w * inputs.is_weights.float().square()
-    return returns, (w * mask).cumsum(-1)
+    return reward_to_go(inputs), (w * inputs.response_mask.float()).cumsum(-1)
 
 
 def _group_baselines(
@@ -64,8 +67,8 @@ def optimal_token_baseline(inputs: AdvantageInputs) -> tuple[torch.Tensor, torch
     returns, w = _returns_and_path_variance(inputs)
     mask = inputs.response_mask.float()
     counted = torch.ones(len(mask), dtype=torch.bool)
-    baselines = _group_baselines(returns * mask, w * mask, inputs.group, counted)
-    return (returns - baselines) * mask, returns * mask
+    baselines = _group_baselines(returns, w * mask, inputs.group, counted)
+    return (returns - baselines) * mask, returns
 
 
 @register_adv_estimator("tir_optimal_token_baseline", group_relative=True, needs_sum_pi_squared=True)
@@ -93,7 +96,7 @@ def tir_optimal_token_baseline(inputs: AdvantageInputs) -> tuple[torch.Tensor, t
             baselines[longest[0], int(ordered[-2]) :] = 0.0
     advantages = torch.zeros_like(returns)
     advantages[rows, cols] = aligned_returns[rows, slot] - baselines[rows, slot]
-    return advantages, returns * inputs.response_mask.float()
+    return advantages, returns
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -108,8 +111,7 @@ def variance_proxy_rows(inputs: AdvantageInputs, advantages: torch.Tensor) -> di
     weighs), `proxy2_total_power` is A_i^2 max(W_i, 0) (with IS weights: rho_i^2 A_i^2 max(W_i
     unweighted, 0), rho_i the row's mean weight), `expected_a_squared` A_i^2 and `expected_w` W_i."""
     mask = inputs.response_mask.float()
-    assert inputs.old_logprobs is not None and inputs.sum_pi_squared is not None
-    w = 1 - 2 * inputs.old_logprobs.float().exp() + inputs.sum_pi_squared.float()
+    w = _score_norm(inputs)
     a = _masked_mean(advantages.float(), mask)
     if inputs.is_weights is None:
         w_rows = (w * mask).sum(-1)
