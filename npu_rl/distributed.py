@@ -150,9 +150,19 @@ def all_gather_object(obj: object) -> list[object]:
     return out
 
 
-def device_mesh(acc: Accelerator) -> DeviceMesh:
-    """The 1-D data-parallel mesh over every rank (FSDP shards along it)."""
-    return init_device_mesh(acc.type, (dist.get_world_size(),), mesh_dim_names=("fsdp",))
+def device_mesh(acc: Accelerator, fsdp_size: int = -1) -> DeviceMesh:
+    """The data-parallel mesh: 1-D ("fsdp") over every rank, or 2-D ("ddp", "fsdp") for HSDP.
+
+    verl's create_device_mesh rule, so a verl fsdp_size means the same here: a negative size or one
+    of at least the world size shards over every rank; a smaller one shards within consecutive groups
+    of `fsdp_size` ranks (torchrun numbers a node's ranks consecutively, so a node's card count keeps
+    every all-gather and reduce-scatter inside the node) and replicates across the groups, whose
+    gradients FSDP2 then all-reduces once per step. Every rank is still one data-parallel rank.
+    """
+    world = dist.get_world_size()
+    if fsdp_size < 0 or fsdp_size >= world:
+        return init_device_mesh(acc.type, (world,), mesh_dim_names=("fsdp",))
+    return init_device_mesh(acc.type, (world // fsdp_size, fsdp_size), mesh_dim_names=("ddp", "fsdp"))
 
 
 def _block_modules(model: nn.Module) -> list[nn.Module]:
@@ -216,7 +226,7 @@ def shard_model(
     offload = CPUOffloadPolicy(pin_memory=True) if offloaded else OffloadPolicy()
     if not trainable:
         model.requires_grad_(False)
-    mesh = device_mesh(acc)
+    mesh = device_mesh(acc, fsdp_cfg.fsdp_size)
     kwargs = dict(mesh=mesh, mp_policy=mp, offload_policy=offload)
     for block in _block_modules(model):
         fully_shard(block, reshard_after_forward=fsdp_cfg.reshard_after_forward, **kwargs)
@@ -243,7 +253,9 @@ def clip_grad_norm_(model: nn.Module, max_norm: float) -> torch.Tensor:
     locals_: list[torch.Tensor] = []
     for p in params:
         if isinstance(p, DTensor) and group is None:
-            group = p.device_mesh.get_group()
+            # Squares summed over the ranks one copy is sharded across: under HSDP the "ddp" replicas
+            # hold the same shards again and must not be counted twice.
+            group = p.device_mesh.get_group("fsdp")
         g = p.grad
         if g is None:
             continue

@@ -176,7 +176,7 @@ RULES: tuple[Rule, ...] = (
         note="true: FSDP2's CPUOffloadPolicy, which is actor.fsdp.param_offload here",
         convert=offload_policy,
     ),
-    Rule(f"{_AR}.actor.fsdp_config.fsdp_size", IGNORED, only=(-1,), note="FSDP spans every rank"),
+    Rule(f"{_AR}.actor.fsdp_config.fsdp_size", ALIAS, "actor.fsdp.fsdp_size"),
     Rule(f"{_AR}.actor.fsdp_config.wrap_policy.*", IGNORED, note="each decoder layer is one FSDP unit"),
     Rule(f"{_AR}.actor.fsdp_config.model_dtype", IGNORED, note="master weights are fp32; see model.dtype"),
     Rule(f"{_AR}.actor.fsdp_config.mixed_precision.*", IGNORED, note="bf16 compute, fp32 reduce: actor.fsdp"),

@@ -8,6 +8,10 @@
 # SOCKET_IFNAME=<nic> pins HCCL's and gloo's bootstrap to that interface when the default route is
 # not the cluster network. Checkpoints (trainer.default_local_dir) and the model/data paths must be on
 # storage every node sees: each rank writes its own shards into the same global_step_N directory.
+# Weights are sharded within each node and replicated across nodes (HSDP, actor.fsdp.fsdp_size =
+# NPROC_PER_NODE): all-gathers and reduce-scatters stay on the node's own links and only one gradient
+# all-reduce per step crosses the network. FSDP_SIZE=-1 shards over every rank of every node instead
+# (for a model whose weights and AdamW state do not fit one node's cards).
 # Extra arguments are dotted config overrides, as for run/qwen2_5_1_5b_grpo.sh.
 set -euo pipefail
 : "${NNODES:?set NNODES, the number of nodes}"
@@ -23,4 +27,5 @@ if [ -n "${SOCKET_IFNAME:-}" ]; then
     export HCCL_SOCKET_IFNAME="$SOCKET_IFNAME" GLOO_SOCKET_IFNAME="$SOCKET_IFNAME"
 fi
 exec bash "$(dirname "${BASH_SOURCE[0]}")/qwen2_5_1_5b_grpo.sh" \
-    "trainer.experiment_name=qwen2_5_1_5b_math_${NNODES}x${NPROC_PER_NODE}" "$@"
+    "trainer.experiment_name=qwen2_5_1_5b_math_${NNODES}x${NPROC_PER_NODE}" \
+    "actor.fsdp.fsdp_size=${FSDP_SIZE:-$NPROC_PER_NODE}" "$@"

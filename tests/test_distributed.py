@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from _dist_utils import run_workers
+from _dist_utils import free_port, run_workers
 from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
-from npu_rl.config import FSDPConfig
+from npu_rl.checkpoint import CheckpointManager
+from npu_rl.config import ConfigError, FSDPConfig
 from npu_rl.device import Accelerator
 from npu_rl.distributed import (
     DistInfo,
@@ -158,6 +159,65 @@ def _fsdp_worker(info: DistInfo, model_dir: str) -> None:
 @pytest.mark.dist
 def test_fsdp2_two_ranks_match_single_process(tiny_model_dir):
     run_workers(_fsdp_worker, 2, str(tiny_model_dir))
+
+
+def _hsdp_worker(info: DistInfo, model_dir: str, root: str, record: str) -> None:
+    """4 ranks as 2 replicas x 2 shards: one data-parallel step equals the single-process one."""
+    ids = _batch(model_dir)
+    ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ref(input_ids=ids, labels=ids).loss.backward()
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = shard_model(model, FSDPConfig(fsdp_size=2), CPU, info, trainable=True)
+    weight = model.model.layers[0].self_attn.q_proj.weight
+    assert weight.device_mesh.mesh_dim_names == ("ddp", "fsdp") and tuple(weight.device_mesh.shape) == (2, 2)
+    assert [type(pl).__name__ for pl in weight.placements] == ["Replicate", "Shard"]
+    # a rank holds half of each weight (its shard group's half), not a quarter as under plain FSDP
+    assert weight.to_local().shape[0] == weight.shape[0] // 2
+
+    local = ids[info.rank : info.rank + 1]  # one row per rank; equal lengths make the mean of means global
+    model(input_ids=local, labels=local).loss.backward()
+    # replicas average too: every gradient is the whole batch's (a missing "ddp" reduction halves it)
+    for (name, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        # measured max 2.2e-8 on both kinds (AVX2-emulated included): 11x
+        torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-7, msg=name)
+    norm = clip_grad_norm_(model, 0.05)
+    # default tolerances, measured 7.2e-7 on both kinds: 18x; counting the replicas' squares twice
+    # would give sqrt(2) x the norm
+    torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05))
+    for m in (model, ref):
+        torch.optim.SGD(m.parameters(), lr=0.5).step()
+    for (name, t), q in zip(iter_full_state_dict(model), ref.state_dict().values(), strict=True):
+        # measured max 7.5e-9 (AVX-512), 1.2e-7 (AVX2-emulated): 8.5x
+        torch.testing.assert_close(t, q, rtol=1e-6, atol=1e-8, msg=name)
+
+    cm = CheckpointManager(root, dist=info)
+    cm.save(1, model, None, None, {"step": 1}, None, None)
+    if info.is_main:
+        torch.save({k: v.clone() for k, v in ref.state_dict().items()}, record)
+
+
+@pytest.mark.slow  # four spawned processes: ~30 s on 2 cores
+@pytest.mark.dist
+def test_hsdp_two_replicas_of_two_shards_match_single_process(tiny_model_dir, tmp_path):
+    root, record = tmp_path / "ckpt", tmp_path / "ref.pt"
+    run_workers(_hsdp_worker, 4, str(tiny_model_dir), str(root), str(record))
+    meta = json.loads((root / "global_step_1" / "actor" / "metadata.json").read_text())
+    assert meta["mesh"] == {"device_type": "cpu", "shape": [2, 2], "dim_names": ["ddp", "fsdp"]}
+    # DCP writes one copy of each replicated shard; one process reads the checkpoint back whole
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with pytest.warns(UserWarning, match="saved by 4 ranks"):
+        CheckpointManager(root).load(root / "global_step_1", model, None, None)
+    for name, t in torch.load(record).items():  # the step above's tolerances, measured the same here
+        torch.testing.assert_close(model.state_dict()[name], t, rtol=1e-6, atol=1e-8, msg=name)
+
+
+@pytest.mark.parametrize(("size", "world", "match"), [(0, 1, "-1"), (-2, 1, "-1"), (3, 4, "must divide")])
+def test_fsdp_size_is_checked_against_the_world_size(monkeypatch, size, world, match):
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    with pytest.raises(ConfigError, match=match):
+        FSDPConfig(fsdp_size=size).check("actor.fsdp")
+    FSDPConfig(fsdp_size=world).check("actor.fsdp")  # at least the world size: plain FSDP, as verl
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,6 +363,25 @@ def test_a_moving_reference_mixes_its_shards_like_one_process(tmp_path, tiny_mod
         _assert_same_metrics(single[step], double[step], rel=3e-5, abs_=3e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.dist
+def test_hsdp_training_on_four_ranks_matches_single_process(tmp_path, tiny_model_dir, synthetic_parquet):
+    """actor.fsdp.fsdp_size=2 on 4 ranks: policy and reference as 2 replicas x 2 shards, end to end."""
+    args = (tmp_path, tiny_model_dir, synthetic_parquet)
+    steps = ("actor.ppo_mini_batch_size=4", "trainer.total_training_steps=2", "trainer.save_freq=2")
+    single = _train(*args, "single", 1, *steps)
+    hsdp = _train(*args, "hsdp", 4, *steps, "actor.fsdp.fsdp_size=2")
+    meta = json.loads((hsdp / "ckpt" / "global_step_2" / "actor" / "metadata.json").read_text())
+    assert meta["mesh"]["shape"] == [2, 2]
+    m1, m4 = _metrics(single), _metrics(hsdp)
+    assert sorted(m1) == sorted(m4) == [1, 2]
+    for step in m1:  # measured max 4.8e-7 on both kinds: 43x
+        _assert_same_metrics(m1[step], m4[step], rel=3e-5, abs_=3e-6)
+    w1, w4 = _weights(single, 2, tmp_path), _weights(hsdp, 2, tmp_path)
+    for name in w1:  # measured max 6.0e-8 (AVX-512), 7.5e-9 (AVX2-emulated): 17x
+        torch.testing.assert_close(w4[name], w1[name], rtol=0, atol=1e-6, msg=name)
+
+
 # ----------------------------------------------------------------------------------------------
 # Run scripts
 
@@ -361,3 +440,57 @@ def test_run_script_launches_torchrun_with_the_sample_config(tmp_path, tiny_mode
     assert meta["world_size"] == 2
     resolved = (tmp_path / "logs" / "config.yaml").read_text()
     assert "kl_loss_type: low_var_kl" in resolved and "gradient_checkpointing: true" in resolved
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_multinode_script_joins_two_nodes_into_hsdp(tmp_path, tiny_model_dir, synthetic_parquet):
+    """The multi-node script started twice on this host as nodes 0 and 1 (one rank each): one 2-rank job whose
+    weights are sharded within a node and replicated across the two."""
+    data = tmp_path / "math"
+    data.mkdir()
+    shutil.copy(synthetic_parquet["train"], data / "train.parquet")
+    shutil.copy(synthetic_parquet["test"], data / "test.parquet")
+    overrides = [
+        "data.train_batch_size=2",
+        "actor.ppo_mini_batch_size=2",
+        "data.val_max_samples=2",
+        "rollout.n=2",
+        "rollout.max_new_tokens=8",
+        "rollout.name=hf",
+        "trainer.total_training_steps=1",
+        "trainer.logger=[jsonl]",
+        "reward.num_workers=0",
+        f"trainer.log_dir={tmp_path / 'logs'}",
+        f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+    ]
+    env = {
+        **_env(),
+        "PYTHON": sys.executable,
+        "DEVICE": "cpu",
+        "MODEL_PATH": str(tiny_model_dir),
+        "DATA_DIR": str(data),
+        "NNODES": "2",
+        "NPROC_PER_NODE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
+    nodes = []
+    for node in (0, 1):
+        node_env = {**env, "NODE_RANK": str(node), "LOG_FILE": str(tmp_path / f"node{node}.log")}
+        nodes.append(
+            subprocess.Popen(
+                ["bash", str(RUN_DIR / "qwen2_5_1_5b_grpo_multinode.sh"), *overrides],
+                env=node_env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [proc.communicate(timeout=600)[0] for proc in nodes]
+    assert [proc.returncode for proc in nodes] == [0, 0], "\n".join(out[-3000:] for out in outputs)
+    meta = json.loads((tmp_path / "ckpt" / "global_step_1" / "actor" / "metadata.json").read_text())
+    assert meta["world_size"] == 2
+    assert meta["mesh"] == {"device_type": "cpu", "shape": [2, 1], "dim_names": ["ddp", "fsdp"]}
+    assert "fsdp_size: 1" in (tmp_path / "logs" / "config.yaml").read_text()

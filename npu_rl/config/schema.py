@@ -112,6 +112,22 @@ class FSDPConfig(Section):
     )
     reshard_after_forward: bool = knob(True, "free gathered parameters after forward (less memory, one more gather)")
     mixed_precision: bool = knob(True, "bf16 parameters with fp32 reduction on accelerators; always fp32 on CPU")
+    fsdp_size: int = knob(
+        -1,
+        "ranks each parameter is sharded over; -1 (or >= the world size): all of them (FSDP); a smaller divisor "
+        "of the world size: HSDP, sharded within groups of that many ranks and replicated across the groups "
+        "(verl's fsdp_size; one node's card count keeps all-gathers inside the node)",
+    )
+
+    def check(self, path: str) -> None:
+        if self.fsdp_size == 0 or self.fsdp_size < -1:
+            raise ConfigError(f"{join(path, 'fsdp_size')}={self.fsdp_size}: use -1 (every rank) or a rank count >= 1")
+        world = environment.world_size()
+        if 0 < self.fsdp_size < world and world % self.fsdp_size:
+            raise ConfigError(
+                f"{join(path, 'fsdp_size')}={self.fsdp_size} must divide the world size ({world}, from WORLD_SIZE): "
+                "each replica group shards over the same number of ranks"
+            )
 
 
 @dataclass
