@@ -2,9 +2,9 @@
 
 Every row of every file is checked (npu_rl.data_rows: the row schema and its checks) before the first
 token is computed, and all problems are raised in one `DataError` naming file, 0-based row and column.
-Overlong prompts are dropped with a logged count (never silently) or are errors. `BatchSampler`'s
-position is part of the checkpoint and a resume continues with exactly the next batch, also at an epoch
-boundary (where verl's dataloader skipped data).
+Overlong prompts are dropped or cut (data.truncation) with a logged count (never silently), or are
+errors. `BatchSampler`'s position is part of the checkpoint and a resume continues with exactly the next
+batch, also at an epoch boundary (where verl's dataloader skipped data).
 """
 
 from __future__ import annotations
@@ -74,22 +74,54 @@ def _tokenize(
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     limit = cfg.max_prompt_length
     too_long = f"longer than data.max_prompt_length={limit} tokens after the chat template"
-    records, overlong = [], Counter()
+    records, overlong, truncated = [], Counter(), Counter()
     for index, (r, text, prompt_ids) in enumerate(zip(rows, texts, ids, strict=True)):
         if len(prompt_ids) <= limit:
             records.append(replace(r, index=index, prompt_ids=list(prompt_ids), prompt_text=text))
         elif cfg.filter_overlong_prompts:
             overlong[r.file] += 1
+        elif cfg.truncation != "error":
+            cut = truncate(list(prompt_ids), limit, cfg.truncation)
+            # the text the policy sees (logged, given to reward functions) is the cut one
+            records.append(replace(r, index=index, prompt_ids=cut, prompt_text=tokenizer.decode(cut)))
+            truncated[r.file] += 1
         else:
             problems.add(
-                r.file, r.row, cfg.prompt_key, too_long + "; raise it or set data.filter_overlong_prompts=true"
+                r.file,
+                r.row,
+                cfg.prompt_key,
+                too_long + "; raise it, set data.filter_overlong_prompts=true or data.truncation=left/right/middle",
             )
     per_file = Counter(r.file for r in rows)
     for file, count in overlong.items():
         logger.warning("filtered %d of %d prompts longer than %d tokens in %s", count, per_file[file], limit, file)
+    for file, count in truncated.items():
+        logger.warning(
+            "truncated %d of %d prompts longer than %d tokens in %s (data.truncation=%s)",
+            count,
+            per_file[file],
+            limit,
+            file,
+            cfg.truncation,
+        )
     if rows and not records and cfg.filter_overlong_prompts:
         problems.add(", ".join(per_file), None, cfg.prompt_key, f"every prompt is {too_long}; nothing is left")
     return PromptDataset(records, num_rows=len(rows), filtered=dict(overlong))
+
+
+def truncate(ids: list[int], limit: int, side: str) -> list[int]:
+    """Cut a prompt to `limit` tokens as verl's postprocess_data does: "left" keeps the last tokens, "right"
+    the first, "middle" the first limit // 2 and the last limit - limit // 2."""
+    if len(ids) <= limit:
+        return ids
+    if side == "left":
+        return ids[len(ids) - limit :]
+    if side == "right":
+        return ids[:limit]
+    if side == "middle":
+        head = limit // 2
+        return ids[:head] + ids[len(ids) - (limit - head) :]
+    raise ValueError(f"unknown truncation side {side!r}: left, right or middle")
 
 
 def _load(

@@ -61,7 +61,6 @@ RULES: tuple[Rule, ...] = (
     Rule("data.max_response_length", ALIAS, "rollout.max_new_tokens"),
     Rule("data.tokenizer", ALIAS, "model.tokenizer_path"),
     Rule("data.trust_remote_code", ALIAS, "model.trust_remote_code"),
-    Rule("data.truncation", IGNORED, only=("error",), note="overlong prompts are dropped or rejected, never cut"),
     Rule("data.reward_fn_key", IGNORED, only=("data_source",), note="the reward is chosen by data_source"),
     Rule("data.return_raw_input_ids", IGNORED, note="no separate reward-model tokenizer"),
     Rule("data.return_raw_chat", IGNORED, note="the raw chat is always kept"),

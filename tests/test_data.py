@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from npu_rl.config import DataConfig
 from npu_rl.data import BatchSampler, DataError, build_datasets, load_prompts
@@ -262,6 +263,40 @@ def test_overlong_is_an_error_when_filtering_is_off(synthetic_parquet, tiny_toke
         load_prompts(path, tiny_tokenizer, cfg)
     assert info.value.problems[0].startswith(f"{path} row{'s' if len(rows) > 1 else ''} {rows[0]}")
     assert f"column prompt: longer than data.max_prompt_length={limit} tokens" in str(info.value)
+
+
+@pytest.mark.parametrize("side", ["left", "right", "middle"])
+def test_truncation_cuts_overlong_prompts_as_verl(synthetic_parquet, tiny_tokenizer, caplog, side):
+    path = synthetic_parquet["train"]
+    full = load_prompts(path, tiny_tokenizer, DataConfig(max_prompt_length=10_000)).records
+    limit = sorted(len(r.prompt_ids) for r in full)[len(full) // 2]
+    cfg = DataConfig(max_prompt_length=limit, filter_overlong_prompts=False, truncation=side)
+    with caplog.at_level(logging.WARNING, logger="npu_rl.data"):
+        ds = load_prompts(path, tiny_tokenizer, cfg)
+    cut = sum(len(r.prompt_ids) > limit for r in full)
+    assert f"truncated {cut} of {len(full)} prompts longer than {limit} tokens in {path}" in caplog.text
+    assert len(ds) == len(full) and ds.filtered == {}
+    # verl's postprocess_data on one row: [:, -L:], [:, :L], cat([:, :L // 2], [:, -(L - L // 2):])
+    slices = {"left": slice(-limit, None), "right": slice(None, limit)}
+    for whole, rec in zip(full, ds.records, strict=True):
+        ids = torch.tensor([whole.prompt_ids])
+        if len(whole.prompt_ids) <= limit:
+            expected = ids
+        elif side == "middle":
+            expected = torch.cat([ids[:, : limit // 2], ids[:, -(limit - limit // 2) :]], dim=-1)
+        else:
+            expected = ids[:, slices[side]]
+        assert rec.prompt_ids == expected[0].tolist() and rec.index == whole.index
+        assert rec.prompt_text == (
+            whole.prompt_text if len(whole.prompt_ids) <= limit else tiny_tokenizer.decode(rec.prompt_ids)
+        )
+
+
+def test_truncation_does_nothing_while_overlong_prompts_are_filtered(synthetic_parquet, tiny_tokenizer):
+    path = synthetic_parquet["train"]
+    limit = max(prompt_lengths(path, tiny_tokenizer)) - 1
+    kept = load_prompts(path, tiny_tokenizer, DataConfig(max_prompt_length=limit, truncation="left"))
+    assert kept.num_filtered > 0 and max(len(r.prompt_ids) for r in kept.records) <= limit
 
 
 def test_every_prompt_filtered_is_an_error(synthetic_parquet, tiny_tokenizer):

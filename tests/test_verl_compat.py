@@ -129,6 +129,9 @@ def test_verl_keys_of_lora_token_budgets_offload_tools_dapo_and_critic_reach_the
                                "+reward.reward_kwargs.overlong_buffer_cfg.enable=True",
                                "+reward.reward_kwargs.overlong_buffer_cfg.len=64"])  # fmt: skip
     assert (newer.reward.overlong_buffer.enable, newer.reward.overlong_buffer.len) == (True, 64)
+    cut = load_config(None, ["model.path=m", "data.train_files=[a]", "data.filter_overlong_prompts=False",
+                             "data.truncation=middle", "actor_rollout_ref.actor.fsdp_config.fsdp_size=8"])  # fmt: skip
+    assert (cut.data.filter_overlong_prompts, cut.data.truncation, cut.actor.fsdp.fsdp_size) == (False, "middle", 8)
     with pytest.raises(ConfigError, match=r"multi_turn\.interaction_config_path.*simulated user"):
         load_config(None, ["model.path=m", "data.train_files=[a]",
                            "actor_rollout_ref.rollout.multi_turn.interaction_config_path=x.yaml"])  # fmt: skip

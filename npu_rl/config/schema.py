@@ -65,7 +65,15 @@ class DataConfig(Section):
     val_max_samples: int = knob(-1, "validation prompts used; -1: the whole validation set", ge=-1)
     shuffle: bool = knob(True, "reshuffle the training prompts every epoch")
     seed: int = knob(1, "seed of the shuffling order", ge=0)
-    filter_overlong_prompts: bool = knob(True, "drop prompts over max_prompt_length; false: such a prompt is an error")
+    filter_overlong_prompts: bool = knob(
+        True, "drop prompts over max_prompt_length; false: data.truncation says what happens to them"
+    )
+    truncation: Literal["error", "left", "right", "middle"] = knob(
+        "error",
+        "a prompt over max_prompt_length when filter_overlong_prompts=false (verl's data.truncation): error, or cut "
+        "to the limit keeping its last (left) / first (right) tokens, or both ends (middle: the first half and "
+        "the last half); no effect while overlong prompts are filtered, as in verl",
+    )
     apply_chat_template: bool = knob(
         True, "prompts are chat messages rendered by the tokenizer's template; false: plain strings, as written"
     )
