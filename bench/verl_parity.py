@@ -37,9 +37,10 @@ import torch
 from npu_rl import core_algos
 from npu_rl.algos import rollout_correction, token_baselines
 from npu_rl.algos.advantages import AdvantageInputs, place_scores
-from npu_rl.config import ActorConfig
+from npu_rl.config import ActorConfig, OptimConfig
 from npu_rl.config.objective import RolloutCorrectionConfig
 from npu_rl.metrics import StepStats, record_variance_proxies, variance_proxies
+from npu_rl.optim import build_scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _source_functions import source_functions
@@ -56,7 +57,14 @@ def load_verl(checkout: Path) -> dict[str, Any]:
     """verl's loss and estimator functions, by name, from a checkout."""
     stats = {"masked_sum", "masked_mean", "masked_var", "masked_whiten"}
     helpers = source_functions(
-        checkout / "verl" / "utils" / "torch_functional.py", stats.__contains__, {"torch": torch}
+        checkout / "verl" / "utils" / "torch_functional.py",
+        lambda name: name in stats or name in SCHEDULES.values(),
+        {
+            "torch": torch,
+            "math": math,
+            "Optimizer": torch.optim.Optimizer,
+            "LambdaLR": torch.optim.lr_scheduler.LambdaLR,
+        },
     )
     namespace: dict[str, Any] = {
         "torch": torch,
@@ -87,6 +95,7 @@ def load_verl(checkout: Path) -> dict[str, Any]:
         functions["rollout_correction_weights"] = corr["compute_rollout_correction_weights"]
         functions["rollout_rejection_mask"] = corr["compute_rollout_rejection_mask"]
         _stand_in_module("verl.trainer.ppo.rollout_corr_helper", corr)  # bypass mode imports it at call time
+    functions.update({name: helpers[name] for name in SCHEDULES.values() if name in helpers})
     return functions
 
 
@@ -314,6 +323,30 @@ def compare_bypass(verl_fn: Any, loss_type: str, trials: int) -> tuple[float, fl
     return worst_value, worst_metric
 
 
+SCHEDULES = {"constant": "get_constant_schedule_with_warmup", "cosine": "get_cosine_schedule_with_warmup"}
+
+
+def compare_schedule(kind: str, verl_fn: Any) -> float:
+    """Largest difference of the learning rate at every step of a grid of runs (warmup steps or ratio, total
+    steps, floor, cycles) between verl's scheduler, as its FSDP worker builds it, and npu_rl's."""
+    worst = 0.0
+    grid = [(10, 3, 0.0, 0.0, 0.5), (10, 0, 0.25, 0.1, 0.5), (37, 5, 0.0, 0.2, 1.5), (1, 1, 0.0, 0.0, 0.5)]
+    for total, warmup, ratio, floor, cycles in [*grid, (50, 0, 0.0, 0.3, 2.0)]:
+        cfg = OptimConfig(lr=1.0, lr_scheduler=kind, lr_warmup_steps=warmup, lr_warmup_steps_ratio=ratio,
+                          min_lr_ratio=floor, num_cycles=cycles)  # fmt: skip
+        ours_opt, verl_opt = (torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0) for _ in range(2))
+        ours = build_scheduler(ours_opt, total, cfg)
+        verl_warmup = warmup if warmup else int(ratio * total)  # verl's worker: -1 reads the ratio
+        kwargs = {"num_training_steps": total, "min_lr_ratio": floor, "num_cycles": cycles} if kind == "cosine" else {}
+        theirs = verl_fn(optimizer=verl_opt, num_warmup_steps=verl_warmup, **kwargs)
+        for _ in range(total):
+            worst = max(worst, abs(ours.get_last_lr()[0] - theirs.get_last_lr()[0]))
+            for opt, sched in ((ours_opt, ours), (verl_opt, theirs)):
+                opt.step()
+                sched.step()
+    return worst
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--verl", type=Path, required=True, help="a verl checkout (the folder holding verl/)")
@@ -353,6 +386,11 @@ def main(argv: list[str] | None = None) -> int:
             value, metric = compare_bypass(verl["compute_policy_loss_bypass_mode"], loss_type, args.trials)
             worst = max(worst, value, metric)
             print(f"{'bypass_mode':10s} {'loss_type=' + loss_type:22s} {value:15.2e} {metric:12.2e}")
+    for kind, fn_name in SCHEDULES.items():
+        if fn_name in verl:
+            value = compare_schedule(kind, verl[fn_name])
+            worst = max(worst, value)
+            print(f"{'lr schedule ' + kind + ' (lr diff)':33s} {value:12.2e}")
     if "rollout_correction_weights" in verl:
         print(f"{'rollout correction':47s} {'weight diff / mask entries differing':>12s}")
         for key, value in compare_correction(verl, args.trials).items():

@@ -23,15 +23,25 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
-    """Linear warmup, then constant / cosine / linear decay down to `min_lr_ratio`."""
+    """The learning rate of optimizer step `step` (0-based) as a fraction of `cfg.lr`.
+
+    verl's schedules step for step (verl.utils.torch_functional get_constant_schedule_with_warmup and
+    get_cosine_schedule_with_warmup, the same expressions): warmup rises as step / warmup, so the first
+    step's rate is 0 (also transformers'); cosine then follows min_lr_ratio + (1 - min_lr_ratio) *
+    (1 + cos(2 pi num_cycles progress)) / 2, floored at min_lr_ratio. `linear` (not in verl) falls
+    from 1 to min_lr_ratio.
+    """
     warmup = cfg.lr_warmup_steps or int(cfg.lr_warmup_steps_ratio * total_steps)
     if step < warmup:
-        return (step + 1) / warmup
+        return step / warmup
     if cfg.lr_scheduler == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.lr_scheduler == "cosine" else 1 - progress
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
+    floor = cfg.min_lr_ratio
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if cfg.lr_scheduler == "cosine":
+        wave = math.cos(math.pi * cfg.num_cycles * 2.0 * progress)
+        return max(floor, wave * (1 - floor) * 0.5 + (1 + floor) * 0.5)
+    return floor + (1 - floor) * (1 - min(1.0, progress))
 
 
 def build_scheduler(

@@ -164,7 +164,7 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_AR}.actor.optim.warmup_style", SPECIAL, "actor.optim.lr_scheduler", convert=warmup_style),
     Rule(f"{_AR}.actor.optim.lr_scheduler_type", ALIAS, "actor.optim.lr_scheduler"),
     Rule(f"{_AR}.actor.optim.total_training_steps", IGNORED, note="derived from trainer.total_training_steps"),
-    Rule(f"{_AR}.actor.optim.num_cycles", IGNORED, only=(0.5,), note="cosine decays over half a cycle"),
+    Rule(f"{_AR}.actor.optim.num_cycles", ALIAS, "actor.optim.num_cycles"),
     Rule(f"{_AR}.actor.fsdp_config.param_offload", ALIAS, "actor.fsdp.param_offload"),
     Rule(f"{_AR}.actor.fsdp_config.reshard_after_forward", ALIAS, "actor.fsdp.reshard_after_forward"),
     Rule(f"{_AR}.actor.fsdp_config.optimizer_offload", ALIAS, "actor.fsdp.optimizer_offload"),

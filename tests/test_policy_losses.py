@@ -171,6 +171,11 @@ def masked_sum(values, mask, axis=None):
 
 def masked_mean(values, mask, axis=None):
     return masked_sum(values, mask, axis) / mask.sum(axis=axis)
+
+
+def get_constant_schedule_with_warmup(optimizer, num_warmup_steps, last_epoch=-1):
+    # a warmup one step ahead of verl's (which starts at 0)
+    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, num_warmup_steps)), last_epoch)
 """
 
 STAND_IN = """
@@ -239,6 +244,8 @@ def test_verl_parity_script_compares_with_the_functions_it_is_given(tmp_path):
     assert losses["gpg", "token-mean"] == (0.0, 0.0) and losses["gpg", "seq-mean-token-mean"] == (0.0, 0.0)
     assert losses["cispo", "token-mean"][0] > 1e-3 and losses["cispo", "token-mean"][1] == 0
     assert max(estimators["rloo"]) < 1e-6 and min(estimators["opo"]) > 1e-3
+    schedule = re.search(rf"^lr schedule constant \(lr diff\) +{number}$", done.stdout, re.M)
+    assert schedule and float(schedule[1]) > 0.1
 
 
 def test_luspo_is_gspo_weighted_by_length_as_trl_computes_it():

@@ -96,12 +96,17 @@ class OptimConfig(Section):
     weight_decay: float = knob(0.01, "AdamW decoupled weight decay", ge=0)
     betas: list[float] = knob([0.9, 0.999], "AdamW (beta1, beta2)", ge=0, lt=1)
     eps: float = knob(1e-8, "AdamW epsilon", gt=0)
-    lr_warmup_steps: int = knob(0, "linear warmup steps; 0: use lr_warmup_steps_ratio", ge=0)
+    lr_warmup_steps: int = knob(
+        0, "linear warmup steps, from 0 at the first step as in verl; 0: use lr_warmup_steps_ratio", ge=0
+    )
     lr_warmup_steps_ratio: float = knob(
         0.0, "warmup as a fraction of the total steps (when lr_warmup_steps=0)", ge=0, le=1
     )
     lr_scheduler: Literal["constant", "cosine", "linear"] = knob("constant", "decay after warmup")
     min_lr_ratio: float = knob(0.0, "floor of cosine / linear decay, as a fraction of lr", ge=0, le=1)
+    num_cycles: float = knob(
+        0.5, "cosine waves over the decay (verl's num_cycles): 0.5 falls once from lr to the floor", gt=0
+    )
 
     def check(self, path: str) -> None:
         if len(self.betas) != 2:
