@@ -130,6 +130,8 @@ class Evaluator:
         temperature: float = 0.0,
         top_p: float = 1.0,
         top_k: int = -1,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
         max_new_tokens: int | None = None,
         k: Sequence[int] | None = None,
         seed: int = 0,
@@ -145,7 +147,9 @@ class Evaluator:
         limit = self.cfg.rollout.max_new_tokens
         if max_new_tokens is not None and max_new_tokens > limit:
             raise ValueError(f"max_new_tokens {max_new_tokens} exceeds the {limit} this evaluator was built for")
-        ecfg = EvalConfig(n, temperature, top_p, top_k, max_new_tokens or limit, self.batch_size, seed)
+        ecfg = EvalConfig(
+            n, temperature, top_p, top_k, max_new_tokens or limit, self.batch_size, seed, min_p, repetition_penalty
+        )
         ks = sorted(set(k)) if k else default_ks(n)
         ecfg.validate(ks)
         files = [data_files] if isinstance(data_files, (str, Path)) else list(data_files)
@@ -232,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=-1)
+    p.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x the top probability (0: off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="as vLLM's and transformers' (1: off)")
     p.add_argument("--k", default=None, help="comma-separated k for pass@k (default 1,2,4,..,n)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="1024, as the Ascend sample's OpenCompass run")
     p.add_argument(
@@ -298,6 +304,8 @@ def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "temperature": args.temperature,
         "top_p": args.top_p,
         "top_k": args.top_k,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repetition_penalty,
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
         "max_samples": args.max_samples,

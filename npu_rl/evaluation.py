@@ -38,6 +38,8 @@ class EvalConfig:
     max_new_tokens: int = 1024
     batch_size: int = 64  # prompts per generate call
     seed: int = 0  # the validation seed stream (npu_rl.seeds.prompt_seed)
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off
 
     def validate(self, ks: Sequence[int] = ()) -> None:
         """Reject settings that would make the numbers meaningless, before any generation."""
@@ -47,6 +49,10 @@ class EvalConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.temperature == 0 and self.n > 1:
             raise ValueError("greedy decoding (temperature 0) gives n identical samples; use temperature > 0")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be between 0 and 1, got {self.min_p}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1: off), got {self.repetition_penalty}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1")
         bad = [k for k in ks if not 1 <= k <= self.n]
@@ -55,7 +61,9 @@ class EvalConfig:
 
     @property
     def sampling(self) -> SamplingParams:
-        return SamplingParams(self.n, self.temperature, self.top_p, self.top_k, self.max_new_tokens)
+        return SamplingParams(
+            self.n, self.temperature, self.top_p, self.top_k, self.max_new_tokens, self.min_p, self.repetition_penalty
+        )
 
 
 @dataclass

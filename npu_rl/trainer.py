@@ -100,10 +100,11 @@ class GRPOTrainer:
         scorer = RewardModel(cfg.reward.model, self.acc, self.dist.local_rank) if cfg.reward.uses_model else None
         self.step_rollouts = StepRollouts(cfg, self.rollout, self.tokenizer, self.sampler, self.dist, scorer)
         self.val_reward = RewardManager(cfg.reward, strict=False, model=scorer)
-        v = cfg.rollout.val_kwargs
+        v, r = cfg.rollout.val_kwargs, cfg.rollout  # min_p and the repetition penalty apply to both, as in verl
         self.val_cfg = EvalConfig(
-            v.n, v.temperature, v.top_p, v.top_k, cfg.rollout.max_new_tokens, cfg.data.val_batch_size, cfg.trainer.seed
-        )
+            v.n, v.temperature, v.top_p, v.top_k, r.max_new_tokens, cfg.data.val_batch_size, cfg.trainer.seed,
+            r.min_p, r.repetition_penalty,
+        )  # fmt: skip
         self.checkpoints = CheckpointManager(
             format_path(cfg.trainer.default_local_dir, cfg), cfg.trainer.max_ckpt_to_keep, self.dist, self.acc
         )
@@ -130,7 +131,7 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------------------
     def sampling_params(self) -> SamplingParams:
         r = self.cfg.rollout
-        return SamplingParams(r.n, r.temperature, r.top_p, r.top_k, r.max_new_tokens)
+        return SamplingParams(r.n, r.temperature, r.top_p, r.top_k, r.max_new_tokens, r.min_p, r.repetition_penalty)
 
     # ------------------------------------------------------------------------------------------
     def train_step(self, records: list[PromptRecord]) -> dict[str, float]:

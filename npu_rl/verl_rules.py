@@ -199,6 +199,9 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_AR}.rollout.temperature", ALIAS, "rollout.temperature"),
     Rule(f"{_AR}.rollout.top_p", ALIAS, "rollout.top_p"),
     Rule(f"{_AR}.rollout.top_k", ALIAS, "rollout.top_k"),
+    # verl hands any rollout key that names a vLLM SamplingParams field to the engine (`+...min_p=0.05`)
+    Rule(f"{_AR}.rollout.min_p", ALIAS, "rollout.min_p"),
+    Rule(f"{_AR}.rollout.repetition_penalty", ALIAS, "rollout.repetition_penalty"),
     Rule(f"{_AR}.rollout.do_sample", IGNORED, only=(True,), note="training rollouts always sample"),
     Rule(f"{_AR}.rollout.response_length", ALIAS, "rollout.max_new_tokens"),
     Rule(f"{_AR}.rollout.prompt_length", IGNORED, note="data.max_prompt_length bounds prompts"),

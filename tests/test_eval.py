@@ -101,7 +101,13 @@ def test_sampling_checks():
         EvalConfig(n=4, temperature=0.0).validate([1])
     with pytest.raises(ValueError, match="between 1 and"):
         EvalConfig(n=4, temperature=1.0).validate([8])
+    with pytest.raises(ValueError, match="min_p must be between 0 and 1"):
+        EvalConfig(min_p=1.5).validate()
+    with pytest.raises(ValueError, match="repetition_penalty must be > 0"):
+        EvalConfig(repetition_penalty=0.0).validate()
     EvalConfig(n=1, temperature=0.0).validate([1])
+    sampling = EvalConfig(min_p=0.1, repetition_penalty=1.2).sampling
+    assert (sampling.min_p, sampling.repetition_penalty) == (0.1, 1.2)
 
 
 # -- real runs on the tiny model ---------------------------------------------------------------

@@ -128,6 +128,58 @@ def test_sample_next_respects_top_k_and_top_p():
     assert set(tokens.tolist()) == set(nucleus.tolist())
 
 
+def test_sample_next_min_p_and_repetition_penalty_as_vllm_applies_them():
+    torch.manual_seed(1)
+    logits = torch.randn(1, 50) * 3
+    uniforms = (torch.arange(4000) + 0.5) / 4000
+    rows = logits.expand(len(uniforms), -1)
+    probs = torch.softmax(logits[0] / 0.7, -1)
+    tokens, logprobs = sample_next(rows, SamplingParams(temperature=0.7, min_p=0.2), uniforms)
+    kept = (probs >= 0.2 * probs.max()).nonzero().squeeze(-1)
+    assert set(tokens.tolist()) == set(kept.tolist()) and 1 < len(kept) < 50
+    freq = torch.bincount(tokens, minlength=50).float() / len(uniforms)
+    torch.testing.assert_close(freq[kept], probs[kept] / probs[kept].sum(), atol=1e-3, rtol=0)  # the grid's error
+    # the logprob stays that of the plain tempered distribution; measured as the top-k case above
+    torch.testing.assert_close(logprobs, torch.log(probs[tokens]), atol=5e-6, rtol=0)
+
+    seen = torch.zeros(1, 50, dtype=torch.bool)
+    seen[0, torch.argsort(logits[0], descending=True)[:3]] = True  # the three likeliest were seen
+    seen[0, torch.argsort(logits[0])[:3]] = True  # and the three least likely (negative logits)
+    penalized = torch.where(seen[0], torch.where(logits[0] > 0, logits[0] / 1.5, logits[0] * 1.5), logits[0])
+    tokens, logprobs = sample_next(
+        rows, SamplingParams(temperature=0.7, repetition_penalty=1.5), uniforms, seen.expand(len(uniforms), -1)
+    )
+    freq = torch.bincount(tokens, minlength=50).float() / len(uniforms)
+    torch.testing.assert_close(freq, torch.softmax(penalized / 0.7, -1), atol=1e-3, rtol=0)
+    torch.testing.assert_close(logprobs, torch.log(probs[tokens]), atol=5e-6, rtol=0)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_greedy_with_repetition_penalty_equals_model_generate(model, pad_id, fast):
+    """The penalty covers each row's prompt and its own tokens, also after other rows finished."""
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=12, repetition_penalty=1.3)
+    plain = HFRollout(model, [pad_id + 10_000], pad_id, fast=fast).generate(PROMPTS, params)
+    eos = int(plain.response_ids[0, 3])  # a token row 0 emits early: rows stop at different steps
+    out = HFRollout(model, [eos], pad_id, fast=fast).generate(PROMPTS, params)
+    assert len(set(out.lengths.tolist())) > 1
+    for row, prompt in enumerate(PROMPTS):
+        ref = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=12,
+            repetition_penalty=1.3,
+            eos_token_id=eos,
+            pad_token_id=pad_id,
+        )[0, len(prompt) :]
+        assert out.response_ids[row, : int(out.lengths[row])].tolist() == ref.tolist()[: int(out.lengths[row])]
+        assert len(ref) == int(out.lengths[row])
+    penalty_free = HFRollout(model, [pad_id + 10_000], pad_id, fast=fast).generate(
+        PROMPTS, SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
+    )
+    assert not torch.equal(penalty_free.response_ids, plain.response_ids), "the penalty must change something"
+
+
 def test_rollout_respects_top_k(model, pad_id):
     out = HFRollout(model, [pad_id], pad_id).generate(
         PROMPTS[:2], SamplingParams(n=4, temperature=1.0, top_k=2, max_new_tokens=6), seeds=[5, 6]

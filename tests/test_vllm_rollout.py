@@ -7,7 +7,9 @@ config with 2 heads of 32 instead of 4 of 16, built with the same tokenizer and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from npu_rl.config import RolloutConfig
 from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo, iter_full_state_dict
 from npu_rl.rollout.base import RolloutOutput, SamplingParams
+from npu_rl.rollout.hf import HFRollout
 from npu_rl.rollout.vllm import VLLMRollout
 from npu_rl.tools import make_tiny_model
 
@@ -119,6 +122,38 @@ def test_samples_n_per_prompt_with_the_trainers_logprobs(engine, hf_model, promp
     mask = out.response_mask.bool()
     diff = (ref - out.logprobs).abs()[mask]
     assert_below(diff.max(), TOL, "max |vLLM - trainer| logprob")
+
+
+def test_repetition_penalty_and_min_p_reach_the_engine(engine, hf_model, prompts):
+    """Greedy with a repetition penalty decodes what the hf backend decodes; min_p keeps only tokens
+    at least min_p x as likely as the top one (checked with the model's own probabilities)."""
+    # this random model repeats one token of its prompt; 5.0 moves every row off it
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=MAX_NEW, repetition_penalty=5.0)
+    out = engine.generate(prompts, greedy)
+    hf = HFRollout(hf_model, engine.eos_token_ids, engine.pad_token_id, build_plan(hf_model, CPU))
+    ref = hf.generate(prompts, greedy)
+    for row in range(len(prompts)):
+        length = int(ref.lengths[row])
+        assert out.response_ids[row, :length].tolist() == ref.response_ids[row, :length].tolist()
+    assert not torch.equal(
+        out.response_ids, engine.generate(prompts, dataclasses.replace(greedy, repetition_penalty=1.0)).response_ids
+    )
+
+    def lowest_margin(min_p: float) -> float:
+        """The least likely sampled token's log(p / p_max), under the model's own probabilities."""
+        params = SamplingParams(n=4, temperature=1.0, max_new_tokens=MAX_NEW, min_p=min_p)
+        sampled, lowest = engine.generate(prompts, params, seeds=[7, 8]), 0.0
+        for row in range(8):
+            prompt, length = prompts[row // 4], int(sampled.lengths[row])
+            response = sampled.response_ids[row, :length]
+            with torch.no_grad():
+                logits = hf_model(input_ids=torch.tensor([prompt + response.tolist()])).logits[0, len(prompt) - 1 : -1]
+            logp = torch.log_softmax(logits.float(), -1)
+            lowest = min(lowest, float((logp.gather(-1, response[:, None]).squeeze(-1) - logp.max(-1).values).min()))
+        return lowest
+
+    assert lowest_margin(0.0) < math.log(0.3), "without min_p some samples fall below the bound"
+    assert lowest_margin(0.3) >= math.log(0.3) - 1e-4  # 1e-4: the TOL of the logprob comparison above
 
 
 def test_weight_sync_changes_outputs_then_restores_them(engine, hf_model, prompts):

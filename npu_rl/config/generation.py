@@ -68,6 +68,19 @@ class RolloutConfig(Section):
     temperature: float = knob(1.0, "sampling temperature for training", gt=0)
     top_p: float = knob(1.0, "nucleus sampling mass", gt=0, le=1)
     top_k: int = knob(-1, "sample among the k most likely tokens; -1 or 0: off", ge=-1)
+    min_p: float = knob(
+        0.0,
+        "drop tokens less likely than min_p x the most likely one (TRL's min_p); 0: off; validation too",
+        ge=0,
+        le=1,
+    )
+    repetition_penalty: float = knob(
+        1.0,
+        "divide positive / multiply negative logits of tokens already in the prompt or response (TRL's and vLLM's "
+        "repetition_penalty); 1: off; validation too. Like top_p / top_k it shapes sampling only: the policy's "
+        "log-probs are of the plain distribution",
+        gt=0,
+    )
     max_new_tokens: int = knob(1024, "longest response in tokens", gt=0)
     micro_batch_size: int = knob(64, "prompts per generate call of the hf backend", gt=0)
     log_prob_micro_batch_size_per_device: int = knob(16, "sequences per old-policy logprob forward", gt=0)

@@ -18,6 +18,8 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = -1  # -1: off
     max_new_tokens: int = 256
+    min_p: float = 0.0  # 0: off
+    repetition_penalty: float = 1.0  # 1: off
 
 
 @dataclass

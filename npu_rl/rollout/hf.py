@@ -27,23 +27,35 @@ from npu_rl.rollout.fast_decode import FastDecoder
 
 
 def sample_next(
-    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor
+    logits: torch.Tensor, params: SamplingParams, uniforms: torch.Tensor, seen: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row by inverse-CDF with the given uniforms; return it and its logprob.
 
     Taking the uniforms as input (one per row) makes a row's sample depend only on its own seed,
     not on which other prompts share the batch or the rank: the same seeds give the same rollouts
     on one process or many, and after a resume.
-    The logprob ignores top-k/top-p truncation on purpose: it is the quantity the trainer recomputes
-    (log_softmax of logits / T), so the two can be compared directly.
+    The processors run in vLLM's order: repetition penalty on the raw logits of the tokens in `seen`
+    (a [rows, vocab] mask of the prompt's and the response's tokens; positive logits divided by the
+    penalty, negative ones multiplied), temperature, min_p (tokens below min_p x the most likely
+    token's probability dropped), then top-k and top-p. The logprob ignores all of them on purpose:
+    it is the quantity the trainer recomputes (log_softmax of logits / T), so the two can be compared
+    directly.
     """
     logits = logits.float()
+    penalized = logits
+    if params.repetition_penalty != 1.0 and seen is not None:
+        scaled_down = torch.where(logits > 0, logits / params.repetition_penalty, logits * params.repetition_penalty)
+        penalized = torch.where(seen, scaled_down, logits)
     if params.temperature <= 0:
-        tokens = logits.argmax(dim=-1)
+        tokens = penalized.argmax(dim=-1)
         return tokens, torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
     scaled = logits / params.temperature if params.temperature != 1.0 else logits
     logprobs = torch.log_softmax(scaled, dim=-1)
-    filtered = scaled
+    filtered = scaled if penalized is logits else penalized / params.temperature
+    if params.min_p > 0:
+        probs = torch.softmax(filtered, dim=-1)
+        floor = params.min_p * probs.amax(dim=-1, keepdim=True)
+        filtered = filtered.masked_fill(probs < floor, float("-inf"))
     if 0 < params.top_k < filtered.shape[-1]:
         kth = torch.topk(filtered, params.top_k, dim=-1).values[:, -1:]
         filtered = filtered.masked_fill(filtered < kth, float("-inf"))
@@ -166,8 +178,12 @@ class HFRollout:
         lengths = torch.full((total,), params.max_new_tokens, dtype=torch.long, device=device)
         finished = torch.zeros(total, dtype=torch.bool, device=device)
 
+        seen = None
+        if params.repetition_penalty != 1.0:  # the tokens each row's penalty applies to: its prompt's, then its own
+            counts = torch.zeros((batch, last_logits.shape[-1]), dtype=torch.long, device=device)
+            seen = counts.scatter_add_(1, input_ids, attention).gt(0).repeat_interleave(n, dim=0)  # pads add 0
         with decode_threads(self.model, total):
-            self._decode(decoder, last_logits, params, uniforms, tokens_out, logprobs_out, lengths, finished)
+            self._decode(decoder, last_logits, params, uniforms, tokens_out, logprobs_out, lengths, finished, seen)
 
         width = int(lengths.max())
         group, sample = grouped(n, batch)
@@ -190,14 +206,18 @@ class HFRollout:
         logprobs_out: torch.Tensor,
         lengths: torch.Tensor,
         finished: torch.Tensor,
+        seen: torch.Tensor | None,
     ) -> None:
-        """Sample token by token into the output tensors; finished rows leave the decode batch."""
+        """Sample token by token into the output tensors; finished rows leave the decode batch (and
+        `seen`, the repetition penalty's token mask of the rows still decoding)."""
         eos = self.eos_token_ids.to(tokens_out.device)
         active = torch.arange(len(tokens_out), device=tokens_out.device)  # output rows still decoding
         every = slice(None)  # `active` while no row has finished: plain slices, no index tensors
         for step in range(params.max_new_tokens):
             rows = every if every is not None else active
-            token, logprob = sample_next(last_logits, params, uniforms[rows, step])
+            token, logprob = sample_next(last_logits, params, uniforms[rows, step], seen)
+            if seen is not None:
+                seen[torch.arange(len(token), device=token.device), token] = True
             tokens_out[rows, step] = token
             logprobs_out[rows, step] = logprob
             done = torch.isin(token, eos)
@@ -210,6 +230,7 @@ class HFRollout:
                 keep = (~done).nonzero().squeeze(-1)  # drop finished rows from the decode batch
                 decoder.select(keep)
                 active, token = active[keep], token[keep]
+                seen = seen[keep] if seen is not None else None
             if step + 1 == params.max_new_tokens:
                 break
             last_logits = decoder.step(token, step)

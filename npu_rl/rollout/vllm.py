@@ -15,8 +15,9 @@ backend; the choices that matter:
   sampled token under the temperature-scaled distribution, which is what the trainer recomputes
   (`log_softmax(logits / T)`), so rollout/logprob_diff compares like with like. vLLM's default
   (raw logprobs, before temperature) would differ by construction whenever T != 1. With top-k /
-  top-p on, the processed values are renormalised over the kept tokens (the true sampling
-  distribution) while the trainer's are not; the gap then shows in rollout/logprob_diff.
+  top-p / min_p or a repetition penalty on, the processed values are of the distribution really
+  sampled (penalised, renormalised over the kept tokens) while the trainer's are not; the gap then
+  shows in rollout/logprob_diff.
 - Weight sync. `update_weights` streams the trainer's (name, full tensor) pairs in buckets of
   `rollout.weight_sync_bucket_mb` into the worker extension in `vllm_worker.py`, which reloads them
   layer by layer in place; at most one bucket (plus one incomplete fused layer inside vLLM) exists
@@ -172,6 +173,8 @@ class VLLMRollout:
             temperature=params.temperature,
             top_p=params.top_p,
             top_k=params.top_k if params.top_k > 0 else 0,
+            min_p=params.min_p,
+            repetition_penalty=params.repetition_penalty,
             max_tokens=params.max_new_tokens,
             seed=seed,
             logprobs=0,  # the sampled token's logprob only

@@ -177,7 +177,7 @@ def train_steps(
         weight_decay=0.01,
     )
     optimizer = build_optimizer(model, optim_cfg)
-    scheduler = build_scheduler(optimizer, stage.steps, optim_cfg)
+    scheduler = build_scheduler(optimizer, stage.steps, optim_cfg, warmup_lead=1)  # the rate the recipe was tuned with
     linears = linears_for(Accelerator("cpu"))
     model.train()
     start, running, positions = time.perf_counter(), 0.0, 0
