@@ -265,8 +265,8 @@ RULES: tuple[Rule, ...] = (
         only=("hermes",),
         note="calls are read in the Hermes/Qwen2.5 format",
     ),
-    Rule(f"{_AR}.rollout.multi_turn.interaction_config_path", IGNORED, only=(None,), note=_off("simulated user turns")),
-    Rule(f"{_AR}.rollout.multi_turn.max_user_turns", IGNORED, note="no simulated user turns"),
+    Rule(f"{_AR}.rollout.multi_turn.interaction_config_path", ALIAS, "rollout.multi_turn.interaction_config_path"),
+    Rule(f"{_AR}.rollout.multi_turn.max_user_turns", ALIAS, "rollout.multi_turn.max_user_turns"),
     Rule(f"{_AR}.rollout.multi_turn.*", IGNORED, note="the chat template renders every turn; no tokenization checks"),
     Rule(f"{_AR}.rollout.agent.*", IGNORED, note="agent loops are not implemented; their settings are unused"),
     # -- critic, reward model, reward function --------------------------------------------------

@@ -45,15 +45,21 @@ def prompt_ids(tok, question: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def write_questions_parquet(path: Path) -> dict[str, Path]:
-    """QUESTIONS as a train/test parquet pair in verl's row schema."""
+def write_questions_parquet(path: Path, interaction: str | None = None) -> dict[str, Path]:
+    """QUESTIONS as a train/test parquet pair in verl's row schema; `interaction` names a simulated user
+    (extra_info.interaction_kwargs, as verl's GSM8K interaction data)."""
     rows = [
         {
             "data_source": "tool_demo",
             "prompt": [{"role": "user", "content": q}],
             "ability": "math",
             "reward_model": {"style": "rule", "ground_truth": str(a + b)},
-            "extra_info": {"index": i},
+            "extra_info": {"index": i}
+            | (
+                {"interaction_kwargs": {"name": interaction, "query": q, "ground_truth": str(a + b)}}
+                if interaction
+                else {}
+            ),
         }
         for i, (q, (a, b)) in enumerate(zip(QUESTIONS, PAIRS, strict=True))
     ]

@@ -4,6 +4,7 @@ scripted engine that answers each turn with given text, so the conversation is k
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import threading
@@ -15,6 +16,7 @@ import torch
 from npu_rl import actor
 from npu_rl.agent_tools import CalculatorTool, PythonTool, Tool, ToolResult
 from npu_rl.agent_tools.chat_template import with_tool_template
+from npu_rl.agent_tools.interaction import AnswerFeedback, load_interactions
 from npu_rl.data import PromptRecord
 from npu_rl.rollout import RolloutBatch, SamplingParams, generate
 from npu_rl.rollout.base import RolloutOutput, grouped
@@ -291,3 +293,78 @@ def test_tool_shaping_is_capped_and_off_by_default() -> None:
     assert metrics["tool/calls/mean"] == pytest.approx(2.0) and metrics["multi_turn/turns/mean"] == pytest.approx(3.0)
     assert metrics["tool/success_rate"] == pytest.approx(5 / 6) and metrics["tool/latency_s"] == pytest.approx(2 / 6)
     assert metrics["tool/call_rate"] == pytest.approx(2 / 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Simulated user turns (verl's interactions)
+
+INTERACTION_YAML = """
+interaction:
+  - name: gsm8k
+    class_name: verl.interactions.gsm8k_interaction.Gsm8kInteraction
+    config: {}
+"""
+
+
+class RetryEngine(ScriptedEngine):
+    """Answers 80 first, then 84 after each "try again" the simulated user sent."""
+
+    def generate(self, prompts, params, seeds=None) -> RolloutOutput:
+        self.contexts.append([list(p) for p in prompts])
+        outs = []
+        for p in prompts:
+            retries = self.tok.decode(p).count("try again")
+            self.script = ["So the answer is 80. #### 80", "So the answer is 84. #### 84"][min(retries, 1) :]
+            outs.append(ScriptedEngine.generate(self, [p], params, seeds))
+        return _stack(outs, self.tok.pad_token_id)
+
+
+def _interacting(tok, tmp_path, **kwargs) -> MultiTurnRollout:
+    path = tmp_path / "interaction.yaml"
+    path.write_text(INTERACTION_YAML)
+    interactions = load_interactions(path)
+    assert isinstance(interactions["gsm8k"], AnswerFeedback)
+    return MultiTurnRollout(RetryEngine(tok, []), tok, {}, tok.pad_token_id, interactions=interactions, **kwargs)
+
+
+def test_a_simulated_user_asks_again_until_the_answer_is_right(tok, tmp_path) -> None:
+    rollout = _interacting(tok, tmp_path)
+    kwargs = {"name": "gsm8k", "query": "What is 12*7?", "ground_truth": "84"}
+    with_user = dataclasses.replace(_record(tok, {}, 0), extra_info={"interaction_kwargs": kwargs})
+    alone = _record(tok, {}, 1)
+    batch = generate(rollout, [with_user, alone], SamplingParams(n=1, max_new_tokens=200), seeds=[1, 2])
+    text = tok.decode(batch.response_ids[0, : int(batch.lengths[0])])
+    # verl's gsm8k interaction: the wrong answer gets the retry message, the right one the closing message
+    assert text.index("#### 80") < text.index(AnswerFeedback.RETRY) < text.index("#### 84")
+    assert text.rstrip().endswith(AnswerFeedback.CORRECT + "<|im_end|>\n<|im_start|>assistant")
+    assert batch.row_metrics["user_turns"].tolist() == [2.0, 0.0]
+    assert batch.row_metrics["interaction_score"].tolist() == [1.0, 0.0]
+    assert batch.row_metrics["turns"].tolist() == [2.0, 1.0] and batch.finish_reasons == ["stop", "stop"]
+    # the user's messages are out of the loss; what the policy wrote is in
+    mask = batch.token_mask[0, : int(batch.lengths[0])]
+    policy = tok.decode(batch.response_ids[0, : int(batch.lengths[0])][mask.bool()])
+    assert "#### 80" in policy and "#### 84" in policy and "try again" not in policy and "correct!" not in policy
+    assert "try again" not in tok.decode(batch.response_ids[1, : int(batch.lengths[1])])  # no kwargs: no user
+
+
+def test_user_turns_stop_at_max_user_turns_and_at_the_last_assistant_turn(tok, tmp_path) -> None:
+    # no name: the only interaction
+    record = dataclasses.replace(_record(tok, {}, 0), extra_info={"interaction_kwargs": {"ground_truth": "84"}})
+    params = SamplingParams(n=1, max_new_tokens=200)
+    once = generate(_interacting(tok, tmp_path, max_user_turns=1), [record], params, seeds=[1])
+    assert once.row_metrics["user_turns"].tolist() == [1.0] and once.row_metrics["turns"].tolist() == [2.0]
+    assert AnswerFeedback.CORRECT not in tok.decode(once.response_ids[0])  # the second answer ends the response
+    single = generate(_interacting(tok, tmp_path, max_assistant_turns=1), [record], params, seeds=[1])
+    assert single.row_metrics["user_turns"].tolist() == [0.0]
+
+
+def test_interaction_config_and_kwargs_errors_name_what_to_fix(tok, tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("interaction:\n  - class_name: no_such_interaction\n")
+    with pytest.raises(ValueError, match=r"interaction\[0\]\.class_name.*gsm8k"):
+        load_interactions(path)
+    rollout = _interacting(tok, tmp_path)
+    kwargs = {"name": "weather", "ground_truth": "84"}
+    record = dataclasses.replace(_record(tok, {}, 0), extra_info={"interaction_kwargs": kwargs})
+    with pytest.raises(ValueError, match=r"prompt 0 of the batch: .*name='weather' is not in the interaction config"):
+        generate(rollout, [record], SamplingParams(n=1, max_new_tokens=50), seeds=[1])

@@ -115,6 +115,27 @@ def test_grpo_with_tools_trains_logs_tool_metrics_and_resumes_exactly(tmp_path, 
 
 
 @pytest.mark.slow
+def test_grpo_with_a_simulated_user_trains_and_logs_interaction_metrics(tmp_path, tool_model_dir):
+    """verl's GSM8K interaction setup: no tools, the user asks again after a wrong answer (once here)."""
+    data = write_questions_parquet(tmp_path / "data", interaction="gsm8k")
+    interaction = tmp_path / "interaction.yaml"
+    interaction.write_text("interaction:\n  - name: gsm8k\n    class_name: gsm8k\n")
+    cfg = make_cfg(
+        tmp_path, tool_model_dir, data, "rollout.multi_turn.enable=true",
+        f"rollout.multi_turn.interaction_config_path={interaction}", "rollout.multi_turn.max_user_turns=1",
+        "rollout.multi_turn.max_assistant_turns=3", "rollout.max_new_tokens=100", "trainer.test_freq=-1",
+        "data.max_prompt_length=512",
+    )  # fmt: skip
+    cfg.trainer.total_training_steps = 2
+    trainer = run(cfg)
+    rows = _train_rows(tmp_path)
+    assert len(rows) == 2 and trainer.global_step == 2
+    # every row gets at most one reply; a row that ended its first turn without a tool call got it
+    assert all(0 < r["interaction/user_turns/mean"] <= 1 for r in rows), rows
+    assert all(0 <= r["interaction/score/mean"] <= 1 for r in rows)
+
+
+@pytest.mark.slow
 def test_validation_reports_the_tool_call_rate(tmp_path, tool_model_dir):
     data = write_questions_parquet(tmp_path / "data")
     cfg = _cfg(tmp_path, tool_model_dir, data, "trainer.test_freq=1")

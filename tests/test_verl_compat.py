@@ -132,7 +132,7 @@ def test_verl_keys_of_lora_token_budgets_offload_tools_dapo_and_critic_reach_the
     cut = load_config(None, ["model.path=m", "data.train_files=[a]", "data.filter_overlong_prompts=False",
                              "data.truncation=middle", "actor_rollout_ref.actor.fsdp_config.fsdp_size=8"])  # fmt: skip
     assert (cut.data.filter_overlong_prompts, cut.data.truncation, cut.actor.fsdp.fsdp_size) == (False, "middle", 8)
-    with pytest.raises(ConfigError, match=r"multi_turn\.interaction_config_path.*simulated user"):
+    with pytest.raises(ConfigError, match=r"multi_turn\.interaction_config_path needs rollout\.multi_turn\.enable"):
         load_config(None, ["model.path=m", "data.train_files=[a]",
                            "actor_rollout_ref.rollout.multi_turn.interaction_config_path=x.yaml"])  # fmt: skip
 
@@ -279,3 +279,17 @@ def test_every_alias_target_is_a_native_key():
             assert rule.native.removesuffix(".*") in compat.leaves, rule
         for part in re.split(r",\s*", rule.native) if rule.kind == verl_compat.SPECIAL else ():
             assert part in compat.leaves, rule
+
+
+def test_verl_interaction_keys_reach_the_simulated_user(tmp_path):
+    path = tmp_path / "interaction.yaml"
+    path.write_text("interaction:\n  - name: gsm8k\n    class_name: gsm8k\n")
+    cfg = load_config(None, ["model.path=m", "data.train_files=[a]",
+                             "actor_rollout_ref.rollout.multi_turn.enable=True",
+                             f"actor_rollout_ref.rollout.multi_turn.interaction_config_path={path}",
+                             "actor_rollout_ref.rollout.multi_turn.max_user_turns=2"])  # fmt: skip
+    mt = cfg.rollout.multi_turn
+    assert (mt.enable, mt.interaction_config_path, mt.max_user_turns, mt.tool_config_path) == (True, str(path), 2, None)
+    with pytest.raises(ConfigError, match=r"interaction_config_path.*does not exist|not found|no such"):
+        load_config(None, ["model.path=m", "data.train_files=[a]", "rollout.multi_turn.enable=true",
+                           f"rollout.multi_turn.interaction_config_path={tmp_path / 'missing.yaml'}"])  # fmt: skip

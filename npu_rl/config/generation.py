@@ -30,7 +30,17 @@ class MultiTurnConfig(Section):
     """Multi-turn tool use: the policy may call tools between assistant turns (docs/multi_turn.md)."""
 
     enable: bool = knob(False, "generate in turns, executing the tool calls the model makes")
-    tool_config_path: str | None = knob(None, "verl-style tool config YAML (required when enabled)")
+    tool_config_path: str | None = knob(
+        None, "verl-style tool config YAML (required when enabled, unless interaction_config_path is set)"
+    )
+    interaction_config_path: str | None = knob(
+        None,
+        "verl-style interaction config YAML: simulated user turns after assistant turns that call no tool, for "
+        "rows with extra_info.interaction_kwargs (docs/multi_turn.md)",
+    )
+    max_user_turns: int | None = knob(
+        None, "simulated user replies per response; null: bounded by max_assistant_turns only (verl's)", gt=0
+    )
     max_assistant_turns: int = knob(5, "assistant turns per response (the last one's tool calls are not run)", gt=0)
     max_tool_response_tokens: int = knob(256, "a tool answer is cut to this many tokens", gt=0)
     max_parallel_calls: int = knob(
@@ -46,12 +56,21 @@ class MultiTurnConfig(Section):
     shaping_cap: float = knob(0.2, "the shaping term is clipped to [-cap, cap]", ge=0)
 
     def check(self, path: str) -> None:
-        if self.enable:
-            if not self.tool_config_path:
-                raise ConfigError(f"{join(path, 'tool_config_path')} is required when {join(path, 'enable')} is true")
-            packaged = configs.find(self.tool_config_path)  # a packaged name such as tools_gsm8k works too
-            environment.check_file(str(packaged or self.tool_config_path), join(path, "tool_config_path"))
-            self.tool_config_path = str(packaged or self.tool_config_path)
+        if not self.enable:
+            if self.interaction_config_path:
+                raise ConfigError(f"{join(path, 'interaction_config_path')} needs {join(path, 'enable')}=true")
+            return
+        if not self.tool_config_path and not self.interaction_config_path:
+            raise ConfigError(
+                f"{join(path, 'tool_config_path')} (or {join(path, 'interaction_config_path')}) is required when "
+                f"{join(path, 'enable')} is true"
+            )
+        for key in ("tool_config_path", "interaction_config_path"):
+            value = getattr(self, key)
+            if value:
+                packaged = configs.find(value)  # a packaged name such as tools_gsm8k works too
+                environment.check_file(str(packaged or value), join(path, key))
+                setattr(self, key, str(packaged or value))
 
 
 @dataclass

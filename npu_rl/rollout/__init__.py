@@ -33,8 +33,11 @@ def generate(
 ) -> RolloutBatch:
     """Sample for `records` (one seed per record) between the engine's `wake_up` and `sleep`."""
     engine.wake_up()
+    extra: dict[str, Any] = {}
+    if getattr(engine, "interactions", None):  # a multi-turn engine with simulated users reads the rows' kwargs
+        extra["interaction_kwargs"] = [(r.extra_info or {}).get("interaction_kwargs") for r in records]
     try:
-        out = engine.generate([r.prompt_ids for r in records], params, seeds=list(seeds))
+        out = engine.generate([r.prompt_ids for r in records], params, seeds=list(seeds), **extra)
     finally:
         engine.sleep()
     return RolloutBatch.bind(records, out)
@@ -99,7 +102,7 @@ def _vllm(cfg: Config, model: nn.Module | None, tokenizer: Any, acc: Any, dist: 
 
 def tool_schemas(cfg: Config) -> list[dict[str, Any]] | None:
     """The function schemas prompts are rendered with (chat template `tools=`) when multi-turn is on."""
-    if not cfg.rollout.multi_turn.enable:
+    if not cfg.rollout.multi_turn.enable or not cfg.rollout.multi_turn.tool_config_path:
         return None
     from npu_rl.agent_tools import load_tools
 
@@ -117,11 +120,14 @@ def build_rollout(
     if not mt.enable:
         return engine
     from npu_rl.agent_tools import load_tools
+    from npu_rl.agent_tools.interaction import load_interactions
     from npu_rl.rollout.multi_turn import MultiTurnRollout
 
     _, pad = eos_and_pad_ids(tokenizer, model)
-    tools = load_tools(mt.tool_config_path)
+    tools = load_tools(mt.tool_config_path) if mt.tool_config_path else {}
+    interactions = load_interactions(mt.interaction_config_path) if mt.interaction_config_path else None
     return MultiTurnRollout(
         engine, tokenizer, tools, pad, mt.max_assistant_turns, mt.max_tool_response_tokens,
         mt.max_parallel_calls, mt.max_concurrent_calls, cfg.data.apply_chat_template_kwargs,
+        interactions, mt.max_user_turns,
     )  # fmt: skip

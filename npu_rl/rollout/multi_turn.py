@@ -14,6 +14,11 @@ Tool calls are parsed in Qwen2.5's format, `<tool_call>{"name": ..., "arguments"
 answered with an error so the model hears why. The calls of all rows in a turn run at once on up to
 `max_concurrent_calls` threads (a sandboxed call is its own process, so they use several cores), in
 a fixed order of results: what a row sees does not depend on the concurrency.
+
+With interactions (verl's simulated user turns, npu_rl.agent_tools.interaction) a turn that calls no
+tool goes to the row's interaction, whose reply is appended as a user message (token_mask 0, like a
+tool answer) and generation continues, until the interaction ends the conversation or
+`max_user_turns` replies or `max_assistant_turns` turns were used, as verl's tool agent loop does.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 
 from npu_rl.agent_tools import Tool, ToolResult
+from npu_rl.agent_tools.interaction import Interaction, pick
 from npu_rl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams, grouped
 
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
@@ -93,14 +99,15 @@ class ToolMessages:
         self.base = base
         self.cut = base.rindex(eos_text) + len(eos_text)  # right after the assistant's end-of-turn token
 
-    def ids(self, answers: Sequence[str]) -> list[int]:
-        """Tokens from the end of the assistant turn through the next assistant header."""
-        messages = _RENDER_BASE + [{"role": "tool", "content": a} for a in answers]
+    def ids(self, answers: Sequence[str], role: str = "tool") -> list[int]:
+        """Tokens from the end of the assistant turn through the next assistant header: tool answers, or
+        a simulated user's message (`role="user"`)."""
+        messages = _RENDER_BASE + [{"role": role, "content": a} for a in answers]
         text = self.tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, **self.chat_kwargs
         )
         if not text.startswith(self.base[: self.cut]):
-            raise ValueError("the chat template renders earlier messages differently once a tool message follows")
+            raise ValueError(f"the chat template renders earlier messages differently once a {role} message follows")
         return self.tokenizer(text[self.cut :], add_special_tokens=False)["input_ids"]
 
 
@@ -119,6 +126,12 @@ class _Row:
     successes: int = 0
     latency: float = 0.0
     tool_reward: float = 0.0
+    interaction: Interaction | None = None
+    interaction_kwargs: dict[str, Any] = field(default_factory=dict)
+    chat: list[dict[str, str]] = field(default_factory=list)  # the turns after the prompt, for the interaction
+    user_turns: int = 0
+    awaiting_user: bool = False  # this turn ended without tool calls and goes to the interaction
+    score: float = 0.0  # the interaction's last turn score
 
     def extend(self, ids: list[int], logprobs: list[float] | None) -> None:
         self.ids += ids
@@ -141,6 +154,8 @@ class MultiTurnRollout:
         max_parallel_calls: int = 1,
         max_concurrent_calls: int = 0,
         chat_kwargs: dict[str, Any] | None = None,
+        interactions: dict[str, Interaction] | None = None,
+        max_user_turns: int | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -151,15 +166,25 @@ class MultiTurnRollout:
         self.max_parallel_calls = max_parallel_calls
         self.max_concurrent_calls = max_concurrent_calls or len(os.sched_getaffinity(0))
         self.messages = ToolMessages(tokenizer, tokenizer.eos_token, chat_kwargs)
+        self.interactions = interactions or {}
+        self.max_user_turns = max_user_turns  # None: bounded by the assistant turns only (verl's null)
 
     def generate(
-        self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        seeds: list[int] | None = None,
+        interaction_kwargs: Sequence[Any] | None = None,
     ) -> RolloutOutput:
-        rows = [
-            _Row(list(p), None if seeds is None else seeds[g], s)
-            for g, p in enumerate(prompts)
-            for s in range(params.n)
-        ]
+        """`interaction_kwargs`: per prompt, its row's extra_info.interaction_kwargs (None: no user turns)."""
+        rows = []
+        for g, p in enumerate(prompts):
+            kwargs = interaction_kwargs[g] if interaction_kwargs is not None and self.interactions else None
+            interaction = pick(self.interactions, kwargs, f"prompt {g} of the batch")
+            for s in range(params.n):
+                row = _Row(list(p), None if seeds is None else seeds[g], s, interaction=interaction)
+                row.interaction_kwargs = dict(kwargs or {})
+                rows.append(row)
         for turn in range(self.max_assistant_turns):
             active = [r for r in rows if not r.done]
             if not active:
@@ -174,6 +199,7 @@ class MultiTurnRollout:
                 (row, self._append_turn(row, out, i, params.max_new_tokens, last_turn)) for i, row in enumerate(active)
             ]
             self._answer([(row, calls) for row, calls in pending if calls], params.max_new_tokens)
+            self._interact([row for row in active if row.awaiting_user], params.max_new_tokens)
         return self._output(rows, len(prompts), params.n)
 
     def _append_turn(self, row: _Row, out: RolloutOutput, i: int, limit: int, last_turn: bool) -> list[ToolCall]:
@@ -187,11 +213,32 @@ class MultiTurnRollout:
             row.finish, row.done = "length", True
             return []
         row.extend(ids, logprobs)
-        calls = parse_tool_calls(self.tokenizer.decode(ids, skip_special_tokens=False))
-        if not calls or last_turn:
-            row.finish, row.done = "stop", True
-            return []
-        return calls
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        row.chat.append({"role": "assistant", "content": self.tokenizer.decode(ids, skip_special_tokens=True)})
+        calls = parse_tool_calls(text)
+        if calls and not last_turn:
+            return calls
+        turns_left = self.max_user_turns is None or row.user_turns < self.max_user_turns
+        row.awaiting_user = not calls and not last_turn and row.interaction is not None and turns_left
+        row.finish, row.done = "stop", not row.awaiting_user
+        return []
+
+    def _interact(self, rows: list[_Row], limit: int) -> None:
+        """Each row's interaction replies; the reply is appended as a user message (also the last one,
+        as verl does) and the row goes on generating unless the interaction ended it."""
+        for row in rows:
+            row.awaiting_user = False
+            reply = row.interaction.respond(list(row.chat), row.interaction_kwargs)
+            row.user_turns += 1
+            row.score = float(reply.score)
+            row.chat.append({"role": "user", "content": reply.message})
+            suffix = self.messages.ids([reply.message], role="user")
+            if len(suffix) >= limit - len(row.ids):  # no room left to answer after the message
+                row.extend(suffix[: limit - len(row.ids)], None)
+                row.finish, row.done = "length", True
+                continue
+            row.extend(suffix, None)
+            row.done = reply.done
 
     def _answer(self, pending: list[tuple[_Row, list[ToolCall]]], limit: int) -> None:
         """Run this turn's calls of every row at once (each row's first `max_parallel_calls`), then
@@ -215,6 +262,7 @@ class MultiTurnRollout:
                 row.tool_reward += result.reward
                 answers.append(self._clip(result.text))
             answers += [refused] * (len(calls) - len(answers))
+            row.chat += [{"role": "tool", "content": a} for a in answers]
             suffix = self.messages.ids(answers)
             if len(suffix) >= limit - len(row.ids):  # no room left to answer after the tool's message
                 row.extend(suffix[: limit - len(row.ids)], None)
@@ -269,6 +317,14 @@ class MultiTurnRollout:
                 "tool_successes": per_row(r.successes for r in rows),
                 "tool_latency_s": per_row(r.latency for r in rows),
                 "tool_reward": per_row(r.tool_reward for r in rows),
+                **(
+                    {
+                        "user_turns": per_row(r.user_turns for r in rows),
+                        "interaction_score": per_row(r.score for r in rows),
+                    }
+                    if self.interactions
+                    else {}
+                ),
             },
         )
 

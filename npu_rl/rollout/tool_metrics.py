@@ -33,3 +33,6 @@ def record_tool_metrics(stats: StepStats, row_metrics: dict[str, torch.Tensor]) 
     stats.add_ratio("tool/success_rate", float(row_metrics["tool_successes"].sum()), calls)
     stats.add_ratio("tool/latency_s", float(row_metrics["tool_latency_s"].sum()), calls)
     stats.add_ratio("tool/call_rate", float((row_metrics["tool_calls"] > 0).sum()), len(row_metrics["tool_calls"]))
+    if "user_turns" in row_metrics:  # simulated user turns: replies per response and the last turn score
+        stats.add_values("interaction/user_turns", row_metrics["user_turns"])
+        stats.add_values("interaction/score", row_metrics["interaction_score"])

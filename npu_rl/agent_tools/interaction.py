@@ -1,0 +1,141 @@
+"""Simulated user turns (verl's interactions): after an assistant turn that calls no tool, an
+`Interaction` reads the conversation and answers as the user, or ends it; the policy then tries again.
+
+An interaction file looks like verl's `interaction_config_path` YAML::
+
+    interaction:
+      - name: gsm8k                    # what a row's extra_info.interaction_kwargs.name picks
+        class_name: verl.interactions.gsm8k_interaction.Gsm8kInteraction   # or gsm8k, or a dotted path
+        config: {}
+
+A data row opts in with `extra_info.interaction_kwargs` (verl's key): `name` picks the interaction
+(the only one when omitted) and the rest (e.g. `ground_truth`, `query`) is passed to it. Rows without
+it end their response when the assistant stops, as without interactions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from npu_rl.registry import Registry
+
+
+@dataclass(frozen=True)
+class InteractionReply:
+    """The user's turn: `message` is appended as a user message (out of the loss, like tool answers);
+    `done` ends the conversation after it (verl's should_terminate_sequence); `score` is verl's turn
+    score, logged as interaction/score (the reward still grades the final answer)."""
+
+    done: bool
+    message: str
+    score: float = 0.0
+
+
+class Interaction(ABC):
+    """A simulated user; one instance serves every row, so it keeps no per-conversation state."""
+
+    def __init__(self, config: dict[str, Any] | None = None) -> None:
+        self.config = dict(config or {})
+
+    @abstractmethod
+    def respond(self, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> InteractionReply:
+        """The reply to the conversation after the prompt so far (`messages`: the assistant's turns and
+        the tool and user messages between them, oldest first); `kwargs` is the row's
+        interaction_kwargs. Assistant text is model output (untrusted): read it, never run it."""
+
+
+INTERACTIONS: Registry[type[Interaction]] = Registry("interaction")
+
+
+@INTERACTIONS.register("gsm8k")
+class AnswerFeedback(Interaction):
+    """verl's Gsm8kInteraction: a correct last answer gets "Your response is correct!" and ends the
+    conversation with score 1; otherwise the user asks for another try (score 0). Correctness is
+    npu_rl's math reward's (by meaning, `kwargs["ground_truth"]`), where verl matches the "####"
+    answer as a string; `config.data_source` picks the reward's route (default openai/gsm8k). Graded
+    in-process within the reward's own time budget (5 s), so a reply is bounded for any output."""
+
+    CORRECT = "Your response is correct!"
+    RETRY = "Your response is incorrect! You need to reflect on your answer and try again."
+
+    def respond(self, messages: list[dict[str, str]], kwargs: dict[str, Any]) -> InteractionReply:
+        from reward import compute_score
+
+        answer = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
+        source = self.config.get("data_source", "openai/gsm8k")
+        correct = bool(compute_score(source, answer, str(kwargs.get("ground_truth", "")))["acc"])
+        return InteractionReply(True, self.CORRECT, 1.0) if correct else InteractionReply(False, self.RETRY, 0.0)
+
+
+# verl's class paths of the interactions registered here
+VERL_CLASSES = {"verl.interactions.gsm8k_interaction.Gsm8kInteraction": "gsm8k"}
+
+
+def _interaction_class(class_name: str, where: str) -> type[Interaction]:
+    name = VERL_CLASSES.get(class_name, class_name)
+    if name in INTERACTIONS or "." not in name:
+        return INTERACTIONS.get(name, key=where)  # an unknown plain name raises, listing the registered ones
+    module, _, attr = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{where}: cannot import {class_name!r} ({err})") from err
+    if not (isinstance(cls, type) and issubclass(cls, Interaction)):
+        raise ValueError(f"{where}: {class_name!r} is not a npu_rl.agent_tools.interaction.Interaction subclass")
+    return cls
+
+
+def load_interactions(path: str | Path) -> dict[str, Interaction]:
+    """Interactions by name from a verl-style interaction config YAML file."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ValueError(f"cannot read interaction config {path}: {err}") from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"interaction config {path} is not valid YAML: {err}") from err
+    entries = spec.get("interaction") if isinstance(spec, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty list under `interaction:`")
+    found: dict[str, Interaction] = {}
+    for i, entry in enumerate(entries):
+        where = f"{path}: interaction[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
+            raise ValueError(
+                f"{where}: each interaction needs a class_name (registered: {', '.join(INTERACTIONS.names())})"
+            )
+        unknown = set(entry) - {"name", "class_name", "config"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)} (allowed: name, class_name, config)")
+        config = entry.get("config") or {}
+        if not isinstance(config, dict):
+            raise ValueError(f"{where}.config must be a mapping")
+        name = entry.get("name") or VERL_CLASSES.get(entry["class_name"], entry["class_name"]).rpartition(".")[2]
+        if name in found:
+            raise ValueError(f"{where}: interaction name {name!r} appears twice")
+        found[name] = _interaction_class(entry["class_name"], f"{where}.class_name")(config)
+    return found
+
+
+def pick(interactions: dict[str, Interaction], kwargs: Any, where: str) -> Interaction | None:
+    """The interaction a row's interaction_kwargs names (the only one when it names none); None for a row
+    without interaction_kwargs. An unknown name is an error naming the row."""
+    if not kwargs:
+        return None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{where}: extra_info.interaction_kwargs must be a mapping, got {type(kwargs).__name__}")
+    name = kwargs.get("name")
+    if name is None and len(interactions) == 1:
+        return next(iter(interactions.values()))
+    if name not in interactions:
+        raise ValueError(
+            f"{where}: extra_info.interaction_kwargs.name={name!r} is not in the interaction config "
+            f"({', '.join(sorted(interactions))})"
+        )
+    return interactions[name]
