@@ -269,6 +269,16 @@ def test_gsm8k_tool_prompt_option_adds_the_system_message(tmp_path) -> None:
     assert system == {"role": "system", "content": preprocess_gsm8k.TOOL_SYSTEM_PROMPT}
     assert "use tools to verify calculations" in system["content"] and user["role"] == "user"
     assert row["reward_model"]["ground_truth"] == "12"
+    assert "interaction_kwargs" not in row["extra_info"]
+    assert (
+        preprocess_gsm8k.main(["--input", *files, "--output-dir", str(tmp_path / "w"), "--interaction", "gsm8k"]) == 0
+    )
+    (row,) = pq.read_table(tmp_path / "w" / "train.parquet").to_pylist()
+    assert row["extra_info"]["interaction_kwargs"] == {
+        "name": "gsm8k",
+        "query": rows[0]["question"],
+        "ground_truth": "12",
+    }
 
 
 def test_tool_shaping_is_capped_and_off_by_default() -> None:

@@ -7,7 +7,8 @@ Input: the `hf download` folder (main/train-*.parquet, main/test-*.parquet; the 
 used unless --subset says otherwise), or the original train.jsonl / test.jsonl, or such files
 given directly. Each row needs `question` and `answer`, whose final line is `#### <number>`.
 With --tool-prompt each row starts with TOOL_SYSTEM_PROMPT as a system message, for multi-turn
-training with tools (docs/multi_turn.md).
+training with tools (docs/multi_turn.md). With --interaction NAME each row's extra_info carries verl's
+`interaction_kwargs` ({name, query, ground_truth}) for simulated user turns (docs/multi_turn.md).
 Output: <output-dir>/train.parquet and test.parquet. The ground truth is the number after `####`
 with thousands separators removed, as verl does; the worked answer stays in extra_info.answer.
 """
@@ -44,7 +45,9 @@ def final_answer(answer: str) -> str | None:
     return value or None
 
 
-def convert_split(files: list[Path], split: str, system: str | None = None) -> list[dict]:
+def convert_split(
+    files: list[Path], split: str, system: str | None = None, interaction: str | None = None
+) -> list[dict]:
     rows, problems = [], []
     for path, i, record in iter_rows(files, f"converting {split}"):
         where = f"{path}: row {i}"
@@ -57,6 +60,8 @@ def convert_split(files: list[Path], split: str, system: str | None = None) -> l
             problems.append(f"{where}: column 'answer' has no '#### <number>' final line")
             continue
         extra = {"question": question, "answer": answer}
+        if interaction:
+            extra["interaction_kwargs"] = {"name": interaction, "query": question, "ground_truth": truth}
         row = verl_row(DATA_SOURCE, question, GSM8K_INSTRUCTION, truth, split, len(rows), extra)
         if system:
             row["prompt"] = [{"role": "system", "content": system}, *row["prompt"]]
@@ -66,11 +71,16 @@ def convert_split(files: list[Path], split: str, system: str | None = None) -> l
 
 
 def convert(
-    inputs: list[str], output_dir: str | Path, subset: str | None = None, system: str | None = None
+    inputs: list[str],
+    output_dir: str | Path,
+    subset: str | None = None,
+    system: str | None = None,
+    interaction: str | None = None,
 ) -> dict[str, Path]:
     out = {}
     for split, files in find_split_files(inputs, subset).items():
-        out[split] = write_parquet(convert_split(files, split, system), Path(output_dir) / f"{split}.parquet")
+        rows = convert_split(files, split, system, interaction)
+        out[split] = write_parquet(rows, Path(output_dir) / f"{split}.parquet")
     return out
 
 
@@ -80,10 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tool-prompt", action="store_true", help="add the tool-use system prompt (multi-turn training with tools)"
     )
-    args = p.parse_args(argv)
-    return report_written(
-        convert(args.input, args.output_dir, args.subset, TOOL_SYSTEM_PROMPT if args.tool_prompt else None)
+    p.add_argument(
+        "--interaction",
+        metavar="NAME",
+        help="add extra_info.interaction_kwargs for the interaction NAME (e.g. gsm8k: simulated user turns)",
     )
+    args = p.parse_args(argv)
+    system = TOOL_SYSTEM_PROMPT if args.tool_prompt else None
+    return report_written(convert(args.input, args.output_dir, args.subset, system, args.interaction))
 
 
 if __name__ == "__main__":
