@@ -57,13 +57,14 @@ def spec_from_config(cfg: RewardConfig, strict: bool) -> ScorerSpec:
     cfg.validate("reward")
     return ScorerSpec(
         terms=tuple(
-            Term(f.name, f.weight, f.path, dict(f.kwargs), f.style)
+            Term(f.name, f.weight, f.path, dict(f.kwargs), f.style, f.batched)
             for f in cfg.functions
             if f.name != REWARD_MODEL_TERM or f.path
         ),
         custom_path=cfg.custom_function.path,
         custom_name=cfg.custom_function.name,
         custom_kwargs=dict(cfg.custom_function.reward_kwargs),
+        custom_batched=cfg.custom_function.batched,
         strict=strict,
         tiers=Tiers(cfg.incorrect_score, cfg.correct_score, cfg.format_bonus, cfg.reasoning_bonus),
         timeout_s=cfg.timeout_s,
@@ -104,6 +105,14 @@ class RewardManager:
 
     def score(self, items: list[RewardItem]) -> RewardBatch:
         args = [self._args(i) for i in items]
+        if self._scorer.batched:  # batched terms: one call here, their results then travel with each item
+            try:
+                batched = self._scorer.score_batched(args)
+            except RewardError:
+                raise
+            except Exception as err:
+                raise RewardError(f"batched reward function raised: {type(err).__name__}: {err}") from err
+            args = [(*a, b) for a, b in zip(args, batched, strict=True)]
         if self._pool is not None:
             results = self._pool.map(args)
         else:

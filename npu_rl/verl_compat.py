@@ -205,6 +205,9 @@ def _translate(key: str, value: Any, compat: _Compat, launcher: dict[str, Any]) 
         return [(native, value)]
     if rule.kind == SPECIAL:
         assert rule.convert is not None
+        if rule.only is not ANY_VALUE and value not in rule.only:
+            allowed = ", ".join(repr(v) for v in rule.only)
+            raise compat.error(f"verl key '{key}={value!r}' has no equivalent in npu_rl: only {allowed}{note}")
         pairs = rule.convert(value)
         target = ", ".join(f"{k}={v!r}" for k, v in pairs) or "no change"
         compat.notices.append(f"verl key {key}={value!r} -> {target}{note}")

@@ -24,6 +24,12 @@ def warmup_style(value: Any) -> list[tuple[str, Any]]:
     return [] if value is None else [("actor.optim.lr_scheduler", value)]  # null: unset (lr_scheduler_type decides)
 
 
+def reward_manager(value: Any) -> list[tuple[str, Any]]:
+    """verl's batch reward manager calls the custom function once with lists; naive, prime and dapo
+    grade item by item, which the grading pool does (dapo's overlong buffer: reward.overlong_buffer)."""
+    return [("reward.custom_function.batched", True)] if value == "batch" else []
+
+
 def reward_model_enable(value: Any) -> list[tuple[str, Any]]:
     """verl scores with the reward model alone when it is on and no custom function is set (its legacy
     reward manager returns the model's scores); with a custom function, npu_rl's config check names the

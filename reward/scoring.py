@@ -28,7 +28,7 @@ from reward.limits import GradeTimeout
 from reward.math_verify_adapter import math_verify_score
 from reward.presets import ascend_sample_math
 from reward.tiers import Tiers
-from reward.user_functions import NOT_APPLICABLE, call_user_function, detect_style
+from reward.user_functions import NOT_APPLICABLE, call_batched, call_user_function, detect_style
 
 RewardFn = Callable[..., Any]
 REGISTRY: Registry[RewardFn] = Registry("reward")  # names for reward.functions[i].name
@@ -63,6 +63,7 @@ class Term:
     path: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments (verl's reward_kwargs)
     style: str = "auto"  # auto | verl | trl: how a user function is called (reward/user_functions.py)
+    batched: bool = False  # one call per step with every item (TRL's way, verl's batch manager), in the trainer
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class ScorerSpec:
     custom_path: str | None = None  # verl's custom_reward_function: replaces the default reward
     custom_name: str = "compute_score"
     custom_kwargs: dict[str, Any] = field(default_factory=dict)  # verl's custom_reward_function.reward_kwargs
+    custom_batched: bool = False  # verl's reward_manager=batch: the custom function takes lists
     strict: bool = False  # True: only the requested answer form counts (form as a gate)
     tiers: Tiers = field(default_factory=Tiers)
     timeout_s: float = 5.0
@@ -88,6 +90,7 @@ class ScorerSpec:
             custom_path=data["custom_path"],
             custom_name=data["custom_name"],
             custom_kwargs=data.get("custom_kwargs", {}),
+            custom_batched=data.get("custom_batched", False),
             strict=data["strict"],
             tiers=Tiers(**data["tiers"]),
             timeout_s=data["timeout_s"],
@@ -151,9 +154,9 @@ class Scorer:
             raise RewardError("set either reward.custom_function.path or reward.functions, not both")
         terms = list(spec.terms)
         if spec.custom_path:
-            terms = [Term(spec.custom_name, 1.0, spec.custom_path, spec.custom_kwargs)]
+            terms = [Term(spec.custom_name, 1.0, spec.custom_path, spec.custom_kwargs, batched=spec.custom_batched)]
         self.single = len(terms) <= 1 and not spec.with_model  # one term alone: logged as the total
-        self.terms: list[tuple[str, float, RewardFn, bool, dict[str, Any], str]] = []
+        self.terms: list[tuple[str, float, RewardFn, bool, dict[str, Any], str, bool]] = []
         names: set[str] = set()
         for k, term in enumerate(terms or ([] if spec.with_model else [Term("math")])):
             key = "reward.custom_function" if spec.custom_path else f"reward.functions[{k}]"
@@ -166,13 +169,47 @@ class Scorer:
                     f"reward.functions[{k}].name: unknown reward {term.name!r}; built-in: {sorted(REGISTRY)} "
                     "(or give a path to load it from a file)"
                 )
+            if term.batched and not term.path:
+                raise RewardError(f"{key}.batched: only a function loaded from a path is called batched")
             label = term.name if term.name not in names else f"{term.name}_{k}"
             names.add(label)
-            style = "verl" if own else detect_style(fn, term.style, key)
-            self.terms.append((label, term.weight, fn, own, dict(term.kwargs), style))
+            style = "verl" if own else detect_style(fn, term.style, key, term.batched)
+            self.terms.append((label, term.weight, fn, own, dict(term.kwargs), style, term.batched))
+
+    @property
+    def batched(self) -> bool:
+        return any(t[6] for t in self.terms)
+
+    def score_batched(self, items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """Per item, {label: raw result} of the batched terms, each called once on every item (item tuples
+        as `__call__` takes them); to be passed to `__call__` as `batched`. Bounded by timeout_s per item
+        in all (over it, every item gets the timeout result)."""
+        out: list[dict[str, Any]] = [{} for _ in items]
+        records = [{"data_source": a[0], "solution_str": a[1], "ground_truth": a[2], "extra_info": a[3]} for a in items]
+        prompts = [a[4] if len(a) > 4 else None for a in items]
+        for label, _, fn, _, kwargs, style, batched in self.terms:
+            if not batched:
+                continue
+
+            def call(fn: RewardFn = fn, kwargs: dict[str, Any] = kwargs, style: str = style, label: str = label) -> Any:
+                return call_batched(fn, style, records, kwargs, prompts, label)
+
+            try:
+                raws = _call_bounded(call, self.spec.timeout_s * max(1, len(items)))
+            except GradeTimeout:
+                raws = [{"score": self.spec.tiers.incorrect, "acc": False, "timeout": 1.0}] * len(items)
+            for slot, raw in zip(out, raws, strict=True):
+                slot[label] = None if raw is NOT_APPLICABLE else raw
+        return out
 
     def __call__(
-        self, data_source: str, solution_str: str, ground_truth: Any, extra_info: Any = None, prompt: Any = None
+        self,
+        data_source: str,
+        solution_str: str,
+        ground_truth: Any,
+        extra_info: Any = None,
+        prompt: Any = None,
+        batched: dict[str, Any] | None = None,
     ) -> dict:
         """{"score": float, "acc": bool | None, "timeout": bool, "components": {name: float}, "terms": [float]}.
 
@@ -181,7 +218,8 @@ class Scorer:
 
         `acc` is None when no term reports correctness (a user function returning only a score):
         a score is not a verdict, so it is logged as reward, never as accuracy. `prompt` (chat
-        messages or a string) is only needed by TRL-style functions.
+        messages or a string) is only needed by TRL-style functions. `batched` holds this item's results of
+        the batched terms (`score_batched`; None for a TRL function's "does not apply").
         """
         total, acc, timeout = 0.0, None, False
         components: dict[str, float] = {}
@@ -192,9 +230,14 @@ class Scorer:
             "ground_truth": ground_truth,
             "extra_info": extra_info,
         }
-        for label, weight, fn, own, kwargs, style in self.terms:
+        for label, weight, fn, own, kwargs, style, in_batch in self.terms:
             try:
-                raw = self._call_term(label, fn, own, item, kwargs, style, prompt)
+                if in_batch:
+                    if batched is None or label not in batched:
+                        raise RewardError(f"reward {label!r} is batched: score the batch with score_batched first")
+                    raw = NOT_APPLICABLE if batched[label] is None else batched[label]
+                else:
+                    raw = self._call_term(label, fn, own, item, kwargs, style, prompt)
             except GradeTimeout:
                 raw = {"score": self.spec.tiers.incorrect, "acc": False, "timeout": 1.0}
             score, term_acc, extras = _unpack(label, raw)

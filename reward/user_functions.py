@@ -18,7 +18,9 @@ trl       ``fn(prompts=[...], completions=[...], **columns, **reward_kwargs) -> 
 
 `auto` picks trl when the function has a parameter named `completions`, verl otherwise.
 Items reach TRL functions one at a time (lists of length one) so that the per-item time budget and
-the worker pool apply to them as to any other reward.
+the worker pool apply to them as to any other reward; a term marked `batched` gets the whole step's
+items in one call instead, as TRL calls it (and verl's batch reward manager, whose functions take
+``data_sources=[...], solution_strs=[...], ground_truths=[...], extra_infos=[...]``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _parameters(fn: Callable[..., Any]) -> tuple[set[str], bool]:
     return names, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def detect_style(fn: Callable[..., Any], style: str, key: str) -> str:
+def detect_style(fn: Callable[..., Any], style: str, key: str, batched: bool = False) -> str:
     """The calling convention for `fn` ("verl" or "trl"); a function that cannot take it is an error."""
     from reward.scoring import RewardError  # scoring imports this module
 
@@ -52,22 +54,26 @@ def detect_style(fn: Callable[..., Any], style: str, key: str) -> str:
     names, var_kw = _parameters(fn)
     if style == "auto":
         style = "trl" if "completions" in names else "verl"
-    needed = ("prompts", "completions") if style == "trl" else ("solution_str",)
+    needed = ("prompts", "completions") if style == "trl" else ("solution_strs",) if batched else ("solution_str",)
     missing = [n for n in needed if n not in names]
     if missing and not var_kw:
         raise RewardError(
             f"{key}: function {getattr(fn, '__name__', fn)!r} is called {style}-style but has no parameter "
-            f"{missing}; verl style takes (data_source, solution_str, ground_truth, extra_info), TRL style "
-            "(prompts, completions, **columns)"
+            f"{missing}; verl style takes (data_source, solution_str, ground_truth, extra_info), batched "
+            "(data_sources, solution_strs, ground_truths, extra_infos), TRL style (prompts, completions, **columns)"
         )
     return style
 
 
-def trl_columns(item: dict[str, Any]) -> dict[str, list[Any]]:
-    """The dataset columns a TRL reward function receives for one item (see the module docstring)."""
-    extra = item.get("extra_info") or {}
-    columns = {k: [item[k]] for k in ("data_source", "ground_truth", "extra_info")}
-    columns.update({k: [v] for k, v in extra.items() if k not in columns and k not in ("prompts", "completions")})
+def trl_columns(items: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The dataset columns a TRL reward function receives for `items` (see the module docstring); an
+    extra_info key some items lack is None for them, as a dataset column with a missing value."""
+    columns = {k: [item[k] for item in items] for k in ("data_source", "ground_truth", "extra_info")}
+    extras = [item.get("extra_info") or {} for item in items]
+    keys = dict.fromkeys(
+        k for extra in extras for k in extra if k not in columns and k not in ("prompts", "completions")
+    )
+    columns.update({k: [extra.get(k) for extra in extras] for k in keys})
     return columns
 
 
@@ -77,15 +83,40 @@ def call_user_function(
     """One item's reward from `fn` in its style: a number or a dict with "score" (verl) / a number (trl)."""
     if style == "verl":
         return fn(**item, **kwargs)
+    return call_batched(fn, style, [item], kwargs, [prompt], label)[0]
+
+
+def call_batched(
+    fn: Callable[..., Any],
+    style: str,
+    items: list[dict[str, Any]],
+    kwargs: dict[str, Any],
+    prompts: list[Any],
+    label: str,
+) -> list[Any]:
+    """Every item's reward from one call of `fn`: TRL's signature, or verl's batch one (plural names)."""
     from reward.scoring import RewardError
 
-    text = item["solution_str"]
-    chat = isinstance(prompt, list)
-    completion: Any = [{"role": "assistant", "content": text}] if chat else text
-    out = fn(prompts=[prompt if prompt is not None else ""], completions=[completion], **trl_columns(item), **kwargs)
-    if not isinstance(out, (list, tuple)) or len(out) != 1:
-        raise RewardError(f"TRL-style reward {label!r} must return a list with one score per completion, got {out!r}")
-    value = out[0]
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return NOT_APPLICABLE
-    return value
+    if style == "verl":
+        out = fn(
+            data_sources=[i["data_source"] for i in items],
+            solution_strs=[i["solution_str"] for i in items],
+            ground_truths=[i["ground_truth"] for i in items],
+            extra_infos=[i["extra_info"] for i in items],
+            **kwargs,
+        )
+    else:
+        completions = [
+            [{"role": "assistant", "content": i["solution_str"]}] if isinstance(p, list) else i["solution_str"]
+            for i, p in zip(items, prompts, strict=True)
+        ]
+        prompts = ["" if p is None else p for p in prompts]
+        out = fn(prompts=prompts, completions=completions, **trl_columns(items), **kwargs)
+    if not isinstance(out, (list, tuple)) or len(out) != len(items):
+        got = f"{len(out)} values" if isinstance(out, (list, tuple)) else repr(out)[:200]
+        raise RewardError(
+            f"reward {label!r} must return a list with one score per completion ({len(items)}), got {got}"
+        )
+    if style == "verl":
+        return list(out)
+    return [NOT_APPLICABLE if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in out]

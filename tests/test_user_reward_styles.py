@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from npu_rl.config import CustomRewardFunction, RewardConfig, WeightedReward, load_config
+from npu_rl.config import ConfigError, CustomRewardFunction, RewardConfig, WeightedReward, load_config
 from npu_rl.reward_manager import RewardItem, RewardManager
 from reward.scoring import RewardError, Scorer, ScorerSpec, Term
 
@@ -153,3 +153,88 @@ def test_trl_function_gets_the_plain_prompt_string(tmp_path):
     scorer = Scorer(ScorerSpec(terms=(Term("correctness", 1.0, path),)))
     out = scorer("m", "answer 3", "3", {"level": "easy"}, "What is 1+2?")
     assert out["score"] == pytest.approx(1.01)  # the string prompt reached the function
+
+
+BATCH_FILE = """
+    import os, time
+    CALLS = os.environ["NPU_RL_TEST_CALLS"]
+
+    def _count(n):
+        with open(CALLS, "a") as f:
+            f.write(f"{n}\\n")
+
+    def correctness(prompts, completions, ground_truth, level, **kwargs):
+        _count(len(completions))
+        return [None if lvl == "skip" else float(c.endswith(t)) for c, t, lvl in zip(completions, ground_truth, level)]
+
+    def compute_score(data_sources, solution_strs, ground_truths, extra_infos, scale=1.0):
+        _count(len(solution_strs))
+        pairs = zip(solution_strs, ground_truths)
+        return [{"score": scale * float(s.endswith(t)), "acc": s.endswith(t)} for s, t in pairs]
+
+    def too_few(prompts, completions, **kwargs):
+        return [1.0]
+
+    def slow(prompts, completions, **kwargs):
+        time.sleep(5)
+        return [1.0 for _ in completions]
+"""
+
+
+def _calls(tmp_path) -> list[int]:
+    path = tmp_path / "calls.txt"
+    return [int(n) for n in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_batched_trl_function_is_called_once_per_step_with_every_completion(tmp_path, workers, monkeypatch):
+    monkeypatch.setenv("NPU_RL_TEST_CALLS", str(tmp_path / "calls.txt"))
+    path = _write(tmp_path, BATCH_FILE)
+    cfg = RewardConfig(
+        functions=[
+            WeightedReward(name="correctness", path=path, batched=True),
+            WeightedReward(name="math", weight=0.5),
+        ],
+        num_workers=workers,
+    )
+    items = [
+        RewardItem("m", "x = 3", "3", {"level": "easy"}),
+        RewardItem("m", "x = 4", "3", {"level": "easy"}),
+        RewardItem("m", "x = 3", "3", {"level": "skip"}),
+    ]
+    with RewardManager(cfg) as manager:
+        batch = manager.score(items)
+    assert _calls(tmp_path) == [3]  # one call for the step, not one per completion
+    per_item = RewardManager(RewardConfig(functions=[WeightedReward(name="math", weight=0.5)], num_workers=0))
+    math_scores = per_item.score(items).scores
+    assert batch.components["correctness"][:2] == [1.0, 0.0] and math.isnan(batch.components["correctness"][2])
+    assert batch.scores == pytest.approx([1.0 + math_scores[0], math_scores[1], math_scores[2]])  # None adds 0
+
+
+def test_verl_batch_reward_manager_calls_the_custom_function_with_lists(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPU_RL_TEST_CALLS", str(tmp_path / "calls.txt"))
+    path = _write(tmp_path, BATCH_FILE)
+    cfg = load_config(None, ["model.path=m", "data.train_files=[a]", f"custom_reward_function.path={path}",
+                             "custom_reward_function.reward_kwargs={scale: 2.0}",
+                             "reward_model.reward_manager=batch"])  # fmt: skip
+    assert cfg.reward.custom_function.batched
+    with RewardManager(cfg.reward) as manager:
+        batch = manager.score([RewardItem("m", "so 3", "3"), RewardItem("m", "so 5", "3")])
+    assert batch.scores == [2.0, 0.0] and batch.acc == [True, False] and _calls(tmp_path) == [2]
+    with pytest.raises(ConfigError, match=r"reward_manager='prm'.*only 'naive', 'prime', 'dapo', 'batch'"):
+        load_config(None, ["model.path=m", "data.train_files=[a]", "reward_model.reward_manager=prm"])
+
+
+def test_batched_functions_are_bounded_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("NPU_RL_TEST_CALLS", str(tmp_path / "calls.txt"))
+    path = _write(tmp_path, BATCH_FILE)
+    items = [RewardItem("m", "so 3", "3"), RewardItem("m", "so 4", "3")]
+    few = RewardConfig(functions=[WeightedReward(name="too_few", path=path, batched=True)], num_workers=0)
+    with RewardManager(few) as manager, pytest.raises(RewardError, match=r"'too_few'.*one score per completion \(2\)"):
+        manager.score(items)
+    slow = RewardConfig(functions=[WeightedReward(name="slow", path=path, batched=True)], num_workers=0, timeout_s=0.2)
+    with RewardManager(slow) as manager:
+        batch = manager.score(items)  # 0.2 s per item: 0.4 s for the batch, then every item times out
+    assert batch.timeouts == 2 and batch.scores == [0.0, 0.0]
+    with pytest.raises(RewardError, match=r"batched: only a function loaded from a path"):
+        Scorer(ScorerSpec(terms=(Term("math", batched=True),)))

@@ -167,6 +167,11 @@ class CustomRewardFunction(Section):
     path: str | None = knob(None, "Python file defining the function; replaces the default reward")
     name: str = knob("compute_score", "function name in that file")
     reward_kwargs: dict[str, Any] = knob({}, "extra keyword arguments for the function (verl's reward_kwargs)")
+    batched: bool = knob(
+        False,
+        "call it once per step with lists (data_sources, solution_strs, ground_truths, extra_infos), in the trainer "
+        "process: verl's reward_manager=batch",
+    )
 
     def check(self, path: str) -> None:
         environment.check_file(self.path, join(path, "path"))
@@ -187,6 +192,11 @@ class WeightedReward(Section):
     kwargs: dict[str, Any] = knob({}, "extra keyword arguments for the function")
     style: Literal["auto", "verl", "trl"] = knob(
         "auto", "calling convention: verl per item by keyword, trl batched (prompts, completions, **columns)"
+    )
+    batched: bool = knob(
+        False,
+        "one call per step with every response, in the trainer process, as TRL calls reward functions (verl style: "
+        "data_sources, solution_strs, ...); false: one item at a time in the grading pool, each with its own budget",
     )
 
     def check(self, path: str) -> None:
