@@ -24,6 +24,7 @@ from npu_rl.compute import build_plan
 from npu_rl.config import Config, format_path
 from npu_rl.data import BatchSampler, PromptRecord, build_datasets
 from npu_rl.evaluation import EvalConfig, evaluate_records, validation_metrics
+from npu_rl.generation_dump import dump_rollouts, dump_validation
 from npu_rl.metrics import (
     StepStats,
     Timer,
@@ -53,8 +54,6 @@ from npu_rl.tracking import Tracking
 
 
 class GRPOTrainer:
-    NUM_LOGGED_SAMPLES = 4  # validation completions sent to the trackers each validation
-
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.acc = device.select(cfg.trainer.device)  # decided once; everything below is handed this
@@ -142,6 +141,9 @@ class GRPOTrainer:
         params = self.sampling_params()
         with timer.section("step"):
             rollout, graded, num_gen_batches = self.step_rollouts.sample(records, params, timer, self.global_step)
+            dump_rollouts(
+                cfg.trainer.rollout_data_dir, self.global_step + 1, rollout, graded, self.tokenizer, self.dist.is_main
+            )
             scores = torch.tensor(graded.scores, dtype=torch.float32)
             stats.add_max("batch/num_gen_batches", num_gen_batches)  # ranks generate in lockstep
 
@@ -277,11 +279,14 @@ class GRPOTrainer:
             self.cfg.rollout.multi_turn.enable,
             lambda t: distributed.all_reduce(t, op="sum"),
         )
+        dump_validation(
+            self.cfg.trainer.validation_data_dir, self.global_step, graded, self.tokenizer, self.dist.is_main
+        )
         if self.tracking is not None and graded:
             samples = [
                 {"prompt": g.record.prompt_text, "response": g.responses[0], "ground_truth": g.record.ground_truth,
                  "score": g.scores[0]}
-                for g in graded[: self.NUM_LOGGED_SAMPLES]
+                for g in graded[: self.cfg.trainer.log_val_generations]
             ]  # fmt: skip
             self.tracking.log_samples(samples, self.global_step)
         return metrics

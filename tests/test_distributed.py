@@ -304,12 +304,17 @@ def _weights(run: Path, step: int, tmp_path) -> dict[str, torch.Tensor]:
 @pytest.mark.dist
 def test_torchrun_training_matches_single_process_and_resumes_after_kill_9(tmp_path, tiny_model_dir, synthetic_parquet):
     args = (tmp_path, tiny_model_dir, synthetic_parquet)
-    single = _train(*args, "single", 1)
-    double = _train(*args, "double", 2)
+    single = _train(*args, "single", 1, f"trainer.rollout_data_dir={tmp_path / 'single' / 'rollouts'}")
+    double = _train(*args, "double", 2, f"trainer.rollout_data_dir={tmp_path / 'double' / 'rollouts'}")
 
     # 1. same global batch on 2 ranks == 1 rank: every logged metric and the final weights
     m1, m2 = _metrics(single), _metrics(double)
     assert sorted(m1) == sorted(m2) == [1, 2, 3, 4]
+    for step in m1:  # rank 0 writes both ranks' rollouts: the same responses as one process's
+        one, two = ([json.loads(x) for x in (run / "rollouts" / f"{step}.jsonl").read_text().splitlines()]
+                    for run in (single, double))  # fmt: skip
+        key = lambda d: (d["input"], d["output"])  # noqa: E731
+        assert len(one) == 12 and sorted(map(key, one)) == sorted(map(key, two))
     for step in m1:
         # measured max 1.4e-6 on both kinds, using 1/47 of rel 1e-4 + abs 1e-5: rel 3e-5 + abs 3e-6 leaves 14x
         _assert_same_metrics(m1[step], m2[step], rel=3e-5, abs_=3e-6)

@@ -41,7 +41,8 @@ def straight_and_resumed(tmp_path: Path, model_dir: Path, data: dict, *extra: st
 
 
 def test_grpo_trains_end_to_end_and_logs_verl_metrics(tmp_path, tiny_model_dir, synthetic_parquet):
-    cfg = make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.save_freq=2")
+    dumps = (f"trainer.rollout_data_dir={tmp_path / 'rollouts'}", f"trainer.validation_data_dir={tmp_path / 'val'}")
+    cfg = make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.save_freq=2", *dumps)
     run(cfg)
     rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "actor/pg_loss" in r]
@@ -65,6 +66,17 @@ def test_grpo_trains_end_to_end_and_logs_verl_metrics(tmp_path, tiny_model_dir, 
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
     assert (ckpt / "global_step_2" / "actor" / "huggingface" / "config.json").exists()
     assert (ckpt / "global_step_4" / "actor").is_dir()
+    # verl's generation dumps: every training response of a step, every validation response
+    scores = {r["step"]: r["critic/score/mean"] for r in train_rows}
+    assert sorted(p.name for p in (tmp_path / "rollouts").iterdir()) == ["1.jsonl", "2.jsonl", "3.jsonl", "4.jsonl"]
+    for step, mean in scores.items():
+        dumped = [json.loads(line) for line in (tmp_path / "rollouts" / f"{step}.jsonl").read_text().splitlines()]
+        assert len(dumped) == 12 and {d["step"] for d in dumped} == {step}  # 4 prompts x rollout.n 3
+        assert {"input", "output", "gts", "score"} <= set(dumped[0]) and "step by step" in dumped[0]["input"]
+        assert sum(d["score"] for d in dumped) / 12 == pytest.approx(mean, abs=1e-6)
+    val = sorted(p.name for p in (tmp_path / "val").iterdir())
+    assert val == ["0.jsonl", "2.jsonl", "4.jsonl"]  # before training, then every trainer.test_freq=2 steps
+    assert len((tmp_path / "val" / "4.jsonl").read_text().splitlines()) == 4  # data.val_max_samples
 
 
 @pytest.mark.slow

@@ -277,6 +277,13 @@ class TrainerConfig(Section):
         False, "a tracker that cannot start only warns (default: an error at config load)"
     )
     log_dir: str = knob("outputs/{project_name}/{experiment_name}", "metrics, samples and config.yaml")
+    log_val_generations: int = knob(4, "validation responses sent to the trackers each validation (verl's key)", ge=0)
+    rollout_data_dir: str | None = knob(
+        None, "write every step's training responses to <dir>/<step>.jsonl (verl's fields: input, output, gts, score)"
+    )
+    validation_data_dir: str | None = knob(
+        None, "write every validation's responses to <dir>/<step>.jsonl (verl's fields; step 0: before training)"
+    )
     test_freq: int = knob(-1, "validate every N steps; -1: never (see val_before_train)", ge=-1)
     val_before_train: bool = knob(True, "validate once before the first step")
     val_only: bool = knob(
