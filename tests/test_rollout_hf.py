@@ -45,20 +45,26 @@ def full_forward_logprobs(model, prompt: list[int], response: list[int], tempera
     return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
 
 
+def greedy_generate(model, prompt: list[int], pad_id: int, max_new_tokens: int, eos: int | None, **kw) -> list[int]:
+    """transformers' own greedy decoding of one unpadded prompt: the reference for the rollout's."""
+    out = model.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=pad_id,
+        **kw,
+    )
+    return out[0, len(prompt) :].tolist()
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_greedy_equals_model_generate(model, pad_id, fast):
     rollout = HFRollout(model, [pad_id + 10_000], pad_id, fast=fast)  # an EOS that never comes
     out = rollout.generate(PROMPTS, SamplingParams(n=1, temperature=0.0, max_new_tokens=10))
     for row, prompt in enumerate(PROMPTS):
-        ref = model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            do_sample=False,
-            max_new_tokens=10,
-            eos_token_id=None,
-            pad_token_id=pad_id,
-        )[0, len(prompt) :]
-        assert out.response_ids[row].tolist() == ref.tolist()
+        assert out.response_ids[row].tolist() == greedy_generate(model, prompt, pad_id, 10, None)
         assert out.finish_reasons[row] == "length" and out.lengths[row] == 10
 
 
@@ -163,16 +169,8 @@ def test_greedy_with_repetition_penalty_equals_model_generate(model, pad_id, fas
     out = HFRollout(model, [eos], pad_id, fast=fast).generate(PROMPTS, params)
     assert len(set(out.lengths.tolist())) > 1
     for row, prompt in enumerate(PROMPTS):
-        ref = model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            do_sample=False,
-            max_new_tokens=12,
-            repetition_penalty=1.3,
-            eos_token_id=eos,
-            pad_token_id=pad_id,
-        )[0, len(prompt) :]
-        assert out.response_ids[row, : int(out.lengths[row])].tolist() == ref.tolist()[: int(out.lengths[row])]
+        ref = greedy_generate(model, prompt, pad_id, 12, eos, repetition_penalty=1.3)
+        assert out.response_ids[row, : int(out.lengths[row])].tolist() == ref[: int(out.lengths[row])]
         assert len(ref) == int(out.lengths[row])
     penalty_free = HFRollout(model, [pad_id + 10_000], pad_id, fast=fast).generate(
         PROMPTS, SamplingParams(n=1, temperature=0.0, max_new_tokens=12)

@@ -64,41 +64,64 @@ class Tool(ABC):
 TOOLS: Registry[type[Tool]] = Registry("tool")
 
 
-def _tool_class(class_name: str, where: str) -> type[Tool]:
-    if class_name in TOOLS:
-        return TOOLS.get(class_name, key=where)
+def resolve_class(class_name: str, registry: Registry[Any], base: type, where: str) -> Any:
+    """A registered name, or a dotted path to a subclass of `base` (a user's own class); errors name `where`."""
+    if class_name in registry:
+        return registry.get(class_name, key=where)
     module, _, attr = class_name.rpartition(".")
     if not module:
-        return TOOLS.get(class_name, key=where)  # raises, listing the registered names
+        return registry.get(class_name, key=where)  # raises, listing the registered names
     try:
         cls = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"{where}: cannot import {class_name!r} ({err})") from err
-    if not (isinstance(cls, type) and issubclass(cls, Tool)):
-        raise ValueError(f"{where}: {class_name!r} is not a npu_rl.agent_tools.Tool subclass")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{where}: {class_name!r} is not a {base.__module__}.{base.__name__} subclass")
     return cls
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """A config file's parsed YAML; a missing file or bad YAML is a ValueError naming the file."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ValueError(f"cannot read {what} {path}: {err}") from err
+    except yaml.YAMLError as err:
+        raise ValueError(f"{what} {path} is not valid YAML: {err}") from err
+
+
+def yaml_entries(spec: Any, section: str, source: str) -> list[Any]:
+    """The non-empty list under `section:` of a verl-style tool or interaction file."""
+    entries = spec.get(section) if isinstance(spec, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{source}: expected a non-empty list under `{section}:`")
+    return entries
+
+
+def entry_config(entry: Any, where: str, allowed: tuple[str, ...], registry: Registry[Any]) -> dict[str, Any]:
+    """One entry checked (a mapping with a class_name and only `allowed` keys); its `config` mapping, without
+    verl's `type: native`."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
+        raise ValueError(f"{where}: each entry needs a class_name (registered: {', '.join(registry.names())})")
+    unknown = set(entry) - set(allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)} (allowed: {', '.join(allowed)})")
+    config = entry.get("config") or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}.config must be a mapping")
+    return {k: v for k, v in config.items() if k != "type"}
 
 
 def tools_from_spec(spec: Any, source: str = "tool config") -> dict[str, Tool]:
     """Tools by name from a parsed verl-style `{"tools": [...]}` mapping."""
     from npu_rl.agent_tools import builtin  # noqa: F401  (registers the built-in tools)
 
-    entries = spec.get("tools") if isinstance(spec, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{source}: expected a non-empty list under `tools:`")
     tools: dict[str, Tool] = {}
-    for i, entry in enumerate(entries):
+    for i, entry in enumerate(yaml_entries(spec, "tools", source)):
         where = f"{source}: tools[{i}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
-            raise ValueError(f"{where}: each tool needs a class_name (registered: {', '.join(TOOLS.names())})")
-        unknown = set(entry) - {"class_name", "config", "tool_schema"}
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)} (allowed: class_name, config, tool_schema)")
-        config = entry.get("config") or {}
-        if not isinstance(config, dict):
-            raise ValueError(f"{where}.config must be a mapping")
-        config = {k: v for k, v in config.items() if k != "type"}  # verl's `type: native`
-        tool = _tool_class(entry["class_name"], f"{where}.class_name")(config, entry.get("tool_schema"))
+        config = entry_config(entry, where, ("class_name", "config", "tool_schema"), TOOLS)
+        tool = resolve_class(entry["class_name"], TOOLS, Tool, f"{where}.class_name")(config, entry.get("tool_schema"))
         if tool.name in tools:
             raise ValueError(f"{where}: tool name {tool.name!r} appears twice")
         tools[tool.name] = tool
@@ -107,11 +130,4 @@ def tools_from_spec(spec: Any, source: str = "tool config") -> dict[str, Tool]:
 
 def load_tools(path: str | Path) -> dict[str, Tool]:
     """Tools by name from a verl-style tool config YAML file."""
-    path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ValueError(f"cannot read tool config {path}: {err}") from err
-    except yaml.YAMLError as err:
-        raise ValueError(f"tool config {path} is not valid YAML: {err}") from err
-    return tools_from_spec(spec, str(path))
+    return tools_from_spec(read_yaml(path, "tool config"), str(path))

@@ -15,14 +15,12 @@ it end their response when the assistant stops, as without interactions.
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from npu_rl.agent_tools.base import entry_config, read_yaml, resolve_class, yaml_entries
 from npu_rl.registry import Registry
 
 
@@ -77,49 +75,18 @@ class AnswerFeedback(Interaction):
 VERL_CLASSES = {"verl.interactions.gsm8k_interaction.Gsm8kInteraction": "gsm8k"}
 
 
-def _interaction_class(class_name: str, where: str) -> type[Interaction]:
-    name = VERL_CLASSES.get(class_name, class_name)
-    if name in INTERACTIONS or "." not in name:
-        return INTERACTIONS.get(name, key=where)  # an unknown plain name raises, listing the registered ones
-    module, _, attr = name.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"{where}: cannot import {class_name!r} ({err})") from err
-    if not (isinstance(cls, type) and issubclass(cls, Interaction)):
-        raise ValueError(f"{where}: {class_name!r} is not a npu_rl.agent_tools.interaction.Interaction subclass")
-    return cls
-
-
 def load_interactions(path: str | Path) -> dict[str, Interaction]:
     """Interactions by name from a verl-style interaction config YAML file."""
-    path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ValueError(f"cannot read interaction config {path}: {err}") from err
-    except yaml.YAMLError as err:
-        raise ValueError(f"interaction config {path} is not valid YAML: {err}") from err
-    entries = spec.get("interaction") if isinstance(spec, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: expected a non-empty list under `interaction:`")
+    spec = read_yaml(path, "interaction config")
     found: dict[str, Interaction] = {}
-    for i, entry in enumerate(entries):
+    for i, entry in enumerate(yaml_entries(spec, "interaction", str(path))):
         where = f"{path}: interaction[{i}]"
-        if not isinstance(entry, dict) or not isinstance(entry.get("class_name"), str):
-            raise ValueError(
-                f"{where}: each interaction needs a class_name (registered: {', '.join(INTERACTIONS.names())})"
-            )
-        unknown = set(entry) - {"name", "class_name", "config"}
-        if unknown:
-            raise ValueError(f"{where}: unknown keys {sorted(unknown)} (allowed: name, class_name, config)")
-        config = entry.get("config") or {}
-        if not isinstance(config, dict):
-            raise ValueError(f"{where}.config must be a mapping")
-        name = entry.get("name") or VERL_CLASSES.get(entry["class_name"], entry["class_name"]).rpartition(".")[2]
+        config = entry_config(entry, where, ("name", "class_name", "config"), INTERACTIONS)
+        class_name = VERL_CLASSES.get(entry["class_name"], entry["class_name"])
+        name = entry.get("name") or class_name.rpartition(".")[2]
         if name in found:
             raise ValueError(f"{where}: interaction name {name!r} appears twice")
-        found[name] = _interaction_class(entry["class_name"], f"{where}.class_name")(config)
+        found[name] = resolve_class(class_name, INTERACTIONS, Interaction, f"{where}.class_name")(config)
     return found
 
 
