@@ -221,9 +221,9 @@ class GRPOTrainer:
                 with timer.section("update_actor"):
                     actor.update_policy(
                         self.model, self.optimizer, self.scheduler, batch, cfg.actor, params.temperature, self.plan,
-                        mini_groups, horizon=cfg.rollout.max_new_tokens, stats=stats, device=self.device,
-                        world_size=self.dist.world_size, bypass=correction if correction.bypass_mode else None,
-                        entropy_control=self.entropy_control,
+                        mini_groups, horizon=cfg.actor.loss_scale_factor or cfg.rollout.max_new_tokens, stats=stats,
+                        device=self.device, world_size=self.dist.world_size, entropy_control=self.entropy_control,
+                        bypass=correction if correction.bypass_mode else None,
                     )  # fmt: skip
             with timer.section("update_weights"):
                 self.rollout.update_weights(lora.merged_tensors(distributed.iter_full_state_dict(self.model)))

@@ -134,6 +134,7 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_AR}.actor.clip_ratio_high", ALIAS, "actor.clip_ratio_high"),
     Rule(f"{_AR}.actor.clip_ratio_c", ALIAS, "actor.clip_ratio_c"),
     Rule(f"{_AR}.actor.loss_agg_mode", ALIAS, "actor.loss_agg_mode"),
+    Rule(f"{_AR}.actor.loss_scale_factor", ALIAS, "actor.loss_scale_factor"),
     Rule(f"{_AR}.actor.entropy_coeff", ALIAS, "actor.entropy_coeff"),
     Rule(f"{_AR}.actor.use_kl_loss", ALIAS, "actor.use_kl_loss"),
     Rule(f"{_AR}.actor.kl_loss_coef", ALIAS, "actor.kl_loss_coef"),

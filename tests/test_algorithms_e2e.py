@@ -213,3 +213,18 @@ def test_the_ppo_recipe_config_loads(tiny_model_dir, synthetic_parquet):
     assert (cfg.actor.optim.lr, cfg.critic.optim.lr, cfg.rollout.temperature) == (5e-7, 9e-6, 0.6)
     assert (cfg.data.train_batch_size, cfg.actor.ppo_mini_batch_size, cfg.rollout.n) == (1024, 128, 8)
     assert (cfg.data.max_prompt_length, cfg.rollout.max_new_tokens) == (1024, 3000)
+
+
+def test_loss_scale_factor_divides_the_dr_grpo_loss(tmp_path, tiny_model_dir, synthetic_parquet):
+    """seq-mean-token-sum-norm divides by actor.loss_scale_factor (verl's key), else by rollout.max_new_tokens:
+    the same rollouts give the first step's entropy term (aggregated as the loss, verl's actor/entropy)
+    12 / 48 = 1/4 as large with a factor of 48 (its pg_loss is ~0 on-policy: group advantages cancel)."""
+    one_step = ("trainer.total_training_steps=1", "trainer.test_freq=0", "trainer.save_freq=0")
+    agg = ("actor.loss_agg_mode=seq-mean-token-sum-norm", "rollout.max_new_tokens=12")
+    losses = []
+    for extra in ((), ("actor.loss_scale_factor=48",)):
+        run(make_cfg(tmp_path / str(len(losses)), tiny_model_dir, synthetic_parquet, *one_step, *agg, *extra))
+        (row,) = _train_rows(tmp_path / str(len(losses)))
+        losses.append(row["actor/entropy"])
+    assert losses[0] > 1e-3
+    assert losses[1] == pytest.approx(losses[0] / 4, rel=1e-5)

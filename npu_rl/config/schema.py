@@ -192,6 +192,9 @@ class ActorConfig(Section):
     loss_agg_mode: str = knob(
         "token-mean", "how per-token losses reduce to one", registry="npu_rl.core_algos:LOSS_AGG_MODES"
     )
+    loss_scale_factor: int | None = knob(
+        None, "seq-mean-token-sum-norm's constant divisor (verl's key); null: rollout.max_new_tokens", gt=0
+    )
     entropy_coeff: float = knob(0.0, "entropy bonus weight (subtracted from the loss); with adaptive_entropy its start")
     adaptive_entropy: AdaptiveEntropyConfig = knob(AdaptiveEntropyConfig, "entropy coefficient control (Skywork-OR1)")
     use_kl_loss: bool = knob(False, "add a KL(policy || reference) term to the loss")
