@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from npu_rl import verl_compat
+from npu_rl.agent_tools.interaction import AnswerFeedback, load_interactions
 from npu_rl.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,6 +291,10 @@ def test_verl_interaction_keys_reach_the_simulated_user(tmp_path):
                              "actor_rollout_ref.rollout.multi_turn.max_user_turns=2"])  # fmt: skip
     mt = cfg.rollout.multi_turn
     assert (mt.enable, mt.interaction_config_path, mt.max_user_turns, mt.tool_config_path) == (True, str(path), 2, None)
+    packaged = load_config(None, ["model.path=m", "data.train_files=[a]", "rollout.multi_turn.enable=true",
+                                  "rollout.multi_turn.interaction_config_path=interaction_gsm8k"])  # fmt: skip
+    interactions = load_interactions(packaged.rollout.multi_turn.interaction_config_path)
+    assert isinstance(interactions["gsm8k"], AnswerFeedback)  # the packaged GSM8K simulated user
     with pytest.raises(ConfigError, match=r"interaction_config_path.*does not exist|not found|no such"):
         load_config(None, ["model.path=m", "data.train_files=[a]", "rollout.multi_turn.enable=true",
                            f"rollout.multi_turn.interaction_config_path={tmp_path / 'missing.yaml'}"])  # fmt: skip
