@@ -45,7 +45,9 @@ def test_merged_weights_reproduce_the_adapted_model():
 
 def _bf16_base_worker(info: DistInfo) -> None:
     """A card's load (bf16 weights) under FSDP2 mixed precision, the card mocked: the mesh on the CPU."""
-    distributed.device_mesh = lambda acc: init_device_mesh("cpu", (info.world_size,), mesh_dim_names=("fsdp",))
+    distributed.device_mesh = lambda acc, fsdp_size=-1: init_device_mesh(
+        "cpu", (info.world_size,), mesh_dim_names=("fsdp",)
+    )
     card = Accelerator("cuda")
 
     def adapted() -> torch.nn.Module:
