@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -124,12 +124,29 @@ def truncate(ids: list[int], limit: int, side: str) -> list[int]:
     raise ValueError(f"unknown truncation side {side!r}: left, right or middle")
 
 
+def _check_interactions(rows: list[PromptRecord], names: Collection[str], problems: Problems) -> None:
+    """Every row's extra_info.interaction_kwargs picks one of the configured simulated users (verl's key)."""
+    from npu_rl.agent_tools.interaction import chosen_name
+
+    for r in rows:
+        try:
+            chosen_name(names, (r.extra_info or {}).get("interaction_kwargs"))
+        except ValueError as err:
+            problems.add(r.file, r.row, "extra_info", str(err))
+
+
 def _load(
-    splits: list[Sequence[str | Path]], tokenizer: Any, cfg: DataConfig, tools: list[dict] | None = None
+    splits: list[Sequence[str | Path]],
+    tokenizer: Any,
+    cfg: DataConfig,
+    tools: list[dict] | None = None,
+    interactions: Collection[str] | None = None,
 ) -> list[PromptDataset]:
     """Validate every row of every split first, then tokenize: bad data fails before any compute."""
     problems = Problems()
     rows = [read_split(files, cfg.prompt_key, problems, cfg.apply_chat_template) for files in splits]
+    for split in rows if interactions else ():
+        _check_interactions(split, interactions, problems)
     problems.raise_if_any()
     datasets = [_tokenize(r, tokenizer, cfg, problems, tools) for r in rows]
     problems.raise_if_any()
@@ -153,12 +170,13 @@ def load_prompts(
 
 
 def build_datasets(
-    cfg: DataConfig, tokenizer: Any, tools: list[dict] | None = None
+    cfg: DataConfig, tokenizer: Any, tools: list[dict] | None = None, interactions: Collection[str] | None = None
 ) -> tuple[PromptDataset, PromptDataset | None]:
-    """Train and (when `data.val_files` is set) validation prompts, the latter cut to `data.val_max_samples`."""
+    """Train and (when `data.val_files` is set) validation prompts, the latter cut to `data.val_max_samples`;
+    `interactions`: the simulated users rows may name (extra_info.interaction_kwargs, checked per row)."""
     if not cfg.val_files:
-        return _load([cfg.train_files], tokenizer, cfg, tools)[0], None
-    train, val = _load([cfg.train_files, cfg.val_files], tokenizer, cfg, tools)
+        return _load([cfg.train_files], tokenizer, cfg, tools, interactions)[0], None
+    train, val = _load([cfg.train_files, cfg.val_files], tokenizer, cfg, tools, interactions)
     if cfg.val_max_samples >= 0:
         val.records = val.records[: cfg.val_max_samples]
     return train, val

@@ -46,7 +46,7 @@ from npu_rl.resume import (
 )
 from npu_rl.reward_manager import RewardManager
 from npu_rl.reward_model import RewardModel
-from npu_rl.rollout import SamplingParams, build_rollout, eos_and_pad_ids, tool_schemas
+from npu_rl.rollout import SamplingParams, build_rollout, dataset_options, eos_and_pad_ids
 from npu_rl.rollout.tool_metrics import record_tool_metrics
 from npu_rl.run_guard import NonFiniteGuard, StopRequested, StopSignals
 from npu_rl.step_rollouts import StepRollouts
@@ -63,7 +63,7 @@ class GRPOTrainer:
         device.seed_everything(cfg.trainer.seed, self.acc)
         self.log_dir = Path(format_path(cfg.trainer.log_dir, cfg))
         self.tokenizer = load_tokenizer(cfg.model)
-        self.train_data, self.val_data = build_datasets(cfg.data, self.tokenizer, tools=tool_schemas(cfg))
+        self.train_data, self.val_data = build_datasets(cfg.data, self.tokenizer, **dataset_options(cfg))
         self.sampler = BatchSampler(
             self.train_data.records, cfg.data.train_batch_size, shuffle=cfg.data.shuffle, seed=cfg.data.seed
         )

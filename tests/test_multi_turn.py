@@ -378,3 +378,20 @@ def test_interaction_config_and_kwargs_errors_name_what_to_fix(tok, tmp_path) ->
     record = dataclasses.replace(_record(tok, {}, 0), extra_info={"interaction_kwargs": kwargs})
     with pytest.raises(ValueError, match=r"prompt 0 of the batch: .*name='weather' is not in the interaction config"):
         generate(rollout, [record], SamplingParams(n=1, max_new_tokens=50), seeds=[1])
+
+
+def test_rows_naming_an_unknown_interaction_stop_the_run_before_any_compute(tmp_path, tok) -> None:
+    from _tool_model import write_questions_parquet
+
+    from npu_rl.config import load_config
+    from npu_rl.data import DataError, build_datasets
+    from npu_rl.rollout import dataset_options
+
+    data = write_questions_parquet(tmp_path / "data", interaction="weather")
+    cfg = load_config(None, ["model.path=m", f"data.train_files=[{data['train']}]", "rollout.multi_turn.enable=true",
+                             "rollout.multi_turn.interaction_config_path=interaction_gsm8k"])  # fmt: skip
+    options = dataset_options(cfg)
+    assert options == {"tools": None, "interactions": ["gsm8k"]}
+    with pytest.raises(DataError, match=r"train\.parquet rows 0, 1, .* column extra_info: .*name=.weather. is not in"):
+        build_datasets(cfg.data, tok, **options)
+    build_datasets(cfg.data, tok, tools=None, interactions=None)  # without simulated users the key is not read

@@ -238,3 +238,5 @@ def test_batched_functions_are_bounded_and_checked(tmp_path, monkeypatch):
     assert batch.timeouts == 2 and batch.scores == [0.0, 0.0]
     with pytest.raises(RewardError, match=r"batched: only a function loaded from a path"):
         Scorer(ScorerSpec(terms=(Term("math", batched=True),)))
+    with pytest.raises(ConfigError, match=r"reward\.functions\[0\]\.batched: only a function loaded from a file"):
+        load_config(None, ["model.path=m", "data.train_files=[a]", "reward.functions=[{name: math, batched: true}]"])

@@ -16,6 +16,7 @@ it end their response when the assistant stops, as without interactions.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,19 +91,28 @@ def load_interactions(path: str | Path) -> dict[str, Interaction]:
     return found
 
 
-def pick(interactions: dict[str, Interaction], kwargs: Any, where: str) -> Interaction | None:
+def chosen_name(names: Collection[str], kwargs: Any) -> str | None:
     """The interaction a row's interaction_kwargs names (the only one when it names none); None for a row
-    without interaction_kwargs. An unknown name is an error naming the row."""
+    without interaction_kwargs; ValueError saying what is wrong with them (checked for every row when the
+    prompts load, npu_rl.data)."""
     if not kwargs:
         return None
     if not isinstance(kwargs, dict):
-        raise ValueError(f"{where}: extra_info.interaction_kwargs must be a mapping, got {type(kwargs).__name__}")
+        raise ValueError(f"extra_info.interaction_kwargs must be a mapping, got {type(kwargs).__name__}")
     name = kwargs.get("name")
-    if name is None and len(interactions) == 1:
-        return next(iter(interactions.values()))
-    if name not in interactions:
+    if name is None and len(names) == 1:
+        return next(iter(names))
+    if name not in names:
         raise ValueError(
-            f"{where}: extra_info.interaction_kwargs.name={name!r} is not in the interaction config "
-            f"({', '.join(sorted(interactions))})"
+            f"extra_info.interaction_kwargs.name={name!r} is not in the interaction config ({', '.join(sorted(names))})"
         )
-    return interactions[name]
+    return name
+
+
+def pick(interactions: dict[str, Interaction], kwargs: Any, where: str) -> Interaction | None:
+    """The row's interaction (see `chosen_name`); errors name `where`."""
+    try:
+        name = chosen_name(interactions, kwargs)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return None if name is None else interactions[name]

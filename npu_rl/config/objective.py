@@ -175,6 +175,8 @@ class CustomRewardFunction(Section):
 
     def check(self, path: str) -> None:
         environment.check_file(self.path, join(path, "path"))
+        if self.batched and not self.path:
+            raise ConfigError(f"{join(path, 'batched')} needs {join(path, 'path')}: the function to call with lists")
 
 
 @dataclass
@@ -201,6 +203,8 @@ class WeightedReward(Section):
 
     def check(self, path: str) -> None:
         environment.check_file(self.path, join(path, "path"))
+        if self.batched and not self.path:
+            raise ConfigError(f"{join(path, 'batched')}: only a function loaded from a file (path) is called batched")
 
 
 @dataclass

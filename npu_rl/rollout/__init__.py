@@ -22,6 +22,7 @@ __all__ = [
     "RolloutOutput",
     "SamplingParams",
     "build_rollout",
+    "dataset_options",
     "eos_and_pad_ids",
     "generate",
     "tool_schemas",
@@ -107,6 +108,18 @@ def tool_schemas(cfg: Config) -> list[dict[str, Any]] | None:
     from npu_rl.agent_tools import load_tools
 
     return [tool.schema for tool in load_tools(cfg.rollout.multi_turn.tool_config_path).values()]
+
+
+def dataset_options(cfg: Config) -> dict[str, Any]:
+    """What loading the prompts needs from the multi-turn settings: the tools' schemas (rendered into the
+    prompts) and the simulated users' names (each row's interaction_kwargs checked before any compute)."""
+    mt = cfg.rollout.multi_turn
+    names = None
+    if mt.enable and mt.interaction_config_path:
+        from npu_rl.agent_tools.interaction import load_interactions
+
+        names = sorted(load_interactions(mt.interaction_config_path))
+    return {"tools": tool_schemas(cfg), "interactions": names}
 
 
 def build_rollout(
