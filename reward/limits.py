@@ -8,10 +8,12 @@ any thread, no SIGALRM) gives up on time. Hard preemption is the worker pool's j
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 MAX_RESPONSE_CHARS = 32_000  # only the tail of a longer response is searched for the answer
 MAX_ANSWER_CHARS = 600  # an extracted answer longer than this is not graded (counts incorrect)
@@ -53,3 +55,29 @@ def check_deadline() -> None:
     deadline = getattr(_local, "deadline", None)
     if deadline is not None and time.monotonic() > deadline:
         raise GradeTimeout("grading budget exhausted")
+
+
+def call_bounded(fn: Callable[[], Any], timeout_s: float) -> Any:
+    """Call user code in-process: preempted by SIGALRM in the main thread, else timed afterwards
+    (GradeTimeout either way once `timeout_s` is over).
+
+    Only the worker pool (reward.pool) can stop user code in any thread; this is the best in-process
+    effort (reward.num_workers=0, batched reward functions, simulated users' replies).
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        start = time.monotonic()
+        result = fn()
+        if time.monotonic() - start > timeout_s:
+            raise GradeTimeout(f"user code over its {timeout_s} s budget")
+        return result
+
+    def _alarm(signum: int, frame: Any) -> None:
+        raise GradeTimeout(f"user code over its {timeout_s} s budget")
+
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -13,9 +13,6 @@ import hashlib
 import importlib.util
 import math
 import numbers
-import signal
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +21,7 @@ from typing import Any
 from npu_rl.registry import Registry
 from reward.format_rewards import format_soft_xml, format_strict_xml, int_answer, xml_tags
 from reward.grader import compute_score
-from reward.limits import GradeTimeout
+from reward.limits import GradeTimeout, call_bounded
 from reward.math_verify_adapter import math_verify_score
 from reward.presets import ascend_sample_math
 from reward.tiers import Tiers
@@ -119,31 +116,6 @@ def load_function(path: str, name: str, key: str = "reward.custom_function") -> 
     return fn
 
 
-def _call_bounded(fn: Callable[[], Any], timeout_s: float) -> Any:
-    """Call user code in-process: preempted by SIGALRM in the main thread, else timed afterwards.
-
-    Only the worker pool (reward.pool) can stop user code in any thread; this is the best
-    in-process effort for reward.num_workers=0.
-    """
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
-        start = time.monotonic()
-        result = fn()
-        if time.monotonic() - start > timeout_s:
-            raise GradeTimeout("reward function over budget")
-        return result
-
-    def _alarm(signum: int, frame: Any) -> None:
-        raise GradeTimeout("reward function over budget")
-
-    previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)
-    try:
-        return fn()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 class Scorer:
     """Scores one item at a time according to a ScorerSpec (see module docstring)."""
 
@@ -195,7 +167,7 @@ class Scorer:
                 return call_batched(fn, style, records, kwargs, prompts, label)
 
             try:
-                raws = _call_bounded(call, self.spec.timeout_s * max(1, len(items)))
+                raws = call_bounded(call, self.spec.timeout_s * max(1, len(items)))
             except GradeTimeout:
                 raws = [{"score": self.spec.tiers.incorrect, "acc": False, "timeout": 1.0}] * len(items)
             for slot, raw in zip(out, raws, strict=True):
@@ -271,7 +243,7 @@ class Scorer:
             return call_user_function(fn, style, item, kwargs, prompt, label)
 
         if self.bound_user_code:
-            return _call_bounded(call, self.spec.timeout_s)
+            return call_bounded(call, self.spec.timeout_s)
         return call()
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import re
 import threading
+import time
 from typing import Any, ClassVar
 
 import pytest
@@ -395,3 +396,22 @@ def test_rows_naming_an_unknown_interaction_stop_the_run_before_any_compute(tmp_
     with pytest.raises(DataError, match=r"train\.parquet rows 0, 1, .* column extra_info: .*name=.weather. is not in"):
         build_datasets(cfg.data, tok, **options)
     build_datasets(cfg.data, tok, tools=None, interactions=None)  # without simulated users the key is not read
+
+
+class _SlowUser(AnswerFeedback):
+    def respond(self, messages, kwargs):
+        time.sleep(5)
+        return super().respond(messages, kwargs)
+
+
+def test_a_simulated_user_that_hangs_ends_the_conversation_on_time(tok) -> None:
+    rollout = MultiTurnRollout(
+        RetryEngine(tok, []), tok, {}, tok.pad_token_id, interactions={"gsm8k": _SlowUser()}, interaction_timeout_s=0.2
+    )
+    record = dataclasses.replace(_record(tok, {}, 0), extra_info={"interaction_kwargs": {"ground_truth": "84"}})
+    start = time.monotonic()
+    batch = generate(rollout, [record], SamplingParams(n=1, max_new_tokens=200), seeds=[1])
+    assert time.monotonic() - start < 3  # preempted, not waited for
+    assert batch.row_metrics["interaction_timeouts"].tolist() == [1.0]
+    assert batch.row_metrics["user_turns"].tolist() == [0.0] and batch.finish_reasons == ["stop"]
+    assert "try again" not in tok.decode(batch.response_ids[0])

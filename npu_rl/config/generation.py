@@ -41,6 +41,9 @@ class MultiTurnConfig(Section):
     max_user_turns: int | None = knob(
         None, "simulated user replies per response; null: bounded by max_assistant_turns only (verl's)", gt=0
     )
+    interaction_timeout_s: float = knob(
+        10.0, "wall clock of one simulated user reply; over it the conversation ends (interaction/timeouts)", gt=0
+    )
     max_assistant_turns: int = knob(5, "assistant turns per response (the last one's tool calls are not run)", gt=0)
     max_tool_response_tokens: int = knob(256, "a tool answer is cut to this many tokens", gt=0)
     max_parallel_calls: int = knob(

@@ -142,5 +142,5 @@ def build_rollout(
     return MultiTurnRollout(
         engine, tokenizer, tools, pad, mt.max_assistant_turns, mt.max_tool_response_tokens,
         mt.max_parallel_calls, mt.max_concurrent_calls, cfg.data.apply_chat_template_kwargs,
-        interactions, mt.max_user_turns,
+        interactions, mt.max_user_turns, mt.interaction_timeout_s,
     )  # fmt: skip

@@ -38,6 +38,7 @@ import torch
 from npu_rl.agent_tools import Tool, ToolResult
 from npu_rl.agent_tools.interaction import Interaction, pick
 from npu_rl.rollout.base import RolloutEngine, RolloutOutput, SamplingParams, grouped
+from reward.limits import GradeTimeout, call_bounded
 
 TOOL_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 _RENDER_BASE = [
@@ -131,6 +132,7 @@ class _Row:
     chat: list[dict[str, str]] = field(default_factory=list)  # the turns after the prompt, for the interaction
     user_turns: int = 0
     awaiting_user: bool = False  # this turn ended without tool calls and goes to the interaction
+    interaction_timeouts: int = 0
     score: float = 0.0  # the interaction's last turn score
 
     def extend(self, ids: list[int], logprobs: list[float] | None) -> None:
@@ -156,6 +158,7 @@ class MultiTurnRollout:
         chat_kwargs: dict[str, Any] | None = None,
         interactions: dict[str, Interaction] | None = None,
         max_user_turns: int | None = None,
+        interaction_timeout_s: float = 10.0,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
@@ -168,6 +171,7 @@ class MultiTurnRollout:
         self.messages = ToolMessages(tokenizer, tokenizer.eos_token, chat_kwargs)
         self.interactions = interactions or {}
         self.max_user_turns = max_user_turns  # None: bounded by the assistant turns only (verl's null)
+        self.interaction_timeout_s = interaction_timeout_s
 
     def generate(
         self,
@@ -225,10 +229,19 @@ class MultiTurnRollout:
 
     def _interact(self, rows: list[_Row], limit: int) -> None:
         """Each row's interaction replies; the reply is appended as a user message (also the last one,
-        as verl does) and the row goes on generating unless the interaction ended it."""
+        as verl does) and the row goes on generating unless the interaction ended it. A reply reads model
+        output, so it is bounded: over `interaction_timeout_s` the conversation ends where it is."""
         for row in rows:
             row.awaiting_user = False
-            reply = row.interaction.respond(list(row.chat), row.interaction_kwargs)
+            try:
+                reply = call_bounded(
+                    lambda row=row: row.interaction.respond(list(row.chat), row.interaction_kwargs),
+                    self.interaction_timeout_s,
+                )
+            except GradeTimeout:
+                row.interaction_timeouts += 1
+                row.done = True
+                continue
             row.user_turns += 1
             row.score = float(reply.score)
             row.chat.append({"role": "user", "content": reply.message})
@@ -321,6 +334,7 @@ class MultiTurnRollout:
                     {
                         "user_turns": per_row(r.user_turns for r in rows),
                         "interaction_score": per_row(r.score for r in rows),
+                        "interaction_timeouts": per_row(r.interaction_timeouts for r in rows),
                     }
                     if self.interactions
                     else {}

@@ -36,3 +36,4 @@ def record_tool_metrics(stats: StepStats, row_metrics: dict[str, torch.Tensor]) 
     if "user_turns" in row_metrics:  # simulated user turns: replies per response and the last turn score
         stats.add_values("interaction/user_turns", row_metrics["user_turns"])
         stats.add_values("interaction/score", row_metrics["interaction_score"])
+        stats.add_sum("interaction/timeouts", float(row_metrics["interaction_timeouts"].sum()))
