@@ -19,7 +19,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Replicate
 
 from npu_rl import device
 from npu_rl.device import Accelerator
@@ -51,16 +51,19 @@ def dcp_save(state_dict: dict[str, Any], path: Path) -> None:
             dcp.save(state_dict, checkpoint_id=path, no_dist=_no_dist())
 
 
-def _tensors(tree: Any) -> list[torch.Tensor]:
-    """Every tensor in a nested state dict (the local shard of a DTensor)."""
+def _tensors(tree: Any, replicas: bool = True) -> list[torch.Tensor]:
+    """Every tensor in a nested state dict (the local shard of a DTensor); `replicas=False` leaves out the
+    shards this rank holds as a replica (HSDP's "ddp" copies, of which DCP writes one: coordinate 0)."""
     if isinstance(tree, DTensor):
-        return [tree.to_local()]
+        coordinate = tree.device_mesh.get_coordinate() or []
+        copy = any(coordinate[d] for d, p in enumerate(tree.placements) if isinstance(p, Replicate))
+        return [] if copy and not replicas else [tree.to_local()]
     if isinstance(tree, torch.Tensor):
         return [tree]
     if isinstance(tree, dict):
-        return [t for v in tree.values() for t in _tensors(v)]
+        return [t for v in tree.values() for t in _tensors(v, replicas)]
     if isinstance(tree, (list, tuple)):
-        return [t for v in tree for t in _tensors(v)]
+        return [t for v in tree for t in _tensors(v, replicas)]
     return []
 
 
@@ -117,8 +120,9 @@ def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
 
 
 def estimate_bytes(model_sd: dict[str, Any], optimizer: torch.optim.Optimizer | None) -> int:
-    """Bytes this rank's shards of the model and optimizer state take on disk (tensor payload)."""
-    tensors = _tensors(model_sd) + (_tensors(list(optimizer.state.values())) if optimizer is not None else [])
+    """Bytes this rank writes of the model and optimizer state (tensor payload; an HSDP replica writes none)."""
+    states = list(optimizer.state.values()) if optimizer is not None else []
+    tensors = _tensors(model_sd, replicas=False) + _tensors(states, replicas=False)
     return sum(t.numel() * t.element_size() for t in tensors)
 
 

@@ -15,10 +15,12 @@ import pytest
 import torch
 from _dist_utils import free_port, run_workers
 from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
 from npu_rl.checkpoint import CheckpointManager
+from npu_rl.checkpoint_state import estimate_bytes
 from npu_rl.config import ConfigError, FSDPConfig
 from npu_rl.device import Accelerator
 from npu_rl.distributed import (
@@ -191,6 +193,10 @@ def _hsdp_worker(info: DistInfo, model_dir: str, root: str, record: str) -> None
         # measured max 7.5e-9 (AVX-512), 1.2e-7 (AVX2-emulated): 8.5x
         torch.testing.assert_close(t, q, rtol=1e-6, atol=1e-8, msg=name)
 
+    # the disk-room check counts one copy of each shard, as DCP writes it (twice the model would refuse
+    # saves that fit)
+    written = all_reduce(torch.tensor(float(estimate_bytes(get_model_state_dict(model), None))), "sum")
+    assert int(written) == estimate_bytes(ref.state_dict(), None)
     cm = CheckpointManager(root, dist=info)
     cm.save(1, model, None, None, {"step": 1}, None, None)
     if info.is_main:
