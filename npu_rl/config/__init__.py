@@ -1,7 +1,8 @@
 """One typed configuration tree for a GRPO run.
 
 - `schema`: the groups and their keys (default, help, constraints) and each group's own checks
-  (`objective`: the algorithm and reward groups; `generation`: the rollout group);
+  (`objective`: the algorithm and reward groups; `generation`: the rollout group; `training`: optimizer,
+  FSDP and LoRA);
 - `fields`: how a key is declared (`knob`) and checked (`Section.validate`);
 - `environment`: checks against the machine (paths, installed trackers, WORLD_SIZE);
 - `loading`: YAML + dotted overrides -> a validated `Config`, and back to YAML;

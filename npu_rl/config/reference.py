@@ -102,7 +102,7 @@ def markdown() -> str:
     out = [
         "# Configuration reference",
         "",
-        "Generated from `npu_rl/config/schema.py`, `objective.py` and `generation.py` by",
+        "Generated from `npu_rl/config/schema.py`, `objective.py`, `generation.py` and `training.py` by",
         "`python -m npu_rl.config --markdown > docs/config.md`; do not edit by hand (a test compares this file",
         "with the generator).",
         "",
