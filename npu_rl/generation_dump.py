@@ -5,14 +5,13 @@ generations of each validation, one line per response in verl's fields: `input` 
 model saw it, special tokens dropped), `output` (the whole response, tool answers and simulated user
 turns included, special tokens dropped), `gts` (ground truth), `score`, `step`, then the reward's
 components (`acc` and each term's score). The ranks' rows are gathered to rank 0, which writes the file
-(rank order, each rank's rows in its order) through a temporary file and a rename, so a reader never
-sees half a file.
+(rank order, each rank's rows in its order) with storage.write_atomic, so a reader never sees half a
+file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from npu_rl import distributed
 from npu_rl.evaluation import GradedPrompt
 from npu_rl.reward_manager import RewardBatch
 from npu_rl.rollout.batch import RolloutBatch
+from npu_rl.storage import write_atomic
 
 
 def rollout_rows(rollout: RolloutBatch, graded: RewardBatch, tokenizer: Any, step: int) -> list[dict[str, Any]]:
@@ -75,10 +75,6 @@ def dump(directory: str | None, step: int, rows: list[dict[str, Any]], is_main: 
     path = Path(directory).expanduser()
     path.mkdir(parents=True, exist_ok=True)
     target = path / f"{step}.jsonl"
-    tmp = path / f".{step}.jsonl.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for part in gathered:
-            for row in part:
-                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, target)
+    lines = [json.dumps(row, ensure_ascii=False, default=str) + "\n" for part in gathered for row in part]
+    write_atomic(target, "".join(lines).encode("utf-8"))
     return target
