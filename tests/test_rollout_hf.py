@@ -15,7 +15,7 @@ from npu_rl.compute import REFERENCE_PLAN, ComputeError, build_plan
 from npu_rl.device import Accelerator
 from npu_rl.rollout.base import SamplingParams
 from npu_rl.rollout.hf import HFRollout as _HFRollout
-from npu_rl.rollout.hf import sample_next
+from npu_rl.rollout.hf import _uniforms, sample_next
 
 PROMPTS = [[5, 17, 42, 99, 7, 301], [12, 250], [64, 65, 66, 67], [9, 8, 7, 6, 5, 4, 3, 2, 100]]
 
@@ -191,6 +191,27 @@ def test_rollout_respects_top_k(model, pad_id):
         assert all(tok in top2[i].tolist() for i, tok in enumerate(response))
 
 
+def agreeing_columns(net, prompts, params: SamplingParams, seeds, a, b, tie: float = 1e-5) -> torch.Tensor:
+    """[rows, width] mask of the columns where two rollouts of the same model, seeds and EOS agree (every
+    column of a row up to where it parts). Equal logits up to fp32 reassociation give equal samples,
+    except where a row's uniform falls on the boundary between two neighbouring tokens of the CDF: the row
+    may part there, and only there (checked against the full forward's distribution; on an Intel Xeon
+    a Llama row parted at |u - CDF| = 2.4e-7). After the first parting the rows are not comparable."""
+    uniforms = _uniforms(len(prompts), params, seeds)
+    same = torch.ones(a.response_ids.shape, dtype=torch.bool)
+    for row, col in (a.response_ids != b.response_ids).nonzero().tolist():
+        if not same[row, col]:
+            continue  # past this row's first parting
+        x, y = sorted((int(a.response_ids[row, col]), int(b.response_ids[row, col])))
+        prefix = prompts[row // params.n] + a.response_ids[row, :col].tolist()
+        with torch.no_grad():
+            probs = torch.softmax(net(input_ids=torch.tensor([prefix])).logits[0, -1].float(), -1)
+        boundary = float(probs[: x + 1].sum())  # the CDF between tokens x and x + 1
+        assert y == x + 1 and abs(float(uniforms[row, col]) - boundary) < tie, (row, col, x, y, boundary)
+        same[row, col:] = False
+    return same
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3", "llama"])
 def test_fast_decode_matches_transformers_decode(model, pad_id, arch):
     net = sharp_model(arch, model.config.vocab_size, pad_id).eval()
@@ -203,10 +224,12 @@ def test_fast_decode_matches_transformers_decode(model, pad_id, arch):
     slow = HFRollout(net, [eos], pad_id, fast=False).generate(PROMPTS, params, seeds=seeds)
     fast = HFRollout(net, [eos], pad_id, fast=True).generate(PROMPTS, params, seeds=seeds)
     assert "stop" in slow.finish_reasons and "length" in slow.finish_reasons
-    assert torch.equal(fast.response_ids, slow.response_ids)
-    assert torch.equal(fast.lengths, slow.lengths)
+    same = agreeing_columns(net, PROMPTS, params, seeds, slow, fast)
+    assert same.float().mean() > 0.9, "rows may only part at a sampling tie"
+    whole = same.all(-1)
+    assert torch.equal(fast.lengths[whole], slow.lengths[whole])
     # measured max 5.3e-6 (AVX-512), 6.7e-6 (AVX2-emulated): 6.5x with the relative part
-    torch.testing.assert_close(fast.logprobs, slow.logprobs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.logprobs[same], slow.logprobs[same], atol=1e-5, rtol=1e-5)
 
 
 def test_fast_decode_declines_what_it_does_not_reproduce(model):

@@ -45,7 +45,7 @@ def read_wandb_run(run_file: Path) -> list:
 
     The file is a LevelDB-style log (what `wandb sync` replays): a 7-byte header, then 32 KiB blocks of
     records, each `crc32 (4) | length (2) | type (1) | payload`, a payload split FIRST/MIDDLE/LAST
-    across blocks when it does not fit.
+    across blocks when it does not fit. Only the records written completely so far are returned.
     """
     from wandb.proto import wandb_internal_pb2
 
@@ -59,6 +59,8 @@ def read_wandb_run(run_file: Path) -> list:
         if kind == 0:
             pos += left  # zero padding at the end of a block
             continue
+        if pos + 7 + length > len(data):
+            break  # a record the service is still writing (seen on a loaded machine): read again later
         chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
