@@ -157,7 +157,7 @@ class Scorer:
         as `__call__` takes them); to be passed to `__call__` as `batched`. Bounded by timeout_s per item
         in all (over it, every item gets the timeout result)."""
         out: list[dict[str, Any]] = [{} for _ in items]
-        records = [{"data_source": a[0], "solution_str": a[1], "ground_truth": a[2], "extra_info": a[3]} for a in items]
+        records = [_record(*a[:4]) for a in items]
         prompts = [a[4] if len(a) > 4 else None for a in items]
         for label, _, fn, _, kwargs, style, batched in self.terms:
             if not batched:
@@ -169,7 +169,7 @@ class Scorer:
             try:
                 raws = call_bounded(call, self.spec.timeout_s * max(1, len(items)))
             except GradeTimeout:
-                raws = [{"score": self.spec.tiers.incorrect, "acc": False, "timeout": 1.0}] * len(items)
+                raws = [self._timed_out()] * len(items)
             for slot, raw in zip(out, raws, strict=True):
                 slot[label] = None if raw is NOT_APPLICABLE else raw
         return out
@@ -196,12 +196,7 @@ class Scorer:
         total, acc, timeout = 0.0, None, False
         components: dict[str, float] = {}
         terms: list[float] = []
-        item = {
-            "data_source": data_source,
-            "solution_str": solution_str,
-            "ground_truth": ground_truth,
-            "extra_info": extra_info,
-        }
+        item = _record(data_source, solution_str, ground_truth, extra_info)
         for label, weight, fn, own, kwargs, style, in_batch in self.terms:
             try:
                 if in_batch:
@@ -211,7 +206,7 @@ class Scorer:
                 else:
                     raw = self._call_term(label, fn, own, item, kwargs, style, prompt)
             except GradeTimeout:
-                raw = {"score": self.spec.tiers.incorrect, "acc": False, "timeout": 1.0}
+                raw = self._timed_out()
             score, term_acc, extras = _unpack(label, raw)
             timeout = timeout or bool(extras.get("timeout", 0.0))
             total += 0.0 if math.isnan(score) else weight * score  # NaN: this term does not apply (TRL's None)
@@ -230,6 +225,10 @@ class Scorer:
             "terms": terms,
         }
 
+    def _timed_out(self) -> dict[str, Any]:
+        """The result of a term that ran past its bound: graded incorrect, counted as a timeout."""
+        return {"score": self.spec.tiers.incorrect, "acc": False, "timeout": 1.0}
+
     def _call_term(
         self, label: str, fn: RewardFn, own: bool, item: dict[str, Any], kwargs: dict[str, Any], style: str, prompt: Any
     ) -> Any:
@@ -245,6 +244,16 @@ class Scorer:
         if self.bound_user_code:
             return call_bounded(call, self.spec.timeout_s)
         return call()
+
+
+def _record(data_source: str, solution_str: str, ground_truth: Any, extra_info: Any) -> dict[str, Any]:
+    """One item under verl's compute_score argument names (what every reward style is called with)."""
+    return {
+        "data_source": data_source,
+        "solution_str": solution_str,
+        "ground_truth": ground_truth,
+        "extra_info": extra_info,
+    }
 
 
 def _unpack(label: str, raw: Any) -> tuple[float, bool | None, dict[str, float]]:
