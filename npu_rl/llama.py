@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from npu_rl.head import head_logits
+
 SUPPORTED_TYPES = ("qwen2", "qwen3", "llama")
 
 
@@ -234,4 +236,4 @@ def _shared_prompt_logits(
     h = decoder_stack(model, h, cos, sin, attend, linear)
     last_prompt = h[:split].view(g, p, -1)[:, -1][group][:, None]
     hidden = torch.cat([last_prompt, h[split:].view(n, t, h.shape[-1])], dim=1)
-    return linear(hidden, model.lm_head.weight, model.lm_head.bias)
+    return head_logits(model, hidden, linear)

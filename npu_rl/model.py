@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from npu_rl.config import ModelConfig
 from npu_rl.device import Accelerator
+from npu_rl.head import use_fp32_head
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -82,6 +83,8 @@ def load_model(cfg: ModelConfig, acc: Accelerator, *, trainable: bool) -> nn.Mod
         **source_kwargs(cfg.path, "model.path", MODEL_FILES),
     )
     model.config.use_cache = False
+    if cfg.fp32_lm_head:
+        use_fp32_head(model)
     if cfg.disable_dropout:
         disable_dropout(model)
     if trainable and cfg.gradient_checkpointing:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from npu_rl import llama
+from npu_rl.head import head_logits
 from npu_rl.prefix import group_starts
 
 ATTENTION_BACKENDS = ("segments", "flash_varlen", "npu_fusion")
@@ -215,7 +216,7 @@ def packed_logits(
         h, cos, sin = llama.embed(model, tokens, positions)
         attend = layout.attend_fn(backend, model.config.num_attention_heads, h.dtype)
         h = llama.decoder_stack(model, h, cos, sin, attend, linear)
-        return linear(h[layout.predictors], model.lm_head.weight, model.lm_head.bias)
+        return head_logits(model, h[layout.predictors], linear)
 
     return llama.through(model, forward, layout.tokens, layout.positions)
 

@@ -82,3 +82,19 @@ def test_engine_kwargs_are_checked_against_the_installed_vllm(tiny_model_dir, sy
         load_config(None, [*base, "rollout.engine_kwargs={enable_prefix_cache: false}"])
     cfg = load_config(None, [*base, "rollout.engine_kwargs={enable_prefix_caching: false}"])
     assert cfg.rollout.engine_kwargs == {"enable_prefix_caching": False}
+
+
+def test_a_vllm_without_generation_head_dtype_is_refused_for_the_fp32_head(monkeypatch):
+    """Before vLLM's PR #48390 the head_dtype override was accepted and ignored for generation models: only
+    the trainer's head would be fp32. Such a LogitsProcessor (no head_dtype in its __init__) is refused."""
+    pytest.importorskip("vllm")
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+
+    vllm_backend.check_fp32_head_support()  # the installed vLLM reads it
+
+    def old_init(self, vocab_size, org_vocab_size=None, scale=1.0, logits_as_input=False, soft_cap=None):
+        self.scale, self.vocab_size = scale, vocab_size
+
+    monkeypatch.setattr(LogitsProcessor, "__init__", old_init)
+    with pytest.raises(ConfigError, match=r"model\.fp32_lm_head: vLLM .* generation logits in the model dtype"):
+        vllm_backend.check_fp32_head_support()

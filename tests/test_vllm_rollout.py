@@ -30,6 +30,7 @@ from npu_rl.compute import build_plan
 from npu_rl.config import RolloutConfig
 from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo, iter_full_state_dict
+from npu_rl.head import use_fp32_head
 from npu_rl.rollout.base import RolloutOutput, SamplingParams
 from npu_rl.rollout.hf import HFRollout
 from npu_rl.rollout.vllm import VLLMRollout
@@ -191,6 +192,27 @@ def test_a_partial_weight_sync_is_refused(engine, hf_model):
     with pytest.raises(RuntimeError, match=r"without a tensor.*layers\.1\.mlp"):
         engine.update_weights(partial)
     engine.update_weights(hf_model.state_dict().items())  # leave the shared engine whole
+
+
+def test_fp32_head_reaches_the_engine(vllm_model_dir, tiny_tokenizer, prompts):
+    """model.fp32_lm_head on a half-precision engine: vLLM computes its head in fp32 (hf_overrides head_dtype), and its
+    log-probs are the trainer's with the same fp32 head."""
+    # fp16, not bf16: vLLM runs bf16 attention on the CPU with AMX where it exists, a kernel AVX2 machines
+    # lack; fp16 takes the portable path everywhere, and the head is the same code for both.
+    cfg = RolloutConfig(name="vllm", max_num_seqs=8)
+    rollout = VLLMRollout(
+        cfg, str(vllm_model_dir), tiny_tokenizer, CPU, DistInfo(), "float16", max_model_len=128, fp32_head=True
+    )
+    try:
+        assert rollout.llm.llm_engine.model_config.head_dtype == torch.float32
+        out = rollout.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=MAX_NEW), seeds=[5, 6])
+    finally:
+        rollout.close()
+    model = AutoModelForCausalLM.from_pretrained(vllm_model_dir, dtype=torch.float16).eval()
+    use_fp32_head(model)
+    ref = trainer_logprobs(model, prompts, out, 2, 1.0, rollout.pad_token_id)
+    # fp16 bodies in two engines' kernels: measured max 1.8e-4 (AVX-512), 2.5e-4 (AVX2-emulated); 2.5e-3 is 10x
+    assert_below((ref - out.logprobs).abs()[out.response_mask.bool()].max(), 2.5e-3, "max |vLLM - trainer| (fp16)")
 
 
 def _tensor_parallel_worker(info: DistInfo, model_dir: str, prompts: list[list[int]], out_dir: str) -> None:

@@ -38,6 +38,12 @@ class ModelConfig(Section):
         False, "recompute activations in backward (less memory, one more forward per backward)"
     )
     trust_remote_code: bool = knob(False, "allow the model folder's own Python code (only for folders you trust)")
+    fp32_lm_head: bool = knob(
+        False,
+        "compute the output head in fp32 (bf16 weights, fp32 product and logits) in the trainer, the reference, "
+        "the hf rollout and vLLM (head_dtype=float32), so the engines' log-probs agree (TRL's "
+        "cast_lm_head_to_fp32, ScaleRL); no effect on an fp32 model",
+    )
     disable_dropout: bool = knob(
         True,
         "zero every dropout probability of the loaded models, so the old-log-prob pass, the reference and the "
@@ -290,6 +296,11 @@ class Config(Section):
         if self.ref.sync_steps and (not self.needs_ref or actor.lora.rank > 0):
             why = "no KL term uses a reference" if not self.needs_ref else "with LoRA the reference is the frozen base"
             raise ConfigError(f"ref.sync_steps={self.ref.sync_steps} has no reference to move: {why}")
+        if self.model.fp32_lm_head and actor.lora.rank > 0 and "lm_head" in actor.lora.target_modules:
+            raise ConfigError(
+                "model.fp32_lm_head computes the plain output head in fp32; actor.lora.target_modules puts an adapter "
+                "on lm_head: drop lm_head from the targets or set model.fp32_lm_head=false"
+            )
         bypass = self.algorithm.rollout_correction.bypass_mode
         if bypass and environment.needs_sum_pi_squared(self.algorithm.adv_estimator):
             raise ConfigError(

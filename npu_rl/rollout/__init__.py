@@ -98,6 +98,7 @@ def _vllm(cfg: Config, model: nn.Module | None, tokenizer: Any, acc: Any, dist: 
         cfg.model.dtype,
         max_model_len=min(max_len, int(limit)) if limit else max_len,
         seed=cfg.trainer.seed,
+        fp32_head=cfg.model.fp32_lm_head,
     )
 
 

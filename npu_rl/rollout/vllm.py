@@ -26,6 +26,9 @@ backend; the choices that matter:
 - Memory hand-back. With `free_cache_engine` the engine sleeps at level 1 (weights offloaded to
   host, KV cache freed) while the trainer runs. Weights are woken before they are written: writing
   into slept memory corrupts it on non-CUDA backends (Ascend). Sleep does not exist on the CPU.
+- An fp32 head (`model.fp32_lm_head`, npu_rl.head) is asked of vLLM with
+  `hf_overrides={"head_dtype": "float32"}`, which vLLM honours for generation models since its PR
+  #48390 (vLLM 0.32 has it); an engine that would silently keep a bf16 head is refused before it starts.
 - Sampling params come only from the trainer (`generation_config="vllm"`): a model folder's
   generation_config.json (Qwen ships top_p 0.8, top_k 20, repetition penalty 1.05) is not applied.
 """
@@ -43,6 +46,7 @@ import torch
 
 from npu_rl.ascend_env import prepare_vllm_env
 from npu_rl.config import RolloutConfig
+from npu_rl.config.fields import ConfigError
 from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo
 from npu_rl.model import resolve_dtype
@@ -80,8 +84,10 @@ class VLLMRollout:
         *,
         max_model_len: int | None = None,
         seed: int = 0,
+        fp32_head: bool = False,
     ) -> None:
-        """`max_model_len` bounds prompt + response (default: the model's context)."""
+        """`max_model_len` bounds prompt + response (default: the model's context); `fp32_head`: the LM
+        head's product in fp32 (model.fp32_lm_head)."""
         vllm = import_vllm()
         self.cfg = cfg
         self.acc = acc
@@ -130,6 +136,9 @@ class VLLMRollout:
         else:
             engine_args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         engine_args.update(cfg.engine_kwargs)  # the config refused the ones npu_rl derives (VLLM_ARGS_SET_HERE)
+        if fp32_head and torch_dtype != torch.float32:
+            check_fp32_head_support()
+            engine_args["hf_overrides"] = {**engine_args.get("hf_overrides", {}), "head_dtype": "float32"}
         self.llm = vllm.LLM(**engine_args)
         self._vllm = vllm
 
@@ -257,6 +266,21 @@ class VLLMRollout:
 
 
 # ----------------------------------------------------------------------------------------------
+def check_fp32_head_support() -> None:
+    """Refuse a vLLM whose LogitsProcessor does not read `head_dtype`: older versions accept the override
+    and keep computing generation logits in the model dtype, so only the trainer's head would be fp32."""
+    from vllm.model_executor.layers.logits_processor import LogitsProcessor
+
+    if "head_dtype" not in LogitsProcessor.__init__.__code__.co_names:
+        import vllm
+
+        raise ConfigError(
+            f"model.fp32_lm_head: vLLM {vllm.__version__} computes generation logits in the model dtype "
+            "(head_dtype for generation models came with vLLM PR #48390); upgrade vLLM or set "
+            "model.fp32_lm_head=false"
+        )
+
+
 def _optional_engine_args(cfg: RolloutConfig) -> dict[str, Any]:
     """The engine knobs whose null means "vLLM's own default": passed only when set."""
     knobs = {"enable_chunked_prefill": cfg.enable_chunked_prefill, "max_num_batched_tokens": cfg.max_num_batched_tokens}
