@@ -123,3 +123,39 @@ def test_grpo_trains_a_bf16_model_with_the_fp32_head(tmp_path, tiny_model_dir, s
     # sampler (fast decoder) vs trainer (packed pass), bf16 bodies, fp32 heads: measured at most 1.6e-4 (AVX-512)
     # and 1.1e-4 (AVX2-emulated), as with bf16 heads on this near-uniform random model; 2e-3 is 12x
     assert all(r["rollout/logprob_diff"] < 2e-3 for r in train_rows), [r["rollout/logprob_diff"] for r in train_rows]
+
+
+def _fsdp_head_worker(info, model_dir: str) -> None:
+    """On each of 2 gloo ranks: the packed pass of a bf16 FSDP2-sharded model (tied embeddings, the head
+    read through the root unit's hooks) with the fp32 head gives the one-process model's fp32 log-probs,
+    and its backward reaches the sharded head weight."""
+    from torch.distributed.tensor import DTensor
+    from transformers import AutoModelForCausalLM
+
+    from npu_rl.config import FSDPConfig
+    from npu_rl.distributed import shard_model
+
+    def load():
+        net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
+        head.use_fp32_head(net)
+        return net
+
+    batch = make_batch(0, [7, 2, 5, 7, 6, 1, 3, 4, 2])
+    one = load()
+    expected = actor.forward_logprobs(one, batch, 1.0, build_plan(one, CPU, forward="packed")).logprobs.detach()
+    model = shard_model(load(), FSDPConfig(), CPU, info, trainable=True)
+    assert isinstance(model.lm_head.weight, DTensor) and head.is_fp32_head(model)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    logprobs = actor.forward_logprobs(model, batch, 1.0, build_plan(model, CPU, forward="packed")).logprobs
+    # the same bf16 arithmetic on every rank (FSDP only gathers the weights): identical on both kernel sets
+    torch.testing.assert_close(logprobs, expected, atol=1e-6, rtol=0)
+    (logprobs * batch.response_mask).sum().backward()
+    grad = model.lm_head.weight.grad
+    assert grad is not None and float(grad.full_tensor().float().abs().sum()) > 0
+
+
+@pytest.mark.slow
+def test_fp32_head_under_fsdp2_on_two_ranks(tiny_model_dir):
+    from _dist_utils import run_workers
+
+    run_workers(_fsdp_head_worker, 2, str(tiny_model_dir))
