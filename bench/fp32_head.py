@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+from _machine import cpu_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -108,9 +108,7 @@ def main() -> None:
     if not (model / "config.json").is_file() or not data.is_file():
         raise SystemExit(f"{model} or {data} is missing: run `bash run/tiny_grpo.sh` first (it builds both)")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if line.startswith("Model name")), "?")
-    print(f"{name}, {os.cpu_count()} cores, torch {torch.__version__} | model {model} in bf16")
+    print(f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} | model {model} in bf16")
     print(f"{PROMPTS} prompts x {SAMPLES} samples, <= {MAX_NEW} new tokens, T=1")
     print(f"{'engine':>6} {'trainer / engine head':>22} {'tokens':>7} {'mean':>9} {'p99':>9} {'max':>9} {'> 1%':>8}")
     for engine in args.engines.split(","):

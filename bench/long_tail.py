@@ -41,6 +41,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from _assets import BENCH_SIZES  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 from npu_rl import actor, optim  # noqa: E402
 from npu_rl.compute import build_plan  # noqa: E402
@@ -215,9 +216,7 @@ def main() -> None:
     if args.memory_child:
         memory_child(args)
         return
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "?")
-    print(f"CPU: {cpu}")
+    print(f"CPU: {cpu_model()}")
     run_memory(args) if args.memory else run_speed(args)
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from _machine import cpu_model
 
 from npu_rl.config import RewardConfig, WeightedReward
 from npu_rl.reward_manager import RewardItem, RewardManager
@@ -28,13 +29,6 @@ JUDGE = """
         time.sleep(float(os.environ["JUDGE_CALL_S"]) + float(os.environ["JUDGE_ITEM_S"]) * len(completions))
         return [float(c.strip().endswith(t)) for c, t in zip(completions, ground_truth)]
 """
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
+from _machine import cpu_model
 
 from npu_rl.agent_tools import CalculatorTool, PythonTool, available_isolation, run_python
 from npu_rl.agent_tools.chat_template import with_tool_template
@@ -33,16 +32,6 @@ from npu_rl.rollout.multi_turn import MultiTurnRollout
 from npu_rl.tools.make_tiny_model import build_tokenizer
 
 CALL = '<tool_call>{"name": "code_interpreter", "arguments": {"code": "print(6 * 7)"}}</tool_call>'
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def python_calls_per_s(calls: int, threads: int, isolation: str) -> float:
