@@ -26,13 +26,11 @@ from torch.nn import functional as F
 
 from npu_rl.config.fields import ConfigError
 
-__all__ = ["Fp32Head", "head_logits", "is_fp32_head", "use_fp32_head"]
+__all__ = ["Fp32Head", "head_logits", "head_weights", "is_fp32_head", "use_fp32_head"]
 
 
-def _fp32(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, linear: Callable[..., torch.Tensor]
-) -> torch.Tensor:
-    return linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+def _fp32_weights(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return weight.float(), None if bias is None else bias.float()
 
 
 class Fp32Head(nn.Linear):
@@ -40,7 +38,7 @@ class Fp32Head(nn.Linear):
     state-dict names: `use_fp32_head` only changes the class of the loaded head)."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return _fp32(hidden, self.weight, self.bias, F.linear)
+        return F.linear(hidden.float(), *_fp32_weights(self.weight, self.bias))
 
 
 def use_fp32_head(model: nn.Module) -> None:
@@ -62,10 +60,17 @@ def is_fp32_head(model: nn.Module) -> bool:
     return isinstance(getattr(model, "lm_head", None), Fp32Head)
 
 
+def head_weights(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The head's weight and bias as its product uses them: fp32 copies of the values for an `Fp32Head`
+    (the fast decoder prepares them once per generate and feeds the hidden state in fp32)."""
+    head = model.lm_head
+    if isinstance(head, Fp32Head):
+        return _fp32_weights(head.weight, head.bias)
+    return head.weight, head.bias
+
+
 def head_logits(model: nn.Module, hidden: torch.Tensor, linear: Callable[..., torch.Tensor]) -> torch.Tensor:
     """`model.lm_head` applied to `hidden` through the plan's `linear` kernel (the fused passes of
     npu_rl.llama and npu_rl.packing read the weights directly), in fp32 when the head is an `Fp32Head`."""
-    head = model.lm_head
-    if isinstance(head, Fp32Head):
-        return _fp32(hidden, head.weight, head.bias, linear)
-    return linear(hidden, head.weight, head.bias)
+    weight, bias = head_weights(model)
+    return linear(hidden.float() if is_fp32_head(model) else hidden, weight, bias)

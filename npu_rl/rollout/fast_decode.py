@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from transformers import DynamicCache
 
 from npu_rl.compute import Linears
-from npu_rl.head import is_fp32_head
+from npu_rl.head import head_weights, is_fp32_head
 from npu_rl.llama import fused_weights, rms_norm, rotary_tables, rotate
 
 __all__ = ["FastDecoder"]
@@ -82,10 +82,7 @@ class FastDecoder:
         self.final_norm = inner.norm.weight
         # An fp32 head (npu_rl.head) multiplies the same bf16 values in fp32: its weight is converted once here
         self.head_fp32 = is_fp32_head(model)
-        head_w, head_b = model.lm_head.weight, model.lm_head.bias
-        if self.head_fp32:
-            head_w, head_b = head_w.float(), None if head_b is None else head_b.float()
-        self.lm_head = _Linear(head_w, head_b, rows, kernels)
+        self.lm_head = _Linear(*head_weights(model), rows, kernels)
         self.layers = [_Layer.of(layer, rows, kernels) for layer in inner.layers]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
