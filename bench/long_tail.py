@@ -4,6 +4,7 @@
     python bench/long_tail.py --size tiny --max-new-tokens 64 --repeats 1   # seconds (the CI smoke run)
     python bench/long_tail.py --memory              # peak RSS of one training step per variant
     python bench/long_tail.py --uniform --prompts 2 --max-new-tokens 64   # no padding: packing's cost
+    python bench/long_tail.py --checkpointing [--memory]   # gradient checkpointing: plain vs packed
 
 The workload is what GRPO on math looks like: most responses stop early (30 to ~120 tokens) and
 a tail runs to the length limit. The rollout batch is synthetic (seeded prompt and response
@@ -17,6 +18,11 @@ medians reported:
   micro-batch's longest prompt and response), 8 rows per micro-batch;
 - packed: `actor.forward=packed` (only real tokens), 8 rows per micro-batch;
 - packed+budget: packed with `actor.use_dynamic_bsz` and a budget of 8 x the mean row length.
+
+With `--checkpointing` the variants are those of `model.gradient_checkpointing=true` (verl's
+Ascend sample sets it): plain+ckpt (transformers' checkpointed forward over padded rows, what `auto`
+chose under checkpointing before the fused layers could recompute themselves), packed+ckpt (now)
+and packed without checkpointing (what checkpointing costs and saves).
 
 "wasted" is the fraction of token slots that the token-wise work (projections, MLP, head) spends
 on padding: prompt columns G x P plus response columns N x T per micro-batch, against the real
@@ -50,6 +56,7 @@ from npu_rl.device import Accelerator  # noqa: E402
 from npu_rl.metrics import StepStats  # noqa: E402
 
 VARIANTS = ("padded", "packed", "packed+budget")
+CHECKPOINT_VARIANTS = ("plain+ckpt", "packed+ckpt", "packed")
 MICRO = 8
 
 
@@ -90,9 +97,10 @@ def long_tail_batch(prompts: int, n: int, max_new: int, seed: int = 0, uniform: 
     return batch
 
 
-def wasted_fraction(batch: actor.PolicyBatch, micro_rows: list[torch.Tensor], packed: bool) -> float:
-    """Padding share of the token slots of the token-wise work (see the module docstring)."""
-    if packed:
+def wasted_fraction(batch: actor.PolicyBatch, micro_rows: list[torch.Tensor], forward: str) -> float:
+    """Padding share of the token slots of the token-wise work (see the module docstring); the
+    plain forward also runs every row's prompt, counted as waste beyond the first of its group."""
+    if forward == "packed":
         return 0.0
     real = slots = 0
     width = batch.response_width
@@ -104,21 +112,31 @@ def wasted_fraction(batch: actor.PolicyBatch, micro_rows: list[torch.Tensor], pa
         lens = prompt_cols.sum(-1)
         first = {int(g): int(lens[(part.group == g).nonzero()[0]]) for g in groups}
         real += sum(first.values()) + int(part.response_mask.sum())
-        slots += len(groups) * int(lens.max()) + len(part) * used
+        prompt_rows = len(part) if forward == "plain" else len(groups)
+        slots += prompt_rows * int(lens.max()) + len(part) * used
     return 1 - real / slots
 
 
 def variant_setup(name: str, model: torch.nn.Module, batch: actor.PolicyBatch):
     cfg = ActorConfig()
     cfg.ppo_micro_batch_size_per_device = MICRO
-    cfg.forward = "fused" if name == "padded" else "packed"
+    cfg.forward = {"padded": "fused", "plain+ckpt": "plain"}.get(name, "packed")
     if name == "packed+budget":
         cfg.use_dynamic_bsz = True
         mean_row = float(batch.attention_mask.sum()) / len(batch)
         cfg.ppo_max_token_len_per_device = max(int(MICRO * mean_row), int(batch.attention_mask.sum(-1).max()))
-    plan = build_plan(model, Accelerator("cpu"), cfg.forward)
+    plan = build_plan(model, Accelerator("cpu"), cfg.forward, gradient_checkpointing=name.endswith("+ckpt"))
     budget = cfg.ppo_max_token_len_per_device if cfg.use_dynamic_bsz else None
     return cfg, plan, budget
+
+
+def hf_checkpointing(model: torch.nn.Module, name: str) -> None:
+    """transformers' own gradient checkpointing on for the plain+ckpt variant, off otherwise (the
+    fused layers checkpoint through their plan)."""
+    if name == "plain+ckpt":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def one_step(model, optimizer, batch, cfg, plan, budget) -> tuple[float, float]:
@@ -142,26 +160,28 @@ def run_speed(args: argparse.Namespace) -> None:
     print(f"model {args.size}: {params:.1f} M params; batch {args.prompts} prompts x {args.n}, responses "
           f"{int(lengths.min())}-{int(lengths.max())} tokens (median {int(lengths.median())}), {tokens} real "
           f"tokens; torch threads {torch.get_num_threads()}")  # fmt: skip
-    setups = {name: variant_setup(name, model, batch) for name in VARIANTS}
-    optimizer = optim.build_optimizer(model, setups["padded"][0].optim)
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in VARIANTS}
+    variants = CHECKPOINT_VARIANTS if args.checkpointing else VARIANTS
+    setups = {name: variant_setup(name, model, batch) for name in variants}
+    optimizer = optim.build_optimizer(model, setups[variants[0]][0].optim)
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for repeat in range(args.repeats + 1):  # the first round warms up
-        for name in VARIANTS if repeat % 2 == 0 else reversed(VARIANTS):
+        for name in variants if repeat % 2 == 0 else reversed(variants):
             cfg, plan, budget = setups[name]
+            hf_checkpointing(model, name)
             result = one_step(model, optimizer, batch, cfg, plan, budget)
             if repeat:
                 times[name].append(result)
     print(f"{'variant':>14} {'micro':>5} {'wasted':>7} {'logprob s':>10} {'update s':>9} {'step s':>7} "
-          f"{'train tok/s':>11} {'step vs padded':>14}")  # fmt: skip
+          f"{'train tok/s':>11} {'step vs first':>14}")  # fmt: skip
     base = None
-    for name in VARIANTS:
+    for name in variants:
         cfg, plan, budget = setups[name]
         micro_rows = actor.micro_batch_rows(batch, MICRO, budget)
         logprob = statistics.median(t[0] for t in times[name])
         update = statistics.median(t[1] for t in times[name])
         step = logprob + update
         base = base or step
-        waste = wasted_fraction(batch, micro_rows, plan.forward == "packed")
+        waste = wasted_fraction(batch, micro_rows, plan.forward)
         print(f"{name:>14} {len(micro_rows):>5} {waste:>7.1%} {logprob:>10.3f} {update:>9.3f} {step:>7.3f} "
               f"{tokens / update:>11.0f} {step / base:>14.2f}")  # fmt: skip
 
@@ -176,7 +196,11 @@ def memory_child(args: argparse.Namespace) -> None:
         model = lora.wrap(model, rank=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     cfg = ActorConfig()
     cfg.ppo_micro_batch_size_per_device = MICRO
-    plan = build_plan(model, Accelerator("cpu"))  # auto: packed, or shared_prefix for a LoRA model
+    if args.memory_child in CHECKPOINT_VARIANTS:
+        hf_checkpointing(model, args.memory_child)
+        cfg, plan, _ = variant_setup(args.memory_child, model, batch)
+    else:
+        plan = build_plan(model, Accelerator("cpu"))  # auto: packed
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     one_step(model, optim.build_optimizer(model, cfg.optim), batch, cfg, plan, None)
     print(f"{plan.forward} {loaded:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
@@ -184,18 +208,19 @@ def memory_child(args: argparse.Namespace) -> None:
 
 def run_memory(args: argparse.Namespace) -> None:
     print(f"peak RSS of one step (2 logprob passes + update), model {args.size}, {args.prompts} x {args.n} rows")
-    print(f"{'variant':>10} {'forward':>13} {'after load MiB':>14} {'peak MiB':>9} {'step adds MiB':>13}")
-    for variant in ("full", "lora"):
+    print(f"{'variant':>11} {'forward':>13} {'after load MiB':>14} {'peak MiB':>9} {'step adds MiB':>13}")
+    for variant in CHECKPOINT_VARIANTS if args.checkpointing else ("full", "lora"):
         cmd = [sys.executable, __file__, "--memory-child", variant, "--size", args.size, "--prompts",
                str(args.prompts), "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens)]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
-            print(f"{variant:>10} failed: {proc.stderr.strip().splitlines()[-1]}")
+            print(f"{variant:>11} failed: {proc.stderr.strip().splitlines()[-1]}")
             continue
         forward, loaded, peak = proc.stdout.split()[-3:]
         added = float(peak) - float(loaded)
-        print(f"{variant:>10} {forward:>13} {float(loaded):>14.0f} {float(peak):>9.0f} {added:>13.0f}")
-    print("optimizer offload moves AdamW state off an accelerator; on the CPU there is nothing to move")
+        print(f"{variant:>11} {forward:>13} {float(loaded):>14.0f} {float(peak):>9.0f} {added:>13.0f}")
+    if not args.checkpointing:
+        print("optimizer offload moves AdamW state off an accelerator; on the CPU there is nothing to move")
 
 
 def main() -> None:
@@ -208,6 +233,7 @@ def main() -> None:
     parser.add_argument("--uniform", action="store_true", help="every response at the limit (packing's overhead)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the process's cores)")
     parser.add_argument("--memory", action="store_true", help="peak RSS per variant instead of speed")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing: plain vs packed")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     from npu_rl.device import cpu_threads

@@ -135,7 +135,7 @@ def forward_logprobs(
     if plan.forward == "packed":
         layout = packing.build_layout(ids, mask, pos, batch.response_mask[:, :used], batch.group)
         if layout is not None:
-            logits = packing.packed_logits(model, layout, plan.attention, plan.linears.linear)
+            logits = packing.packed_logits(model, layout, plan.attention, plan.linears.linear, plan.checkpoint)
             return _token_stats(logits, layout.targets, temperature, *extras, layout, width)
     logits = None
     if plan.forward not in ("plain", "packed"):

@@ -8,8 +8,11 @@ Two choices, both explicit in config and both resolved here from the device and 
   (npu_rl.prefix); `fused` the same sharing through the fused Llama-family forward (npu_rl.llama);
   `packed` padding-free: only real tokens, each prompt once, attention kept within rows
   (npu_rl.packing; Llama-family models, the fused layers);
-  `auto` = packed where the model is supported, else shared_prefix, and plain under gradient
-  checkpointing (its backward re-runs the forward without the prompt cache).
+  `auto` = packed where the model is supported, else shared_prefix (plain under gradient
+  checkpointing, whose backward re-runs transformers' forward without the prompt cache).
+  Gradient checkpointing (`model.gradient_checkpointing`) is part of the plan: the fused layers
+  recompute each decoder layer in backward themselves (`ComputePlan.checkpoint`), so a Llama-family
+  model keeps the packed pass under it; `shared_prefix` cannot and is refused.
   The packed pass's attention backend is chosen here too (`attention_backend`):
   varlen flash attention on CUDA with flash_attn, npu_fusion_attention on Ascend, else exact
   per-segment SDPA.
@@ -111,9 +114,11 @@ class ComputePlan:
     decoder: str  # plain | fast
     linears: Linears = field(default=TORCH_LINEARS)
     attention: str = "segments"  # the packed pass's attention (packing.ATTENTION_BACKENDS)
+    checkpoint: bool = False  # the fused layers recompute in backward (gradient checkpointing)
 
     def describe(self) -> str:
         extra = f" attention={self.attention}" if self.forward == "packed" else ""
+        extra += " checkpointed" if self.checkpoint else ""
         return f"forward={self.forward}{extra} decoder={self.decoder} linears={self.linears.name}"
 
 
@@ -135,16 +140,16 @@ def build_plan(
         raise ComputeError(f"rollout.decoder: {decoder!r} is not one of {list(DECODER_MODES)}")
     fusable = llama.supports(model, allow_sharded=True)  # the fused passes run through FSDP's hooks
     if forward == "auto":
-        forward = "plain" if gradient_checkpointing else ("packed" if fusable else "shared_prefix")
+        forward = "packed" if fusable else ("plain" if gradient_checkpointing else "shared_prefix")
     if forward in FUSED_FORWARDS and not fusable:
         raise ComputeError(
             f"actor.forward={forward}: {type(model).__name__} is not a plain Llama-family model "
             f"({', '.join(llama.SUPPORTED_TYPES)}); use actor.forward=shared_prefix or auto"
         )
-    if forward != "plain" and gradient_checkpointing:
+    if forward == "shared_prefix" and gradient_checkpointing:
         raise ComputeError(
-            f"actor.forward={forward} keeps a prompt cache that gradient checkpointing drops; "
-            "use actor.forward=plain (or auto) with model.gradient_checkpointing=true"
+            "actor.forward=shared_prefix keeps a prompt cache that gradient checkpointing drops; "
+            "use actor.forward=auto (packed where the model allows, else plain) with model.gradient_checkpointing=true"
         )
     decodable = llama.supports(model, allow_sharded=True)  # the hf rollout decodes with gathered weights
     if decoder == "auto":
@@ -152,7 +157,8 @@ def build_plan(
     if decoder == "fast" and not decodable:
         raise ComputeError(f"rollout.decoder=fast does not support {type(model).__name__}; use plain or auto")
     linears = linears_for(acc, enabled=not gradient_checkpointing, model=model)
-    return ComputePlan(forward, decoder, linears, attention_backend(acc.type))
+    checkpoint = gradient_checkpointing and forward in FUSED_FORWARDS
+    return ComputePlan(forward, decoder, linears, attention_backend(acc.type), checkpoint)
 
 
 # The plan of the straightforward reference path, against which the fast paths are tested.

@@ -18,6 +18,7 @@ import functools
 from collections.abc import Callable
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 from torch.nn import functional as F
 
@@ -154,11 +155,16 @@ def decoder_stack(
     sin: torch.Tensor,
     attend: Attend,
     linear: Callable[..., torch.Tensor] = F.linear,
+    checkpoint: bool = False,
 ) -> torch.Tensor:
     """Every decoder layer and the final norm over packed tokens h [S, hidden].
 
     `attend(q [S, H, d], k [S, KV, d], v [S, KV, d]) -> [S, H * d]` is the only place that knows
     how the tokens are laid out (which token may see which); everything else is per token.
+    `checkpoint` (gradient checkpointing, when gradients are being recorded) keeps only each
+    layer's input and re-runs the layer in backward: non-reentrant torch checkpointing inside the
+    layer's own call, so FSDP2's hooks stay outside it and the re-run reads gathered weights (the
+    order torchtitan applies activation checkpointing and FSDP2 in).
     """
     cfg, inner = model.config, model.model
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -179,16 +185,24 @@ def decoder_stack(
         gate, up = linear(x, w["gate_up_w"], w["gate_up_b"]).chunk(2, dim=-1)
         return h + linear(F.silu(gate) * up, w["down_w"], w["down_b"])
 
+    if checkpoint and torch.is_grad_enabled():
+
+        def layer_call(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+            return torch.utils.checkpoint.checkpoint(run_layer, layer, h, use_reentrant=False)
+
+    else:
+        layer_call = run_layer
     for layer in inner.layers:
-        h = through(layer, functools.partial(run_layer, layer), h)
+        h = through(layer, functools.partial(layer_call, layer), h)
     return rms_norm(h, inner.norm.weight, eps)
 
 
 def shared_prompt_logits(
-    model: nn.Module, *args: torch.Tensor, linear: Callable[..., torch.Tensor] = F.linear
+    model: nn.Module, *args: torch.Tensor, linear: Callable[..., torch.Tensor] = F.linear, checkpoint: bool = False
 ) -> torch.Tensor:
     """`_shared_prompt_logits` run as the model's forward (see `through`)."""
-    return through(model, functools.partial(_shared_prompt_logits, model, linear=linear), *args)
+    fn = functools.partial(_shared_prompt_logits, model, linear=linear, checkpoint=checkpoint)
+    return through(model, fn, *args)
 
 
 def _shared_prompt_logits(
@@ -201,12 +215,14 @@ def _shared_prompt_logits(
     tail_pos: torch.Tensor,
     group: torch.Tensor,
     linear: Callable[..., torch.Tensor] = F.linear,
+    checkpoint: bool = False,
 ) -> torch.Tensor:
     """Logits [N, 1 + T, V]: the last prompt token's, then every tail token's.
 
     Distinct prompts [G, P] (left-padded) run once; tail row i [T] (right-padded) continues prompt
     `group[i]`. Both are packed into one token matrix for the projections; only attention sees
-    the two layouts. `linear` is the plan's linear kernel (npu_rl.compute).
+    the two layouts. `linear` is the plan's linear kernel, `checkpoint` its gradient checkpointing
+    (npu_rl.compute).
     """
     cfg = model.config
     groups = cfg.num_attention_heads // cfg.num_key_value_heads
@@ -233,7 +249,7 @@ def _shared_prompt_logits(
         width = q.shape[1] * q.shape[2]
         return torch.cat([out_p.transpose(1, 2).reshape(split, width), out_t.transpose(1, 2).reshape(n * t, width)])
 
-    h = decoder_stack(model, h, cos, sin, attend, linear)
+    h = decoder_stack(model, h, cos, sin, attend, linear, checkpoint)
     last_prompt = h[:split].view(g, p, -1)[:, -1][group][:, None]
     hidden = torch.cat([last_prompt, h[split:].view(n, t, h.shape[-1])], dim=1)
     return head_logits(model, hidden, linear)

@@ -207,15 +207,20 @@ def build_layout(
 
 
 def packed_logits(
-    model: nn.Module, layout: PackedLayout, backend: str, linear: Callable[..., torch.Tensor]
+    model: nn.Module,
+    layout: PackedLayout,
+    backend: str,
+    linear: Callable[..., torch.Tensor],
+    checkpoint: bool = False,
 ) -> torch.Tensor:
     """Logits [M, V] predicting each response token of the layout (only those tokens reach the head);
-    run as the model's forward (llama.through), so FSDP2-sharded models work too."""
+    run as the model's forward (llama.through), so FSDP2-sharded models work too. `checkpoint`:
+    gradient checkpointing of the decoder layers (llama.decoder_stack)."""
 
     def forward(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         h, cos, sin = llama.embed(model, tokens, positions)
         attend = layout.attend_fn(backend, model.config.num_attention_heads, h.dtype)
-        h = llama.decoder_stack(model, h, cos, sin, attend, linear)
+        h = llama.decoder_stack(model, h, cos, sin, attend, linear, checkpoint)
         return head_logits(model, h[layout.predictors], linear)
 
     return llama.through(model, forward, layout.tokens, layout.positions)

@@ -68,6 +68,7 @@ def response_logits(
             position_ids[:, tail],
             inverse,
             linear=plan.linears.linear,
+            checkpoint=plan.checkpoint,
         )
     with plan.linears.around():
         cache = DynamicCache()

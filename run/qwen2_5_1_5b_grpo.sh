@@ -22,7 +22,8 @@
 # - TASK_QUEUE_ENABLE=2 (torch_npu's asynchronous dispatch) is set for speed; the sample leaves the default.
 # - HCCL_CONNECT_TIMEOUT and HCCL_EXEC_TIMEOUT are the sample's 360 s; the multi-node script raises them.
 # - The sample's `use_remove_padding=False` is not followed: logprob and training passes here skip padding
-#   (actor.forward=auto: packed rows, same log-probs to fp32 tolerance); `critic_warmup=0` is moot for GRPO
+#   (actor.forward=auto: packed rows, same log-probs to fp32 tolerance; under the sample's gradient checkpointing
+#   too, the packed layers recompute themselves); `critic_warmup=0` is moot for GRPO
 #   (no critic); `data.val_batch_size` only splits validation generation into calls of 256 prompts.
 #
 # Environment knobs: MODEL_PATH, DATA_DIR, NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT,

@@ -446,7 +446,9 @@ def test_run_script_launches_torchrun_with_the_sample_config(tmp_path, tiny_mode
     ]
     proc = _script("qwen2_5_1_5b_grpo.sh", tmp_path, *overrides, **env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "torch.distributed.run --standalone --nproc_per_node 2 -m npu_rl.train" in (tmp_path / "run.log").read_text()
+    log = (tmp_path / "run.log").read_text()
+    assert "torch.distributed.run --standalone --nproc_per_node 2 -m npu_rl.train" in log
+    assert "forward=packed attention=segments checkpointed" in log  # the sample's gradient checkpointing, packed
     meta = json.loads((tmp_path / "ckpt" / "global_step_1" / "actor" / "metadata.json").read_text())
     assert meta["world_size"] == 2
     resolved = (tmp_path / "logs" / "config.yaml").read_text()

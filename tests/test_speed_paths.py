@@ -110,12 +110,20 @@ def test_group_starts_read_the_group_ids_not_the_tokens():
     assert inverse.tolist() == [1, 1, 2, 0, 2, 1]
 
 
-def test_gradient_checkpointing_uses_the_plain_forward(model, tiny_tokenizer):
+def test_gradient_checkpointing_keeps_the_fused_layers_or_takes_the_plain_forward(model, tiny_tokenizer):
+    """Llama-family models stay packed, the fused layers recomputing themselves (test_packing.py);
+    others take transformers' checkpointed forward, which gives the plain forward's numbers."""
     net = copy.deepcopy(model)
     net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     net.train()
     plan = build_plan(net, CPU, gradient_checkpointing=True)
-    assert (plan.forward, plan.linears.name) == ("plain", "torch")
+    fusable = llama.supports(net)
+    assert (plan.forward, plan.checkpoint) == (("packed", True) if fusable else ("plain", False))
+    assert plan.linears.name == "torch"
+    if fusable:
+        assert build_plan(net, CPU, forward="fused", gradient_checkpointing=True).checkpoint
+        assert not build_plan(net, CPU, forward="plain", gradient_checkpointing=True).checkpoint
+        plan = build_plan(net, CPU, forward="plain", gradient_checkpointing=True)
     with pytest.raises(ComputeError, match="gradient checkpointing"):
         build_plan(net, CPU, forward="shared_prefix", gradient_checkpointing=True)
     batch = make_batch(tiny_tokenizer.pad_token_id, [7, 2, 5, 7, 6, 1, 3, 4, 2])

@@ -119,7 +119,8 @@ class ActorConfig(Section):
         "logprob/training forward: plain = one forward over padded rows; shared_prefix = each prompt once, "
         "its KV reused by its n responses; fused = Llama-family fused kernels with shared prompts; "
         "packed = fused kernels over the real tokens only (no padding), attention kept within rows; "
-        "auto = packed where supported else shared_prefix, plain under gradient checkpointing",
+        "auto = packed where supported (gradient checkpointing included), else shared_prefix (plain under gradient "
+        "checkpointing)",
     )
     clip_ratio_low: float = knob(0.2, "PPO ratio clipped below at 1 - clip_ratio_low", ge=0, lt=1)
     clip_ratio_high: float = knob(0.2, "PPO ratio clipped above at 1 + clip_ratio_high (> low: DAPO clip-higher)", ge=0)
