@@ -5,6 +5,7 @@
     python bench/long_tail.py --memory              # peak RSS of one training step per variant
     python bench/long_tail.py --uniform --prompts 2 --max-new-tokens 64   # no padding: packing's cost
     python bench/long_tail.py --checkpointing [--memory]   # gradient checkpointing: plain vs packed
+    python bench/long_tail.py --critic              # PPO's critic: values pass + update, padded vs packed
 
 The workload is what GRPO on math looks like: most responses stop early (30 to ~120 tokens) and
 a tail runs to the length limit. The rollout batch is synthetic (seeded prompt and response
@@ -23,6 +24,10 @@ With `--checkpointing` the variants are those of `model.gradient_checkpointing=t
 Ascend sample sets it): plain+ckpt (transformers' checkpointed forward over padded rows, what `auto`
 chose under checkpointing before the fused layers could recompute themselves), packed+ckpt (now)
 and packed without checkpointing (what checkpointing costs and saves).
+
+With `--critic` the same variants run the critic's share of a PPO step instead (npu_rl.critic: a
+values pass and one critic update, a value model of the same size with a non-zero head); its
+padded variant is one forward over padded rows (the critic has no shared-prompt pass).
 
 "wasted" is the fraction of token slots that the token-wise work (projections, MLP, head) spends
 on padding: prompt columns G x P plus response columns N x T per micro-batch, against the real
@@ -49,9 +54,9 @@ sys.path.insert(0, str(HERE))
 from _assets import BENCH_SIZES  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
-from npu_rl import actor, optim  # noqa: E402
+from npu_rl import actor, critic, optim  # noqa: E402
 from npu_rl.compute import build_plan  # noqa: E402
-from npu_rl.config import ActorConfig  # noqa: E402
+from npu_rl.config import ActorConfig, CriticConfig  # noqa: E402
 from npu_rl.device import Accelerator  # noqa: E402
 from npu_rl.metrics import StepStats  # noqa: E402
 
@@ -120,7 +125,8 @@ def wasted_fraction(batch: actor.PolicyBatch, micro_rows: list[torch.Tensor], fo
 def variant_setup(name: str, model: torch.nn.Module, batch: actor.PolicyBatch):
     cfg = ActorConfig()
     cfg.ppo_micro_batch_size_per_device = MICRO
-    cfg.forward = {"padded": "fused", "plain+ckpt": "plain"}.get(name, "packed")
+    padded = "plain" if isinstance(model, critic.ValueModel) else "fused"
+    cfg.forward = {"padded": padded, "plain+ckpt": "plain"}.get(name, "packed")
     if name == "packed+budget":
         cfg.use_dynamic_bsz = True
         mean_row = float(batch.attention_mask.sum()) / len(batch)
@@ -132,7 +138,8 @@ def variant_setup(name: str, model: torch.nn.Module, batch: actor.PolicyBatch):
 
 def hf_checkpointing(model: torch.nn.Module, name: str) -> None:
     """transformers' own gradient checkpointing on for the plain+ckpt variant, off otherwise (the
-    fused layers checkpoint through their plan)."""
+    fused layers checkpoint through their plan); a critic's is its decoder's."""
+    model = model.model if isinstance(model, critic.ValueModel) else model
     if name == "plain+ckpt":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
@@ -151,9 +158,32 @@ def one_step(model, optimizer, batch, cfg, plan, budget) -> tuple[float, float]:
     return mid - start, time.perf_counter() - mid
 
 
+def critic_step(model, optimizer, batch, cfg, plan, budget) -> tuple[float, float]:
+    """(seconds of the critic's values pass, seconds of its update): the critic's share of a PPO step."""
+    cpu = torch.device("cpu")
+    start = time.perf_counter()
+    batch.values = critic.compute_values(model, batch, MICRO, cpu, plan, budget)
+    mid = time.perf_counter()
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    groups, width = len(torch.unique(batch.group)), batch.response_width
+    critic_cfg = CriticConfig(ppo_micro_batch_size_per_device=MICRO)
+    critic.update_critic(model, optimizer, sched, batch, critic_cfg, 1, groups, width, StepStats(), cpu, plan, budget)
+    return mid - start, time.perf_counter() - mid
+
+
+def value_model(size: str) -> critic.ValueModel:
+    """The bench model as a critic, its head drawn at random (as a trained critic's, not zero)."""
+    model = critic.ValueModel(build_model(size))
+    torch.nn.init.normal_(model.value_head.weight, std=0.02)
+    return model
+
+
 def run_speed(args: argparse.Namespace) -> None:
-    model = build_model(args.size)
+    model = value_model(args.size) if args.critic else build_model(args.size)
+    step_fn = critic_step if args.critic else one_step
     batch = long_tail_batch(args.prompts, args.n, args.max_new_tokens, uniform=args.uniform)
+    batch.returns = torch.randn(batch.response_mask.shape, generator=torch.Generator().manual_seed(1))
+    batch.returns *= batch.response_mask
     tokens = int(batch.attention_mask.sum())
     lengths = batch.response_mask.sum(-1)
     params = sum(p.numel() for p in model.parameters()) / 1e6
@@ -168,10 +198,11 @@ def run_speed(args: argparse.Namespace) -> None:
         for name in variants if repeat % 2 == 0 else reversed(variants):
             cfg, plan, budget = setups[name]
             hf_checkpointing(model, name)
-            result = one_step(model, optimizer, batch, cfg, plan, budget)
+            result = step_fn(model, optimizer, batch, cfg, plan, budget)
             if repeat:
                 times[name].append(result)
-    print(f"{'variant':>14} {'micro':>5} {'wasted':>7} {'logprob s':>10} {'update s':>9} {'step s':>7} "
+    passes = "values s" if args.critic else "logprob s"
+    print(f"{'variant':>14} {'micro':>5} {'wasted':>7} {passes:>10} {'update s':>9} {'step s':>7} "
           f"{'train tok/s':>11} {'step vs first':>14}")  # fmt: skip
     base = None
     for name in variants:
@@ -234,6 +265,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the process's cores)")
     parser.add_argument("--memory", action="store_true", help="peak RSS per variant instead of speed")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing: plain vs packed")
+    parser.add_argument("--critic", action="store_true", help="the critic's passes instead of the actor's")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     from npu_rl.device import cpu_threads

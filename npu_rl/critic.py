@@ -4,20 +4,31 @@
 and replaces the LM head with a Linear(hidden, 1) initialised to zero, so every value starts at 0
 and the first updates fit the returns instead of fighting a random head. V at response token t is
 read at the position before it (the state the token was chosen in), as verl does.
+
+The values and training passes take the actor's machinery: for Llama-family decoders the packed,
+padding-free pass of npu_rl.packing with the value head in place of the LM head (the packed layout's
+predicting tokens are exactly those states), gradient checkpointing through the plan, and
+micro-batches in rows or, with `critic.use_dynamic_bsz`, by tokens (actor.micro_batch_rows).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from npu_rl import core_algos, distributed
-from npu_rl.actor import PolicyBatch, clipped_step
+from npu_rl import core_algos, distributed, optim, packing
+from npu_rl.actor import PolicyBatch, clipped_step, micro_batch_rows
 from npu_rl.algos.policy_losses import value_loss
-from npu_rl.config import CriticConfig
+from npu_rl.compute import ComputePlan, build_plan
+from npu_rl.config import Config, CriticConfig
+from npu_rl.device import Accelerator
 from npu_rl.metrics import StepStats
+from npu_rl.model import load_model
 
 
 class ValueModel(nn.Module):
@@ -41,21 +52,36 @@ class ValueModel(nn.Module):
         return self.value_head(hidden).squeeze(-1).float()
 
 
-def _response_values(critic: nn.Module, micro: PolicyBatch) -> torch.Tensor:
-    width = micro.response_width
+def _response_values(critic: nn.Module, micro: PolicyBatch, plan: ComputePlan) -> torch.Tensor:
+    """[n, T] values of the states before each response token (0 on mask-0 tokens): packed when the
+    plan is (and every row has a prompt token), else one forward over the padded rows."""
+    width, mask = micro.response_width, micro.response_mask
+    if plan.forward == "packed":
+        layout = packing.build_layout(micro.input_ids, micro.attention_mask, micro.position_ids, mask, micro.group)
+        if layout is not None:
+            linear, value_head = plan.linears.linear, critic.value_head
+            values = packing.packed_logits(critic, layout, plan.attention, linear, plan.checkpoint, value_head)
+            return packing.scatter_rows(values.squeeze(-1).float(), layout, (len(micro), width)) * mask
     out = critic(micro.input_ids, micro.attention_mask, micro.position_ids)
-    return out[:, -width - 1 : -1] * micro.response_mask
+    return out[:, -width - 1 : -1] * mask
 
 
 @torch.no_grad()
-def compute_values(critic: nn.Module, batch: PolicyBatch, micro_batch: int, device: torch.device) -> torch.Tensor:
-    """[N, T] values of the states before each response token (0 on mask-0 tokens)."""
+def compute_values(
+    critic: nn.Module,
+    batch: PolicyBatch,
+    micro_batch: int,
+    device: torch.device,
+    plan: ComputePlan,
+    max_tokens: int | None = None,
+) -> torch.Tensor:
+    """[N, T] values of the states before each response token (0 on mask-0 tokens), in micro-batches
+    of `micro_batch` rows or about `max_tokens` tokens (a collective under torchrun)."""
     critic.eval()
-    parts = [
-        _response_values(critic, batch.slice(s, s + micro_batch).to(device)).cpu()
-        for s in range(0, len(batch), micro_batch)
-    ]
-    return torch.cat(parts)
+    values = torch.zeros(batch.response_mask.shape)
+    for rows in micro_batch_rows(batch, micro_batch, max_tokens):
+        values[rows] = _response_values(critic, batch.select(rows).to(device), plan).cpu()
+    return values
 
 
 def update_critic(
@@ -69,12 +95,15 @@ def update_critic(
     horizon: int,
     stats: StepStats,
     device: torch.device,
+    plan: ComputePlan,
+    max_tokens: int | None = None,
     world_size: int = 1,
 ) -> None:
     """Clipped value regression onto `batch.returns` around `batch.values` (the values at rollout),
-    over the actor's mini-batches of whole groups, with the critic's own micro-batches; the loss is
-    normalised by mini-batch totals over all ranks as the actor's is. Logs critic/{vf_loss,
-    vf_clipfrac, vpred_mean, grad_norm, lr} (averaged over updates)."""
+    over the actor's mini-batches of whole groups, with the critic's own micro-batches (rows, or
+    about `max_tokens` tokens); the loss is normalised by mini-batch totals over all ranks as the
+    actor's is, so the gradient does not depend on the split. Logs critic/{vf_loss, vf_clipfrac,
+    vpred_mean, grad_norm, lr} (averaged over updates)."""
     critic.train()
     sums: dict[str, float] = defaultdict(float)
     norms: list[float] = []
@@ -83,10 +112,10 @@ def update_critic(
             seqs = float(core_algos.count_sequences(mini.response_mask))
             totals = distributed.all_reduce(torch.tensor([mini.response_mask.sum().item(), seqs]), "sum")
             optimizer.zero_grad(set_to_none=True)
-            for start in range(0, len(mini), cfg.ppo_micro_batch_size_per_device):
-                micro = mini.slice(start, start + cfg.ppo_micro_batch_size_per_device).to(device)
+            for rows in micro_batch_rows(mini, cfg.ppo_micro_batch_size_per_device, max_tokens):
+                micro = mini.select(rows).to(device)
                 mask = micro.response_mask
-                vpreds = _response_values(critic, micro)
+                vpreds = _response_values(critic, micro, plan)
                 mat, vf_stats = value_loss(vpreds, micro.values, micro.returns, mask, cfg.cliprange_value)
                 loss = core_algos.aggregate_loss(mat, mask, cfg.loss_agg_mode, totals[0], totals[1], horizon)
                 (loss * world_size).backward()  # gradients are averaged over ranks; the loss is a global mean
@@ -101,3 +130,46 @@ def update_critic(
     stats.add_max("critic/grad_norm", sum(norms) / updates)
     stats.add_max("critic/lr", scheduler.get_last_lr()[0])
     scheduler.step()
+
+
+@dataclass
+class Critic:
+    """The trainer's critic: the value model, its optimizer and schedule, its compute plan and the
+    token budgets of its two passes (None: micro-batches in rows)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    plan: ComputePlan
+    cfg: CriticConfig
+    values_budget: int | None
+    train_budget: int | None
+
+    @classmethod
+    def build(cls, cfg: Config, acc: Accelerator, place: Callable[[nn.Module], nn.Module], total_steps: int) -> Critic:
+        """The value model from critic.model_path (else model.path) on `acc`, placed by `place` (the
+        trainer's sharding); its passes follow actor.forward (packed unless that says plain) and
+        model.gradient_checkpointing."""
+        init = dataclasses.replace(cfg.model, path=cfg.critic.model_path or cfg.model.path)
+        model = place(ValueModel(load_model(init, acc, trainable=True)))
+        forward = "plain" if cfg.actor.forward == "plain" else "auto"  # no shared-prefix pass for the critic
+        plan = build_plan(model, acc, forward, "plain", cfg.model.gradient_checkpointing)
+        optimizer = optim.build_optimizer(model, cfg.critic.optim)
+        scheduler = optim.build_scheduler(optimizer, total_steps, cfg.critic.optim)
+        budgets = cfg.token_budgets()
+        values_budget = budgets["critic.forward_max_token_len_per_device"]
+        return cls(model, optimizer, scheduler, plan, cfg.critic, values_budget,
+                   budgets["critic.ppo_max_token_len_per_device"])  # fmt: skip
+
+    def values(self, batch: PolicyBatch, device: torch.device) -> torch.Tensor:
+        micro = self.cfg.forward_micro_batch_size_per_device or self.cfg.ppo_micro_batch_size_per_device
+        return compute_values(self.model, batch, micro, device, self.plan, self.values_budget)
+
+    def update(
+        self, batch: PolicyBatch, epochs: int, mini_groups: int, horizon: int, stats: StepStats,
+        device: torch.device, world_size: int,
+    ) -> None:  # fmt: skip
+        update_critic(
+            self.model, self.optimizer, self.scheduler, batch, self.cfg, epochs, mini_groups, horizon, stats, device,
+            self.plan, self.train_budget, world_size,
+        )  # fmt: skip

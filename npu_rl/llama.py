@@ -48,7 +48,8 @@ def supports(model: nn.Module, allow_sharded: bool = False) -> bool:
         return False  # adapters on the embedding or LM head (npu_rl.lora reads decoder-layer adapters only)
     inner = getattr(model, "model", None)
     needed = ("embed_tokens", "layers", "norm", "rotary_emb")
-    return inner is not None and all(hasattr(inner, n) for n in needed) and hasattr(model, "lm_head")
+    head = hasattr(model, "lm_head") or hasattr(model, "value_head")  # a causal LM, or npu_rl.critic's ValueModel
+    return inner is not None and all(hasattr(inner, n) for n in needed) and head
 
 
 def through(module: nn.Module, fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:

@@ -88,12 +88,10 @@ class GRPOTrainer:
         self.device = self.acc.torch_device(self.dist.local_rank)
         self.optimizer = optim.build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = optim.build_scheduler(self.optimizer, self.total_steps, cfg.actor.optim)
-        self.critic = self.critic_optimizer = self.critic_scheduler = None
-        if cfg.use_critic:  # PPO with GAE: the policy's architecture with a value head
-            init = dataclasses.replace(cfg.model, path=cfg.critic.model_path or cfg.model.path)
-            self.critic = self._place(critic.ValueModel(load_model(init, self.acc, trainable=True)), trainable=True)
-            self.critic_optimizer = optim.build_optimizer(self.critic, cfg.critic.optim)
-            self.critic_scheduler = optim.build_scheduler(self.critic_optimizer, self.total_steps, cfg.critic.optim)
+        self.critic = None  # PPO with GAE: the policy's architecture with a value head
+        if cfg.use_critic:
+            place = lambda m: self._place(m, trainable=True)  # noqa: E731
+            self.critic = critic.Critic.build(cfg, self.acc, place, self.total_steps)
         self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist, self.plan)
         self.pad_token_id = eos_and_pad_ids(self.tokenizer, model)[1]
         scorer = RewardModel(cfg.reward.model, self.acc, self.dist.local_rank) if cfg.reward.uses_model else None
@@ -116,7 +114,8 @@ class GRPOTrainer:
             self.tracking = Tracking(cfg.trainer.logger, str(self.log_dir), self.total_steps, config=cfg)
             for name, count in self.train_data.filtered.items():
                 print(f"[npu_rl] filtered {count} prompts longer than {cfg.data.max_prompt_length} tokens in {name}")
-            print(f"[npu_rl] device {self.acc.type}, world size {self.dist.world_size}, {self.plan.describe()}")
+            plans = self.plan.describe() + ("" if self.critic is None else f", critic {self.critic.plan.describe()}")
+            print(f"[npu_rl] device {self.acc.type}, world size {self.dist.world_size}, {plans}")
 
     def _place(self, model: torch.nn.Module, trainable: bool) -> torch.nn.Module:
         """Shard across ranks (FSDP2 moves each shard to the device itself), or move whole when alone."""
@@ -169,8 +168,7 @@ class GRPOTrainer:
                     )  # fmt: skip
             if self.critic is not None:
                 with timer.section("values"):
-                    micro = cfg.critic.ppo_micro_batch_size_per_device
-                    batch.values = critic.compute_values(self.critic, batch, micro, self.device)
+                    batch.values = self.critic.values(batch, self.device)
             if self.ref is not None:
                 with timer.section("ref"), lora.adapters_disabled(self.ref):
                     batch.ref_logprobs = actor.compute_logprobs(
@@ -207,9 +205,8 @@ class GRPOTrainer:
             mini_groups = cfg.actor.ppo_mini_batch_size // self.dist.world_size
             if self.critic is not None:
                 with timer.section("update_critic"):
-                    critic.update_critic(
-                        self.critic, self.critic_optimizer, self.critic_scheduler, batch, cfg.critic,
-                        cfg.actor.ppo_epochs, mini_groups, cfg.rollout.max_new_tokens, stats, self.device,
+                    self.critic.update(
+                        batch, cfg.actor.ppo_epochs, mini_groups, cfg.rollout.max_new_tokens, stats, self.device,
                         self.dist.world_size,
                     )  # fmt: skip
                 valid = mask.bool()
@@ -311,7 +308,8 @@ class GRPOTrainer:
 
     def _others(self) -> dict[str, tuple]:
         """Modules checkpointed beside the actor: the critic, and a reference that moves (ref.sync_steps)."""
-        others = {} if self.critic is None else {"critic": (self.critic, self.critic_optimizer, self.critic_scheduler)}
+        c = self.critic
+        others = {} if c is None else {"critic": (c.model, c.optimizer, c.scheduler)}
         return {**others, "ref": (self.ref, None, None)} if self.cfg.ref.sync_steps else others
 
     def maybe_resume(self) -> None:

@@ -172,13 +172,17 @@ def test_dynamic_sampling_cap_names_the_key(tmp_path, tiny_model_dir, synthetic_
 
 
 def test_ppo_with_a_critic_trains_and_logs_critic_metrics(tmp_path, tiny_model_dir, synthetic_parquet):
-    run(
+    trainer = run(
         make_cfg(
             tmp_path, tiny_model_dir, synthetic_parquet, "trainer.total_training_steps=3", "trainer.test_freq=0",
             "trainer.save_freq=0", "algorithm.adv_estimator=gae", "algorithm.lam=0.95", "critic.optim.lr=1e-3",
-            "critic.ppo_micro_batch_size_per_device=4", "trainer.critic_warmup=1",
+            "critic.ppo_micro_batch_size_per_device=4", "trainer.critic_warmup=1", "model.gradient_checkpointing=true",
+            "data.max_prompt_length=128", "critic.use_dynamic_bsz=true", "critic.ppo_max_token_len_per_device=140",
         )
     )  # fmt: skip
+    # the critic's passes: packed and checkpointed like the actor's, its training micro-batches by tokens
+    assert (trainer.critic.plan.forward, trainer.critic.plan.checkpoint) == ("packed", True)
+    assert (trainer.critic.train_budget, trainer.critic.values_budget) == (140, 140)
     rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "critic/vf_loss" in r]
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -193,13 +197,12 @@ def test_ppo_resume_reproduces_the_uninterrupted_run_critic_included(tmp_path, t
     ppo = ("algorithm.adv_estimator=gae", "critic.optim.lr=1e-3", "trainer.test_freq=0", "trainer.save_freq=2")
     straight, resumed = straight_and_resumed(tmp_path, tiny_model_dir, synthetic_parquet, *ppo)
     assert (tmp_path / "b" / "ckpt" / "global_step_2" / "critic" / "model" / ".metadata").is_file()
-    for a, b in ((straight.model, resumed.model), (straight.critic, resumed.critic)):
+    for a, b in ((straight.model, resumed.model), (straight.critic.model, resumed.critic.model)):
         sa, sb = a.state_dict(), b.state_dict()
         for name in sa:
             torch.testing.assert_close(sa[name], sb[name], rtol=0, atol=1e-6, msg=name)
-    assert (
-        straight.critic_optimizer.state_dict()["state"].keys() == resumed.critic_optimizer.state_dict()["state"].keys()
-    )
+    states = [t.critic.optimizer.state_dict()["state"] for t in (straight, resumed)]
+    assert states[0].keys() == states[1].keys() and states[0]
 
 
 def test_the_ppo_recipe_config_loads(tiny_model_dir, synthetic_parquet):

@@ -101,6 +101,8 @@ VERL_LORA_DAPO_TOOLS = """
     algorithm.adv_estimator=gae algorithm.gamma=1.0 algorithm.lam=0.95 trainer.critic_warmup=2
     critic.optim.lr=1e-5 critic.ppo_micro_batch_size_per_gpu=4 critic.cliprange_value=0.2
     critic.ppo_mini_batch_size=256 critic.model.enable_gradient_checkpointing=True
+    critic.use_dynamic_bsz=True critic.ppo_max_token_len_per_gpu=30000 critic.forward_max_token_len_per_gpu=40000
+    critic.forward_micro_batch_size_per_gpu=16 critic.model.use_remove_padding=True
 """
 
 
@@ -124,6 +126,12 @@ def test_verl_keys_of_lora_token_budgets_offload_tools_dapo_and_critic_reach_the
         1e-5,
         4,
         0.2,
+    )
+    assert cfg.critic.use_dynamic_bsz and cfg.critic.forward_micro_batch_size_per_device == 16
+    budgets = cfg.token_budgets()
+    assert (budgets["critic.ppo_max_token_len_per_device"], budgets["critic.forward_max_token_len_per_device"]) == (
+        30000,
+        40000,
     )
     # newer verl keeps the reward manager and its kwargs under `reward.`, beside npu_rl's own reward keys
     newer = load_config(None, ["model.path=m", "data.train_files=[a]", "reward.reward_manager.name=dapo",

@@ -173,6 +173,16 @@ class CriticConfig(Section):
     model_path: str = knob("", "initialise the critic's decoder from this model folder; empty: from model.path")
     optim: OptimConfig = knob(OptimConfig, "the critic's AdamW and schedule (verl: critic.optim; e.g. lr 1e-5)")
     ppo_micro_batch_size_per_device: int = knob(8, "sequences per critic forward/backward", gt=0)
+    forward_micro_batch_size_per_device: int | None = knob(
+        None, "sequences per values-pass forward; null: ppo_micro_batch_size_per_device", gt=0
+    )
+    use_dynamic_bsz: bool | None = knob(None, "critic micro-batches by tokens; null: actor.use_dynamic_bsz")
+    ppo_max_token_len_per_device: int = knob(
+        32768, "with dynamic batching: tokens per critic training micro-batch (verl's ppo_max_token_len_per_gpu)", gt=0
+    )
+    forward_max_token_len_per_device: int | None = knob(
+        None, "with dynamic batching: tokens per values-pass micro-batch; null: ppo_max_token_len_per_device", gt=0
+    )
     cliprange_value: float = knob(0.5, "value clip around the values at rollout", gt=0)
     loss_agg_mode: str = knob(
         "token-mean", "how per-token value losses reduce to one", registry="npu_rl.core_algos:LOSS_AGG_MODES"
@@ -323,14 +333,14 @@ class Config(Section):
             )
 
     def token_budgets(self) -> dict[str, int | None]:
-        """Tokens per micro-batch of the training, old-logprob and reference passes (None: fixed rows),
-        keyed by the config key that sets each."""
+        """Tokens per micro-batch of the training, old-logprob and reference passes, and the critic's
+        two when it is built (None: fixed rows), keyed by the config key that sets each."""
         dynamic = self.actor.use_dynamic_bsz
 
         def pick(flag: bool | None, budget: int) -> int | None:
             return budget if (dynamic if flag is None else flag) else None
 
-        return {
+        budgets = {
             "actor.ppo_max_token_len_per_device": pick(dynamic, self.actor.ppo_max_token_len_per_device),
             "rollout.log_prob_max_token_len_per_device": pick(
                 self.rollout.log_prob_use_dynamic_bsz, self.rollout.log_prob_max_token_len_per_device
@@ -339,6 +349,12 @@ class Config(Section):
                 self.ref.log_prob_use_dynamic_bsz, self.ref.log_prob_max_token_len_per_device
             ),
         }
+        if self.use_critic:  # verl: the critic's values pass defaults to its training budget
+            c = self.critic
+            forward = c.forward_max_token_len_per_device or c.ppo_max_token_len_per_device
+            budgets["critic.ppo_max_token_len_per_device"] = pick(c.use_dynamic_bsz, c.ppo_max_token_len_per_device)
+            budgets["critic.forward_max_token_len_per_device"] = pick(c.use_dynamic_bsz, forward)
+        return budgets
 
     @property
     def kl_in_loss(self) -> bool:
