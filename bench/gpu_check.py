@@ -18,8 +18,11 @@ What it does, in order (each phase prints one line; a failure names its phase):
 6. TRL: GRPOTrainer on the same model, data, reward and settings (bf16, no vLLM), its step time
    from its own callbacks; prints npu_rl / TRL step-time ratio (medians, first step excluded);
 7. LoRA: one step with rank-64 adapters on every linear (the reference is the base with adapters
-   off; the frozen base stays bf16), its peak memory next to the plain run's. Last, so that the
-   phases before it have printed if the time limit cuts it.
+   off; the frozen base stays bf16), its peak memory next to the plain run's;
+8. recompute: one step with `model.gradient_checkpointing=true` (the Ascend sample's setting: the
+   packed pass with each layer recomputed in backward), matching the plain run's first step like
+   offload, with its peak memory. The optional phases come last, so that the ones before them
+   have printed if the time limit cuts the run.
 
 No network is needed. torch, transformers, accelerate and npu_rl's own dependencies are expected on
 the machine (the lent H200's image has them all); trl and datasets for phase 6 are installed from the
@@ -204,7 +207,7 @@ def main() -> None:
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     log("assets", f"torch {torch.__version__}, {card}; work dir {work}")
     model, data = build_model(Path(args.work) / "assets", args.dry_run)
-    for stale in ("logs", "ckpt", "offload", "lora"):
+    for stale in ("logs", "ckpt", "offload", "lora", "recompute"):
         subprocess.run(["rm", "-rf", str(work / stale)], check=True)
     rows = run_npu_rl(args, model, data, work, args.steps)
     npu_step = report_npu_rl(rows)
@@ -214,19 +217,26 @@ def main() -> None:
     if len(resumed) != args.steps + 1 or not new:
         sys.exit(f"[gpu_check] resume: expected step {args.steps + 1} after the checkpoint, got {len(resumed)} rows")
     log("resume", f"resumed at step {args.steps} and ran step {args.steps + 1}: pg_loss {new[0]['actor/pg_loss']:.4f}")
-    offload = run_npu_rl(args, model, data, work / "offload", 1, "actor.fsdp.optimizer_offload=true")
-    plain, moved = rows[0], offload[0]
-    for key in ("actor/pg_loss", "actor/grad_norm"):
-        if abs(moved[key] - plain[key]) > 0.02 * abs(plain[key]) + 1e-6:
-            sys.exit(f"[gpu_check] offload: first-step {key} {moved[key]} differs from the plain run's {plain[key]}")
-    memory = memory_of(moved)
-    log("offload", f"optimizer_offload: first step matches (grad_norm {moved['actor/grad_norm']:.4f} vs "
-        f"{plain['actor/grad_norm']:.4f}); memory {memory}")  # fmt: skip
+    check_same_first_step(args, model, data, work, rows[0], "offload", "actor.fsdp.optimizer_offload=true")
     trl_step = None if args.skip_trl else run_trl(args, model, data, work)
     if trl_step:
         log("ratio", f"npu_rl / TRL step time = {npu_step:.2f} / {trl_step:.2f} = {npu_step / trl_step:.3f}")
     check_lora(args, model, data, work, rows[0])
+    check_same_first_step(args, model, data, work, rows[0], "recompute", "model.gradient_checkpointing=true")
     log("done", "all phases passed")
+
+
+def check_same_first_step(
+    args: argparse.Namespace, model: Path, data: Path, work: Path, plain: dict, phase: str, setting: str
+) -> None:
+    """One step with `setting`, whose loss and gradient norm must match the plain run's first step
+    (2 %: the same arithmetic, other kernels' rounding); prints its memory beside the plain run's."""
+    row = run_npu_rl(args, model, data, work / phase, 1, setting)[0]
+    for key in ("actor/pg_loss", "actor/grad_norm"):
+        if abs(row[key] - plain[key]) > 0.02 * abs(plain[key]) + 1e-6:
+            sys.exit(f"[gpu_check] {phase}: first-step {key} {row[key]} differs from the plain run's {plain[key]}")
+    log(phase, f"{setting}: first step matches (grad_norm {row['actor/grad_norm']:.4f} vs "
+        f"{plain['actor/grad_norm']:.4f}); memory {memory_of(row)} (plain: {memory_of(plain)})")  # fmt: skip
 
 
 def check_lora(args: argparse.Namespace, model: Path, data: Path, work: Path, plain: dict) -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check (bench/gpu_check.py): a few GRPO steps of a Qwen2.5-1.5B-shaped model under FSDP2 on one
-# card, checkpoint merge and resume, TRL's GRPOTrainer on the same settings for a ratio, one LoRA step.
+# card, checkpoint merge and resume, TRL's GRPOTrainer on the same settings for a ratio, one LoRA step,
+# one gradient-checkpointed step.
 #   bash bench/gpu_check.sh              # one H100/H200, no network, <= 9 minutes
 #   bash bench/gpu_check.sh --dry-run    # CPU, tiny model (CI)
 # Uses $PYTHON (default: python3 on PATH); wheels for missing packages go in bench/wheels/.
