@@ -94,6 +94,7 @@ class Evaluator:
         num_threads: int = 0,
         tools: str | None = None,
         chat_template_kwargs: dict[str, Any] | None = None,
+        fp32_lm_head: bool = False,
     ) -> None:
         self.model_arg = str(model)
         self.model_dir, self._tmp = resolve_model_dir(model)
@@ -101,7 +102,7 @@ class Evaluator:
         if self.acc.type == "cpu":
             torch.set_num_threads(device.cpu_threads(num_threads))
         cfg = Config()
-        cfg.model.path, cfg.model.dtype = str(self.model_dir), dtype
+        cfg.model.path, cfg.model.dtype, cfg.model.fp32_lm_head = str(self.model_dir), dtype, fp32_lm_head
         cfg.rollout.name, cfg.rollout.micro_batch_size = rollout, batch_size
         cfg.data.max_prompt_length, cfg.rollout.max_new_tokens = max_prompt_length, max_new_tokens
         cfg.data.apply_chat_template_kwargs = dict(chat_template_kwargs or {})  # e.g. Qwen3's enable_thinking
@@ -205,7 +206,7 @@ def evaluate(model: str | Path, data_files: str | Path | Sequence[str | Path], *
     """One-shot `Evaluator(model, ...).evaluate(data_files, ...)`; constructor keywords are split off."""
     init_keys = (
         "rollout", "device_name", "dtype", "batch_size", "max_prompt_length", "reward", "num_threads", "tools",
-        "chat_template_kwargs",
+        "chat_template_kwargs", "fp32_lm_head",
     )  # fmt: skip
     init = {key: kwargs.pop(key) for key in init_keys if key in kwargs}
     if kwargs.get("max_new_tokens") is not None:  # it sizes the engine as well as the evaluation
@@ -264,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto", choices=["auto", "npu", "cuda", "cpu"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument(
+        "--fp32-lm-head",
+        action="store_true",
+        help="the LM head's product in fp32 (hf and vLLM), as training with model.fp32_lm_head=true decodes",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0 = the cores this process may use)")
     p.add_argument("--reward-workers", type=int, default=2, help="grading processes (0 = in-process)")
@@ -287,6 +293,7 @@ def evaluator_from_args(args: argparse.Namespace) -> Evaluator:
         num_threads=args.num_threads,
         tools=args.tools,
         chat_template_kwargs=args.chat_template_kwargs,
+        fp32_lm_head=args.fp32_lm_head,
     )
 
 

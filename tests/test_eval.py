@@ -183,6 +183,20 @@ def test_chat_template_kwargs_reach_the_prompts_and_bad_json_is_a_usage_error(ti
         assert ev.data_cfg.apply_chat_template_kwargs == {"enable_thinking": False}
 
 
+def test_fp32_lm_head_flag_reaches_the_evaluated_model(tiny_model_dir, synthetic_parquet):
+    """--fp32-lm-head evaluates with the head training's model.fp32_lm_head uses (npu_rl.head), and the
+    greedy answers of a bf16 model decode through it."""
+    from npu_rl.eval import build_parser, evaluator_from_args
+    from npu_rl.head import is_fp32_head
+
+    argv = ["--model", str(tiny_model_dir), "--data", "x", "--dtype", "bfloat16", "--num-threads", "1"]
+    assert not build_parser().parse_args(argv).fp32_lm_head
+    with evaluator_from_args(build_parser().parse_args([*argv, "--fp32-lm-head"])) as ev:
+        assert ev.cfg.model.fp32_lm_head and is_fp32_head(ev.engine.model)
+        summary = ev.evaluate(synthetic_parquet["test"], max_samples=4, max_new_tokens=4)
+    assert summary["num_prompts"] == 4
+
+
 def test_a_checkpoint_evaluates_like_the_model_it_holds(tmp_path, tiny_model_dir, synthetic_parquet, parity_reward):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
