@@ -99,10 +99,12 @@ class Timer:
 
     @contextmanager
     def section(self, name: str) -> Iterator[None]:
+        """Time the block; under a profiler (npu_rl.profiling) it is also the range `npu_rl/<name>`."""
         self.sync()
         start = time.perf_counter()
         try:
-            yield
+            with torch.profiler.record_function(f"npu_rl/{name}"):
+                yield
         finally:
             self.sync()
             self.times[name] += time.perf_counter() - start

@@ -34,6 +34,7 @@ from npu_rl.metrics import (
     variance_proxies,
 )
 from npu_rl.model import load_model, load_tokenizer, mix_into, num_parameters
+from npu_rl.profiling import StepProfiler
 from npu_rl.progress import Progress
 from npu_rl.resume import (
     RUN_CONFIG,
@@ -108,6 +109,8 @@ class GRPOTrainer:
         self.kl_ctrl = core_algos.AdaptiveKLController.from_config(cfg.algorithm)
         self.entropy_control = AdaptiveEntropy.from_config(cfg.actor)
         self.global_step = 0
+        profile_dir = format_path(cfg.trainer.profile_dir, cfg)
+        self.profiler = StepProfiler(cfg.trainer.profile_steps, profile_dir, self.dist.rank, self.acc.type)
         self.tracking: Tracking | None = None
         if self.dist.is_main:
             record_start(cfg, self.log_dir, self._resume_from)
@@ -355,7 +358,8 @@ class GRPOTrainer:
                 self.log(self.validate())
             while self.global_step < self.total_steps:
                 start = time.perf_counter()
-                last = self.train_step(self.step_rollouts.next_prompts())
+                with self.profiler.step(self.global_step + 1):
+                    last = self.train_step(self.step_rollouts.next_prompts())
                 self.global_step += 1
                 if self.cfg.ref.sync_steps and self.global_step % self.cfg.ref.sync_steps == 0:  # TR-DPO
                     mix_into(self.ref, self.model, self.cfg.ref.mixup_alpha)

@@ -371,7 +371,15 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.use_legacy_worker_impl", IGNORED, note="one worker implementation"),
     Rule("trainer.tensorboard_dir", UNSUPPORTED, note="set the TENSORBOARD_DIR environment variable instead"),
     Rule("ray_init.*", IGNORED, note="no Ray: processes come from torchrun"),
-    Rule("global_profiler.*", IGNORED, note="profiling is not wired to the config"),
+    Rule("global_profiler.steps", ALIAS, "trainer.profile_steps"),
+    Rule("global_profiler.save_path", ALIAS, "trainer.profile_dir"),
+    Rule(
+        "global_profiler.tool",
+        IGNORED,
+        only=(None, "torch", "npu"),
+        note="the torch profiler, torch_npu's on Ascend (npu_rl.profiling); nsys is not driven from here",
+    ),
+    Rule("global_profiler.*", IGNORED, note="the profiler records whole steps on every rank (trainer.profile_steps)"),
 )
 
 # Top-level groups that only verl has: an unknown key under them is verl's, with no equivalent here.

@@ -233,6 +233,12 @@ class TrainerConfig(Section):
     validation_data_dir: str | None = knob(
         None, "write every validation's responses to <dir>/<step>.jsonl (verl's fields; step 0: before training)"
     )
+    profile_steps: list[int] = knob(
+        [], "steps whose torch profiler trace is written to profile_dir (verl's global_profiler.steps)", ge=1
+    )
+    profile_dir: str = knob(
+        "outputs/{project_name}/{experiment_name}/profile", "the profiled steps' traces (global_profiler.save_path)"
+    )
     test_freq: int = knob(-1, "validate every N steps; -1: never (see val_before_train)", ge=-1)
     val_before_train: bool = knob(True, "validate once before the first step")
     val_only: bool = knob(
