@@ -13,6 +13,7 @@ import torch
 
 from npu_rl import distributed
 from npu_rl.algos import dapo
+from npu_rl.balance import balance_groups
 from npu_rl.config import Config
 from npu_rl.core_algos import ADV_ESTIMATORS
 from npu_rl.data import BatchSampler, PromptRecord
@@ -109,19 +110,28 @@ class StepRollouts:
     ) -> tuple[RolloutBatch, RewardBatch, int]:
         """This rank's graded rollouts, and how many generation batches they took (more than one only
         with algorithm.filter_groups.enable: DAPO dynamic sampling, `npu_rl.algos.dapo.dynamic_sampling`,
-        drawing further training batches from the sampler, each rank its shard)."""
+        drawing further training batches from the sampler, each rank its shard). With several ranks
+        and trainer.balance_batch the ranks then trade groups to even out their tokens (npu_rl.balance)."""
         fg = self.cfg.algorithm.filter_groups
-        first = self.generate_and_grade(records, params, timer, step)
-        if not fg.enable:
-            return (*first, 1)
+        rollout, graded = self.generate_and_grade(records, params, timer, step)
+        batches = 1
+        if fg.enable:
 
-        def more() -> tuple[RolloutBatch, RewardBatch]:
-            return self.generate_and_grade(self.next_prompts(), params, timer, step)
+            def more() -> tuple[RolloutBatch, RewardBatch]:
+                return self.generate_and_grade(self.next_prompts(), params, timer, step)
 
-        def any_rank_short(short: bool) -> bool:
-            return float(distributed.all_reduce(torch.tensor([float(short)]), "sum")[0]) > 0
+            def any_rank_short(short: bool) -> bool:
+                return float(distributed.all_reduce(torch.tensor([float(short)]), "sum")[0]) > 0
 
-        return dapo.dynamic_sampling(first, len(records), fg.metric, fg.max_num_gen_batches, more, any_rank_short)
+            rollout, graded, batches = dapo.dynamic_sampling(
+                (rollout, graded), len(records), fg.metric, fg.max_num_gen_batches, more, any_rank_short
+            )
+        world = self.dist.world_size
+        if self.cfg.trainer.balance_batch and world > 1:
+            with timer.section("balance"):
+                mini_groups = self.cfg.actor.ppo_mini_batch_size // world
+                rollout, graded = balance_groups(rollout, graded, mini_groups, self.dist.rank, world)
+        return rollout, graded, batches
 
     def next_prompts(self) -> list[PromptRecord]:
         """This rank's share of the sampler's next training batch."""

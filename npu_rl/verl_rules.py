@@ -367,7 +367,6 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("trainer.default_hdfs_dir", IGNORED, note="local checkpoints only"),
     Rule("trainer.del_local_ckpt_after_load", IGNORED, only=(False,), note="checkpoints are kept"),
-    Rule("trainer.balance_batch", IGNORED, note="batches are split evenly by prompt"),
     Rule("trainer.use_legacy_worker_impl", IGNORED, note="one worker implementation"),
     Rule("trainer.tensorboard_dir", UNSUPPORTED, note="set the TENSORBOARD_DIR environment variable instead"),
     Rule("ray_init.*", IGNORED, note="no Ray: processes come from torchrun"),

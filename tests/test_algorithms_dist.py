@@ -21,6 +21,8 @@ def test_two_ranks_match_one_process(tmp_path, tiny_model_dir, synthetic_parquet
         _assert_same_metrics(m1[step], m2[step], rel=1e-4, abs_=1e-5)
     if extra is PPO:
         assert "critic/vf_loss" in m1[4] and "critic/values/mean" in m1[4]
+    # the two ranks traded groups (trainer.balance_batch, on by default) and still match one process
+    assert "timing_s/balance" in m2[1] and "timing_s/balance" not in m1[1]
     w1, w2 = _weights(single, 4, tmp_path), _weights(double, 4, tmp_path)
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=0, atol=1e-6, msg=name)

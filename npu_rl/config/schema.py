@@ -233,6 +233,9 @@ class TrainerConfig(Section):
     validation_data_dir: str | None = knob(
         None, "write every validation's responses to <dir>/<step>.jsonl (verl's fields; step 0: before training)"
     )
+    balance_batch: bool = knob(
+        True, "exchange whole groups between ranks after grading so every mini-batch's tokens are even (verl's key)"
+    )
     profile_steps: list[int] = knob(
         [], "steps whose torch profiler trace is written to profile_dir (verl's global_profiler.steps)", ge=1
     )
