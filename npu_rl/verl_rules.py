@@ -372,12 +372,7 @@ RULES: tuple[Rule, ...] = (
     Rule("ray_init.*", IGNORED, note="no Ray: processes come from torchrun"),
     Rule("global_profiler.steps", ALIAS, "trainer.profile_steps"),
     Rule("global_profiler.save_path", ALIAS, "trainer.profile_dir"),
-    Rule(
-        "global_profiler.tool",
-        IGNORED,
-        only=(None, "torch", "npu"),
-        note="the torch profiler, torch_npu's on Ascend (npu_rl.profiling); nsys is not driven from here",
-    ),
+    Rule("global_profiler.tool", IGNORED, only=(None, "torch", "npu"), note="torch's profiler (torch_npu's on NPU)"),
     Rule("global_profiler.*", IGNORED, note="the profiler records whole steps on every rank (trainer.profile_steps)"),
 )
 
