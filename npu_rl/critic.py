@@ -157,9 +157,8 @@ class Critic:
         optimizer = optim.build_optimizer(model, cfg.critic.optim)
         scheduler = optim.build_scheduler(optimizer, total_steps, cfg.critic.optim)
         budgets = cfg.token_budgets()
-        values_budget = budgets["critic.forward_max_token_len_per_device"]
-        return cls(model, optimizer, scheduler, plan, cfg.critic, values_budget,
-                   budgets["critic.ppo_max_token_len_per_device"])  # fmt: skip
+        values_budget, train_budget = (budgets[f"critic.{k}_max_token_len_per_device"] for k in ("forward", "ppo"))
+        return cls(model, optimizer, scheduler, plan, cfg.critic, values_budget, train_budget)
 
     def values(self, batch: PolicyBatch, device: torch.device) -> torch.Tensor:
         micro = self.cfg.forward_micro_batch_size_per_device or self.cfg.ppo_micro_batch_size_per_device

@@ -10,6 +10,7 @@ generation, grading and dynamic sampling are npu_rl.step_rollouts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -89,10 +90,8 @@ class GRPOTrainer:
         self.device = self.acc.torch_device(self.dist.local_rank)
         self.optimizer = optim.build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = optim.build_scheduler(self.optimizer, self.total_steps, cfg.actor.optim)
-        self.critic = None  # PPO with GAE: the policy's architecture with a value head
-        if cfg.use_critic:
-            place = lambda m: self._place(m, trainable=True)  # noqa: E731
-            self.critic = critic.Critic.build(cfg, self.acc, place, self.total_steps)
+        place = functools.partial(self._place, trainable=True)  # PPO with GAE: the policy's decoder, a value head
+        self.critic = critic.Critic.build(cfg, self.acc, place, self.total_steps) if cfg.use_critic else None
         self.rollout = build_rollout(cfg, self.model, self.tokenizer, self.acc, self.dist, self.plan)
         self.pad_token_id = eos_and_pad_ids(self.tokenizer, model)[1]
         scorer = RewardModel(cfg.reward.model, self.acc, self.dist.local_rank) if cfg.reward.uses_model else None
