@@ -277,6 +277,8 @@ RULES: tuple[Rule, ...] = (
     Rule("critic.strategy", IGNORED, only=("fsdp", "fsdp2"), note="always FSDP2"),
     Rule("critic.ppo_mini_batch_size", IGNORED, note="the critic updates on the actor's mini-batches"),
     Rule("critic.ppo_epochs", IGNORED, note="the critic updates for actor.ppo_epochs"),
+    Rule("critic.ppo_micro_batch_size", UNSUPPORTED, note="deprecated: critic.ppo_micro_batch_size_per_gpu"),
+    Rule("critic.forward_micro_batch_size", UNSUPPORTED, note="deprecated: critic.forward_micro_batch_size_per_gpu"),
     Rule("critic.model.use_remove_padding", IGNORED, note="the critic's passes remove padding themselves (packed)"),
     Rule("critic.model.enable_gradient_checkpointing", IGNORED, note="the critic follows model.gradient_checkpointing"),
     Rule("critic.optim.warmup_style", SPECIAL, "critic.optim.lr_scheduler", convert=critic_warmup_style),

@@ -128,6 +128,8 @@ def test_verl_keys_of_lora_token_budgets_offload_tools_dapo_and_critic_reach_the
         0.2,
     )
     assert cfg.critic.use_dynamic_bsz and cfg.critic.forward_micro_batch_size_per_device == 16
+    with pytest.raises(ConfigError, match=r"critic\.ppo_micro_batch_size' has no equivalent.*_per_gpu"):
+        load_config(None, ["model.path=m", "data.train_files=[a]", "critic.ppo_micro_batch_size=8"])
     budgets = cfg.token_budgets()
     assert (budgets["critic.ppo_max_token_len_per_device"], budgets["critic.forward_max_token_len_per_device"]) == (
         30000,
