@@ -6,6 +6,7 @@
     python bench/long_tail.py --uniform --prompts 2 --max-new-tokens 64   # no padding: packing's cost
     python bench/long_tail.py --checkpointing [--memory]   # gradient checkpointing: plain vs packed
     python bench/long_tail.py --critic              # PPO's critic: values pass + update, padded vs packed
+    python bench/long_tail.py --vocab 32000 --head-chunk 512 [--memory]   # the chunked head vs the whole
 
 The workload is what GRPO on math looks like: most responses stop early (30 to ~120 tokens) and
 a tail runs to the length limit. The rollout batch is synthetic (seeded prompt and response
@@ -24,6 +25,10 @@ With `--checkpointing` the variants are those of `model.gradient_checkpointing=t
 Ascend sample sets it): plain+ckpt (transformers' checkpointed forward over padded rows, what `auto`
 chose under checkpointing before the fused layers could recompute themselves), packed+ckpt (now)
 and packed without checkpointing (what checkpointing costs and saves).
+
+With `--head-chunk N` the variants are packed and packed+chunk (`actor.head_chunk_tokens=N`: the
+head's log-probs N tokens at a time, recomputed in backward); `--vocab` sets the vocabulary (the
+logits it saves scale with it: Qwen2.5's is 151936).
 
 With `--critic` the same variants run the critic's share of a PPO step instead (npu_rl.critic: a
 values pass and one critic update, a value model of the same size with a non-zero head); its
@@ -62,14 +67,15 @@ from npu_rl.metrics import StepStats  # noqa: E402
 
 VARIANTS = ("padded", "packed", "packed+budget")
 CHECKPOINT_VARIANTS = ("plain+ckpt", "packed+ckpt", "packed")
+HEAD_CHUNK_VARIANTS = ("packed", "packed+chunk")
 MICRO = 8
 
 
-def build_model(size: str) -> torch.nn.Module:
+def build_model(size: str, vocab: int = 1000) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=1000, max_position_embeddings=4096, tie_word_embeddings=True, **BENCH_SIZES[size])
+    config = Qwen2Config(vocab_size=vocab, max_position_embeddings=4096, tie_word_embeddings=True, **BENCH_SIZES[size])
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
 
 
@@ -122,7 +128,15 @@ def wasted_fraction(batch: actor.PolicyBatch, micro_rows: list[torch.Tensor], fo
     return 1 - real / slots
 
 
-def variant_setup(name: str, model: torch.nn.Module, batch: actor.PolicyBatch):
+def variants_of(args: argparse.Namespace, memory: bool = False) -> tuple[str, ...]:
+    if args.checkpointing:
+        return CHECKPOINT_VARIANTS
+    if args.head_chunk:
+        return HEAD_CHUNK_VARIANTS
+    return ("full", "lora") if memory else VARIANTS
+
+
+def variant_setup(name: str, model: torch.nn.Module, batch: actor.PolicyBatch, head_chunk: int = 0):
     cfg = ActorConfig()
     cfg.ppo_micro_batch_size_per_device = MICRO
     padded = "plain" if isinstance(model, critic.ValueModel) else "fused"
@@ -131,7 +145,8 @@ def variant_setup(name: str, model: torch.nn.Module, batch: actor.PolicyBatch):
         cfg.use_dynamic_bsz = True
         mean_row = float(batch.attention_mask.sum()) / len(batch)
         cfg.ppo_max_token_len_per_device = max(int(MICRO * mean_row), int(batch.attention_mask.sum(-1).max()))
-    plan = build_plan(model, Accelerator("cpu"), cfg.forward, gradient_checkpointing=name.endswith("+ckpt"))
+    chunk = head_chunk if name == "packed+chunk" else 0
+    plan = build_plan(model, Accelerator("cpu"), cfg.forward, "auto", name.endswith("+ckpt"), chunk)
     budget = cfg.ppo_max_token_len_per_device if cfg.use_dynamic_bsz else None
     return cfg, plan, budget
 
@@ -179,7 +194,7 @@ def value_model(size: str) -> critic.ValueModel:
 
 
 def run_speed(args: argparse.Namespace) -> None:
-    model = value_model(args.size) if args.critic else build_model(args.size)
+    model = value_model(args.size) if args.critic else build_model(args.size, args.vocab)
     step_fn = critic_step if args.critic else one_step
     batch = long_tail_batch(args.prompts, args.n, args.max_new_tokens, uniform=args.uniform)
     batch.returns = torch.randn(batch.response_mask.shape, generator=torch.Generator().manual_seed(1))
@@ -190,8 +205,8 @@ def run_speed(args: argparse.Namespace) -> None:
     print(f"model {args.size}: {params:.1f} M params; batch {args.prompts} prompts x {args.n}, responses "
           f"{int(lengths.min())}-{int(lengths.max())} tokens (median {int(lengths.median())}), {tokens} real "
           f"tokens; torch threads {torch.get_num_threads()}")  # fmt: skip
-    variants = CHECKPOINT_VARIANTS if args.checkpointing else VARIANTS
-    setups = {name: variant_setup(name, model, batch) for name in variants}
+    variants = variants_of(args)
+    setups = {name: variant_setup(name, model, batch, args.head_chunk) for name in variants}
     optimizer = optim.build_optimizer(model, setups[variants[0]][0].optim)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     for repeat in range(args.repeats + 1):  # the first round warms up
@@ -219,7 +234,7 @@ def run_speed(args: argparse.Namespace) -> None:
 
 def memory_child(args: argparse.Namespace) -> None:
     """One training step in this fresh process; prints peak RSS (MiB) after loading and after the step."""
-    model = build_model(args.size)
+    model = build_model(args.size, args.vocab)
     batch = long_tail_batch(args.prompts, args.n, args.max_new_tokens)
     if args.memory_child == "lora":
         from npu_rl import lora
@@ -227,9 +242,9 @@ def memory_child(args: argparse.Namespace) -> None:
         model = lora.wrap(model, rank=16, alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     cfg = ActorConfig()
     cfg.ppo_micro_batch_size_per_device = MICRO
-    if args.memory_child in CHECKPOINT_VARIANTS:
+    if args.memory_child in CHECKPOINT_VARIANTS + HEAD_CHUNK_VARIANTS:
         hf_checkpointing(model, args.memory_child)
-        cfg, plan, _ = variant_setup(args.memory_child, model, batch)
+        cfg, plan, _ = variant_setup(args.memory_child, model, batch, args.head_chunk)
     else:
         plan = build_plan(model, Accelerator("cpu"))  # auto: packed
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -238,19 +253,21 @@ def memory_child(args: argparse.Namespace) -> None:
 
 
 def run_memory(args: argparse.Namespace) -> None:
-    print(f"peak RSS of one step (2 logprob passes + update), model {args.size}, {args.prompts} x {args.n} rows")
-    print(f"{'variant':>11} {'forward':>13} {'after load MiB':>14} {'peak MiB':>9} {'step adds MiB':>13}")
-    for variant in CHECKPOINT_VARIANTS if args.checkpointing else ("full", "lora"):
+    print(f"peak RSS of one step (2 logprob passes + update), model {args.size} (vocabulary {args.vocab}), "
+          f"{args.prompts} x {args.n} rows")  # fmt: skip
+    print(f"{'variant':>12} {'forward':>13} {'after load MiB':>14} {'peak MiB':>9} {'step adds MiB':>13}")
+    for variant in variants_of(args, memory=True):
         cmd = [sys.executable, __file__, "--memory-child", variant, "--size", args.size, "--prompts",
-               str(args.prompts), "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens)]  # fmt: skip
+               str(args.prompts), "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens),
+               "--vocab", str(args.vocab), "--head-chunk", str(args.head_chunk)]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
-            print(f"{variant:>11} failed: {proc.stderr.strip().splitlines()[-1]}")
+            print(f"{variant:>12} failed: {proc.stderr.strip().splitlines()[-1]}")
             continue
         forward, loaded, peak = proc.stdout.split()[-3:]
         added = float(peak) - float(loaded)
-        print(f"{variant:>11} {forward:>13} {float(loaded):>14.0f} {float(peak):>9.0f} {added:>13.0f}")
-    if not args.checkpointing:
+        print(f"{variant:>12} {forward:>13} {float(loaded):>14.0f} {float(peak):>9.0f} {added:>13.0f}")
+    if variants_of(args, memory=True) == ("full", "lora"):
         print("optimizer offload moves AdamW state off an accelerator; on the CPU there is nothing to move")
 
 
@@ -266,6 +283,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak RSS per variant instead of speed")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing: plain vs packed")
     parser.add_argument("--critic", action="store_true", help="the critic's passes instead of the actor's")
+    parser.add_argument("--head-chunk", type=int, default=0, help="compare packed with the head chunked by this")
+    parser.add_argument("--vocab", type=int, default=1000, help="vocabulary of the bench model")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     from npu_rl.device import cpu_threads

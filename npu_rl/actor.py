@@ -9,11 +9,11 @@ the same gradient as one big batch.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -26,6 +26,7 @@ from npu_rl.config import ActorConfig
 from npu_rl.config.objective import RolloutCorrectionConfig
 from npu_rl.metrics import StepStats
 from npu_rl.rollout.batch import RolloutBatch
+from npu_rl.token_stats import TokenStats, chunked_stats, on_grid, token_stats
 
 
 @dataclass
@@ -98,14 +99,6 @@ def build_policy_batch(batch: RolloutBatch, pad_token_id: int) -> PolicyBatch:
     return PolicyBatch(input_ids, attention_mask, position_ids, batch.response_mask.float(), batch.group.clone())
 
 
-class TokenStats(NamedTuple):
-    """Per-token values of a forward over the response columns, [N, T] each."""
-
-    logprobs: torch.Tensor
-    entropy: torch.Tensor | None = None
-    sum_pi_squared: torch.Tensor | None = None  # sum over the vocabulary of pi^2 (optimal token baselines)
-
-
 def forward_logprobs(
     model: nn.Module,
     batch: PolicyBatch,
@@ -135,8 +128,15 @@ def forward_logprobs(
     if plan.forward == "packed":
         layout = packing.build_layout(ids, mask, pos, batch.response_mask[:, :used], batch.group)
         if layout is not None:
-            logits = packing.packed_logits(model, layout, plan.attention, plan.linears.linear, plan.checkpoint)
-            return _token_stats(logits, layout.targets, temperature, *extras, layout, width)
+            linear = plan.linears.linear
+            if plan.head_chunk:  # the head and its statistics chunk by chunk, each recomputed in backward
+                head = functools.partial(
+                    chunked_stats, model, layout.targets, temperature, extras, plan.head_chunk, linear=linear
+                )
+                stats = packing.packed_logits(model, layout, plan.attention, linear, plan.checkpoint, head)
+                return on_grid(stats, layout, width)
+            logits = packing.packed_logits(model, layout, plan.attention, linear, plan.checkpoint)
+            return token_stats(logits, layout.targets, temperature, *extras, layout, width)
     logits = None
     if plan.forward not in ("plain", "packed"):
         logits = prefix.response_logits(model, plan, ids, mask, pos, batch.group, used)
@@ -144,36 +144,9 @@ def forward_logprobs(
         with plan.linears.around():
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=used + 1)
         logits = out.logits[:, :-1]  # position t predicts token t + 1
-    stats = _token_stats(logits, ids[:, -used:], temperature, *extras)
+    stats = token_stats(logits, ids[:, -used:], temperature, *extras)
     if used < width:
         stats = TokenStats(*(None if t is None else nn.functional.pad(t, (0, width - used)) for t in stats))
-    return stats
-
-
-def _token_stats(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float,
-    with_entropy: bool,
-    entropy_grad: bool,
-    with_sum_pi_squared: bool,
-    layout: packing.PackedLayout | None = None,
-    width: int = 0,
-) -> TokenStats:
-    """Log-probs (entropies, sums of squared probabilities) of `targets` under temperature-scaled
-    `logits`; packed per-token values are scattered back to the [N, width] grid through `layout`."""
-    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-    logprobs = core_algos.logprobs_from_logits(logits, targets)
-    entropy = sum_pi_squared = None
-    if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = core_algos.entropy_from_logits(logits if entropy_grad else logits.detach())
-    if with_sum_pi_squared:
-        sum_pi_squared = core_algos.sum_pi_squared_from_logits(logits.detach())
-    stats = TokenStats(logprobs, entropy, sum_pi_squared)
-    if layout is not None:
-        shape = (len(layout.tail_lens), width)
-        stats = TokenStats(*(None if t is None else packing.scatter_rows(t, layout, shape) for t in stats))
     return stats
 
 

@@ -115,10 +115,12 @@ class ComputePlan:
     linears: Linears = field(default=TORCH_LINEARS)
     attention: str = "segments"  # the packed pass's attention (packing.ATTENTION_BACKENDS)
     checkpoint: bool = False  # the fused layers recompute in backward (gradient checkpointing)
+    head_chunk: int = 0  # packed: the head's log-probs this many tokens at a time (npu_rl.token_stats); 0: whole
 
     def describe(self) -> str:
         extra = f" attention={self.attention}" if self.forward == "packed" else ""
         extra += " checkpointed" if self.checkpoint else ""
+        extra += f" head_chunk={self.head_chunk}" if self.head_chunk else ""
         return f"forward={self.forward}{extra} decoder={self.decoder} linears={self.linears.name}"
 
 
@@ -132,8 +134,10 @@ def build_plan(
     forward: str = "auto",
     decoder: str = "auto",
     gradient_checkpointing: bool = False,
+    head_chunk: int = 0,
 ) -> ComputePlan:
-    """Resolve `actor.forward` / `rollout.decoder` for `model` on `acc` (see the module docstring)."""
+    """Resolve `actor.forward` / `rollout.decoder` for `model` on `acc` (see the module docstring);
+    `head_chunk` (actor.head_chunk_tokens) applies to the packed pass only."""
     if forward not in FORWARD_MODES:
         raise ComputeError(f"actor.forward: {forward!r} is not one of {list(FORWARD_MODES)}")
     if decoder not in DECODER_MODES:
@@ -158,7 +162,8 @@ def build_plan(
         raise ComputeError(f"rollout.decoder=fast does not support {type(model).__name__}; use plain or auto")
     linears = linears_for(acc, enabled=not gradient_checkpointing, model=model)
     checkpoint = gradient_checkpointing and forward in FUSED_FORWARDS
-    return ComputePlan(forward, decoder, linears, attention_backend(acc.type), checkpoint)
+    chunk = head_chunk if forward == "packed" else 0
+    return ComputePlan(forward, decoder, linears, attention_backend(acc.type), checkpoint, chunk)
 
 
 # The plan of the straightforward reference path, against which the fast paths are tested.

@@ -80,13 +80,14 @@ class GRPOTrainer:
         self.num_params = num_parameters(model)
         self.model = self._place(model, trainable=True)
         ckpt = cfg.model.gradient_checkpointing
-        self.plan = build_plan(self.model, self.acc, cfg.actor.forward, cfg.rollout.decoder, ckpt)
+        chunk = cfg.actor.head_chunk_tokens
+        self.plan = build_plan(self.model, self.acc, cfg.actor.forward, cfg.rollout.decoder, ckpt, chunk)
         self.ref, self.ref_plan = None, None
         if cfg.needs_ref and lora.is_lora(self.model):  # the base under the adapters: no second copy
             self.ref, self.ref_plan = self.model, self.plan
         elif cfg.needs_ref:
             self.ref = self._place(load_model(cfg.model, self.acc, trainable=False), trainable=False)
-            self.ref_plan = build_plan(self.ref, self.acc, cfg.actor.forward, cfg.rollout.decoder)
+            self.ref_plan = build_plan(self.ref, self.acc, cfg.actor.forward, cfg.rollout.decoder, head_chunk=chunk)
         self.device = self.acc.torch_device(self.dist.local_rank)
         self.optimizer = optim.build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = optim.build_scheduler(self.optimizer, self.total_steps, cfg.actor.optim)

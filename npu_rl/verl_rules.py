@@ -14,6 +14,7 @@ from typing import Any
 from npu_rl.verl_values import (
     clip_ratio,
     critic_warmup_style,
+    fused_kernels,
     offload_policy,
     resume_path,
     reward_manager,
@@ -77,10 +78,8 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_AR}.model.tokenizer_path", ALIAS, "model.tokenizer_path"),
     Rule(f"{_AR}.model.enable_gradient_checkpointing", ALIAS, "model.gradient_checkpointing"),
     Rule(f"{_AR}.model.trust_remote_code", ALIAS, "model.trust_remote_code"),
-    Rule(
-        f"{_AR}.model.use_remove_padding", IGNORED, note="the training passes remove padding themselves (actor.forward)"
-    ),
-    Rule(f"{_AR}.model.use_fused_kernels", IGNORED, note=_OWN_KERNELS),
+    Rule(f"{_AR}.model.use_remove_padding", IGNORED, note="the passes remove padding themselves (actor.forward)"),
+    Rule(f"{_AR}.model.use_fused_kernels", SPECIAL, "actor.head_chunk_tokens", convert=fused_kernels),
     Rule(f"{_AR}.model.fused_kernel_options.*", IGNORED, note=_OWN_KERNELS),
     Rule(f"{_AR}.actor.use_fused_kernels", IGNORED, note=_OWN_KERNELS),
     Rule(

@@ -63,3 +63,8 @@ def offload_policy(value: Any) -> list[tuple[str, Any]]:
 def unbounded_turns(value: Any) -> list[tuple[str, Any]]:
     # verl's null means "bounded by the response length only"; that is the token budget here too
     return [] if value is None else [("rollout.multi_turn.max_assistant_turns", value)]
+
+
+def fused_kernels(value: Any) -> list[tuple[str, Any]]:
+    # verl's fused linear-for-PPO computes log-probs and entropy from hidden states 512 tokens at a time
+    return [("actor.head_chunk_tokens", 512)] if value else []

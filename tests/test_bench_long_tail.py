@@ -1,5 +1,6 @@
 """bench/long_tail.py runs (tiny size, one repeat) in each of its modes, so the figures in
-bench/README.md stay reproducible: padded/packed/budget, gradient checkpointing, the critic."""
+bench/README.md stay reproducible: padded/packed/budget, gradient checkpointing, the critic, the
+chunked head."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ MODES = {
     "actor": ([], ["padded", "packed", "packed+budget"]),
     "checkpointing": (["--checkpointing"], ["plain+ckpt", "packed+ckpt", "packed"]),
     "critic": (["--critic"], ["padded", "packed", "packed+budget"]),
+    "head-chunk": (["--head-chunk", "32", "--vocab", "4000"], ["packed", "packed+chunk"]),
 }
 
 
-@pytest.mark.slow  # three Python start-ups with torch and transformers (~25 s)
+@pytest.mark.slow  # four Python start-ups with torch and transformers (~35 s)
 @pytest.mark.parametrize(("mode", "variants"), list(MODES.values()), ids=list(MODES))
 def test_long_tail_bench_prints_every_variant(mode, variants):
     proc = subprocess.run([sys.executable, str(SCRIPT), *TINY, *mode], capture_output=True, text=True, timeout=300)

@@ -1,7 +1,7 @@
 """Token-budget micro-batches (`actor.use_dynamic_bsz`, npu_rl.seqlen) give the fixed-size path's
 gradient: in one process, and across two gloo ranks whose rows want different numbers of
 micro-batches (the count is agreed across ranks, so FSDP's collectives still pair up), there with
-and without gradient checkpointing of the sharded layers.
+and without gradient checkpointing of the sharded layers and with the chunked head.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def policy_batch(pad_id: int = 0) -> actor.PolicyBatch:
 
 
 def update_grads(
-    model, batch, budget: int | None, micro: int, world_size: int = 1, checkpoint: bool = False
+    model, batch, budget: int | None, micro: int, world_size: int = 1, checkpoint: bool = False, head_chunk: int = 0
 ) -> list[torch.Tensor]:
     cfg = ActorConfig()
     cfg.grad_clip = 1e9  # the recorded gradient is the raw one
@@ -57,7 +57,7 @@ def update_grads(
     opt = GradRecorder([p for p in model.parameters() if p.requires_grad], lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
     groups = len(torch.unique(batch.group))
-    plan = build_plan(model, CPU, gradient_checkpointing=checkpoint)
+    plan = build_plan(model, CPU, gradient_checkpointing=checkpoint, head_chunk=head_chunk)
     assert plan.checkpoint == checkpoint
     actor.update_policy(model, opt, sched, batch, cfg, 0.9, plan, groups, 16, StepStats(), world_size=world_size)
     return opt.grads
@@ -123,6 +123,10 @@ def _two_rank_worker(info, expected_path: str) -> None:
     recomputed = update_grads(model, mine, 20, 4, world_size=2, checkpoint=True)
     for a, b in zip(grads, recomputed, strict=True):
         assert torch.equal(a, b)
+    # ... and the chunked head (actor.head_chunk_tokens) reading the root unit's tied head: bound as test_packing
+    chunked = update_grads(model, mine, 20, 4, world_size=2, checkpoint=True, head_chunk=5)
+    for a, b in zip(grads, chunked, strict=True):
+        torch.testing.assert_close(b, a, atol=4e-6 * float(a.abs().max()), rtol=0)
 
 
 @pytest.mark.slow  # two gloo processes (~9 s); the one-process budget tests stay quick

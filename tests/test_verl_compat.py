@@ -103,6 +103,7 @@ VERL_LORA_DAPO_TOOLS = """
     critic.ppo_mini_batch_size=256 critic.model.enable_gradient_checkpointing=True
     critic.use_dynamic_bsz=True critic.ppo_max_token_len_per_gpu=30000 critic.forward_max_token_len_per_gpu=40000
     critic.forward_micro_batch_size_per_gpu=16 critic.model.use_remove_padding=True
+    actor_rollout_ref.model.use_fused_kernels=True
 """
 
 
@@ -128,6 +129,7 @@ def test_verl_keys_of_lora_token_budgets_offload_tools_dapo_and_critic_reach_the
         0.2,
     )
     assert cfg.critic.use_dynamic_bsz and cfg.critic.forward_micro_batch_size_per_device == 16
+    assert cfg.actor.head_chunk_tokens == 512  # verl's fused linear-for-PPO chunk
     with pytest.raises(ConfigError, match=r"critic\.ppo_micro_batch_size' has no equivalent.*_per_gpu"):
         load_config(None, ["model.path=m", "data.train_files=[a]", "critic.ppo_micro_batch_size=8"])
     budgets = cfg.token_budgets()

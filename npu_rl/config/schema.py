@@ -122,6 +122,13 @@ class ActorConfig(Section):
         "auto = packed where supported (gradient checkpointing included), else shared_prefix (plain under gradient "
         "checkpointing)",
     )
+    head_chunk_tokens: int = knob(
+        0,
+        "packed passes: the LM head's log-probs and entropy this many tokens at a time, each chunk's logits "
+        "recomputed in backward, so the [tokens, vocabulary] logits are never held whole (verl's "
+        "use_fused_kernels); 0: whole",
+        ge=0,
+    )
     clip_ratio_low: float = knob(0.2, "PPO ratio clipped below at 1 - clip_ratio_low", ge=0, lt=1)
     clip_ratio_high: float = knob(0.2, "PPO ratio clipped above at 1 + clip_ratio_high (> low: DAPO clip-higher)", ge=0)
     clip_ratio_c: float = knob(3.0, "dual-clip bound for negative advantages", gt=1)

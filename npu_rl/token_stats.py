@@ -1,0 +1,80 @@
+"""Per-token statistics of the policy's logits over the response tokens: log-probabilities, entropies
+and sums of squared probabilities (npu_rl.core_algos' functions), under temperature-scaled logits;
+on the batch's [N, T] grid for packed passes; and the chunked head (`ComputePlan.head_chunk`, verl's
+use_fused_kernels), which never holds the [tokens, vocabulary] logits whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from npu_rl import core_algos, packing
+from npu_rl.head import head_logits
+
+
+class TokenStats(NamedTuple):
+    """Per-token values of a forward over the response columns, [N, T] each ([M] packed, before `on_grid`)."""
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor | None = None
+    sum_pi_squared: torch.Tensor | None = None  # sum over the vocabulary of pi^2 (optimal token baselines)
+
+
+def token_stats(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+    entropy_grad: bool,
+    with_sum_pi_squared: bool,
+    layout: packing.PackedLayout | None = None,
+    width: int = 0,
+) -> TokenStats:
+    """Log-probs (entropies, sums of squared probabilities) of `targets` under temperature-scaled
+    `logits`; packed per-token values are scattered back to the [N, width] grid through `layout`."""
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    logprobs = core_algos.logprobs_from_logits(logits, targets)
+    entropy = sum_pi_squared = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = core_algos.entropy_from_logits(logits if entropy_grad else logits.detach())
+    if with_sum_pi_squared:
+        sum_pi_squared = core_algos.sum_pi_squared_from_logits(logits.detach())
+    stats = TokenStats(logprobs, entropy, sum_pi_squared)
+    return stats if layout is None else on_grid(stats, layout, width)
+
+
+def on_grid(stats: TokenStats, layout: packing.PackedLayout, width: int) -> TokenStats:
+    """Packed per-token values [M] back to the batch's [N, width] grid."""
+    shape = (len(layout.tail_lens), width)
+    return TokenStats(*(None if t is None else packing.scatter_rows(t, layout, shape) for t in stats))
+
+
+def chunked_stats(
+    model: nn.Module,
+    targets: torch.Tensor,
+    temperature: float,
+    extras: tuple[bool, bool, bool],
+    chunk: int,
+    hidden: torch.Tensor,
+    linear: Callable[..., torch.Tensor] = nn.functional.linear,
+) -> TokenStats:
+    """`token_stats` of the head's logits over `hidden` [M, H], `chunk` tokens at a time (the plan's
+    `head_chunk`, verl's use_fused_kernels): with gradients each chunk runs under non-reentrant
+    checkpointing, which keeps only its hidden states and recomputes its logits in backward, so the
+    [M, vocabulary] logits are never held whole. The same operations per token as the unchunked head."""
+
+    def one(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return tuple(token_stats(head_logits(model, h, linear), t, temperature, *extras))
+
+    parts = []
+    for start in range(0, max(len(hidden), 1), chunk):
+        h, t = hidden[start : start + chunk], targets[start : start + chunk]
+        grad = torch.is_grad_enabled()
+        parts.append(torch.utils.checkpoint.checkpoint(one, h, t, use_reentrant=False) if grad else one(h, t))
+    return TokenStats(*(None if col[0] is None else torch.cat(col) for col in zip(*parts, strict=True)))
