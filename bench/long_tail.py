@@ -233,7 +233,9 @@ def run_speed(args: argparse.Namespace) -> None:
 
 
 def memory_child(args: argparse.Namespace) -> None:
-    """One training step in this fresh process; prints peak RSS (MiB) after loading and after the step."""
+    """One training step in this fresh process; prints peak RSS (MiB) after loading and after the step,
+    and the largest total autograd kept for backward in one micro-batch of the update (MiB: exact,
+    unlike RSS, which also holds the optimizer state and what the allocator keeps)."""
     model = build_model(args.size, args.vocab)
     batch = long_tail_batch(args.prompts, args.n, args.max_new_tokens)
     if args.memory_child == "lora":
@@ -248,14 +250,29 @@ def memory_child(args: argparse.Namespace) -> None:
     else:
         plan = build_plan(model, Accelerator("cpu"))  # auto: packed
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    one_step(model, optim.build_optimizer(model, cfg.optim), batch, cfg, plan, None)
-    print(f"{plan.forward} {loaded:.0f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}")
+    saved = [0]  # bytes kept for backward by the micro-batch running now; the largest seen
+    largest = [0]
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        saved[0] += t.numel() * t.element_size()
+        largest[0] = max(largest[0], saved[0])
+        return t
+
+    def backward_done(*_: object) -> None:
+        saved[0] = 0
+
+    torch.autograd.graph.register_multi_grad_hook(list(model.parameters())[:1], backward_done, mode="any")
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        one_step(model, optim.build_optimizer(model, cfg.optim), batch, cfg, plan, None)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{plan.forward} {loaded:.0f} {peak:.0f} {largest[0] / 2**20:.0f}")
 
 
 def run_memory(args: argparse.Namespace) -> None:
     print(f"peak RSS of one step (2 logprob passes + update), model {args.size} (vocabulary {args.vocab}), "
           f"{args.prompts} x {args.n} rows")  # fmt: skip
-    print(f"{'variant':>12} {'forward':>13} {'after load MiB':>14} {'peak MiB':>9} {'step adds MiB':>13}")
+    print(f"{'variant':>12} {'forward':>13} {'after load MiB':>14} {'peak MiB':>9} {'step adds MiB':>13} "
+          f"{'saved for backward MiB':>22}")  # fmt: skip
     for variant in variants_of(args, memory=True):
         cmd = [sys.executable, __file__, "--memory-child", variant, "--size", args.size, "--prompts",
                str(args.prompts), "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens),
@@ -264,9 +281,9 @@ def run_memory(args: argparse.Namespace) -> None:
         if proc.returncode:
             print(f"{variant:>12} failed: {proc.stderr.strip().splitlines()[-1]}")
             continue
-        forward, loaded, peak = proc.stdout.split()[-3:]
+        forward, loaded, peak, saved = proc.stdout.split()[-4:]
         added = float(peak) - float(loaded)
-        print(f"{variant:>12} {forward:>13} {float(loaded):>14.0f} {float(peak):>9.0f} {added:>13.0f}")
+        print(f"{variant:>12} {forward:>13} {float(loaded):>14.0f} {float(peak):>9.0f} {added:>13.0f} {saved:>22}")
     if variants_of(args, memory=True) == ("full", "lora"):
         print("optimizer offload moves AdamW state off an accelerator; on the CPU there is nothing to move")
 
