@@ -20,8 +20,9 @@ What it does, in order (each phase prints one line; a failure names its phase):
 7. LoRA: one step with rank-64 adapters on every linear (the reference is the base with adapters
    off; the frozen base stays bf16), its peak memory next to the plain run's;
 8. recompute: one step with `model.gradient_checkpointing=true` (the Ascend sample's setting: the
-   packed pass with each layer recomputed in backward), matching the plain run's first step like
-   offload, with its peak memory. The optional phases come last, so that the ones before them
+   packed pass with each layer recomputed in backward) and `actor.head_chunk_tokens=512` (the head's
+   logits recomputed chunk by chunk), matching the plain run's first step like offload, with its
+   peak memory. The optional phases come last, so that the ones before them
    have printed if the time limit cuts the run.
 
 No network is needed. torch, transformers, accelerate and npu_rl's own dependencies are expected on
@@ -222,20 +223,21 @@ def main() -> None:
     if trl_step:
         log("ratio", f"npu_rl / TRL step time = {npu_step:.2f} / {trl_step:.2f} = {npu_step / trl_step:.3f}")
     check_lora(args, model, data, work, rows[0])
-    check_same_first_step(args, model, data, work, rows[0], "recompute", "model.gradient_checkpointing=true")
+    recompute = ("model.gradient_checkpointing=true", "actor.head_chunk_tokens=512")
+    check_same_first_step(args, model, data, work, rows[0], "recompute", *recompute)
     log("done", "all phases passed")
 
 
 def check_same_first_step(
-    args: argparse.Namespace, model: Path, data: Path, work: Path, plain: dict, phase: str, setting: str
+    args: argparse.Namespace, model: Path, data: Path, work: Path, plain: dict, phase: str, *settings: str
 ) -> None:
-    """One step with `setting`, whose loss and gradient norm must match the plain run's first step
+    """One step with `settings`, whose loss and gradient norm must match the plain run's first step
     (2 %: the same arithmetic, other kernels' rounding); prints its memory beside the plain run's."""
-    row = run_npu_rl(args, model, data, work / phase, 1, setting)[0]
+    row = run_npu_rl(args, model, data, work / phase, 1, *settings)[0]
     for key in ("actor/pg_loss", "actor/grad_norm"):
         if abs(row[key] - plain[key]) > 0.02 * abs(plain[key]) + 1e-6:
             sys.exit(f"[gpu_check] {phase}: first-step {key} {row[key]} differs from the plain run's {plain[key]}")
-    log(phase, f"{setting}: first step matches (grad_norm {row['actor/grad_norm']:.4f} vs "
+    log(phase, f"{' '.join(settings)}: first step matches (grad_norm {row['actor/grad_norm']:.4f} vs "
         f"{plain['actor/grad_norm']:.4f}); memory {memory_of(row)} (plain: {memory_of(plain)})")  # fmt: skip
 
 
