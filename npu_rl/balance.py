@@ -71,24 +71,9 @@ def balance_groups(
             keep = torch.zeros(batch.num_groups, dtype=torch.bool)
             keep[[g for owner, g in mine if owner == r]] = True
             parts.append((batch, grades, keep))
-    merged, merged_grades = take_groups(parts, num)
-    merged_grades.components = _row_components(parts, graded)
+    merged, merged_grades = take_groups(parts, num, row_components=True)
+    # components without one value per row on every rank (they cover rows dynamic sampling dropped)
+    # stay this rank's own, as its grader produced them
+    merged_grades.components = {**graded.components, **merged_grades.components}
     merged_grades.timeouts, merged_grades.errors = graded.timeouts, graded.errors
     return merged, merged_grades
-
-
-def _row_components(
-    parts: list[tuple[RolloutBatch, RewardBatch, torch.Tensor]], local: RewardBatch
-) -> dict[str, list[float]]:
-    """Components with one value per row on every rank, in take_groups' row order; the others (they
-    cover rows dynamic sampling dropped) are this rank's own, as its grader produced them."""
-    names = set(local.components)
-    for batch, grades, _ in parts:
-        names &= {k for k, v in grades.components.items() if len(v) == len(batch)}
-    out: dict[str, list[float]] = {name: [] for name in sorted(names)}
-    for batch, grades, keep in parts:
-        for g in keep.nonzero().squeeze(-1).tolist():
-            for i in (batch.group == g).nonzero().squeeze(-1).tolist():
-                for name in out:
-                    out[name].append(grades.components[name][i])
-    return {**local.components, **out}

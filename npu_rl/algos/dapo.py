@@ -54,16 +54,19 @@ def _padded(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def take_groups(
-    parts: Sequence[tuple[RolloutBatch, RewardBatch, torch.Tensor]], limit: int
+    parts: Sequence[tuple[RolloutBatch, RewardBatch, torch.Tensor]], limit: int, row_components: bool = False
 ) -> tuple[RolloutBatch, RewardBatch]:
     """The first `limit` kept groups over `parts` (each a batch, its grades and its [num_groups] keep
     mask), as one batch whose groups are renumbered 0..limit-1 in order and whose rows are ordered by
     group; response columns are right-padded (values past `lengths` are never read) to the widest
     part. Reward components and the timeout and error counts cover every graded row (they describe
-    the grader's work, not the kept rows)."""
+    the grader's work, not the kept rows); with `row_components` the components come per kept row
+    instead, only those with one value per row in every part (npu_rl.balance)."""
     width = max(p[0].response_ids.shape[1] for p in parts)
     pieces: list[RolloutBatch] = []
     records, scores, acc, baselines, terms = [], [], [], [], []
+    aligned = [{k for k, v in p[1].components.items() if len(v) == len(p[0])} for p in parts]
+    per_row: dict[str, list[float]] = {name: [] for name in sorted(set.intersection(*aligned))}
     for batch, graded, keep in parts:
         for g in keep.nonzero().squeeze(-1).tolist():
             if len(records) == limit:
@@ -81,6 +84,8 @@ def take_groups(
                 baselines.extend(graded.baselines[i] for i in rows.tolist())
             if graded.terms:
                 terms.extend(graded.terms[i] for i in rows.tolist())
+            for name, values in per_row.items():
+                values.extend(graded.components[name][i] for i in rows.tolist())
             records.append(batch.records[g])
     metric_names = set.intersection(*(set(p.row_metrics) for p in pieces))  # one engine: the same names
     merged = RolloutBatch(
@@ -98,6 +103,7 @@ def take_groups(
     for _, graded, _ in parts:
         for name, values in graded.components.items():
             components.setdefault(name, []).extend(values)
+    components = per_row if row_components else components
     timeouts = sum(p[1].timeouts for p in parts)
     errors = sum(p[1].errors for p in parts)
     kept_baselines = baselines if parts[0][1].baselines is not None else None
