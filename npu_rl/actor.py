@@ -134,9 +134,10 @@ def forward_logprobs(
                     chunked_stats, model, layout.targets, temperature, extras, plan.head_chunk, linear=linear
                 )
                 stats = packing.packed_logits(model, layout, plan.attention, linear, plan.checkpoint, head)
-                return on_grid(stats, layout, width)
-            logits = packing.packed_logits(model, layout, plan.attention, linear, plan.checkpoint)
-            return token_stats(logits, layout.targets, temperature, *extras, layout, width)
+            else:
+                logits = packing.packed_logits(model, layout, plan.attention, linear, plan.checkpoint)
+                stats = token_stats(logits, layout.targets, temperature, *extras)
+            return on_grid(stats, layout, width)
     logits = None
     if plan.forward not in ("plain", "packed"):
         logits = prefix.response_logits(model, plan, ids, mask, pos, batch.group, used)

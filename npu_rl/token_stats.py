@@ -32,11 +32,9 @@ def token_stats(
     with_entropy: bool,
     entropy_grad: bool,
     with_sum_pi_squared: bool,
-    layout: packing.PackedLayout | None = None,
-    width: int = 0,
 ) -> TokenStats:
     """Log-probs (entropies, sums of squared probabilities) of `targets` under temperature-scaled
-    `logits`; packed per-token values are scattered back to the [N, width] grid through `layout`."""
+    `logits`, one per target."""
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
     logprobs = core_algos.logprobs_from_logits(logits, targets)
     entropy = sum_pi_squared = None
@@ -45,8 +43,7 @@ def token_stats(
             entropy = core_algos.entropy_from_logits(logits if entropy_grad else logits.detach())
     if with_sum_pi_squared:
         sum_pi_squared = core_algos.sum_pi_squared_from_logits(logits.detach())
-    stats = TokenStats(logprobs, entropy, sum_pi_squared)
-    return stats if layout is None else on_grid(stats, layout, width)
+    return TokenStats(logprobs, entropy, sum_pi_squared)
 
 
 def on_grid(stats: TokenStats, layout: packing.PackedLayout, width: int) -> TokenStats:
@@ -72,9 +69,8 @@ def chunked_stats(
     def one(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         return tuple(token_stats(head_logits(model, h, linear), t, temperature, *extras))
 
-    parts = []
+    grad, parts = torch.is_grad_enabled(), []
     for start in range(0, max(len(hidden), 1), chunk):
         h, t = hidden[start : start + chunk], targets[start : start + chunk]
-        grad = torch.is_grad_enabled()
         parts.append(torch.utils.checkpoint.checkpoint(one, h, t, use_reentrant=False) if grad else one(h, t))
     return TokenStats(*(None if col[0] is None else torch.cat(col) for col in zip(*parts, strict=True)))
