@@ -10,6 +10,7 @@ update does not change (the 1-vs-2-rank training equality tests run with it on).
 
 verl partitions the whole batch once (Karmarkar-Karp into equal-sized parts) before dispatching it;
 here the same objective is met per mini-batch, longest group first into the lightest rank with room.
+The step logs verl's global_seqlen/* (`seqlen_balance`), counted as verl counts them.
 """
 
 from __future__ import annotations
@@ -41,10 +42,26 @@ def equal_size_parts(costs: list[int], parts: int) -> list[list[int]]:
     return [sorted(m) for m in members]
 
 
-def group_costs(batch: RolloutBatch) -> list[int]:
-    """Each group's tokens as the packed passes run them: its prompt once plus its responses."""
+def group_costs(batch: RolloutBatch, per_row: bool = False) -> list[int]:
+    """Each group's tokens as the packed passes run them: its prompt once plus its responses; with
+    `per_row`, as rows count them (the prompt once per row: verl's attention-mask sum)."""
     responses = torch.zeros(batch.num_groups, dtype=torch.long).index_add_(0, batch.group, batch.lengths.long())
-    return [len(r.prompt_ids) + int(n) for r, n in zip(batch.records, responses, strict=True)]
+    prompts = batch.group_sizes if per_row else torch.ones(batch.num_groups, dtype=torch.long)
+    return [len(r.prompt_ids) * int(k) + int(n) for r, k, n in zip(batch.records, prompts, responses, strict=True)]
+
+
+def seqlen_balance(before: list[int], after: list[int]) -> dict[str, float]:
+    """verl's global_seqlen/* (log_seqlen_unbalance) from each rank's tokens (rows' prompt and response
+    tokens) before and after the exchange: min, max, minmax_diff and mean of the former, balanced_min and
+    balanced_max of the latter."""
+    return {
+        "min": min(before),
+        "max": max(before),
+        "minmax_diff": max(before) - min(before),
+        "balanced_min": min(after),
+        "balanced_max": max(after),
+        "mean": sum(before) / len(before),
+    }
 
 
 def balance_groups(
@@ -54,19 +71,28 @@ def balance_groups(
     rank: int,
     world: int,
     gather: Gather = distributed.all_gather_object,
-) -> tuple[RolloutBatch, RewardBatch]:
-    """This rank's rows after the exchange (one all-gather of every rank's rollouts and grades): in
-    each block of `mini_groups` groups (a mini-batch), the world's groups are split into equal-sized,
-    token-balanced sets and this rank takes set `rank`, in mini-batch order. Per-row grades and the
-    reward components with one value per row follow their rows; the timeout and error counts stay
-    with the rank that graded them."""
+) -> tuple[RolloutBatch, RewardBatch, dict[str, float]]:
+    """This rank's rows after the exchange (one all-gather of every rank's rollouts and grades), and
+    `seqlen_balance`'s metrics (the same on every rank): in each block of `mini_groups` groups (a
+    mini-batch), the world's groups are split into equal-sized, token-balanced sets and this rank takes
+    set `rank`, in mini-batch order. Per-row grades and the reward components with one value per row
+    follow their rows; the timeout and error counts stay with the rank that graded them. Alone, a rank
+    keeps its rows (and logs verl's trivial global_seqlen)."""
+    if world == 1:
+        total = sum(group_costs(rollout, per_row=True))
+        return rollout, graded, seqlen_balance([total], [total])
     everyone = gather((rollout, graded))
     costs = [group_costs(batch) for batch, _ in everyone]  # type: ignore[misc]
+    row_tokens = [group_costs(batch, per_row=True) for batch, _ in everyone]  # type: ignore[misc]
+    after = [0] * world
     num = rollout.num_groups  # the same on every rank (shard_prompts, dynamic sampling's limit)
     parts: list[tuple[RolloutBatch, RewardBatch, torch.Tensor]] = []
     for start in range(0, num, mini_groups):
         owners = [(r, g) for r in range(world) for g in range(start, min(start + mini_groups, num))]
-        mine = [owners[i] for i in equal_size_parts([costs[r][g] for r, g in owners], world)[rank]]
+        sets = equal_size_parts([costs[r][g] for r, g in owners], world)
+        for p, members in enumerate(sets):
+            after[p] += sum(row_tokens[r][g] for r, g in (owners[i] for i in members))
+        mine = [owners[i] for i in sets[rank]]
         for r, (batch, grades) in enumerate(everyone):  # type: ignore[misc]
             keep = torch.zeros(batch.num_groups, dtype=torch.bool)
             keep[[g for owner, g in mine if owner == r]] = True
@@ -76,4 +102,4 @@ def balance_groups(
     # stay this rank's own, as its grader produced them
     merged_grades.components = {**graded.components, **merged_grades.components}
     merged_grades.timeouts, merged_grades.errors = graded.timeouts, graded.errors
-    return merged, merged_grades
+    return merged, merged_grades, seqlen_balance([sum(tokens) for tokens in row_tokens], after)

@@ -2,7 +2,9 @@
 
 Every rank records its local numbers in a `StepStats` (sums, maxima, minima, ratios of sums);
 `StepStats.reduce` gathers every rank's entries once and reduces them locally. So a step costs one
-metrics collective however many metrics it logs.
+metrics collective however many metrics it logs. Metrics that are not sums, maxima or ratios of
+sums (a variance over every rank's tokens, a time per token of the whole step) are derived after
+the reduction from private `_`-prefixed sums, by functions the recorder registers (`derive`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from npu_rl import distributed
 
 _COMBINE = {"sum": operator.add, "max": max, "min": min}
+Derive = Callable[[dict[str, float]], dict[str, float]]
 
 
 def _combine(entries: dict[tuple[str, str], float], key: tuple[str, str], value: float) -> None:
@@ -31,6 +34,13 @@ class StepStats:
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], float] = {}  # (name, op) -> local value
+        self._derived: list[Derive] = []
+
+    def derive(self, fn: Derive) -> None:
+        """Run `fn(reduced metrics)` after the reduction and add what it returns (once, however often
+        registered); it pops the private entries it read."""
+        if fn not in self._derived:
+            self._derived.append(fn)
 
     def _put(self, name: str, op: str, value: float) -> None:
         _combine(self._entries, (name, op), float(value))
@@ -83,6 +93,8 @@ class StepStats:
                 out[base] = value / den if den else 0.0
             elif not name.endswith("\0den"):
                 out[name] = value
+        for fn in self._derived:
+            out.update(fn(out))
         return out
 
 
@@ -114,28 +126,85 @@ class Timer:
             stats.add_max(f"timing_s/{name}", seconds)
 
 
+_RESPONSE_TOKENS, _ALL_TOKENS = "_tokens/response", "_tokens/all"
+# verl's compute_timing_metrics: generation per response token, these sections per token of the batch
+_PER_BATCH_TOKEN = ("ref", "values", "adv", "update_critic", "update_actor")
+
+
 def record_data(
     stats: StepStats,
     scores: torch.Tensor,
     rewards: torch.Tensor,
-    advantages: torch.Tensor,
     response_lengths: torch.Tensor,
     prompt_lengths: torch.Tensor,
     max_new_tokens: int,
+    max_prompt_length: int,
     components: dict[str, list[float]],
 ) -> None:
-    """Reward, advantage and length statistics of one step's samples (one value per sequence)."""
+    """Reward and length statistics of one step's samples (one value per sequence), and verl's
+    timing_per_token_ms/* once the step's timings and token count are reduced (`timing_per_token`).
+    A clip ratio is the share of rows at the limit, as verl counts it (prompts are never longer)."""
     stats.add_values("critic/score", scores)
     stats.add_values("critic/rewards", rewards)
-    stats.add_values("critic/advantages", advantages)
     stats.add_values("response_length", response_lengths.float())
     stats.add_values("prompt_length", prompt_lengths.float())
-    stats.add_ratio(
-        "response_length/clip_ratio", float((response_lengths >= max_new_tokens).sum()), response_lengths.numel()
-    )
+    rows = response_lengths.numel()
+    stats.add_ratio("response_length/clip_ratio", float((response_lengths >= max_new_tokens).sum()), rows)
+    stats.add_ratio("prompt_length/clip_ratio", float((prompt_lengths >= max_prompt_length).sum()), rows)
+    stats.add_sum(_RESPONSE_TOKENS, float(response_lengths.sum()))
+    stats.add_sum(_ALL_TOKENS, float(response_lengths.sum() + prompt_lengths.sum()))
+    stats.derive(timing_per_token)
     for name, values in sorted(components.items()):
         applied = [v for v in values if not math.isnan(v)]  # NaN: the term did not apply to that row (TRL's None)
         stats.add_ratio(f"reward/{name}/mean", sum(applied), len(applied))
+
+
+def timing_per_token(metrics: dict[str, float]) -> dict[str, float]:
+    """verl's timing_per_token_ms/<section>: the section's time (the slowest rank's) in milliseconds per
+    token of the whole step's rows, response tokens for `gen`, prompt and response tokens for the others;
+    sections that did not run are left out. Pops the token counts `record_data` left."""
+    tokens = {"gen": metrics.pop(_RESPONSE_TOKENS), **dict.fromkeys(_PER_BATCH_TOKEN, metrics.pop(_ALL_TOKENS))}
+    return {
+        f"timing_per_token_ms/{name}": metrics[f"timing_s/{name}"] * 1000 / count
+        for name, count in tokens.items()
+        if f"timing_s/{name}" in metrics and count
+    }
+
+
+def record_advantages(
+    stats: StepStats, advantages: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor
+) -> None:
+    """critic/advantages/* and critic/returns/* over the valid response tokens of every rank (verl's
+    compute_data_metrics: a long response weighs by its tokens; for GRPO the returns are the advantages)."""
+    valid = response_mask.bool()
+    stats.add_values("critic/advantages", advantages[valid])
+    stats.add_values("critic/returns", returns[valid])
+
+
+_EXPLAINED = "_explained_variance/"
+
+
+def record_critic(stats: StepStats, values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor) -> None:
+    """critic/values/* over the valid tokens (the values the advantages were estimated from), and the sums
+    `explained_variance` derives critic/vf_explained_var from."""
+    valid = response_mask.bool()
+    values, returns = values[valid].double(), returns[valid].double()
+    stats.add_values("critic/values", values)
+    diff = returns - values
+    for name, total in (("n", returns.numel()), ("r", returns.sum()), ("rr", (returns**2).sum()), ("d", diff.sum())):
+        stats.add_sum(_EXPLAINED + name, float(total))
+    stats.add_sum(_EXPLAINED + "dd", float((diff**2).sum()))
+    stats.derive(explained_variance)
+
+
+def explained_variance(metrics: dict[str, float]) -> dict[str, float]:
+    """verl's critic/vf_explained_var, 1 - Var(returns - values) / (Var(returns) + 1e-5), with unbiased
+    variances over the valid tokens of all ranks (NaN below two tokens, as torch.var gives verl). Pops
+    the sums `record_critic` left."""
+    n, r, rr, d, dd = (metrics.pop(_EXPLAINED + name) for name in ("n", "r", "rr", "d", "dd"))
+    if n < 2:
+        return {"critic/vf_explained_var": math.nan}
+    return {"critic/vf_explained_var": 1.0 - ((dd - d * d / n) / (n - 1)) / ((rr - r * r / n) / (n - 1) + 1e-5)}
 
 
 def perf_metrics(
@@ -159,16 +228,20 @@ def perf_metrics(
 
 def record_variance_proxies(stats: StepStats, rows: dict[str, torch.Tensor]) -> None:
     """verl's variance_proxy/* row averages over every rank's rows (npu_rl.algos.token_baselines.
-    variance_proxy_rows), and the row count that `variance_proxies` needs."""
+    variance_proxy_rows), and the row count that `variance_proxies` derives the rest with."""
     for name, values in rows.items():
         stats.add_ratio(f"variance_proxy/{name}", float(values.sum()), values.numel())
-    stats.add_sum("variance_proxy/_rows", next(iter(rows.values())).numel())
+    stats.add_sum(_PROXY_ROWS, next(iter(rows.values())).numel())
+    stats.derive(variance_proxies)
+
+
+_PROXY_ROWS = "_variance_proxy/rows"
 
 
 def variance_proxies(metrics: dict[str, float]) -> dict[str, float]:
     """After the reduction: verl's signal strength ||g||^2 (the step's actor/grad_norm squared) and pure
     noise max(0, (total power - signal) / (rows - 1)); removes the row count. Nothing without proxies."""
-    rows = metrics.pop("variance_proxy/_rows", None)
+    rows = metrics.pop(_PROXY_ROWS, None)
     if rows is None:
         return {}
     grad_norm = metrics.get("actor/grad_norm")

@@ -7,6 +7,7 @@ rollouts and their scores and gets them, however many generation batches that to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -18,7 +19,7 @@ from npu_rl.config import Config
 from npu_rl.core_algos import ADV_ESTIMATORS
 from npu_rl.data import BatchSampler, PromptRecord
 from npu_rl.distributed import DistInfo
-from npu_rl.metrics import Timer
+from npu_rl.metrics import StepStats, Timer
 from npu_rl.reward_manager import ModelScorer, RewardBatch, RewardItem, RewardManager
 from npu_rl.rollout import RolloutBatch, RolloutEngine, SamplingParams, generate
 from npu_rl.rollout.tool_metrics import tool_shaping
@@ -106,12 +107,13 @@ class StepRollouts:
         return graded
 
     def sample(
-        self, records: list[PromptRecord], params: SamplingParams, timer: Timer, step: int
-    ) -> tuple[RolloutBatch, RewardBatch, int]:
-        """This rank's graded rollouts, and how many generation batches they took (more than one only
-        with algorithm.filter_groups.enable: DAPO dynamic sampling, `npu_rl.algos.dapo.dynamic_sampling`,
-        drawing further training batches from the sampler, each rank its shard). With several ranks
-        and trainer.balance_batch the ranks then trade groups to even out their tokens (npu_rl.balance)."""
+        self, records: list[PromptRecord], params: SamplingParams, timer: Timer, step: int, stats: StepStats
+    ) -> tuple[RolloutBatch, RewardBatch]:
+        """This rank's graded rollouts. With algorithm.filter_groups.enable they may take several generation
+        batches (DAPO dynamic sampling, `npu_rl.algos.dapo.dynamic_sampling`, drawing further training
+        batches from the sampler, each rank its shard), logged as batch/num_gen_batches. With
+        trainer.balance_batch the ranks then trade groups to even out their tokens (npu_rl.balance),
+        logged as verl's global_seqlen/*."""
         fg = self.cfg.algorithm.filter_groups
         rollout, graded = self.generate_and_grade(records, params, timer, step)
         batches = 1
@@ -126,12 +128,15 @@ class StepRollouts:
             rollout, graded, batches = dapo.dynamic_sampling(
                 (rollout, graded), len(records), fg.metric, fg.max_num_gen_batches, more, any_rank_short
             )
-        world = self.dist.world_size
-        if self.cfg.trainer.balance_batch and world > 1:
-            with timer.section("balance"):
-                mini_groups = self.cfg.actor.ppo_mini_batch_size // world
-                rollout, graded = balance_groups(rollout, graded, mini_groups, self.dist.rank, world)
-        return rollout, graded, batches
+        stats.add_max("batch/num_gen_batches", batches)  # ranks generate in lockstep
+        if self.cfg.trainer.balance_batch:  # alone: nothing to trade (no timing), verl's trivial global_seqlen
+            with timer.section("balance") if self.dist.world_size > 1 else contextlib.nullcontext():
+                mini_groups = self.cfg.actor.ppo_mini_batch_size // self.dist.world_size
+                rollout, graded, seqlen = balance_groups(
+                    rollout, graded, mini_groups, self.dist.rank, self.dist.world_size
+                )
+            stats.add_all("global_seqlen", seqlen)  # the same on every rank
+        return rollout, graded
 
     def next_prompts(self) -> list[PromptRecord]:
         """This rank's share of the sampler's next training batch."""

@@ -30,9 +30,10 @@ from npu_rl.metrics import (
     StepStats,
     Timer,
     perf_metrics,
+    record_advantages,
+    record_critic,
     record_data,
     record_variance_proxies,
-    variance_proxies,
 )
 from npu_rl.model import load_model, load_tokenizer, mix_into, num_parameters
 from npu_rl.profiling import StepProfiler
@@ -142,12 +143,11 @@ class GRPOTrainer:
         stats = StepStats()
         params = self.sampling_params()
         with timer.section("step"):
-            rollout, graded, num_gen_batches = self.step_rollouts.sample(records, params, timer, self.global_step)
+            rollout, graded = self.step_rollouts.sample(records, params, timer, self.global_step, stats)
             dump_rollouts(
                 cfg.trainer.rollout_data_dir, self.global_step + 1, rollout, graded, self.tokenizer, self.dist.is_main
             )
             scores = torch.tensor(graded.scores, dtype=torch.float32)
-            stats.add_max("batch/num_gen_batches", num_gen_batches)  # ranks generate in lockstep
 
             batch = actor.build_policy_batch(rollout, self.pad_token_id)
             mask = batch.response_mask
@@ -201,7 +201,7 @@ class GRPOTrainer:
                 batch.advantages, batch.returns = estimator(inputs)
                 if sum_pi_squared is not None:  # verl logs its variance proxies whenever it has sum pi^2
                     record_variance_proxies(stats, token_baselines.variance_proxy_rows(inputs, batch.advantages))
-                seq_adv = (batch.advantages * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+                record_advantages(stats, batch.advantages, batch.returns, mask)  # before the IS weights, as verl
                 if weight is not None:  # scaling A by w > 0 scales every clipped/dual-clipped token loss by w
                     batch.advantages = batch.advantages * weight
 
@@ -212,9 +212,7 @@ class GRPOTrainer:
                         batch, cfg.actor.ppo_epochs, mini_groups, cfg.rollout.max_new_tokens, stats, self.device,
                         self.dist.world_size,
                     )  # fmt: skip
-                valid = mask.bool()
-                stats.add_values("critic/values", batch.values[valid])
-                stats.add_values("critic/returns", batch.returns[valid])
+                record_critic(stats, batch.values, batch.returns, mask)
             if cfg.actor.mask_truncated_completions:
                 batch = actor.without_truncated(batch, rollout.truncated)
             if self.global_step >= cfg.trainer.critic_warmup:  # the critic learns alone during its warm-up
@@ -232,8 +230,9 @@ class GRPOTrainer:
         judged = [float(a) for a in graded.acc if a is not None]
         components = {**graded.components, **({"acc": judged} if judged else {})}
         record_data(
-            stats, scores, rewards, seq_adv, rollout.lengths, rollout.prompt_lengths, params.max_new_tokens, components
-        )
+            stats, scores, rewards, rollout.lengths, rollout.prompt_lengths, params.max_new_tokens,
+            cfg.data.max_prompt_length, components,
+        )  # fmt: skip
         record_tool_metrics(stats, rollout.row_metrics)
         if graded.baselines is not None:  # remax: the greedy answers' scores, one per sampled row
             stats.add_values("critic/reward_baselines", torch.tensor(graded.baselines))
@@ -244,7 +243,6 @@ class GRPOTrainer:
         metrics.update(
             perf_metrics(metrics, self.num_params, cfg.actor.ppo_epochs, self.dist.world_size, self.acc.peak_flops())
         )
-        metrics.update(variance_proxies(metrics))
         metrics.update(self.acc.memory_stats())
         return metrics
 

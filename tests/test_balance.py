@@ -53,10 +53,18 @@ def test_ranks_trade_groups_within_each_mini_batch_and_rows_keep_their_grades():
     def gather(obj):
         return ranks
 
-    out = [balance_groups(*ranks[r], mini_groups=2, rank=r, world=2, gather=gather) for r in range(2)]
+    results = [balance_groups(*ranks[r], mini_groups=2, rank=r, world=2, gather=gather) for r in range(2)]
+    out = [(batch, grades) for batch, grades, _ in results]
     before = [sum(group_costs(b)) for b, _ in ranks]
     after = [sum(group_costs(b)) for b, _ in out]
     assert sum(after) == sum(before) and max(after) - min(after) < (max(before) - min(before)) / 4
+    # verl's global_seqlen/*: each rank's rows (prompt + response tokens) before and after, alike on every rank
+    rows_before = [int(b.lengths.sum()) + 3 * len(b.lengths) for b, _ in ranks]
+    rows_after = [int(b.lengths.sum()) + 3 * len(b.lengths) for b, _ in out]
+    assert rows_before == [324, 49]
+    seqlen = {"min": 49, "max": 324, "minmax_diff": 275, "mean": 186.5}
+    seqlen |= {"balanced_min": min(rows_after), "balanced_max": max(rows_after)}
+    assert results[0][2] == results[1][2] == seqlen and seqlen["balanced_max"] - seqlen["balanced_min"] < 275 / 4
     for k in range(2):  # mini-batch k: the same prompts as before over the two ranks, two on each
         was = {r.index for b, _ in ranks for r in b.records[2 * k : 2 * k + 2]}
         now = [{r.index for r in b.records[2 * k : 2 * k + 2]} for b, _ in out]
@@ -71,6 +79,17 @@ def test_ranks_trade_groups_within_each_mini_batch_and_rows_keep_their_grades():
         assert (batch.lengths == (batch.response_ids == 7).sum(-1)).all()  # ids padded to the widest rank
     # what the grader did stays with the rank that did it
     assert [(g.timeouts, g.errors, len(g.components["graded_all"])) for _, g in out] == [(1, 0, 7), (2, 10, 7)]
+
+
+def test_a_rank_alone_keeps_its_rows_and_logs_the_trivial_seqlen():
+    batch, grades = rank_batch(0, [4, 2, 5, 1])
+
+    def gather(obj):
+        raise AssertionError("nothing to exchange alone")
+
+    out, out_grades, seqlen = balance_groups(batch, grades, mini_groups=2, rank=0, world=1, gather=gather)
+    assert out is batch and out_grades is grades
+    assert seqlen == {"min": 24, "max": 24, "minmax_diff": 0, "balanced_min": 24, "balanced_max": 24, "mean": 24}
 
 
 def test_the_balance_bench_runs_and_evens_out_a_long_tail():

@@ -234,8 +234,9 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
     digits = sum(ch.isdigit() for ch in solution_str)
     return {"score": digits / max(1, len(solution_str)), "acc": False}
 """
-# Wall-clock and memory figures legitimately differ between runs; everything else must not.
-VOLATILE = ("timing_s/", "perf/")
+# Wall-clock and memory figures legitimately differ between runs, the ranks' token totals between world
+# sizes (`_assert_same_seqlen`); everything else must not.
+VOLATILE = ("timing_s/", "timing_per_token_ms/", "perf/", "global_seqlen/")
 
 
 def _train_cmd(tmp_path, model_dir, data, run: str, nproc: int, *extra: str) -> list[str]:
@@ -298,6 +299,23 @@ def _assert_same_metrics(a: dict, b: dict, rel: float, abs_: float) -> None:
     assert keys == {k for k in b if not k.startswith(VOLATILE)}
     for key in sorted(keys):
         torch.testing.assert_close(float(b[key]), float(a[key]), rtol=rel, atol=abs_, msg=lambda m, k=key: f"{k}: {m}")
+    _assert_same_seqlen(a, b)
+
+
+def _assert_same_seqlen(a: dict, b: dict) -> None:
+    """verl's global_seqlen/* of two runs of the same steps: equal at the same world size; otherwise the same
+    tokens in fewer or more shares, each even within the balanced range, and one rank's share is the whole."""
+    if a["global_seqlen/mean"] == b["global_seqlen/mean"]:
+        assert {k: v for k, v in a.items() if k.startswith("global_seqlen/")} == {
+            k: v for k, v in b.items() if k.startswith("global_seqlen/")
+        }
+        return
+    few, many = sorted((a, b), key=lambda m: -m["global_seqlen/mean"])
+    ratio = few["global_seqlen/mean"] / many["global_seqlen/mean"]
+    assert ratio == round(ratio) > 1, ratio
+    for m in (few, many):
+        assert m["global_seqlen/balanced_min"] <= m["global_seqlen/mean"] <= m["global_seqlen/balanced_max"]
+        assert m["global_seqlen/minmax_diff"] == m["global_seqlen/max"] - m["global_seqlen/min"]
 
 
 def _weights(run: Path, step: int, tmp_path) -> dict[str, torch.Tensor]:

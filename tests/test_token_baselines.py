@@ -64,9 +64,9 @@ def test_variance_proxies_average_rows_and_split_signal_from_noise():
     torch.testing.assert_close(rows["proxy2_total_power"], torch.tensor([0.0625, 0.125, 0.49]), rtol=1e-6, atol=0)
     stats = StepStats()
     record_variance_proxies(stats, rows)
-    metrics = {**stats.reduce(), "actor/grad_norm": 0.3}
-    metrics.update(variance_proxies(metrics))
-    assert "variance_proxy/_rows" not in metrics
+    stats.add_max("actor/grad_norm", 0.3)  # the update's, reduced in the same collective
+    metrics = stats.reduce()  # the proxies derived after the reduction
+    assert not [key for key in metrics if "/_" in key or key.startswith("_")], "the row count is popped"
     assert metrics["variance_proxy/proxy2_total_power"] == pytest.approx((0.0625 + 0.125 + 0.49) / 3)
     assert metrics["variance_proxy/proxy1_signal_strength"] == pytest.approx(0.09)
     assert metrics["variance_proxy/proxy3_pure_noise"] == pytest.approx(((0.0625 + 0.125 + 0.49) / 3 - 0.09) / 2)

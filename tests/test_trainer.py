@@ -52,7 +52,9 @@ def test_grpo_trains_end_to_end_and_logs_verl_metrics(tmp_path, tiny_model_dir, 
         "actor/lr", "critic/score/mean", "critic/score/max", "critic/score/min", "critic/advantages/mean",
         "response_length/mean", "response_length/max", "response_length/clip_ratio", "prompt_length/mean",
         "timing_s/gen", "timing_s/reward", "timing_s/ref", "timing_s/update_actor", "timing_s/step",
-        "perf/throughput", "rollout/logprob_diff",
+        "perf/throughput", "rollout/logprob_diff", "critic/returns/mean", "prompt_length/clip_ratio",
+        "timing_per_token_ms/gen", "timing_per_token_ms/update_actor", "global_seqlen/mean",
+        "global_seqlen/minmax_diff",
     ):  # fmt: skip
         assert key in train_rows[-1], key
     assert "timing_s/old_log_prob" in train_rows[-1]  # two mini-batches per step: old logprobs are frozen
