@@ -22,8 +22,11 @@ What it does, in order (each phase prints one line; a failure names its phase):
 8. recompute: one step with `model.gradient_checkpointing=true` (the Ascend sample's setting: the
    packed pass with each layer recomputed in backward) and `actor.head_chunk_tokens=512` (the head's
    logits recomputed chunk by chunk), matching the plain run's first step like offload, with its
-   peak memory. The optional phases come last, so that the ones before them
-   have printed if the time limit cuts the run.
+   peak memory;
+9. actoffload: the same with `model.activation_offload=true` (the layers' inputs held in pinned host
+   memory between forward and backward), matching likewise; its peak memory and update time against
+   phase 8's are what activation offload saves and costs. The optional phases come last, so that
+   the ones before them have printed if the time limit cuts the run.
 
 No network is needed. torch, transformers, accelerate and npu_rl's own dependencies are expected on
 the machine (the lent H200's image has them all); trl and datasets for phase 6 are installed from the
@@ -208,7 +211,7 @@ def main() -> None:
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     log("assets", f"torch {torch.__version__}, {card}; work dir {work}")
     model, data = build_model(Path(args.work) / "assets", args.dry_run)
-    for stale in ("logs", "ckpt", "offload", "lora", "recompute"):
+    for stale in ("logs", "ckpt", "offload", "lora", "recompute", "actoffload"):
         subprocess.run(["rm", "-rf", str(work / stale)], check=True)
     rows = run_npu_rl(args, model, data, work, args.steps)
     npu_step = report_npu_rl(rows)
@@ -225,6 +228,7 @@ def main() -> None:
     check_lora(args, model, data, work, rows[0])
     recompute = ("model.gradient_checkpointing=true", "actor.head_chunk_tokens=512")
     check_same_first_step(args, model, data, work, rows[0], "recompute", *recompute)
+    check_same_first_step(args, model, data, work, rows[0], "actoffload", *recompute, "model.activation_offload=true")
     log("done", "all phases passed")
 
 
@@ -238,7 +242,8 @@ def check_same_first_step(
         if abs(row[key] - plain[key]) > 0.02 * abs(plain[key]) + 1e-6:
             sys.exit(f"[gpu_check] {phase}: first-step {key} {row[key]} differs from the plain run's {plain[key]}")
     log(phase, f"{' '.join(settings)}: first step matches (grad_norm {row['actor/grad_norm']:.4f} vs "
-        f"{plain['actor/grad_norm']:.4f}); memory {memory_of(row)} (plain: {memory_of(plain)})")  # fmt: skip
+        f"{plain['actor/grad_norm']:.4f}); memory {memory_of(row)} (plain: {memory_of(plain)}); update_actor "
+        f"{row['timing_s/update_actor']:.2f} s (plain: {plain['timing_s/update_actor']:.2f} s)")  # fmt: skip
 
 
 def check_lora(args: argparse.Namespace, model: Path, data: Path, work: Path, plain: dict) -> None:

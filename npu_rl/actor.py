@@ -133,9 +133,13 @@ def forward_logprobs(
                 head = functools.partial(
                     chunked_stats, model, layout.targets, temperature, extras, plan.head_chunk, linear=linear
                 )
-                stats = packing.packed_logits(model, layout, plan.attention, linear, plan.checkpoint, head)
+                stats = packing.packed_logits(
+                    model, layout, plan.attention, linear, plan.checkpoint, head, offload=plan.offload
+                )
             else:
-                logits = packing.packed_logits(model, layout, plan.attention, linear, plan.checkpoint)
+                logits = packing.packed_logits(
+                    model, layout, plan.attention, linear, plan.checkpoint, offload=plan.offload
+                )
                 stats = token_stats(logits, layout.targets, temperature, *extras)
             return on_grid(stats, layout, width)
     logits = None

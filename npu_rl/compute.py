@@ -116,10 +116,12 @@ class ComputePlan:
     attention: str = "segments"  # the packed pass's attention (packing.ATTENTION_BACKENDS)
     checkpoint: bool = False  # the fused layers recompute in backward (gradient checkpointing)
     head_chunk: int = 0  # packed: the head's log-probs this many tokens at a time (npu_rl.token_stats); 0: whole
+    offload: bool = False  # the checkpointed layers' inputs wait for backward in host memory (activation offload)
 
     def describe(self) -> str:
         extra = f" attention={self.attention}" if self.forward == "packed" else ""
         extra += " checkpointed" if self.checkpoint else ""
+        extra += " offloaded" if self.offload else ""
         extra += f" head_chunk={self.head_chunk}" if self.head_chunk else ""
         return f"forward={self.forward}{extra} decoder={self.decoder} linears={self.linears.name}"
 
@@ -135,9 +137,11 @@ def build_plan(
     decoder: str = "auto",
     gradient_checkpointing: bool = False,
     head_chunk: int = 0,
+    activation_offload: bool = False,
 ) -> ComputePlan:
     """Resolve `actor.forward` / `rollout.decoder` for `model` on `acc` (see the module docstring);
-    `head_chunk` (actor.head_chunk_tokens) applies to the packed pass only."""
+    `head_chunk` (actor.head_chunk_tokens) applies to the packed pass only; `activation_offload`
+    (model.activation_offload) needs the fused layers' checkpointing."""
     if forward not in FORWARD_MODES:
         raise ComputeError(f"actor.forward: {forward!r} is not one of {list(FORWARD_MODES)}")
     if decoder not in DECODER_MODES:
@@ -162,8 +166,15 @@ def build_plan(
         raise ComputeError(f"rollout.decoder=fast does not support {type(model).__name__}; use plain or auto")
     linears = linears_for(acc, enabled=not gradient_checkpointing, model=model)
     checkpoint = gradient_checkpointing and forward in FUSED_FORWARDS
+    if activation_offload and not checkpoint:
+        raise ComputeError(
+            f"model.activation_offload holds the inputs of npu_rl's checkpointed decoder layers in host memory, "
+            f"but actor.forward={forward} runs {type(model).__name__} through transformers' forward (the fused "
+            f"layers need a Llama-family model, actor.forward=auto, packed or fused, and "
+            f"model.gradient_checkpointing=true); set model.activation_offload=false"
+        )
     chunk = head_chunk if forward == "packed" else 0
-    return ComputePlan(forward, decoder, linears, attention_backend(acc.type), checkpoint, chunk)
+    return ComputePlan(forward, decoder, linears, attention_backend(acc.type), checkpoint, chunk, activation_offload)
 
 
 # The plan of the straightforward reference path, against which the fast paths are tested.

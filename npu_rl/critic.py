@@ -60,7 +60,9 @@ def _response_values(critic: nn.Module, micro: PolicyBatch, plan: ComputePlan) -
         layout = packing.build_layout(micro.input_ids, micro.attention_mask, micro.position_ids, mask, micro.group)
         if layout is not None:
             linear, value_head = plan.linears.linear, critic.value_head
-            values = packing.packed_logits(critic, layout, plan.attention, linear, plan.checkpoint, value_head)
+            values = packing.packed_logits(
+                critic, layout, plan.attention, linear, plan.checkpoint, value_head, offload=plan.offload
+            )
             return packing.scatter_rows(values.squeeze(-1).float(), layout, (len(micro), width)) * mask
     out = critic(micro.input_ids, micro.attention_mask, micro.position_ids)
     return out[:, -width - 1 : -1] * mask
@@ -153,7 +155,8 @@ class Critic:
         init = dataclasses.replace(cfg.model, path=cfg.critic.model_path or cfg.model.path)
         model = place(ValueModel(load_model(init, acc, trainable=True)))
         forward = "plain" if cfg.actor.forward == "plain" else "auto"  # no shared-prefix pass for the critic
-        plan = build_plan(model, acc, forward, "plain", cfg.model.gradient_checkpointing)
+        ckpt, offload = cfg.model.gradient_checkpointing, cfg.model.activation_offload
+        plan = build_plan(model, acc, forward, "plain", ckpt, activation_offload=offload)
         optimizer = optim.build_optimizer(model, cfg.critic.optim)
         scheduler = optim.build_scheduler(optimizer, total_steps, cfg.critic.optim)
         budgets = cfg.token_budgets()

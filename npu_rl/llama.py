@@ -14,6 +14,7 @@ projection. Models it does not reproduce exactly go through transformers (`suppo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 
@@ -149,6 +150,15 @@ def embed(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor) -> tuple
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def offloaded(device: torch.device) -> torch.autograd.graph.saved_tensors_hooks:
+    """Saved tensors go to host memory and come back in backward (torch's save_on_cpu): around a
+    non-reentrant checkpoint that is the layer's input alone, which the checkpoint saves through the
+    outer hooks, while the layer's own activations go to the checkpoint's hooks and are recomputed.
+    On an accelerator the host copies are pinned and asynchronous (stream-ordered, so the device
+    memory is reused only after the copy); on the CPU the input stays where it is."""
+    return torch.autograd.graph.save_on_cpu(pin_memory=device.type != "cpu", device_type=device.type)
+
+
 def decoder_stack(
     model: nn.Module,
     h: torch.Tensor,
@@ -157,6 +167,7 @@ def decoder_stack(
     attend: Attend,
     linear: Callable[..., torch.Tensor] = F.linear,
     checkpoint: bool = False,
+    offload: bool = False,
 ) -> torch.Tensor:
     """Every decoder layer and the final norm over packed tokens h [S, hidden].
 
@@ -165,7 +176,8 @@ def decoder_stack(
     `checkpoint` (gradient checkpointing, when gradients are being recorded) keeps only each
     layer's input and re-runs the layer in backward: non-reentrant torch checkpointing inside the
     layer's own call, so FSDP2's hooks stay outside it and the re-run reads gathered weights (the
-    order torchtitan applies activation checkpointing and FSDP2 in).
+    order torchtitan applies activation checkpointing and FSDP2 in). `offload` (activation offload,
+    with `checkpoint`) keeps those inputs in host memory until backward (`offloaded`).
     """
     cfg, inner = model.config, model.model
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -189,7 +201,8 @@ def decoder_stack(
     if checkpoint and torch.is_grad_enabled():
 
         def layer_call(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
-            return torch.utils.checkpoint.checkpoint(run_layer, layer, h, use_reentrant=False)
+            with offloaded(h.device) if offload else contextlib.nullcontext():
+                return torch.utils.checkpoint.checkpoint(run_layer, layer, h, use_reentrant=False)
 
     else:
         layer_call = run_layer
@@ -199,10 +212,14 @@ def decoder_stack(
 
 
 def shared_prompt_logits(
-    model: nn.Module, *args: torch.Tensor, linear: Callable[..., torch.Tensor] = F.linear, checkpoint: bool = False
+    model: nn.Module,
+    *args: torch.Tensor,
+    linear: Callable[..., torch.Tensor] = F.linear,
+    checkpoint: bool = False,
+    offload: bool = False,
 ) -> torch.Tensor:
     """`_shared_prompt_logits` run as the model's forward (see `through`)."""
-    fn = functools.partial(_shared_prompt_logits, model, linear=linear, checkpoint=checkpoint)
+    fn = functools.partial(_shared_prompt_logits, model, linear=linear, checkpoint=checkpoint, offload=offload)
     return through(model, fn, *args)
 
 
@@ -217,13 +234,14 @@ def _shared_prompt_logits(
     group: torch.Tensor,
     linear: Callable[..., torch.Tensor] = F.linear,
     checkpoint: bool = False,
+    offload: bool = False,
 ) -> torch.Tensor:
     """Logits [N, 1 + T, V]: the last prompt token's, then every tail token's.
 
     Distinct prompts [G, P] (left-padded) run once; tail row i [T] (right-padded) continues prompt
     `group[i]`. Both are packed into one token matrix for the projections; only attention sees
-    the two layouts. `linear` is the plan's linear kernel, `checkpoint` its gradient checkpointing
-    (npu_rl.compute).
+    the two layouts. `linear` is the plan's linear kernel, `checkpoint` its gradient checkpointing and
+    `offload` its activation offload (npu_rl.compute).
     """
     cfg = model.config
     groups = cfg.num_attention_heads // cfg.num_key_value_heads
@@ -250,7 +268,7 @@ def _shared_prompt_logits(
         width = q.shape[1] * q.shape[2]
         return torch.cat([out_p.transpose(1, 2).reshape(split, width), out_t.transpose(1, 2).reshape(n * t, width)])
 
-    h = decoder_stack(model, h, cos, sin, attend, linear, checkpoint)
+    h = decoder_stack(model, h, cos, sin, attend, linear, checkpoint, offload)
     last_prompt = h[:split].view(g, p, -1)[:, -1][group][:, None]
     hidden = torch.cat([last_prompt, h[split:].view(n, t, h.shape[-1])], dim=1)
     return head_logits(model, hidden, linear)

@@ -213,17 +213,19 @@ def packed_logits(
     linear: Callable[..., torch.Tensor],
     checkpoint: bool = False,
     head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    offload: bool = False,
 ) -> torch.Tensor:
     """Logits [M, V] predicting each response token of the layout (only those tokens reach the head);
     run as the model's forward (llama.through), so FSDP2-sharded models work too. `checkpoint`:
-    gradient checkpointing of the decoder layers (llama.decoder_stack). `head` maps those tokens'
+    gradient checkpointing of the decoder layers, `offload`: their inputs held in host memory
+    (llama.decoder_stack). `head` maps those tokens'
     final hidden states to the output instead of the LM head (the critic's value head: the value of
     the state each response token was chosen in)."""
 
     def forward(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         h, cos, sin = llama.embed(model, tokens, positions)
         attend = layout.attend_fn(backend, model.config.num_attention_heads, h.dtype)
-        h = llama.decoder_stack(model, h, cos, sin, attend, linear, checkpoint)[layout.predictors]
+        h = llama.decoder_stack(model, h, cos, sin, attend, linear, checkpoint, offload)[layout.predictors]
         return head_logits(model, h, linear) if head is None else head(h)
 
     return llama.through(model, forward, layout.tokens, layout.positions)

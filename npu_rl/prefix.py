@@ -69,6 +69,7 @@ def response_logits(
             inverse,
             linear=plan.linears.linear,
             checkpoint=plan.checkpoint,
+            offload=plan.offload,
         )
     with plan.linears.around():
         cache = DynamicCache()

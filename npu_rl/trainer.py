@@ -80,9 +80,9 @@ class GRPOTrainer:
             model = lora.wrap(model, cfg.actor.lora.rank, cfg.actor.lora.alpha, cfg.actor.lora.target_modules)
         self.num_params = num_parameters(model)
         self.model = self._place(model, trainable=True)
-        ckpt = cfg.model.gradient_checkpointing
+        ckpt, offload = cfg.model.gradient_checkpointing, cfg.model.activation_offload
         chunk = cfg.actor.head_chunk_tokens
-        self.plan = build_plan(self.model, self.acc, cfg.actor.forward, cfg.rollout.decoder, ckpt, chunk)
+        self.plan = build_plan(self.model, self.acc, cfg.actor.forward, cfg.rollout.decoder, ckpt, chunk, offload)
         self.ref, self.ref_plan = None, None
         if cfg.needs_ref and lora.is_lora(self.model):  # the base under the adapters: no second copy
             self.ref, self.ref_plan = self.model, self.plan

@@ -90,7 +90,7 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{_AR}.actor.sum_pi_squared_checkpointing", IGNORED, note="sum pi^2 is computed without gradients"),
     Rule(f"{_AR}.model.use_liger", IGNORED, only=(False,), note=_off("liger kernels are not available on NPU")),
     Rule(f"{_AR}.model.use_shm", IGNORED, only=(False,), note=_off("shared-memory model copy")),
-    Rule(f"{_AR}.model.enable_activation_offload", IGNORED, only=(False,), note=_off("activation offload")),
+    Rule(f"{_AR}.model.enable_activation_offload", ALIAS, "model.activation_offload"),
     Rule(f"{_AR}.model.lora_rank", ALIAS, "actor.lora.rank"),
     Rule(f"{_AR}.model.lora_alpha", ALIAS, "actor.lora.alpha"),
     Rule(
@@ -280,6 +280,7 @@ RULES: tuple[Rule, ...] = (
     Rule("critic.forward_micro_batch_size", UNSUPPORTED, note="deprecated: critic.forward_micro_batch_size_per_gpu"),
     Rule("critic.model.use_remove_padding", IGNORED, note="the critic's passes remove padding themselves (packed)"),
     Rule("critic.model.enable_gradient_checkpointing", IGNORED, note="the critic follows model.gradient_checkpointing"),
+    Rule("critic.model.enable_activation_offload", IGNORED, note="the critic follows model.activation_offload"),
     Rule("critic.optim.warmup_style", SPECIAL, "critic.optim.lr_scheduler", convert=critic_warmup_style),
     Rule("critic.optim.total_training_steps", IGNORED, note="derived from trainer.total_training_steps"),
     Rule(

@@ -178,10 +178,13 @@ def test_ppo_with_a_critic_trains_and_logs_critic_metrics(tmp_path, tiny_model_d
             "trainer.save_freq=0", "algorithm.adv_estimator=gae", "algorithm.lam=0.95", "critic.optim.lr=1e-3",
             "critic.ppo_micro_batch_size_per_device=4", "trainer.critic_warmup=1", "model.gradient_checkpointing=true",
             "data.max_prompt_length=128", "critic.use_dynamic_bsz=true", "critic.ppo_max_token_len_per_device=140",
+            "model.activation_offload=true",
         )
     )  # fmt: skip
-    # the critic's passes: packed and checkpointed like the actor's, its training micro-batches by tokens
-    assert (trainer.critic.plan.forward, trainer.critic.plan.checkpoint) == ("packed", True)
+    # the critic's passes: packed, checkpointed and offloaded like the actor's, its training micro-batches by tokens
+    assert (trainer.critic.plan.forward, trainer.critic.plan.checkpoint, trainer.critic.plan.offload) == (
+        "packed", True, True
+    ) and trainer.plan.offload  # fmt: skip
     assert (trainer.critic.train_budget, trainer.critic.values_budget) == (140, 140)
     rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "critic/vf_loss" in r]

@@ -1,6 +1,6 @@
 """bench/gpu_check.sh cannot rot: its CPU dry run (tiny model) goes through every npu_rl phase:
 assets, a torchrun FSDP2 training run with metrics, checkpoint merge, resume, offload, a LoRA step and a
-gradient-checkpointed step."""
+gradient-checkpointed step, with and without activation offload."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def test_gpu_check_dry_run_passes_every_phase(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("[gpu_check]")]
     phases = [line.split(":")[0].split()[-1] for line in lines]
-    assert phases == ["assets", "npu_rl", "npu_rl", "merge", "resume", "offload", "lora", "recompute", "done"], lines
+    expected = ["assets", "npu_rl", "npu_rl", "merge", "resume", "offload", "lora", "recompute", "actoffload", "done"]
+    assert phases == expected, lines
     assert "throughput" in lines[2] and "update_actor=" in lines[1]
     assert "ran step 4" in lines[4]

@@ -122,6 +122,28 @@ def test_gradient_checkpointing_recomputes_each_layer_with_the_same_numbers(mode
     assert per_layer[plain] > 10 * per_layer[checkpointed]  # measured 35x (packed, qwen2)
 
 
+@pytest.mark.parametrize("forward", ["packed", "fused"])
+def test_activation_offload_takes_what_checkpointing_keeps_off_the_device_with_the_same_numbers(
+    model, tiny_tokenizer, forward
+):
+    """model.activation_offload: the one tensor per layer that checkpointing keeps (the layer's input) goes
+    through the offload hooks (torch's save_on_cpu: a pinned host copy on an accelerator, the tensor itself
+    on the CPU), so no decoder layer keeps anything for backward outside them; the numbers are unchanged."""
+    batch = make_batch(tiny_tokenizer.pad_token_id, LENGTHS)
+    checkpointed = build_plan(model, CPU, forward=forward, gradient_checkpointing=True)
+    offloaded = build_plan(model, CPU, forward=forward, gradient_checkpointing=True, activation_offload=True)
+    assert offloaded.offload and "checkpointed offloaded" in offloaded.describe()
+    expected, got = run(model, batch, checkpointed), run(model, batch, offloaded)
+    for a, b in zip(expected[:2], got[:2], strict=True):  # measured bit-identical (the same operations)
+        assert torch.equal(a, b)
+    for name, grad in expected[2].items():
+        assert torch.equal(got[2][name], grad), name
+    one_layer = copy.deepcopy(model)
+    one_layer.model.layers = one_layer.model.layers[:1]
+    per_layer = {p: saved_bytes(model, batch, p) - saved_bytes(one_layer, batch, p) for p in (checkpointed, offloaded)}
+    assert per_layer[checkpointed] > 0 and per_layer[offloaded] == 0
+
+
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
 def test_chunked_head_gives_the_whole_heads_numbers_without_keeping_the_logits(model, tiny_tokenizer, checkpointing):
     """actor.head_chunk_tokens (verl's use_fused_kernels): the head's log-probs, entropies and sums of

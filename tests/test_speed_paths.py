@@ -126,6 +126,8 @@ def test_gradient_checkpointing_keeps_the_fused_layers_or_takes_the_plain_forwar
         plan = build_plan(net, CPU, forward="plain", gradient_checkpointing=True)
     with pytest.raises(ComputeError, match="gradient checkpointing"):
         build_plan(net, CPU, forward="shared_prefix", gradient_checkpointing=True)
+    with pytest.raises(ComputeError, match=r"transformers' forward .* set model\.activation_offload=false"):
+        build_plan(net, CPU, forward="plain", gradient_checkpointing=True, activation_offload=True)
     batch = make_batch(tiny_tokenizer.pad_token_id, [7, 2, 5, 7, 6, 1, 3, 4, 2])
     mask = batch.response_mask.bool()
     net.zero_grad(set_to_none=True)

@@ -104,6 +104,8 @@ VERL_LORA_DAPO_TOOLS = """
     critic.use_dynamic_bsz=True critic.ppo_max_token_len_per_gpu=30000 critic.forward_max_token_len_per_gpu=40000
     critic.forward_micro_batch_size_per_gpu=16 critic.model.use_remove_padding=True
     actor_rollout_ref.model.use_fused_kernels=True
+    actor_rollout_ref.model.enable_gradient_checkpointing=True actor_rollout_ref.model.enable_activation_offload=True
+    critic.model.enable_activation_offload=True
 """
 
 
@@ -130,6 +132,9 @@ def test_verl_keys_of_lora_token_budgets_offload_tools_dapo_and_critic_reach_the
     )
     assert cfg.critic.use_dynamic_bsz and cfg.critic.forward_micro_batch_size_per_device == 16
     assert cfg.actor.head_chunk_tokens == 512  # verl's fused linear-for-PPO chunk
+    assert cfg.model.gradient_checkpointing and cfg.model.activation_offload  # the critic follows both
+    with pytest.raises(ConfigError, match=r"model\.activation_offload moves .* set model\.gradient_checkpointing=true"):
+        load_config(None, ["model.path=m", "data.train_files=[a]", "model.activation_offload=true"])
     with pytest.raises(ConfigError, match=r"critic\.ppo_micro_batch_size' has no equivalent.*_per_gpu"):
         load_config(None, ["model.path=m", "data.train_files=[a]", "critic.ppo_micro_batch_size=8"])
     budgets = cfg.token_budgets()

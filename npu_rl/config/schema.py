@@ -37,6 +37,11 @@ class ModelConfig(Section):
     gradient_checkpointing: bool = knob(
         False, "recompute activations in backward (less memory, one more forward per backward)"
     )
+    activation_offload: bool = knob(
+        False,
+        "with gradient_checkpointing: keep each decoder layer's input (all checkpointing keeps) in host memory "
+        "between forward and backward (verl's enable_activation_offload; the fused layers of Llama-family models)",
+    )
     trust_remote_code: bool = knob(False, "allow the model folder's own Python code (only for folders you trust)")
     fp32_lm_head: bool = knob(
         False,
@@ -53,6 +58,11 @@ class ModelConfig(Section):
     def check(self, path: str) -> None:
         if not self.path:
             raise ConfigError(f"{join(path, 'path')} is required (a Hugging Face model folder)")
+        if self.activation_offload and not self.gradient_checkpointing:
+            raise ConfigError(
+                f"{join(path, 'activation_offload')} moves what gradient checkpointing keeps (each layer's input) to "
+                f"host memory; set {join(path, 'gradient_checkpointing')}=true as well"
+            )
         environment.check_local_path(self.path, join(path, "path"))
         if self.tokenizer_path:
             environment.check_local_path(self.tokenizer_path, join(path, "tokenizer_path"))
