@@ -1,10 +1,12 @@
-"""npu_rl's step metrics against verl's own metric functions, on random step batches.
+"""npu_rl's step and validation metrics against verl's own metric functions, on random batches.
 
-verl's `compute_data_metrics` and `compute_timing_metrics` (verl/trainer/ppo/metric_utils.py) and
-`log_seqlen_unbalance` (verl/utils/seqlen_balancing.py) are parsed out of a checkout (verl is not
-installed) and run on a stand-in DataProto holding the rows npu_rl's recorders get (npu_rl.metrics:
-record_data, record_advantages, record_critic, the timings; npu_rl.balance.seqlen_balance), reduced
-through `StepStats` as a training step reduces them.
+verl's `compute_data_metrics`, `compute_timing_metrics` and `process_validation_metrics`
+(verl/trainer/ppo/metric_utils.py) and `log_seqlen_unbalance` (verl/utils/seqlen_balancing.py) are
+parsed out of a checkout (verl is not installed) and run on a stand-in DataProto holding the rows
+npu_rl's recorders get (npu_rl.metrics: record_data, record_advantages, record_critic, the timings;
+npu_rl.balance.seqlen_balance), reduced through `StepStats` as a training step reduces them; and on
+the graded validation prompts npu_rl.evaluation.validation_metrics gets (verl's "pred" are the
+extracted answers, a missing one a vote of its own).
 
     python bench/verl_metrics_parity.py --verl /path/to/verl [--trials 100]
 
@@ -12,16 +14,23 @@ Rows: prompts of 1 to P tokens, left-padded to P as verl pads them (some exactly
 ratio), responses of 1 to R tokens (some exactly R), tool-answer holes in the response mask of some
 rows, 0 / 0.5 / 1 scores on the last token, a per-token KL shaping in the token rewards, advantages,
 returns and critic values; step timings for verl's sections; 4 ranks' contiguous shares and a
-shuffled equal-sized partition for global_seqlen. Printed: the worst difference of every metric both
-log, relative to max(1, |verl's value|), and verl's metrics npu_rl does not log. Exit 1 above 1e-6.
+shuffled equal-sized partition for global_seqlen. Validation: two data sources, 1 to 8 samples per
+prompt, 0 / 0.5 / 1 rewards, correctness, answers from three values or none. Printed: the worst
+difference of every metric both log, relative to max(1, |verl's value|) (validation metrics by
+source/variable/name, whichever of val-core / val-aux npu_rl files them under), and verl's metrics
+npu_rl does not log. Exit 1 above 1e-6.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import types
+from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +38,8 @@ import numpy as np
 import torch
 
 from npu_rl.balance import seqlen_balance
+from npu_rl.data import PromptRecord
+from npu_rl.evaluation import GradedPrompt, validation_metrics
 from npu_rl.metrics import StepStats, record_advantages, record_critic, record_data
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,8 +51,12 @@ SECTIONS = ("gen", "reward", "old_log_prob", "ref", "values", "adv", "update_cri
 
 def load_verl(checkout: Path) -> dict[str, Any]:
     """verl's data, timing and sequence-balance metric functions, by name."""
-    namespace: dict[str, Any] = {"torch": torch, "np": np, "Any": Any, "DataProto": object}
-    wanted = {"compute_data_metrics", "compute_timing_metrics", "_compute_response_info"}
+    namespace: dict[str, Any] = {
+        "torch": torch, "np": np, "Any": Any, "Callable": Callable, "DataProto": object, "defaultdict": defaultdict,
+        "partial": partial,
+    }  # fmt: skip
+    wanted = {"compute_data_metrics", "compute_timing_metrics", "_compute_response_info", "process_validation_metrics"}
+    wanted |= {"bootstrap_metric", "calc_maj_val"}
     functions = source_functions(checkout / "verl/trainer/ppo/metric_utils.py", wanted.__contains__, namespace)
     source_functions(checkout / "verl/utils/seqlen_balancing.py", "log_seqlen_unbalance".__eq__, functions)
     return functions
@@ -117,6 +132,51 @@ def verls(verl: dict[str, Any], step: dict[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items()}
 
 
+def random_validation(seed: int) -> tuple[list[GradedPrompt], int]:
+    """Graded validation prompts of two data sources with n samples each (source "b" never judged)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 9, (), generator=gen))
+    graded = []
+    for index in range(int(torch.randint(2, 7, (), generator=gen))):
+        source = "ab"[index % 2]
+        scores = (torch.randint(0, 3, (n,), generator=gen).float() / 2).tolist()
+        acc = [s == 1.0 for s in scores] if source == "a" else [None] * n
+        answers = [[None, "1", "2", "3"][i] for i in torch.randint(0, 4, (n,), generator=gen).tolist()]
+        record = PromptRecord(index, [1], "p", [], source, "1", "math", {}, "f", index)
+        graded.append(GradedPrompt(record, ["r"] * n, acc, scores, answers, [1] * n, ["stop"] * n))
+    return graded, n
+
+
+def verl_validation(verl: dict[str, Any], prompts: list[GradedPrompt], var: str, values: list[float]) -> dict:
+    """verl's process_validation_metrics of one variable over `prompts` (its "[none]" for a missing answer)."""
+    sources = [g.record.data_source for g in prompts for _ in g.answers]
+    uids = [str(g.record.index) for g in prompts for _ in g.answers]
+    votes = [a if a is not None else "[none]" for g in prompts for a in g.answers]
+    return verl["process_validation_metrics"](sources, uids, {var: values, "pred": votes})
+
+
+def compare_validation(verl: dict[str, Any], seed: int) -> dict[str, float]:
+    """The relative difference of every validation metric verl computes (reward over all prompts, acc
+    over the judged ones), keyed val/<variable>/<name with @k> (worst over the sources and sizes)."""
+    graded, n = random_validation(seed)
+    mine = validation_metrics(graded, ["a", "b"], n, False, lambda t: t)
+    ours = {key.split("/", 1)[1]: value for key, value in mine.items()}  # without the val-core / val-aux section
+    judged = [g for g in graded if g.judged]
+    tables = [verl_validation(verl, graded, "reward", [s for g in graded for s in g.scores])]
+    if judged:
+        tables.append(verl_validation(verl, judged, "acc", [float(a) for g in judged for a in g.acc]))
+    out: dict[str, float] = {}
+    for table in tables:
+        for source, variables in table.items():
+            for var, metrics in variables.items():
+                for name, value in metrics.items():
+                    mine_value = ours.get(f"{source}/{var}/{name}")
+                    diff = math.inf if mine_value is None else abs(mine_value - value) / max(1.0, abs(value))
+                    key = f"val/{var}/{re.sub(r'@[0-9]+', '@k', name)}"  # every sample count k in one row
+                    out[key] = max(out.get(key, 0.0), diff)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--verl", type=Path, required=True, help="a verl checkout (the folder holding verl/)")
@@ -133,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             a, b = mine[key], theirs[key]
             diff = 0.0 if (math.isnan(a) and math.isnan(b)) else abs(a - b) / max(1.0, abs(b))
             worst[key] = max(worst.get(key, 0.0), diff if not math.isnan(diff) else math.inf)
+        if "process_validation_metrics" in verl:
+            for key, diff in compare_validation(verl, seed).items():
+                worst[key] = max(worst.get(key, 0.0), diff)
     unlogged = sorted(missing) or "none"
     print(f"[verl_metrics_parity] {args.trials} random steps; verl metrics not logged here: {unlogged}")
     print(f"{'metric':40s} {'worst rel. diff':>15s}")

@@ -1,4 +1,5 @@
-"""Evaluation statistics as pure functions: mean@N, unbiased pass@k, maj@N and their breakdowns.
+"""Evaluation statistics as pure functions: mean@N, unbiased pass@k, maj@N and their breakdowns, and
+verl's per-prompt bootstrap statistics (best@N, worst@N, maj@N) that the trainer's validation logs.
 
 Kept apart from generation so each number can be checked by hand: a prompt's result is just its n
 correctness flags, its n extracted answers (None when there is none) and its n response lengths.
@@ -8,8 +9,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 # extra_info keys that split the table, as MATH-style data carries them (`type` is MATH's subject).
 BREAKDOWN_KEYS = {"level": ("level",), "subject": ("subject", "type")}
@@ -137,3 +141,52 @@ def format_table(summary: dict[str, Any], n: int, ks: list[int]) -> str:
             for name, m in value.items():
                 rows.append(row(f"{key[3:]}={name}", m))
     return "\n".join(rows)
+
+
+VERL_BOOTSTRAPS, VERL_SEED = 1000, 42  # verl's bootstrap_metric defaults
+
+
+def bootstrap_sizes(n: int) -> list[int]:
+    """verl's subset sizes for a prompt with n samples: 2, 4, 8, ... below n, then n (none for n <= 1)."""
+    sizes, k = [], 2
+    while n > 1 and k < n:
+        sizes.append(k)
+        k *= 2
+    return [*sizes, n] if n > 1 else []
+
+
+def sample_metric_names(n: int) -> list[str]:
+    """The names `sample_metrics` gives a prompt with n samples, in its order."""
+    names = [f"mean@{n}"] + ([f"std@{n}"] if n > 1 else [])
+    for k in bootstrap_sizes(n):
+        names += [f"{stat}@{k}/{agg}" for stat in ("best", "worst", "maj") for agg in ("mean", "std")]
+    return names
+
+
+def sample_metrics(values: Sequence[float], votes: Sequence[Hashable], seed: int = VERL_SEED) -> dict[str, float]:
+    """verl's process_validation_metrics for one prompt and one variable (its samples' rewards or
+    correctness): mean@n and std@n (population) of the n values; for each size k of `bootstrap_sizes`,
+    1000 subsets of k drawn with replacement by numpy's legacy generator seeded `seed` (the draws verl
+    makes, so the numbers are verl's to the last bit), and the mean and std over them of the subset's
+    best and worst value and of its majority vote's value (the votes of the subset counted; ties to the
+    vote seen first in the subset; the value of that vote's first sample there: verl's calc_maj_val).
+    `votes` are the samples' extracted answers (None is a vote too, as verl's "[INVALID]")."""
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    out = {f"mean@{n}": float(np.mean(v))}
+    if n <= 1:
+        return out
+    out[f"std@{n}"] = float(np.std(v))
+    index: dict[Hashable, int] = {}
+    codes = np.array([index.setdefault(vote, len(index)) for vote in votes])
+    for k in bootstrap_sizes(n):
+        draws = np.random.RandomState(seed).choice(n, size=(VERL_BOOTSTRAPS, k), replace=True)
+        picked = v[draws]
+        onehot = codes[draws][:, :, None] == np.arange(len(index))  # [bootstraps, k, votes]
+        counts, seen = onehot.sum(1), onehot.any(1)
+        first = np.where(seen, onehot.argmax(1), k)  # each vote's first position in the subset
+        position = np.where(counts == counts.max(1, keepdims=True), first, k).min(1)
+        majority = picked[np.arange(VERL_BOOTSTRAPS), position]
+        for name, stat in (("best", picked.max(1)), ("worst", picked.min(1)), ("maj", majority)):
+            out[f"{name}@{k}/mean"], out[f"{name}@{k}/std"] = float(np.mean(stat)), float(np.std(stat))
+    return out

@@ -9,7 +9,6 @@ final answer counts) and reports correctness only where the grader gives a verdi
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 
 from npu_rl.data import PromptRecord
-from npu_rl.eval_metrics import PromptResult
+from npu_rl.eval_metrics import PromptResult, sample_metric_names, sample_metrics
 from npu_rl.progress import Progress
 from npu_rl.reward_manager import RewardItem, RewardManager
 from npu_rl.rollout import RolloutEngine, SamplingParams, generate
@@ -170,6 +169,10 @@ def evaluate_records(
     return graded
 
 
+VARIABLES = ("acc", "reward")  # verl's core variable is acc where the grader judged, else reward
+CORE_METRICS = ("mean", "maj", "best")  # verl's val-core metrics (at the largest N), the rest val-aux
+
+
 def validation_metrics(
     graded: Sequence[GradedPrompt],
     sources: list[str],
@@ -177,30 +180,41 @@ def validation_metrics(
     with_tools: bool,
     all_sum: Callable[[torch.Tensor], torch.Tensor],
 ) -> dict[str, float]:
-    """verl's validation metrics from this rank's graded prompts, summed over ranks by `all_sum`:
-    val-core/<source>/acc/mean@N where the grader judges correctness (prompts it did not judge are
-    left out), val-core/<source>/reward/mean@N, and with tool use val-aux/<source>/tool/call_rate/mean@N
-    (share of responses with a call) and val-aux/<source>/tool/calls/mean@N (calls per response).
-    Each is a mean over prompts of the per-prompt means. `sources` must be the same list on every rank."""
-    # per source: acc, judged prompts, reward, prompts, call rate, calls (sums of per-prompt means)
-    sums: dict[str, list[float]] = defaultdict(lambda: [0.0] * 6)
+    """verl's validation metrics (process_validation_metrics and its trainer's val-core / val-aux split)
+    from this rank's graded prompts, averaged over the prompts of all ranks (`all_sum` sums): for each
+    data source, each prompt's `sample_metrics` of `acc` (prompts the grader judged) and of `reward`,
+    with the extracted answers as the votes of maj@k. The core variable is acc where any prompt of the
+    source was judged, else reward; its mean, maj and best metrics naming N go under
+    val-core/<source>/<variable>/, everything else under val-aux/. With tool use also
+    val-aux/<source>/tool/call_rate/mean@N (share of responses with a call) and tool/calls/mean@N
+    (calls per response). Every prompt has N samples; `sources` is the same list on every rank."""
+    names = sample_metric_names(n)
+    width = len(names) + 1  # per variable: each metric's sum over prompts, then the prompt count
+    sums = {source: [0.0] * (len(VARIABLES) * width + 2) for source in sources}  # + tool call rate, calls
     for g in graded:
+        if len(g.scores) != n:
+            raise ValueError(f"validation prompt {g.record.index} has {len(g.scores)} samples, not {n}")
         entry = sums[g.record.data_source]
-        if g.judged:
-            entry[0] += sum(bool(a) for a in g.acc) / len(g.acc)
-            entry[1] += 1
-        entry[2] += sum(g.scores) / len(g.scores)
-        entry[3] += 1
+        values = {"acc": [float(bool(a)) for a in g.acc] if g.judged else None, "reward": g.scores}
+        for slot, var in enumerate(VARIABLES):
+            if values[var] is not None:
+                stats = sample_metrics(values[var], g.answers)
+                for j, name in enumerate(names):
+                    entry[slot * width + j] += stats[name]
+                entry[slot * width + width - 1] += 1
         if g.tool_calls is not None:
-            entry[4] += sum(c > 0 for c in g.tool_calls) / len(g.tool_calls)
-            entry[5] += sum(g.tool_calls) / len(g.tool_calls)
-    totals = all_sum(torch.tensor([v for s in sources for v in sums[s]], dtype=torch.float64)).view(-1, 6)
+            entry[-2] += sum(c > 0 for c in g.tool_calls) / n
+            entry[-1] += sum(g.tool_calls) / n
+    totals = all_sum(torch.tensor([v for s in sources for v in sums[s]], dtype=torch.float64)).view(len(sources), -1)
     metrics = {}
-    for source, (acc, judged, reward, prompts, call_rate, calls) in zip(sources, totals.tolist(), strict=True):
-        if judged:
-            metrics[f"val-core/{source}/acc/mean@{n}"] = acc / judged
-        metrics[f"val-core/{source}/reward/mean@{n}"] = reward / max(prompts, 1.0)
-        if with_tools:
-            metrics[f"val-aux/{source}/tool/call_rate/mean@{n}"] = call_rate / max(prompts, 1.0)
-            metrics[f"val-aux/{source}/tool/calls/mean@{n}"] = calls / max(prompts, 1.0)
+    for source, row in zip(sources, totals.tolist(), strict=True):
+        counts = {var: row[slot * width + width - 1] for slot, var in enumerate(VARIABLES)}
+        core = "acc" if counts["acc"] else "reward"
+        for slot, var in enumerate(VARIABLES):
+            for j, name in enumerate(names if counts[var] else []):
+                section = "val-core" if var == core and name.startswith(CORE_METRICS) and f"@{n}" in name else "val-aux"
+                metrics[f"{section}/{source}/{var}/{name}"] = row[slot * width + j] / counts[var]
+        if with_tools and counts["reward"]:
+            metrics[f"val-aux/{source}/tool/call_rate/mean@{n}"] = row[-2] / counts["reward"]
+            metrics[f"val-aux/{source}/tool/calls/mean@{n}"] = row[-1] / counts["reward"]
     return metrics

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,10 +16,13 @@ from npu_rl.data import PromptRecord
 from npu_rl.eval import Evaluator, build_parser, evaluator_from_args, main, resolve_model_dir
 from npu_rl.eval_metrics import (
     PromptResult,
+    bootstrap_sizes,
     default_ks,
     group_metrics,
     majority_correct,
     pass_at_k,
+    sample_metric_names,
+    sample_metrics,
     summarize,
 )
 from npu_rl.evaluation import EvalConfig, GradedPrompt, validation_metrics
@@ -276,15 +281,48 @@ def test_eval_with_vllm_sizes_the_engine_from_its_length_arguments(tiny_tokenize
             ev.evaluate(data, max_new_tokens=29, max_samples=1)
 
 
-def _graded(source: str, acc: list, scores: list[float], calls: list[int] | None = None) -> GradedPrompt:
+def _graded(source: str, acc: list, scores: list[float], calls: list[int] | None = None, answers=None) -> GradedPrompt:
     record = PromptRecord(0, [1], "p", [], source, "1", "math", {}, "f.parquet", 0)
     n = len(scores)
-    return GradedPrompt(record, ["r"] * n, acc, scores, [None] * n, [1] * n, ["stop"] * n, calls)
+    return GradedPrompt(record, ["r"] * n, acc, scores, answers or [None] * n, [1] * n, ["stop"] * n, calls)
 
 
-def test_validation_metrics_are_means_of_prompt_means_over_all_ranks():
-    rank0 = [_graded("a", [True, False], [1.0, 0.0], [1, 0]), _graded("b", [None, None], [0.5, 0.1], [2, 2])]
-    rank1 = [_graded("a", [True, True, True, False], [1.0, 1.0, 1.0, 0.0], [0, 0, 0, 3])]
+def _bootstrap_by_loop(values: list[float], votes: list, k: int) -> dict[str, tuple[float, float]]:
+    """verl's bootstrap written out one subset at a time: the oracle of the vectorized sample_metrics."""
+    draws = np.random.RandomState(42).choice(len(values), size=(1000, k), replace=True)
+    best, worst, maj = [], [], []
+    for row in draws.tolist():
+        best.append(max(values[i] for i in row))
+        worst.append(min(values[i] for i in row))
+        counts = Counter(votes[i] for i in row)
+        winner = next(votes[i] for i in row if counts[votes[i]] == max(counts.values()))  # first seen of the top
+        maj.append(values[next(i for i in row if votes[i] == winner)])
+    return {name: (float(np.mean(x)), float(np.std(x))) for name, x in (("best", best), ("worst", worst), ("maj", maj))}
+
+
+def test_sample_metrics_are_verls_bootstrap_statistics():
+    values = [1.0, 0.0, 0.5, 1.0, 0.0, 0.0, 1.0, 0.25]
+    votes = ["7", "3", None, "7", "3", None, "7", "4"]  # a missing answer is a vote too (verl's "[INVALID]")
+    got = sample_metrics(values, votes)
+    assert bootstrap_sizes(8) == [2, 4, 8] and bootstrap_sizes(6) == [2, 4, 6] and bootstrap_sizes(1) == []
+    assert set(got) == set(sample_metric_names(8))
+    assert got["mean@8"] == pytest.approx(np.mean(values)) and got["std@8"] == pytest.approx(np.std(values))
+    for k in (2, 4, 8):
+        for name, (mean, std) in _bootstrap_by_loop(values, votes, k).items():
+            assert (got[f"{name}@{k}/mean"], got[f"{name}@{k}/std"]) == pytest.approx((mean, std), abs=1e-12), (name, k)
+    assert got["best@8/mean"] > got["maj@8/mean"] > got["worst@8/mean"]
+    assert sample_metrics([0.5], ["1"]) == {"mean@1": 0.5}
+    same = sample_metrics([1.0] * 4, ["x"] * 4)
+    assert same["maj@4/mean"] == same["worst@2/mean"] == 1.0 and same["best@4/std"] == 0.0
+
+
+def test_validation_metrics_are_means_of_prompt_metrics_over_all_ranks_split_as_verl_splits_them():
+    answers = ["1", "2", "1", "2"]
+    rank0 = [
+        _graded("a", [True, False, False, False], [1.0, 0.0, 0.0, 0.0], [1, 0, 0, 0], answers),
+        _graded("b", [None] * 4, [0.5, 0.1, 0.3, 0.3], [2, 2, 2, 2]),
+    ]
+    rank1 = [_graded("a", [True, True, True, False], [1.0, 1.0, 1.0, 0.0], [0, 0, 0, 3], answers)]
     sent: list[torch.Tensor] = []
 
     def remember(t: torch.Tensor) -> torch.Tensor:
@@ -293,15 +331,23 @@ def test_validation_metrics_are_means_of_prompt_means_over_all_ranks():
 
     validation_metrics(rank1, ["a", "b"], 4, True, remember)  # what rank 1 contributes to the sum
     got = validation_metrics(rank0, ["a", "b"], 4, True, lambda t: t + sent[0])
-    assert got == pytest.approx({
-        "val-core/a/acc/mean@4": (0.5 + 0.75) / 2,
-        "val-core/a/reward/mean@4": (0.5 + 0.75) / 2,
-        "val-aux/a/tool/call_rate/mean@4": (0.5 + 0.25) / 2,
-        "val-aux/a/tool/calls/mean@4": (0.5 + 0.75) / 2,
-        "val-core/b/reward/mean@4": 0.3,  # b is never judged: no acc metric
-        "val-aux/b/tool/call_rate/mean@4": 1.0,
-        "val-aux/b/tool/calls/mean@4": 2.0,
-    })  # fmt: skip
-    assert set(validation_metrics(rank0, ["a", "b"], 4, False, lambda t: t)) == {
-        "val-core/a/acc/mean@4", "val-core/a/reward/mean@4", "val-core/b/reward/mean@4",
-    }  # fmt: skip
+    per_prompt = [sample_metrics(g.scores, g.answers) for g in (rank0[0], rank1[0])]
+    for name in sample_metric_names(4):
+        # a's core variable is acc: its mean, maj and best metrics at 4 samples (std of those too, as verl)
+        core = name.startswith(("mean", "maj", "best")) and "@4" in name
+        expected = (per_prompt[0][name] + per_prompt[1][name]) / 2  # acc equals reward on these prompts
+        assert got[f"val-{'core' if core else 'aux'}/a/acc/{name}"] == pytest.approx(expected), name
+        assert got[f"val-aux/a/reward/{name}"] == pytest.approx(expected)  # auxiliary where correctness is judged
+        # b is never judged: reward is its core variable, and it has no acc metrics
+        assert f"val-{'core' if core else 'aux'}/b/reward/{name}" in got and f"val-aux/b/acc/{name}" not in got
+    assert got["val-core/a/acc/mean@4"] == pytest.approx((0.25 + 0.75) / 2)
+    assert got["val-core/b/reward/mean@4"] == pytest.approx(0.3)
+    assert got["val-aux/a/tool/call_rate/mean@4"] == pytest.approx((0.25 + 0.25) / 2)
+    assert got["val-aux/b/tool/calls/mean@4"] == 2.0
+    assert {"val-core/a/acc/maj@4/mean", "val-core/a/acc/best@4/std", "val-aux/a/acc/best@2/mean"} <= set(got)
+    without_tools = validation_metrics(rank0, ["a", "b"], 4, False, lambda t: t)
+    assert not [k for k in without_tools if "/tool/" in k]
+    one = validation_metrics([_graded("a", [True], [1.0])], ["a"], 1, False, lambda t: t)
+    assert one == {"val-core/a/acc/mean@1": 1.0, "val-aux/a/reward/mean@1": 1.0}
+    with pytest.raises(ValueError, match="has 1 samples, not 4"):
+        validation_metrics([_graded("a", [True], [1.0])], ["a"], 4, False, lambda t: t)

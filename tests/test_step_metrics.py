@@ -80,6 +80,21 @@ def compute_data_metrics(batch, use_critic=True):
 def compute_timing_metrics(batch, timing_raw):
     tokens = _compute_response_info(batch)["response_length"].sum().item()
     return {"timing_per_token_ms/gen": timing_raw["gen"] * 1000 / tokens}
+
+
+def process_validation_metrics(data_sources, sample_uids, infos_dict, seed=42):
+    out = {}
+    for var, values in infos_dict.items():
+        if isinstance(values[0], str):
+            continue
+        prompts = {}
+        for source, uid, value in zip(data_sources, sample_uids, values):
+            prompts.setdefault(source, {}).setdefault(uid, []).append(value)
+        for source, by_uid in prompts.items():
+            means = [sum(v) / len(v) for v in by_uid.values()]
+            n = len(next(iter(by_uid.values())))
+            out.setdefault(source, {})[var] = {f"mean@{n}": sum(means) / len(means)}
+    return out
 """
 
 STAND_IN_SEQLEN = """
@@ -104,5 +119,6 @@ def test_verl_metrics_parity_script_finds_agreement_and_disagreement(tmp_path, w
     assert "not logged here: ['response/aborted_ratio']" in done.stdout
     worst = {line.split()[0]: float(line.split()[1]) for line in done.stdout.splitlines()[2:]}
     assert set(worst) == {"critic/score/mean", "critic/advantages/mean", "timing_per_token_ms/gen",
-                          "global_seqlen/balanced_max"}  # fmt: skip
+                          "global_seqlen/balanced_max", "val/reward/mean@k", "val/acc/mean@k"}  # fmt: skip
+    assert worst["val/reward/mean@k"] == worst["val/acc/mean@k"] == 0
     assert (worst["critic/advantages/mean"] > 1e-3) == wrong and worst["global_seqlen/balanced_max"] == 0

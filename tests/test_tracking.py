@@ -93,7 +93,8 @@ class FakeClock:
 def test_console_plain_lines_show_progress_reward_speed_and_eta():
     stream, clock = io.StringIO(), FakeClock()
     console = ConsoleTracker(total_steps=5, stream=stream, clock=clock)
-    console.log({"val-core/synthetic/acc/mean@1": 0.125}, step=0)  # validation before training
+    val = {"val-core/synthetic/acc/mean@1": 0.125, "val-core/synthetic/acc/best@1/std": 0.5}  # a spread: not shown
+    console.log(val, step=0)  # validation before training
     for step, metrics in enumerate(METRICS, start=1):
         clock.now += 10.0  # 10 s per step of wall clock
         console.log({**metrics, "timing_s/step": 8.0}, step)
@@ -101,6 +102,7 @@ def test_console_plain_lines_show_progress_reward_speed_and_eta():
     lines = stream.getvalue().splitlines()
     assert len(lines) == 4 and "\r" not in stream.getvalue() and "\x1b" not in stream.getvalue()
     assert lines[0].startswith("step 0/5 (0%)") and "val-core/synthetic/acc/mean@1=0.125" in lines[0]
+    assert "/std" not in lines[0]
     # first training step: no wall-clock interval yet, so the trainer's own timing (8 s) is used
     assert "1/5 (20%)" in lines[1] and "reward 0.250" in lines[1] and "8.00 s/step" in lines[1]
     assert "ETA 32s" in lines[1]

@@ -42,7 +42,8 @@ def straight_and_resumed(tmp_path: Path, model_dir: Path, data: dict, *extra: st
 
 def test_grpo_trains_end_to_end_and_logs_verl_metrics(tmp_path, tiny_model_dir, synthetic_parquet):
     dumps = (f"trainer.rollout_data_dir={tmp_path / 'rollouts'}", f"trainer.validation_data_dir={tmp_path / 'val'}")
-    cfg = make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.save_freq=2", *dumps)
+    val = ("rollout.val_kwargs.n=2", "rollout.val_kwargs.temperature=1.0")
+    cfg = make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, "trainer.save_freq=2", *dumps, *val)
     run(cfg)
     rows = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "actor/pg_loss" in r]
@@ -62,7 +63,17 @@ def test_grpo_trains_end_to_end_and_logs_verl_metrics(tmp_path, tiny_model_dir, 
     assert all(r["actor/grad_norm"] > 1e-4 for r in train_rows), "the reward varies, so the policy must move"
     # sampler vs trainer logprobs of the same tokens: measured 1.7e-7 (AVX-512), 2.1e-7 (AVX2-emulated): 10x
     assert_below(train_rows[-1]["rollout/logprob_diff"], 2e-6, "rollout/logprob_diff")
-    assert any("val-core/synthetic/arith/acc/mean@1" in r for r in rows)
+    # verl's validation metrics: the core variable acc at N=2 samples, the reward and the spreads auxiliary
+    val_rows = [r for r in rows if "val-core/synthetic/arith/acc/mean@2" in r]
+    assert val_rows and {
+        "val-core/synthetic/arith/acc/maj@2/mean",
+        "val-core/synthetic/arith/acc/best@2/mean",
+        "val-aux/synthetic/arith/acc/std@2",
+        "val-aux/synthetic/arith/reward/mean@2",
+    } <= set(val_rows[-1])
+    assert (
+        val_rows[-1]["val-core/synthetic/arith/acc/best@2/mean"] >= val_rows[-1]["val-core/synthetic/arith/acc/mean@2"]
+    )
     assert (tmp_path / "logs" / "config.yaml").exists()
     ckpt = tmp_path / "ckpt"
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
@@ -78,7 +89,8 @@ def test_grpo_trains_end_to_end_and_logs_verl_metrics(tmp_path, tiny_model_dir, 
         assert sum(d["score"] for d in dumped) / 12 == pytest.approx(mean, abs=1e-6)
     val = sorted(p.name for p in (tmp_path / "val").iterdir())
     assert val == ["0.jsonl", "2.jsonl", "4.jsonl"]  # before training, then every trainer.test_freq=2 steps
-    assert len((tmp_path / "val" / "4.jsonl").read_text().splitlines()) == 4  # data.val_max_samples
+    lines = (tmp_path / "val" / "4.jsonl").read_text().splitlines()
+    assert len(lines) == 4 * 2  # data.val_max_samples prompts x rollout.val_kwargs.n
 
 
 @pytest.mark.slow

@@ -102,7 +102,10 @@ class ConsoleTracker:
         return " | ".join(pieces)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        shown = {k: v for k, v in metrics.items() if k in KEYS or k.startswith("val-core/")}
+        # verl's val-core metrics without their bootstrap spreads (mean@N, best@N/mean, maj@N/mean)
+        shown = {
+            k: v for k, v in metrics.items() if k in KEYS or (k.startswith("val-core/") and not k.endswith("/std"))
+        }
         body = " ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
         p = self.progress(step, metrics)
         if self.tty:
