@@ -7,6 +7,7 @@ correctness flags, its n extracted answers (None when there is none) and its n r
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
@@ -155,6 +156,15 @@ def bootstrap_sizes(n: int) -> list[int]:
     return [*sizes, n] if n > 1 else []
 
 
+@functools.lru_cache(maxsize=64)
+def _draws(n: int, k: int, seed: int) -> np.ndarray:
+    """verl's bootstrap indices for n samples and subsets of k (the same for every prompt of a validation:
+    verl reseeds before each draw), drawn once."""
+    draws = np.random.RandomState(seed).choice(n, size=(VERL_BOOTSTRAPS, k), replace=True)
+    draws.setflags(write=False)
+    return draws
+
+
 def sample_metric_names(n: int) -> list[str]:
     """The names `sample_metrics` gives a prompt with n samples, in its order."""
     names = [f"mean@{n}"] + ([f"std@{n}"] if n > 1 else [])
@@ -180,7 +190,7 @@ def sample_metrics(values: Sequence[float], votes: Sequence[Hashable], seed: int
     index: dict[Hashable, int] = {}
     codes = np.array([index.setdefault(vote, len(index)) for vote in votes])
     for k in bootstrap_sizes(n):
-        draws = np.random.RandomState(seed).choice(n, size=(VERL_BOOTSTRAPS, k), replace=True)
+        draws = _draws(n, k, seed)
         picked = v[draws]
         onehot = codes[draws][:, :, None] == np.arange(len(index))  # [bootstraps, k, votes]
         counts, seen = onehot.sum(1), onehot.any(1)
