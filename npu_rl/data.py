@@ -191,12 +191,21 @@ class BatchSampler:
     one is used up, so a checkpoint taken at an epoch boundary resumes at batch 0 of the next epoch.
     """
 
-    def __init__(self, records: Sequence[PromptRecord], batch_size: int, *, shuffle: bool = True, seed: int = 1):
+    def __init__(
+        self,
+        records: Sequence[PromptRecord],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 1,
+        key: str = "data.train_batch_size",
+    ):
         if len(records) < batch_size:
             raise DataError(
-                f"the training set has {len(records)} prompts after filtering, fewer than "
-                f"data.train_batch_size={batch_size}: not one full batch"
+                f"the training set has {len(records)} prompts after filtering, fewer than {key}={batch_size}: "
+                "not one full batch"
             )
+        self.key = key  # the config key batch_size comes from, for messages
         self.records = records
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -206,6 +215,13 @@ class BatchSampler:
         self._order = self._order_for(0)
         # Which records, by stable index: a resume over differently filtered data is refused, not misaligned.
         self._fingerprint = zlib.crc32(np.asarray([r.index for r in records], dtype=np.int64).tobytes())
+
+    @classmethod
+    def for_training(cls, records: Sequence[PromptRecord], cfg: DataConfig) -> BatchSampler:
+        """The trainer's sampler: batches of data.gen_batch_size prompts (DAPO's generation batches) where
+        that is set, else data.train_batch_size."""
+        key = "data.gen_batch_size" if cfg.gen_batch_size else "data.train_batch_size"
+        return cls(records, cfg.generation_batch_size, shuffle=cfg.shuffle, seed=cfg.seed, key=key)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -240,7 +256,7 @@ class BatchSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue where a checkpoint stopped; refuse when seed, batch size or dataset differ from it."""
-        for key, name in (("seed", "data.seed"), ("shuffle", "data.shuffle"), ("batch_size", "data.train_batch_size")):
+        for key, name in (("seed", "data.seed"), ("shuffle", "data.shuffle"), ("batch_size", self.key)):
             if state.get(key) != getattr(self, key):
                 raise DataError(
                     f"cannot resume data order: checkpoint has {name}={state.get(key)}, config has {getattr(self, key)}"

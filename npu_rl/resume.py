@@ -249,7 +249,7 @@ def record_start(cfg: Config, log_dir: Path, resume_from: Path | None) -> None:
     record_config(cfg, log_dir, f"resumed from {resume_from}" if resume_from else "fresh start")
 
 
-SAMPLER_KEYS = frozenset({"data.seed", "data.shuffle", "data.train_batch_size"})
+SAMPLER_KEYS = frozenset({"data.seed", "data.shuffle", "data.train_batch_size", "data.gen_batch_size"})
 
 
 def trainer_state(step: int, sampler: Any, kl_ctrl: Any, entropy_control: Any | None) -> dict[str, Any]:

@@ -110,8 +110,9 @@ class StepRollouts:
         self, records: list[PromptRecord], params: SamplingParams, timer: Timer, step: int, stats: StepStats
     ) -> tuple[RolloutBatch, RewardBatch]:
         """This rank's graded rollouts. With algorithm.filter_groups.enable they may take several generation
-        batches (DAPO dynamic sampling, `npu_rl.algos.dapo.dynamic_sampling`, drawing further training
-        batches from the sampler, each rank its shard), logged as batch/num_gen_batches. With
+        batches of data.gen_batch_size prompts (DAPO dynamic sampling, `npu_rl.algos.dapo.dynamic_sampling`,
+        drawing further batches from the sampler, each rank its shard) until the rank keeps its share of
+        data.train_batch_size groups, logged as batch/num_gen_batches. With
         trainer.balance_batch the ranks then trade groups to even out their tokens (npu_rl.balance),
         logged as verl's global_seqlen/*."""
         fg = self.cfg.algorithm.filter_groups
@@ -125,8 +126,9 @@ class StepRollouts:
             def any_rank_short(short: bool) -> bool:
                 return float(distributed.all_reduce(torch.tensor([float(short)]), "sum")[0]) > 0
 
+            need = self.cfg.data.train_batch_size // self.dist.world_size  # of data.gen_batch_size drawn
             rollout, graded, batches = dapo.dynamic_sampling(
-                (rollout, graded), len(records), fg.metric, fg.max_num_gen_batches, more, any_rank_short
+                (rollout, graded), need, fg.metric, fg.max_num_gen_batches, more, any_rank_short
             )
         stats.add_max("batch/num_gen_batches", batches)  # ranks generate in lockstep
         if self.cfg.trainer.balance_batch:  # alone: nothing to trade (no timing), verl's trivial global_seqlen
@@ -139,7 +141,8 @@ class StepRollouts:
         return rollout, graded
 
     def next_prompts(self) -> list[PromptRecord]:
-        """This rank's share of the sampler's next training batch."""
+        """This rank's share of the sampler's next generation batch (data.gen_batch_size prompts, by default
+        data.train_batch_size)."""
         batch = self.sampler.next_batch()
         return shard_prompts(batch, self.cfg.actor.ppo_mini_batch_size, self.dist.rank, self.dist.world_size)
 

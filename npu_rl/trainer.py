@@ -67,9 +67,7 @@ class GRPOTrainer:
         self.log_dir = Path(format_path(cfg.trainer.log_dir, cfg))
         self.tokenizer = load_tokenizer(cfg.model)
         self.train_data, self.val_data = build_datasets(cfg.data, self.tokenizer, **dataset_options(cfg))
-        self.sampler = BatchSampler(
-            self.train_data.records, cfg.data.train_batch_size, shuffle=cfg.data.shuffle, seed=cfg.data.seed
-        )
+        self.sampler = BatchSampler.for_training(self.train_data.records, cfg.data)
         steps = cfg.trainer.total_epochs * self.sampler.steps_per_epoch
         self.total_steps = cfg.trainer.total_training_steps if cfg.trainer.total_training_steps > 0 else steps
 

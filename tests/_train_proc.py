@@ -19,7 +19,7 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
 """
 
 # Metrics that measure time or memory: they differ between any two runs, so comparisons skip them.
-UNSTABLE_PREFIXES = ("timing_s/", "perf/", "memory/")
+UNSTABLE_PREFIXES = ("timing_s/", "timing_per_token_ms/", "perf/", "memory/")
 
 
 def train_args(run_dir: Path, model_dir: Path, data: dict, *extra: str, steps: int = 4) -> list[str]:

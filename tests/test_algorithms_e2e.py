@@ -8,6 +8,7 @@ from test_trainer import make_cfg, run, straight_and_resumed
 
 from npu_rl.algos.dapo import DynamicSamplingError
 from npu_rl.config import ConfigError
+from npu_rl.data import BatchSampler, DataError
 
 BASE = ("trainer.total_training_steps=2", "trainer.test_freq=0", "trainer.save_freq=0")
 
@@ -156,6 +157,49 @@ def test_dynamic_sampling_refills_and_reports_generation_batches(tmp_path, tiny_
     assert all(r["critic/score/max"] > r["critic/score/min"] for r in rows)
     # extra prompts came from the sampler: it moved past the two steps' own 2 x 4 prompts
     assert trainer.sampler.position + trainer.sampler.epoch * 48 > 8
+
+
+def test_dapo_generation_batches_hold_gen_batch_size_prompts_and_the_step_trains_on_train_batch_size(
+    tmp_path, tiny_model_dir, synthetic_parquet
+):
+    """data.gen_batch_size (verl's DAPO key): each generation batch draws 12 prompts (half of them with
+    all-equal groups), so one batch usually yields the 4 informative groups a step trains on; the first 4 are
+    kept, the rest of the batch is not trained on."""
+    reward = tmp_path / "half_constant.py"
+    reward.write_text(HALF_CONSTANT)
+    trainer = run(
+        make_cfg(
+            tmp_path, tiny_model_dir, synthetic_parquet, *BASE, "data.gen_batch_size=12",
+            "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=score",
+            f"reward.custom_function.path={reward}", f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
+        )
+    )  # fmt: skip
+    assert trainer.sampler.batch_size == 12 and trainer.sampler.steps_per_epoch == 48 // 12
+    rows = _train_rows(tmp_path)
+    batches = sum(r["batch/num_gen_batches"] for r in rows)
+    assert trainer.sampler.position + trainer.sampler.epoch * 48 == 12 * batches  # whole generation batches drawn
+    for step in (1, 2):  # the trained rows: train_batch_size groups of rollout.n, every group informative
+        dumped = [json.loads(line) for line in (tmp_path / "rollouts" / f"{step}.jsonl").read_text().splitlines()]
+        assert len(dumped) == 4 * 3
+        groups = [{d["score"] for d in dumped[i : i + 3]} for i in range(0, 12, 3)]
+        assert all(len(g) > 1 for g in groups), groups
+
+
+def test_gen_batch_size_is_checked_against_the_batch_it_feeds(tiny_model_dir, synthetic_parquet, tmp_path):
+    dapo = ("algorithm.filter_groups.enable=true",)
+    for extra, message in (
+        (("data.gen_batch_size=2", *dapo), r"data\.gen_batch_size \(2\) must be at least data\.train_batch_size \(4\)"),
+        (("data.gen_batch_size=8",), r"only dynamic sampling uses .*set data\.train_batch_size instead"),
+        (
+            ("data.gen_batch_size=7", *dapo),
+            r"data\.gen_batch_size \(7\) must be a multiple of actor\.ppo_mini_batch_size",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, *extra)
+    cfg = make_cfg(tmp_path, tiny_model_dir, synthetic_parquet, "data.gen_batch_size=60", *dapo)
+    with pytest.raises(DataError, match=r"fewer than data\.gen_batch_size=60"):
+        BatchSampler.for_training(list(range(48)), cfg.data)
 
 
 def test_dynamic_sampling_cap_names_the_key(tmp_path, tiny_model_dir, synthetic_parquet):
