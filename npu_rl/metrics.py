@@ -191,9 +191,9 @@ def record_critic(stats: StepStats, values: torch.Tensor, returns: torch.Tensor,
     values, returns = values[valid].double(), returns[valid].double()
     stats.add_values("critic/values", values)
     diff = returns - values
-    for name, total in (("n", returns.numel()), ("r", returns.sum()), ("rr", (returns**2).sum()), ("d", diff.sum())):
+    sums = {"n": returns.numel(), "r": returns.sum(), "rr": (returns**2).sum(), "d": diff.sum(), "dd": (diff**2).sum()}
+    for name, total in sums.items():
         stats.add_sum(_EXPLAINED + name, float(total))
-    stats.add_sum(_EXPLAINED + "dd", float((diff**2).sum()))
     stats.derive(explained_variance)
 
 
@@ -226,6 +226,9 @@ def perf_metrics(
     return out
 
 
+_PROXY_ROWS = "_variance_proxy/rows"
+
+
 def record_variance_proxies(stats: StepStats, rows: dict[str, torch.Tensor]) -> None:
     """verl's variance_proxy/* row averages over every rank's rows (npu_rl.algos.token_baselines.
     variance_proxy_rows), and the row count that `variance_proxies` derives the rest with."""
@@ -233,9 +236,6 @@ def record_variance_proxies(stats: StepStats, rows: dict[str, torch.Tensor]) -> 
         stats.add_ratio(f"variance_proxy/{name}", float(values.sum()), values.numel())
     stats.add_sum(_PROXY_ROWS, next(iter(rows.values())).numel())
     stats.derive(variance_proxies)
-
-
-_PROXY_ROWS = "_variance_proxy/rows"
 
 
 def variance_proxies(metrics: dict[str, float]) -> dict[str, float]:
