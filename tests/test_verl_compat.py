@@ -75,6 +75,32 @@ def test_a_verl_grpo_example_command_line_loads(monkeypatch, capsys):
     assert "verl key actor_rollout_ref.model.use_remove_padding ignored" in err
 
 
+# verl's minimal DAPO run (tests/special_e2e/run_dapo.sh) with its shell variables filled in, 8 GPUs
+VERL_DAPO = """
+    data.train_files=train.parquet data.val_files=test.parquet reward_model.reward_manager=dapo
+    algorithm.adv_estimator=grpo algorithm.use_kl_in_reward=False algorithm.kl_ctrl.kl_coef=0.0
+    actor_rollout_ref.actor.use_kl_loss=False actor_rollout_ref.actor.kl_loss_coef=0.0
+    actor_rollout_ref.actor.clip_ratio_low=0.2 actor_rollout_ref.actor.clip_ratio_high=0.28
+    data.max_prompt_length=1024 data.max_response_length=2048 reward_model.overlong_buffer.enable=True
+    reward_model.overlong_buffer.len=128 reward_model.overlong_buffer.penalty_factor=1.0
+    actor_rollout_ref.actor.loss_agg_mode=token-mean data.train_batch_size=16 data.gen_batch_size=64
+    algorithm.filter_groups.enable=True algorithm.filter_groups.metric=seq_reward
+    algorithm.filter_groups.max_num_gen_batches=10 actor_rollout_ref.model.path=m
+    actor_rollout_ref.actor.optim.lr=1e-6 actor_rollout_ref.model.use_remove_padding=True
+    actor_rollout_ref.model.use_fused_kernels=True actor_rollout_ref.rollout.n=4
+    actor_rollout_ref.actor.ppo_mini_batch_size=8 actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2
+"""
+
+
+def test_verls_dapo_command_line_loads_with_its_generation_batch(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    cfg = load_config(None, shlex.split(VERL_DAPO))
+    assert (cfg.data.train_batch_size, cfg.data.gen_batch_size, cfg.data.generation_batch_size) == (16, 64, 64)
+    fg = cfg.algorithm.filter_groups
+    assert (fg.enable, fg.max_num_gen_batches) == (True, 10) and cfg.reward.overlong_buffer.len == 128
+    assert (cfg.actor.clip_ratio_low, cfg.actor.clip_ratio_high) == (0.2, 0.28)
+
+
 # verl keys of the features built since the first table (LoRA, token budgets, offload, multi-turn,
 # DAPO's reward manager and overlong buffer, PPO's critic), as verl's recipes spell them.
 VERL_LORA_DAPO_TOOLS = """

@@ -42,8 +42,9 @@ def informative_groups(values: torch.Tensor, group: torch.Tensor, num_groups: in
 
 
 def metric_values(graded: RewardBatch, metric: str) -> torch.Tensor:
-    """The per-row value filter_groups compares: `acc` (1/0; unjudged rows count as 0) or `score`
-    (the final reward, verl's seq_final_reward)."""
+    """The per-row value filter_groups compares: `acc` (1/0; unjudged rows count as 0) or the score with
+    its shaping terms (`score`, verl's `seq_reward`; also `seq_final_reward`, which differs from it in verl
+    only by a KL penalty in the reward, not yet applied when groups are filtered here)."""
     if metric == "acc":
         return torch.tensor([float(bool(a)) for a in graded.acc])
     return torch.tensor(graded.scores, dtype=torch.float64)

@@ -113,7 +113,11 @@ class FilterGroupsConfig(Section):
     """DAPO dynamic sampling (verl's algorithm.filter_groups)."""
 
     enable: bool = knob(False, "drop groups whose metric is equal on every sample; sample more prompts to refill")
-    metric: Literal["acc", "score", "seq_final_reward"] = knob("acc", "the per-sample value compared in a group")
+    metric: Literal["acc", "score", "seq_reward", "seq_final_reward"] = knob(
+        "acc",
+        "the per-sample value compared in a group: acc, or the score with its shaping terms (score; verl's "
+        "seq_reward and seq_final_reward, the same here: groups are filtered before a KL penalty enters the reward)",
+    )
     max_num_gen_batches: int = knob(0, "generation batches per step before giving up with an error; 0: no cap", ge=0)
 
 
