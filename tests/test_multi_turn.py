@@ -140,6 +140,7 @@ def test_scripted_multi_turn_rollout_runs_real_tools_and_masks_their_answers(tok
     graded = batch.decode(tok)[0]
     assert "\\boxed{84}" in graded and "100" not in graded.replace("84 + 16", "")
     assert batch.row_metrics["turns"].tolist() == [3.0, 3.0]
+    assert batch.row_metrics["num_turns"].tolist() == [6.0, 6.0]  # verl's: prompt + 3 assistant + 2 tool turns
     assert batch.row_metrics["tool_calls"].tolist() == [2.0, 2.0]
     assert batch.row_metrics["tool_successes"].tolist() == [2.0, 2.0]
     # Per-row seeds: each (prompt seed, sample, turn) its own, the same on a rerun.
@@ -169,6 +170,7 @@ def test_turn_limit_and_token_budget(tok, tools) -> None:
                      SamplingParams(max_new_tokens=first_turn + 5), seeds=[1])  # fmt: skip
     assert batch.finish_reasons == ["length"] and int(batch.lengths[0]) == first_turn + 5
     assert batch.truncated == [True]
+    assert batch.row_metrics["num_turns"].tolist() == [2.0]  # a cut tool message is no turn (verl's count)
 
 
 def test_unknown_tool_and_bad_arguments_are_answered_as_errors(tok, tools) -> None:
@@ -289,6 +291,7 @@ def test_tool_shaping_is_capped_and_off_by_default() -> None:
 
     rows = {
         "turns": torch.tensor([1.0, 3.0, 5.0]),
+        "num_turns": torch.tensor([2.0, 6.0, 10.0]),
         "tool_calls": torch.tensor([0.0, 2.0, 4.0]),
         "tool_successes": torch.tensor([0.0, 1.0, 4.0]),
         "tool_latency_s": torch.tensor([0.0, 0.5, 1.5]),
@@ -304,6 +307,7 @@ def test_tool_shaping_is_capped_and_off_by_default() -> None:
     assert metrics["tool/calls/mean"] == pytest.approx(2.0) and metrics["multi_turn/turns/mean"] == pytest.approx(3.0)
     assert metrics["tool/success_rate"] == pytest.approx(5 / 6) and metrics["tool/latency_s"] == pytest.approx(2 / 6)
     assert metrics["tool/call_rate"] == pytest.approx(2 / 3)
+    assert (metrics["num_turns/mean"], metrics["num_turns/max"], metrics["num_turns/min"]) == pytest.approx((6, 10, 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,6 +355,7 @@ def test_a_simulated_user_asks_again_until_the_answer_is_right(tok, tmp_path) ->
     assert batch.row_metrics["user_turns"].tolist() == [2.0, 0.0]
     assert batch.row_metrics["interaction_score"].tolist() == [1.0, 0.0]
     assert batch.row_metrics["turns"].tolist() == [2.0, 1.0] and batch.finish_reasons == ["stop", "stop"]
+    assert batch.row_metrics["num_turns"].tolist() == [5.0, 2.0]  # the user's replies count, as in verl
     # the user's messages are out of the loss; what the policy wrote is in
     mask = batch.token_mask[0, : int(batch.lengths[0])]
     policy = tok.decode(batch.response_ids[0, : int(batch.lengths[0])][mask.bool()])

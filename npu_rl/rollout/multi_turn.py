@@ -123,6 +123,7 @@ class _Row:
     finish: str = "stop"
     done: bool = False
     turns: int = 0
+    tool_turns: int = 0  # tool messages appended whole (verl counts them as user turns)
     calls: int = 0
     successes: int = 0
     latency: float = 0.0
@@ -282,6 +283,7 @@ class MultiTurnRollout:
                 row.finish, row.done = "length", True
             else:
                 row.extend(suffix, None)
+                row.tool_turns += 1
 
     def _execute(self, call: ToolCall) -> tuple[ToolResult, float]:
         """One call's result and its seconds; runs on a worker thread (tools keep no per-call state)."""
@@ -326,6 +328,8 @@ class MultiTurnRollout:
             token_mask=mask,
             row_metrics={
                 "turns": per_row(r.turns for r in rows),
+                # verl's num_turns: the prompt, every assistant turn, tool message and simulated user reply
+                "num_turns": per_row(1 + r.turns + r.tool_turns + r.user_turns for r in rows),
                 "tool_calls": per_row(r.calls for r in rows),
                 "tool_successes": per_row(r.successes for r in rows),
                 "tool_latency_s": per_row(r.latency for r in rows),

@@ -24,11 +24,14 @@ def tool_shaping(row_metrics: dict[str, torch.Tensor], cfg: MultiTurnConfig) -> 
 
 
 def record_tool_metrics(stats: StepStats, row_metrics: dict[str, torch.Tensor]) -> None:
-    """multi_turn/turns/mean, tool/calls/mean, tool/success_rate and tool/latency_s (mean per call)."""
+    """multi_turn/turns/mean (assistant turns), verl's num_turns/{mean,max,min} (the prompt, assistant turns,
+    tool messages and simulated user replies, as verl's tool agent loop counts them), tool/calls/mean,
+    tool/success_rate and tool/latency_s (mean per call)."""
     if "tool_calls" not in row_metrics:
         return
     calls = float(row_metrics["tool_calls"].sum())
     stats.add_values("multi_turn/turns", row_metrics["turns"])
+    stats.add_values("num_turns", row_metrics["num_turns"])
     stats.add_values("tool/calls", row_metrics["tool_calls"])
     stats.add_ratio("tool/success_rate", float(row_metrics["tool_successes"].sum()), calls)
     stats.add_ratio("tool/latency_s", float(row_metrics["tool_latency_s"].sum()), calls)
