@@ -49,3 +49,13 @@ def test_dynamic_sampling_on_two_ranks_refills_in_lockstep(tmp_path, tiny_model_
     metrics = _metrics(run)
     assert sorted(metrics) == [1, 2, 3, 4]
     assert max(m["batch/num_gen_batches"] for m in metrics.values()) >= 2
+    # data.gen_batch_size: each rank generates its share of 12 prompts at once and keeps 2 informative groups
+    gen = _metrics(_train(
+        tmp_path, tiny_model_dir, synthetic_parquet, "dapo_gen", 2, f"reward.custom_function.path={reward}",
+        "algorithm.filter_groups.enable=true", "algorithm.filter_groups.metric=score",
+        "algorithm.filter_groups.max_num_gen_batches=10", "data.gen_batch_size=12",
+    ))  # fmt: skip
+    assert sorted(gen) == [1, 2, 3, 4]
+    # the step trains on data.train_batch_size groups over both ranks: 4 prompts x rollout.n 3 rows
+    for m in gen.values():
+        assert m["global_seqlen/mean"] * 2 == pytest.approx(12 * (m["prompt_length/mean"] + m["response_length/mean"]))
