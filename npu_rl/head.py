@@ -69,8 +69,15 @@ def head_weights(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return head.weight, head.bias
 
 
-def head_logits(model: nn.Module, hidden: torch.Tensor, linear: Callable[..., torch.Tensor]) -> torch.Tensor:
+def head_logits(
+    model: nn.Module,
+    hidden: torch.Tensor,
+    linear: Callable[..., torch.Tensor],
+    weights: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+) -> torch.Tensor:
     """`model.lm_head` applied to `hidden` through the plan's `linear` kernel (the fused passes of
-    npu_rl.llama and npu_rl.packing read the weights directly), in fp32 when the head is an `Fp32Head`."""
-    weight, bias = head_weights(model)
+    npu_rl.llama and npu_rl.packing read the weights directly), in fp32 when the head is an `Fp32Head`.
+    `weights`: `head_weights(model)` taken once by a caller that applies the head piece by piece (the
+    chunked head), so an fp32 head's weight is cast once per pass and its gradient summed in fp32."""
+    weight, bias = head_weights(model) if weights is None else weights
     return linear(hidden.float() if is_fp32_head(model) else hidden, weight, bias)

@@ -6,6 +6,7 @@ use_fused_kernels), which never holds the [tokens, vocabulary] logits whole.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -14,7 +15,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from npu_rl import core_algos, packing
-from npu_rl.head import head_logits
+from npu_rl.head import head_logits, head_weights
 
 
 class TokenStats(NamedTuple):
@@ -64,13 +65,22 @@ def chunked_stats(
     """`token_stats` of the head's logits over `hidden` [M, H], `chunk` tokens at a time (the plan's
     `head_chunk`, verl's use_fused_kernels): with gradients each chunk runs under non-reentrant
     checkpointing, which keeps only its hidden states and recomputes its logits in backward, so the
-    [M, vocabulary] logits are never held whole. The same operations per token as the unchunked head."""
+    [M, vocabulary] logits are never held whole. The same operations per token as the unchunked head;
+    the head's weights are taken once for all chunks (an fp32 head's cast once per pass, its gradient
+    summed over the chunks in fp32 as the unchunked head's is, then cast back once)."""
+
+    weights = head_weights(model)  # closed over, not a checkpoint input: no chunk saves it again
 
     def one(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return tuple(token_stats(head_logits(model, h, linear), t, temperature, *extras))
+        return tuple(token_stats(head_logits(model, h, linear, weights), t, temperature, *extras))
 
-    grad, parts = torch.is_grad_enabled(), []
-    for start in range(0, max(len(hidden), 1), chunk):
-        h, t = hidden[start : start + chunk], targets[start : start + chunk]
-        parts.append(torch.utils.checkpoint.checkpoint(one, h, t, use_reentrant=False) if grad else one(h, t))
+    run = (
+        functools.partial(torch.utils.checkpoint.checkpoint, one, use_reentrant=False)
+        if torch.is_grad_enabled()
+        else one
+    )
+    parts = [
+        run(hidden[start : start + chunk], targets[start : start + chunk])
+        for start in range(0, max(len(hidden), 1), chunk)
+    ]
     return TokenStats(*(None if col[0] is None else torch.cat(col) for col in zip(*parts, strict=True)))
