@@ -151,8 +151,9 @@ def record_data(
     rows = response_lengths.numel()
     stats.add_ratio("response_length/clip_ratio", float((response_lengths >= max_new_tokens).sum()), rows)
     stats.add_ratio("prompt_length/clip_ratio", float((prompt_lengths >= max_prompt_length).sum()), rows)
-    stats.add_sum(_RESPONSE_TOKENS, float(response_lengths.sum()))
-    stats.add_sum(_ALL_TOKENS, float(response_lengths.sum() + prompt_lengths.sum()))
+    responses = float(response_lengths.sum())
+    stats.add_sum(_RESPONSE_TOKENS, responses)
+    stats.add_sum(_ALL_TOKENS, responses + float(prompt_lengths.sum()))
     stats.derive(timing_per_token)
     for name, values in sorted(components.items()):
         applied = [v for v in values if not math.isnan(v)]  # NaN: the term did not apply to that row (TRL's None)
