@@ -2,16 +2,6 @@
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
+from npu_rl.env_report import cpu_model
 
-
-def cpu_model() -> str:
-    """The CPU's model name as `lscpu` shows it (from /proc/cpuinfo), else what Python knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+__all__ = ["cpu_model"]

@@ -12,6 +12,7 @@ import importlib
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -86,14 +87,18 @@ class Accelerator:
             self.module.empty_cache()
 
     def memory_stats(self) -> dict[str, float]:
-        """Allocated / reserved / peak memory in GiB (process RSS on the CPU)."""
+        """Allocated / reserved / peak memory in GiB (process RSS on the CPU), and the host's used
+        memory as verl logs it (where offloaded optimizer states and parameters live)."""
         gib = 1024**3
+        host = host_memory_used_gib()
+        stats = {} if host is None else {"perf/cpu_memory_used_gb": host}
         if self.module is None:
             import resource
 
             peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            return {"perf/cpu_peak_rss_gb": peak_kib * 1024 / gib}
+            return {**stats, "perf/cpu_peak_rss_gb": peak_kib * 1024 / gib}
         return {
+            **stats,
             "perf/max_memory_allocated_gb": self.module.max_memory_allocated() / gib,
             "perf/max_memory_reserved_gb": self.module.max_memory_reserved() / gib,
         }
@@ -119,6 +124,17 @@ class Accelerator:
 
     def default_dtype(self) -> torch.dtype:
         return torch.float32 if self.type == "cpu" else torch.bfloat16
+
+
+def host_memory_used_gib() -> float | None:
+    """The machine's used memory in GiB: MemTotal - MemAvailable, which is psutil.virtual_memory().used
+    on Linux (verl's `perf/cpu_memory_used_gb`); None where /proc/meminfo is not there."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        total, available = (int(fields[key].split()[0]) for key in ("MemTotal", "MemAvailable"))
+    except (OSError, KeyError, ValueError):
+        return None
+    return (total - available) / 1024**2  # kB -> GiB
 
 
 def peak_flops_for(device_name: str) -> float | None:

@@ -12,6 +12,7 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from npu_rl.config import ModelConfig
+from npu_rl.config.environment import looks_local
 from npu_rl.device import Accelerator
 from npu_rl.head import use_fp32_head
 
@@ -30,16 +31,6 @@ def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """
     major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
-
-
-def looks_local(path: str) -> bool:
-    """Whether `path` is meant as a folder on disk rather than a Hub repo id ("org/name").
-
-    Absolute, home- or dot-relative paths, paths with more than one "/" or a backslash, and anything
-    that exists are local; only a bare "name" or "org/name" that does not exist may be a Hub id.
-    """
-    p = Path(path).expanduser()
-    return p.is_absolute() or path.startswith((".", "~")) or path.count("/") > 1 or "\\" in path or p.exists()
 
 
 MODEL_FILES = ("config.json",)
@@ -64,24 +55,37 @@ def source_kwargs(path: str, key: str, expect: tuple[str, ...] = ()) -> dict[str
     return {"local_files_only": True}
 
 
+def pretrained(loader: Any, path: str, key: str, expect: tuple[str, ...], **kwargs: Any) -> Any:
+    """`loader.from_pretrained(path, **kwargs)` under `source_kwargs`' rules. A Hub id that cannot be
+    fetched (no network, a typo in the id, a gated repo) is reported in one line naming the key, where
+    transformers would end the run in a traceback about its cache."""
+    source = source_kwargs(path, key, expect)
+    try:
+        return loader.from_pretrained(path, **kwargs, **source)
+    except OSError as err:
+        if source:  # a local folder: transformers' message names the file that is wrong
+            raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise FileNotFoundError(
+            f"{key}={path!r} is no folder here and could not be loaded from the Hub ({reason}); "
+            "give a local model folder, or check the repo id and the network (HF_HUB_OFFLINE=1 reads the cache only)"
+        ) from err
+
+
 def load_tokenizer(cfg: ModelConfig) -> Any:
     path, key = (cfg.tokenizer_path, "model.tokenizer_path") if cfg.tokenizer_path else (cfg.path, "model.path")
     # A missing chat template is reported by npu_rl.data when the prompts need one (chat-formatted data);
     # plain-string prompts (data.apply_chat_template=false) work with a base model's tokenizer.
-    return AutoTokenizer.from_pretrained(
-        path, trust_remote_code=cfg.trust_remote_code, **source_kwargs(path, key, TOKENIZER_FILES)
-    )
+    return pretrained(AutoTokenizer, path, key, TOKENIZER_FILES, trust_remote_code=cfg.trust_remote_code)
 
 
 def load_model(cfg: ModelConfig, acc: Accelerator, *, trainable: bool) -> nn.Module:
     """The causal LM on the chosen device; a frozen copy (`trainable=False`) is put in eval mode."""
-    model = AutoModelForCausalLM.from_pretrained(
-        cfg.path,
-        **dtype_kwarg(resolve_dtype(cfg.dtype, acc)),
-        trust_remote_code=cfg.trust_remote_code,
+    model = pretrained(
+        AutoModelForCausalLM, cfg.path, "model.path", MODEL_FILES,
+        **dtype_kwarg(resolve_dtype(cfg.dtype, acc)), trust_remote_code=cfg.trust_remote_code,
         attn_implementation="sdpa",
-        **source_kwargs(cfg.path, "model.path", MODEL_FILES),
-    )
+    )  # fmt: skip
     model.config.use_cache = False
     if cfg.fp32_lm_head:
         use_fp32_head(model)

@@ -24,7 +24,7 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 from npu_rl.config.fields import ConfigError
 from npu_rl.config.objective import RewardModelConfig
 from npu_rl.device import Accelerator
-from npu_rl.model import MODEL_FILES, TOKENIZER_FILES, disable_dropout, dtype_kwarg, resolve_dtype, source_kwargs
+from npu_rl.model import MODEL_FILES, TOKENIZER_FILES, disable_dropout, dtype_kwarg, pretrained, resolve_dtype
 
 
 class RewardModel:
@@ -34,22 +34,18 @@ class RewardModel:
         self.device = acc.torch_device(local_rank)
         tok_path = cfg.tokenizer_path or cfg.path
         tok_key = "reward.model.tokenizer_path" if cfg.tokenizer_path else "reward.model.path"
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            tok_path, trust_remote_code=cfg.trust_remote_code, **source_kwargs(tok_path, tok_key, TOKENIZER_FILES)
-        )
+        trust = cfg.trust_remote_code
+        self.tokenizer = pretrained(AutoTokenizer, tok_path, tok_key, TOKENIZER_FILES, trust_remote_code=trust)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ConfigError(
                 f"{tok_key}={tok_path!r}: the reward model's tokenizer has no chat template to render with"
             )
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.model, info = AutoModelForTokenClassification.from_pretrained(
-            cfg.path,
-            num_labels=1,
-            trust_remote_code=cfg.trust_remote_code,
-            output_loading_info=True,
+        self.model, info = pretrained(
+            AutoModelForTokenClassification, cfg.path, "reward.model.path", MODEL_FILES,
+            num_labels=1, trust_remote_code=cfg.trust_remote_code, output_loading_info=True,
             **dtype_kwarg(resolve_dtype(cfg.dtype, acc)),
-            **source_kwargs(cfg.path, "reward.model.path", MODEL_FILES),
-        )
+        )  # fmt: skip
         head = [k for k in info["missing_keys"] if not k.startswith(self.model.base_model_prefix + ".")]
         if any(not k.endswith(".bias") for k in head):  # a language model's folder loads too, with a random head
             raise ConfigError(

@@ -11,6 +11,7 @@ import sys
 from npu_rl import configs
 from npu_rl.cli import entry_point
 from npu_rl.config import describe_groups, load_config
+from npu_rl.env_report import check_stack
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train and return the last metrics; `cli` is the same with input mistakes reported as one message."""
     args = parse_args(argv)
+    check_stack()  # mismatched torch / torch_npu / vLLM / vllm-ascend: one message now, not a crash later
     cfg = load_config(configs.resolve(args.config) if args.config else None, args.overrides)
     from npu_rl.trainer import GRPOTrainer  # heavy imports only once the config is valid
 

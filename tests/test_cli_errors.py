@@ -151,3 +151,13 @@ def test_train_with_a_folder_that_is_not_a_model(tmp_path, synthetic_parquet):
     assert_one_message(
         proc, "npu_rl.train", "model.path='weights' has no tokenizer.json or", "point it to a Hugging Face model folder"
     )
+
+
+def test_train_with_a_hub_id_that_cannot_be_fetched(tmp_path, synthetic_parquet):
+    """No network (HF_HUB_OFFLINE=1 here; a typo'd id or a firewall elsewhere): one line naming the key."""
+    train_files = f"data.train_files=[{synthetic_parquet['train']}]"
+    proc = run([sys.executable, "-m", "npu_rl.train", "model.path=nobody/no-such-model", train_files], tmp_path,
+               HF_HUB_OFFLINE="1")  # fmt: skip
+    assert_one_message(
+        proc, "npu_rl.train", "model.path='nobody/no-such-model' is no folder here and could not be loaded from the Hub"
+    )

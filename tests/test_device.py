@@ -71,6 +71,14 @@ def test_cpu_accelerator_basics():
     assert acc.memory_stats()["perf/cpu_peak_rss_gb"] > 0
 
 
+def test_host_memory_is_what_verl_logs():
+    """verl's perf/cpu_memory_used_gb is psutil.virtual_memory().used; read twice, so other processes
+    may move it a little between the two reads."""
+    psutil = pytest.importorskip("psutil")
+    ours = device.Accelerator("cpu").memory_stats()["perf/cpu_memory_used_gb"]
+    assert ours == pytest.approx(psutil.virtual_memory().used / 1024**3, abs=0.25)
+
+
 def test_rng_state_round_trip():
     import torch
 

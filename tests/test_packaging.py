@@ -79,6 +79,7 @@ def test_installed_wheel_runs_its_console_scripts_and_trains(wheel, tmp_path, ti
 
     for script in SCRIPTS:
         assert "usage:" in _run([str(venv / "bin" / script), "--help"], tmp_path).stdout, script
+    assert "ok: the stack's requirements are met" in _run([str(venv / "bin" / "npu-rl-env")], tmp_path).stdout
 
     work = tmp_path / "work"
     work.mkdir()

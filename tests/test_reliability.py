@@ -17,7 +17,8 @@ from _train_proc import final_weights, metrics, stable, start, train, train_args
 from test_trainer import run
 
 from npu_rl.config import load_config
-from npu_rl.model import looks_local, source_kwargs
+from npu_rl.config.environment import looks_local
+from npu_rl.model import source_kwargs
 from npu_rl.resume import ConfigChangeError, reconcile_log
 from npu_rl.run_guard import LOCK_NAME, NonFiniteError, RunLock, RunLockedError
 from npu_rl.trainer import GRPOTrainer

