@@ -210,6 +210,10 @@ def main() -> None:
 
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
     log("assets", f"torch {torch.__version__}, {card}; work dir {work}")
+    from npu_rl.env_report import collect, format_report
+
+    for line in format_report(collect()).splitlines():  # the card's stack as npu-rl-env sees it (a bug report's)
+        log("env", line)
     model, data = build_model(Path(args.work) / "assets", args.dry_run)
     for stale in ("logs", "ckpt", "offload", "lora", "recompute", "actoffload"):
         subprocess.run(["rm", "-rf", str(work / stale)], check=True)

@@ -21,6 +21,10 @@ def test_gpu_check_dry_run_passes_every_phase(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("[gpu_check]")]
+    env = [line for line in lines if line.startswith("[gpu_check]     env: ")]  # the stack, as npu-rl-env prints it
+    assert "npu_rl environment (cpu platform)" in env[0], env
+    assert any(line.endswith("ok: the stack's requirements are met; the tested cpu combination") for line in env), env
+    lines = [line for line in lines if line not in env]
     phases = [line.split(":")[0].split()[-1] for line in lines]
     expected = ["assets", "npu_rl", "npu_rl", "merge", "resume", "offload", "lora", "recompute", "actoffload", "done"]
     assert phases == expected, lines

@@ -13,7 +13,7 @@ import pytest
 import torch
 from _arch_models import rollout_batch, sharp_model
 
-from npu_rl import actor, packing
+from npu_rl import actor, llama, packing
 from npu_rl.compute import REFERENCE_PLAN, ComputeError, build_plan
 from npu_rl.device import Accelerator
 
@@ -80,22 +80,60 @@ def test_packed_pass_equals_padded_pass(model, tiny_tokenizer, case):
         torch.testing.assert_close(packed[2][name], grad, atol=4e-5 * scale, rtol=0, msg=name)
 
 
-def saved_bytes(model, batch, plan) -> int:
+def saved_bytes(model, batch, plan, monkeypatch) -> int:
     """Bytes autograd keeps for backward over one training forward (`run`), outside checkpointed
-    regions (their tensors go to torch's own checkpoint hooks and are recomputed)."""
+    regions (their tensors go to torch's own checkpoint hooks and are recomputed). Inside a layer,
+    `llama.saved_as_pieces`' hooks come first: what they keep counts, the parts of a concatenated
+    weight (the parameters themselves) do not."""
     sizes = []
 
     def keep(t: torch.Tensor) -> torch.Tensor:
         sizes.append(t.numel() * t.element_size())
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-        run(model, batch, plan)
+    layer_hooks = llama.saved_as_pieces
+
+    def counted(pieces: llama.Pieces) -> torch.autograd.graph.saved_tensors_hooks:
+        hooks = layer_hooks(pieces)
+        pack = lambda t: keep(p) if isinstance(p := hooks.pack_hook(t), torch.Tensor) else p  # noqa: E731
+        return torch.autograd.graph.saved_tensors_hooks(pack, hooks.unpack_hook)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(llama, "saved_as_pieces", counted)
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            run(model, batch, plan)
     return sum(sizes)
 
 
+def layer_bytes(model, one_layer, batch, plan, monkeypatch) -> int:
+    """What one more decoder layer keeps for backward (`saved_bytes` of the model less its one-layer copy's)."""
+    return saved_bytes(model, batch, plan, monkeypatch) - saved_bytes(one_layer, batch, plan, monkeypatch)
+
+
+def test_concatenated_weights_are_kept_as_their_parts(model, tiny_tokenizer, monkeypatch):
+    """Without checkpointing the q/k/v and gate/up matmuls save their concatenated weight for backward,
+    a copy of most of the layer's weights per layer (under FSDP2 an unsharded one). `saved_as_pieces`
+    keeps the parts (the parameters) and joins them again in backward: the same gradients, bit for bit,
+    and exactly those copies less kept."""
+    batch = make_batch(tiny_tokenizer.pad_token_id, LENGTHS)
+    plan = build_plan(model, CPU, forward="packed")
+    expected, kept = run(model, batch, plan), saved_bytes(model, batch, plan, monkeypatch)
+    same = lambda pieces: torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)  # noqa: E731
+    monkeypatch.setattr(llama, "saved_as_pieces", same)  # what the layers kept before
+    got, copied = run(model, batch, plan), saved_bytes(model, batch, plan, monkeypatch)
+    for a, b in zip(expected[:2], got[:2], strict=True):
+        assert torch.equal(a, b)
+    for name, grad in expected[2].items():
+        assert torch.equal(got[2][name], grad), name
+    weights = [llama.fused_weights(layer) for layer in model.model.layers]
+    copies = sum(w[key].numel() * w[key].element_size() for w in weights for key in ("qkv_w", "gate_up_w"))
+    assert copied - kept == copies
+
+
 @pytest.mark.parametrize("forward", ["packed", "fused"])
-def test_gradient_checkpointing_recomputes_each_layer_with_the_same_numbers(model, tiny_tokenizer, forward):
+def test_gradient_checkpointing_recomputes_each_layer_with_the_same_numbers(
+    model, tiny_tokenizer, forward, monkeypatch
+):
     """model.gradient_checkpointing on the fused layers (`ComputePlan.checkpoint`): the same log-probs,
     entropies and gradients as without it, while a decoder layer keeps only one [tokens, hidden]
     tensor for backward instead of all its activations."""
@@ -113,7 +151,7 @@ def test_gradient_checkpointing_recomputes_each_layer_with_the_same_numbers(mode
 
     one_layer = copy.deepcopy(model)
     one_layer.model.layers = one_layer.model.layers[:1]
-    per_layer = {p: saved_bytes(model, batch, p) - saved_bytes(one_layer, batch, p) for p in (plain, checkpointed)}
+    per_layer = {p: layer_bytes(model, one_layer, batch, p, monkeypatch) for p in (plain, checkpointed)}
     layout = packing.build_layout(
         batch.input_ids, batch.attention_mask, batch.position_ids, batch.response_mask, batch.group
     )
@@ -124,7 +162,7 @@ def test_gradient_checkpointing_recomputes_each_layer_with_the_same_numbers(mode
 
 @pytest.mark.parametrize("forward", ["packed", "fused"])
 def test_activation_offload_takes_what_checkpointing_keeps_off_the_device_with_the_same_numbers(
-    model, tiny_tokenizer, forward
+    model, tiny_tokenizer, forward, monkeypatch
 ):
     """model.activation_offload: the one tensor per layer that checkpointing keeps (the layer's input) goes
     through the offload hooks (torch's save_on_cpu: a pinned host copy on an accelerator, the tensor itself
@@ -140,12 +178,14 @@ def test_activation_offload_takes_what_checkpointing_keeps_off_the_device_with_t
         assert torch.equal(got[2][name], grad), name
     one_layer = copy.deepcopy(model)
     one_layer.model.layers = one_layer.model.layers[:1]
-    per_layer = {p: saved_bytes(model, batch, p) - saved_bytes(one_layer, batch, p) for p in (checkpointed, offloaded)}
+    per_layer = {p: layer_bytes(model, one_layer, batch, p, monkeypatch) for p in (checkpointed, offloaded)}
     assert per_layer[checkpointed] > 0 and per_layer[offloaded] == 0
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointed"])
-def test_chunked_head_gives_the_whole_heads_numbers_without_keeping_the_logits(model, tiny_tokenizer, checkpointing):
+def test_chunked_head_gives_the_whole_heads_numbers_without_keeping_the_logits(
+    model, tiny_tokenizer, checkpointing, monkeypatch
+):
     """actor.head_chunk_tokens (verl's use_fused_kernels): the head's log-probs, entropies and sums of
     squared probabilities 7 tokens at a time, each chunk recomputed in backward, equal the whole head's,
     and autograd keeps no [tokens, vocabulary] tensor for backward."""
@@ -170,7 +210,7 @@ def test_chunked_head_gives_the_whole_heads_numbers_without_keeping_the_logits(m
 
     targets = sum(LENGTHS)
     logits_bytes = targets * model.config.vocab_size * 4
-    kept = saved_bytes(model, batch, whole) - saved_bytes(model, batch, chunked)
+    kept = saved_bytes(model, batch, whole, monkeypatch) - saved_bytes(model, batch, chunked, monkeypatch)
     assert kept >= logits_bytes  # at least the fp32 logits no longer wait for backward (measured: 7.4x that)
 
 
