@@ -14,15 +14,9 @@ import pytest
 import torch
 from test_docker_pins import dockerfile_args
 
-from npu_rl import env_report
-from npu_rl.env_report import (
-    TESTED,
-    Finding,
-    cann_version,
-    env_findings,
-    pair_findings,
-    requirement_findings,
-)
+from npu_rl import env_checks, env_report
+from npu_rl.env_checks import TESTED, Finding, env_findings, pair_findings, requirement_findings
+from npu_rl.env_report import cann_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,8 +142,8 @@ def test_tested_combinations_are_the_docker_pins():
         if "CUDA" in expected:  # torch reports the toolkit it was built with as major.minor
             expected["CUDA"] = ".".join(expected["CUDA"].split(".")[:2])
         assert TESTED[image] == expected, image
-    assert env_report.tested_findings({"torch": "2.13.0+cu129", "vllm": "0.32.0"}, "cuda", "12.9") == []
-    (other,) = env_report.tested_findings({"torch": "2.12.0", "vllm": "0.32.0"}, "cuda", "12.8")
+    assert env_checks.tested_findings({"torch": "2.13.0+cu129", "vllm": "0.32.0"}, "cuda", "12.9") == []
+    (other,) = env_checks.tested_findings({"torch": "2.12.0", "vllm": "0.32.0"}, "cuda", "12.8")
     assert "torch 2.12.0 (tested: 2.13.0), CUDA 12.8 (tested: 12.9)" in other.message
 
 

@@ -110,6 +110,43 @@ def layer_bytes(model, one_layer, batch, plan, monkeypatch) -> int:
     return saved_bytes(model, batch, plan, monkeypatch) - saved_bytes(one_layer, batch, plan, monkeypatch)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_and_rms_norm_keep_less_for_the_same_bits(dtype):
+    """The fused layers' SwiGLU keeps gate and up (not silu(gate) too) and the bf16 RMSNorm one fp32 copy
+    of its input (it kept two before, transformers' Qwen2RMSNorm keeps one): values and gradients are the
+    bits of autograd's operators / Qwen2RMSNorm's, and SwiGLU keeps exactly silu(gate) less."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    gen = torch.Generator().manual_seed(0)
+    gate, up, grad = (torch.randn(64, 96, generator=gen).to(dtype) for _ in range(3))
+
+    def kept(fn, *inputs):
+        sizes = {}
+
+        def keep(t):
+            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            out = fn(*leaves)
+        out.backward(grad[:, : out.shape[1]])
+        return out, [t.grad for t in leaves], sum(sizes.values())
+
+    ours, ours_grads, ours_kept = kept(llama.SwiGLU.apply, gate, up)
+    ref, ref_grads, ref_kept = kept(lambda g, u: torch.nn.functional.silu(g) * u, gate, up)
+    assert torch.equal(ours, ref) and all(torch.equal(a, b) for a, b in zip(ours_grads, ref_grads, strict=True))
+    assert ref_kept - ours_kept == gate.numel() * gate.element_size()  # silu(gate)
+
+    norm = Qwen2RMSNorm(96, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(96, generator=gen) + 0.5)
+    ours, ours_grads, ours_kept = kept(lambda x: llama.rms_norm(x, norm.weight, 1e-6), gate)
+    ref, ref_grads, ref_kept = kept(norm, gate)
+    assert torch.equal(ours, ref) and torch.equal(ours_grads[0], ref_grads[0])
+    assert ours_kept <= ref_kept
+
+
 def test_concatenated_weights_are_kept_as_their_parts(model, tiny_tokenizer, monkeypatch):
     """Without checkpointing the q/k/v and gate/up matmuls save their concatenated weight for backward,
     a copy of most of the layer's weights per layer (under FSDP2 an unsharded one). `saved_as_pieces`
