@@ -103,6 +103,15 @@ class Accelerator:
             "perf/max_memory_reserved_gb": self.module.max_memory_reserved() / gib,
         }
 
+    def memory_free_total(self) -> tuple[int, int] | None:
+        """(free, total) bytes of the current device as its driver reports them, after returning the
+        caching allocator's unused blocks; None on the CPU."""
+        if self.module is None:
+            return None
+        self.module.empty_cache()
+        free, total = self.module.mem_get_info()
+        return int(free), int(total)
+
     def set_allocator_settings(self, settings: str) -> bool:
         """Change the caching allocator's settings at runtime (e.g. "expandable_segments:False");
         False where this torch / torch_npu has no runtime switch (then only the env var applies)."""

@@ -98,3 +98,27 @@ def test_a_vllm_without_generation_head_dtype_is_refused_for_the_fp32_head(monke
     monkeypatch.setattr(LogitsProcessor, "__init__", old_init)
     with pytest.raises(ConfigError, match=r"model\.fp32_lm_head: vLLM .* generation logits in the model dtype"):
         vllm_backend.check_fp32_head_support()
+
+
+class _Card:
+    """A device that reports `free` of `total` bytes (the card is not here; the driver call is all it mocks)."""
+
+    def __init__(self, free: int, total: int) -> None:
+        self.reported = (free, total)
+
+    def memory_free_total(self) -> tuple[int, int]:
+        return self.reported
+
+
+def test_vllm_memory_share_is_checked_before_the_engine_starts():
+    gib = 1024**3
+    vllm_backend.check_engine_memory(0.5, _Card(40 * gib, 64 * gib))  # 32 GiB asked, 40 free
+    with pytest.raises(ConfigError) as err:
+        vllm_backend.check_engine_memory(0.6, _Card(30 * gib, 64 * gib))
+    message = str(err.value)
+    assert "rollout.gpu_memory_utilization=0.6 asks vLLM for 38.4 GiB of this 64.0 GiB device" in message
+    assert "30.0 GiB are free" in message and "set it to at most 0.46" in message  # 0.46 x 64 = 29.4 <= 30
+    from npu_rl.device import Accelerator
+
+    assert Accelerator("cpu").memory_free_total() is None  # the CPU: vLLM sizes its cache itself
+    vllm_backend.check_engine_memory(0.9, Accelerator("cpu"))

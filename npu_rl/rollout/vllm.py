@@ -35,6 +35,7 @@ backend; the choices that matter:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -136,6 +137,7 @@ class VLLMRollout:
                     model_path, torch_dtype, cfg.max_num_seqs, max_model_len
                 )
         else:
+            check_engine_memory(cfg.gpu_memory_utilization, acc)
             engine_args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         engine_args.update(cfg.engine_kwargs)  # the config refused the ones npu_rl derives (VLLM_ARGS_SET_HERE)
         if fp32_head and torch_dtype != torch.float32:
@@ -268,6 +270,24 @@ class VLLMRollout:
 
 
 # ----------------------------------------------------------------------------------------------
+def check_engine_memory(utilization: float, acc: Accelerator) -> None:
+    """vLLM and vllm-ascend refuse to start unless `utilization` x the device's memory is free; they say
+    so from inside their worker, after loading, in a traceback. The same check before the engine starts
+    names the key and the largest value that fits beside what the trainer already placed on the device
+    (its models; optimizer states come at the first update, while a sleeping engine has let go)."""
+    memory = acc.memory_free_total()
+    if memory is None or memory[0] >= utilization * memory[1]:
+        return
+    free, total = memory
+    gib = 1024**3
+    raise ConfigError(
+        f"rollout.gpu_memory_utilization={utilization} asks vLLM for {utilization * total / gib:.1f} GiB of "
+        f"this {total / gib:.1f} GiB device, but {free / gib:.1f} GiB are free beside the trainer's models: "
+        f"set it to at most {math.floor(free / total * 100) / 100:.2f}, or leave vLLM more room "
+        "(actor.fsdp.param_offload=true, ref.param_offload=true, LoRA, a smaller model)"
+    )
+
+
 def check_fp32_head_support() -> None:
     """Refuse a vLLM whose LogitsProcessor does not read `head_dtype`: older versions accept the override
     and keep computing generation logits in the model dtype, so only the trainer's head would be fp32."""
