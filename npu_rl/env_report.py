@@ -59,6 +59,7 @@ class Report:
     cpu: dict[str, object]
     accelerator: dict[str, object]
     cann: str | None
+    ascend_driver: str | None
     packages: dict[str, str]
     environment: dict[str, str]
     platform: str
@@ -119,22 +120,32 @@ def _requires() -> dict[str, list[str]]:
     return {name: metadata.requires(name) or [] for name in _installed()}
 
 
+def _recorded_version(files: list[Path]) -> str | None:
+    """The `version=` (or `Version=`) value of the first readable install record among `files`."""
+    for info in files:
+        try:
+            text = info.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() in ("version", "Version"):
+                return value.strip().strip("[]")
+    return None
+
+
 def cann_version(environ: Mapping[str, str] | None = None) -> str | None:
     """The CANN toolkit's version from its install record (where vllm-ascend's collect_env reads it),
     under $ASCEND_TOOLKIT_HOME / $ASCEND_HOME_PATH (set by CANN's set_env.sh) or the default prefix."""
     env = os.environ if environ is None else environ
     roots = [env.get("ASCEND_TOOLKIT_HOME"), env.get("ASCEND_HOME_PATH"), "/usr/local/Ascend/ascend-toolkit/latest"]
-    for root in filter(None, roots):
-        for info in [*sorted(Path(root).glob("*/ascend_toolkit_install.info")), Path(root, "version.cfg")]:
-            try:
-                text = info.read_text(encoding="utf-8", errors="replace")
-            except OSError:
-                continue
-            for line in text.splitlines():
-                key, _, value = line.partition("=")
-                if key.strip() in ("version", "Version"):
-                    return value.strip().strip("[]")
-    return None
+    files = [f for root in filter(None, roots) for f in sorted(Path(root).glob("*/ascend_toolkit_install.info"))]
+    return _recorded_version(files + [Path(root, "version.cfg") for root in filter(None, roots)])
+
+
+def ascend_driver_version(root: str = "/usr/local/Ascend/driver") -> str | None:
+    """The NPU driver's version (its version.info, which the Ascend containers mount from the host)."""
+    return _recorded_version([Path(root, "version.info")])
 
 
 def _accelerator() -> dict[str, object]:
@@ -179,6 +190,7 @@ def collect() -> Report:
         cpu=_cpu(),
         accelerator=accelerator,
         cann=toolkit,
+        ascend_driver=ascend_driver_version(),
         packages=packages,
         environment=_environment(os.environ),
         platform=where,
@@ -229,6 +241,8 @@ def format_report(report: Report) -> str:
         peak = "" if card["mfu_peak_known"] else " (peak FLOP/s unknown: perf/mfu/actor not logged)"
         lines.append(f"    [{i}] {card['name']}, {card['memory_gib']} GiB{peak}")
     lines.append(f"  CANN         {report.cann or 'not found'}")
+    if report.ascend_driver or report.platform == "ascend":
+        lines.append(f"  NPU driver   {report.ascend_driver or 'not found (/usr/local/Ascend/driver/version.info)'}")
     lines.append("packages")
     lines += [f"  {name:<13}{version}" for name, version in report.packages.items()]
     lines.append("environment")

@@ -147,7 +147,7 @@ def test_tested_combinations_are_the_docker_pins():
     assert "torch 2.12.0 (tested: 2.13.0), CUDA 12.8 (tested: 12.9)" in other.message
 
 
-def test_cann_version_from_its_install_record(tmp_path):
+def test_cann_and_driver_versions_from_their_install_records(tmp_path):
     toolkit = tmp_path / "ascend-toolkit" / "latest"
     (toolkit / "aarch64-linux").mkdir(parents=True)
     (toolkit / "aarch64-linux" / "ascend_toolkit_install.info").write_text(
@@ -155,6 +155,9 @@ def test_cann_version_from_its_install_record(tmp_path):
     )
     assert cann_version({"ASCEND_TOOLKIT_HOME": str(toolkit)}) == "8.1.RC1"
     assert cann_version({"ASCEND_TOOLKIT_HOME": str(tmp_path / "none")}) in (None, cann_version({}))
+    (tmp_path / "driver").mkdir()
+    (tmp_path / "driver" / "version.info").write_text("Version=24.1.rc3\nascendhal_version=7.35.23\n")
+    assert env_report.ascend_driver_version(str(tmp_path / "driver")) == "24.1.rc3"
 
 
 def test_ascend_settings_and_secrets():
