@@ -12,8 +12,8 @@ that do not grow with tokens, bytes per token outside the layers, and the head's
 predicted token. Four settings: without / with gradient checkpointing, each with the concatenated
 q/k/v and gate/up weights kept for backward as before 2026-11-29 ("concat kept") and as their parts
 (`llama.saved_as_pieces`, now). bench/README.md "Activation memory" has the figures before and after
-`llama.SwiGLU` and the single-cast `llama.rms_norm` too (those are not switched here). The last lines project the figures to 28 layers (1.5B) at a
-4096-token micro-batch.
+`llama.SwiGLU` and the single-cast `llama.rms_norm` too (those are not switched here). The last
+column projects the figures to 28 layers (1.5B) at a 4096-token micro-batch.
 
 The attention is the CPU's (`segments`: padded per-segment SDPA); on a card flash / npu_fusion
 attention keeps q, k, v, the output and a log-sum-exp per head instead, so the per-token figure
