@@ -9,6 +9,7 @@ final answer counts) and reports correctness only where the grader gives a verdi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,7 @@ class GradedPrompt:
     lengths: list[int]
     finish_reasons: list[str]
     tool_calls: list[int] | None = None  # per sample, with a multi-turn rollout only
+    num_turns: list[int] | None = None  # per sample, verl's num_turns (multi-turn rollouts)
 
     @property
     def judged(self) -> bool:
@@ -110,6 +112,7 @@ class GradedPrompt:
             "lengths": self.lengths,
             "finish_reasons": self.finish_reasons,
             **({"tool_calls": self.tool_calls} if self.tool_calls is not None else {}),
+            **({"num_turns": self.num_turns} if self.num_turns is not None else {}),
         }
 
 
@@ -151,7 +154,10 @@ def evaluate_records(
             for row, g in enumerate(batch.group.tolist()):
                 members[g].append(row)
             lengths = batch.lengths.tolist()
-            calls = batch.row_metrics["tool_calls"].int().tolist() if "tool_calls" in batch.row_metrics else None
+            calls, turns = (
+                batch.row_metrics[k].int().tolist() if k in batch.row_metrics else None
+                for k in ("tool_calls", "num_turns")
+            )
             for rec, mine in zip(chunk, members, strict=True):
                 graded.append(
                     GradedPrompt(
@@ -163,6 +169,7 @@ def evaluate_records(
                         lengths=[lengths[i] for i in mine],
                         finish_reasons=[batch.finish_reasons[i] for i in mine],
                         tool_calls=None if calls is None else [calls[i] for i in mine],
+                        num_turns=None if turns is None else [turns[i] for i in mine],
                     )
                 )
             bar.update(len(chunk))
@@ -179,6 +186,7 @@ def validation_metrics(
     n: int,
     with_tools: bool,
     all_sum: Callable[[torch.Tensor], torch.Tensor],
+    all_max: Callable[[torch.Tensor], torch.Tensor] = torch.clone,
 ) -> dict[str, float]:
     """verl's validation metrics (process_validation_metrics and its trainer's val-core / val-aux split)
     from this rank's graded prompts, averaged over the prompts of all ranks (`all_sum` sums): for each
@@ -187,7 +195,8 @@ def validation_metrics(
     source was judged, else reward; its mean, maj and best metrics naming N go under
     val-core/<source>/<variable>/, everything else under val-aux/. With tool use also
     val-aux/<source>/tool/call_rate/mean@N (share of responses with a call) and tool/calls/mean@N
-    (calls per response). Every prompt has N samples; `sources` is the same list on every rank."""
+    (calls per response), and verl's val-aux/num_turns/{min,max,mean} over every sample (`all_max`
+    takes the maximum over ranks). Every prompt has N samples; `sources` is the same list on every rank."""
     names = sample_metric_names(n)
     width = len(names) + 1  # per variable: each metric's sum over prompts, then the prompt count
     sums = {source: [0.0] * (len(VARIABLES) * width + 2) for source in sources}  # + tool call rate, calls
@@ -217,4 +226,11 @@ def validation_metrics(
         if with_tools and counts["reward"]:
             metrics[f"val-aux/{source}/tool/call_rate/mean@{n}"] = row[-2] / counts["reward"]
             metrics[f"val-aux/{source}/tool/calls/mean@{n}"] = row[-1] / counts["reward"]
+    if with_tools:  # every rank takes part in both collectives, with or without samples of its own
+        turns = [t for g in graded for t in g.num_turns or []]
+        count, total = all_sum(torch.tensor([len(turns), sum(turns)], dtype=torch.float64)).tolist()
+        top, neg_bottom = all_max(torch.tensor([max(turns, default=-math.inf), -min(turns, default=math.inf)])).tolist()
+        if count:
+            metrics.update({"val-aux/num_turns/min": -neg_bottom, "val-aux/num_turns/max": top,
+                            "val-aux/num_turns/mean": total / count})  # fmt: skip
     return metrics

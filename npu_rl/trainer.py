@@ -274,6 +274,7 @@ class GRPOTrainer:
             self.val_cfg.n,
             self.cfg.rollout.multi_turn.enable,
             lambda t: distributed.all_reduce(t, op="sum"),
+            lambda t: distributed.all_reduce(t, op="max"),
         )
         dump_validation(
             self.cfg.trainer.validation_data_dir, self.global_step, graded, self.tokenizer, self.dist.is_main

@@ -3,6 +3,7 @@ summary is recomputed from the generations file they wrote."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -330,7 +331,7 @@ def test_validation_metrics_are_means_of_prompt_metrics_over_all_ranks_split_as_
         return t
 
     validation_metrics(rank1, ["a", "b"], 4, True, remember)  # what rank 1 contributes to the sum
-    got = validation_metrics(rank0, ["a", "b"], 4, True, lambda t: t + sent[0])
+    got = validation_metrics(rank0, ["a", "b"], 4, True, lambda t: t + sent[0] if t.shape == sent[0].shape else t)
     per_prompt = [sample_metrics(g.scores, g.answers) for g in (rank0[0], rank1[0])]
     for name in sample_metric_names(4):
         # a's core variable is acc: its mean, maj and best metrics at 4 samples (std of those too, as verl)
@@ -351,3 +352,25 @@ def test_validation_metrics_are_means_of_prompt_metrics_over_all_ranks_split_as_
     assert one == {"val-core/a/acc/mean@1": 1.0, "val-aux/a/reward/mean@1": 1.0}
     with pytest.raises(ValueError, match="has 1 samples, not 4"):
         validation_metrics([_graded("a", [True], [1.0])], ["a"], 4, False, lambda t: t)
+
+
+def test_validation_num_turns_over_every_sample_of_every_rank():
+    """verl's val-aux/num_turns/{min,max,mean} (multi-turn): over all samples, each rank's share summed
+    and its extremes taken; without tool use there are none."""
+    rank0 = [dataclasses.replace(_graded("a", [True, False], [1.0, 0.0], [1, 0]), num_turns=[3, 5])]
+    rank1 = [dataclasses.replace(_graded("b", [True, True], [1.0, 1.0], [0, 0]), num_turns=[2, 9])]
+    sent: list[torch.Tensor] = []
+
+    def remember(t: torch.Tensor) -> torch.Tensor:
+        sent.append(t.clone())
+        return t
+
+    validation_metrics(rank1, ["a", "b"], 2, True, remember, remember)  # rank 1's sums, then its maxima
+    scores, turns, extremes = sent
+    got = validation_metrics(
+        rank0, ["a", "b"], 2, True, lambda t: t + (turns if t.shape == turns.shape else scores),
+        lambda t: torch.maximum(t, extremes),
+    )  # fmt: skip
+    assert (got["val-aux/num_turns/min"], got["val-aux/num_turns/max"]) == (2, 9)
+    assert got["val-aux/num_turns/mean"] == pytest.approx((3 + 5 + 2 + 9) / 4)
+    assert "val-aux/num_turns/mean" not in validation_metrics(rank0, ["a", "b"], 2, False, lambda t: t)
