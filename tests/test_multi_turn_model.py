@@ -147,3 +147,6 @@ def test_validation_reports_the_tool_call_rate(tmp_path, tool_model_dir):
     (calls_key,) = [k for k in tool if k.endswith("/tool/calls/mean@1")]
     # greedy validation: the tool-tuned model calls the calculator once for every question
     assert tool[rate_key] == pytest.approx(1.0) and tool[calls_key] == pytest.approx(1.0)
+    # verl's val-aux/num_turns: the prompt, the call, the tool message and the answer (4) for every sample
+    turns = {k: v for r in rows for k, v in r.items() if k.startswith("val-aux/num_turns/")}
+    assert turns == {f"val-aux/num_turns/{s}": pytest.approx(4.0) for s in ("min", "max", "mean")}, turns
