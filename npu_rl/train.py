@@ -26,6 +26,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--config", help=f"YAML file with the config groups, or a packaged config: {', '.join(configs.available())}"
     )
+    parser.add_argument(
+        "--check", action="store_true",
+        help="read and check the config, data, reward and model config without loading weights, then exit",
+    )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="dotted overrides, key.sub=value")
     return parser.parse_args(argv)
 
@@ -35,6 +39,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
     check_stack()  # mismatched torch / torch_npu / vLLM / vllm-ascend: one message now, not a crash later
     cfg = load_config(configs.resolve(args.config) if args.config else None, args.overrides)
+    if args.check:
+        from npu_rl import preflight
+
+        return preflight.report(cfg)
     from npu_rl.trainer import GRPOTrainer  # heavy imports only once the config is valid
 
     trainer = GRPOTrainer(cfg)

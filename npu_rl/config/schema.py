@@ -201,6 +201,10 @@ class TrainerConfig(Section):
         False, "resume even if the LR schedule, seeds or batch layout changed, applying them from the resumed step"
     )
 
+    def steps(self, steps_per_epoch: int) -> int:
+        """The run's length in optimizer steps: total_training_steps, or total_epochs of the sampler's."""
+        return self.total_training_steps if self.total_training_steps > 0 else self.total_epochs * steps_per_epoch
+
     def check(self, path: str) -> None:
         environment.check_resume_mode(self.resume_mode, join(path, "resume_mode"))
         if not self.allow_missing_logger:
