@@ -116,8 +116,9 @@ def _installed() -> dict[str, str]:
     return found
 
 
-def _requires() -> dict[str, list[str]]:
-    return {name: metadata.requires(name) or [] for name in _installed()}
+def _requires(packages: dict[str, str]) -> dict[str, list[str]]:
+    """Each installed stack distribution's declared requirements."""
+    return {name: metadata.requires(name) or [] for name in packages}
 
 
 def _recorded_version(files: list[Path]) -> str | None:
@@ -196,7 +197,7 @@ def collect() -> Report:
         platform=where,
     )
     report.findings = [
-        *requirement_findings(packages, _requires()),
+        *requirement_findings(packages, _requires(packages)),
         *pair_findings(packages),
         *tested_findings(packages, where, toolkit if where == "ascend" else torch.version.cuda),
         *env_findings(os.environ, where, toolkit),
@@ -212,7 +213,7 @@ def stack_errors() -> list[str]:
     if os.environ.get(SKIP_ENV, "0") not in ("", "0"):
         return []
     packages = _installed()
-    return [f.message for f in requirement_findings(packages, _requires()) + pair_findings(packages)
+    return [f.message for f in requirement_findings(packages, _requires(packages)) + pair_findings(packages)
             if f.level == "error"]  # fmt: skip
 
 
