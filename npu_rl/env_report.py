@@ -7,8 +7,9 @@ import or a hang at the first collective. This command prints what a bug report 
 accelerator, CANN toolkit, the CPU's kernel set, the environment variables the NPU / vLLM path
 reads) and checks it:
 
-- errors (exit code 2): a package of the stack requires a version of another that is not the
-  installed one (the packages' own metadata, as `pip check` restricted to the stack);
+- errors (exit code 2): among torch, torch_npu, transformers, the vLLM family and npu_rl, one
+  requires a version of another that is not the installed one (their own metadata, as `pip check`;
+  such pins between the other packages are warnings);
   vllm-ascend X.Y.Z[rcN|.postN] beside a vLLM other than X.Y.Z; torch_npu X.Y.Z[.postN] beside a
   torch other than X.Y.Z. Development and git builds (".devN", "a0+git...") only warn: a source
   build may run ahead of its release number.
