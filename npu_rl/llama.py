@@ -64,11 +64,20 @@ def through(module: nn.Module, fn: Callable[..., torch.Tensor], *args: torch.Ten
         del module.forward
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """The transformers RMSNorm (statistics in fp32), one fused operator in fp32."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, recompute: bool = False) -> torch.Tensor:
+    """The transformers RMSNorm (statistics in fp32), one fused operator in fp32. In a lower precision
+    the statistics take an fp32 copy of `x`, which backward would keep with the normalised values
+    (6 bytes per element in bf16); `recompute` (for layers that are not checkpointed whole) keeps `x`
+    alone (2) and recomputes the rest in backward: the same operations, the same bits."""
     if x.dtype == torch.float32:
         return F.rms_norm(x, weight.shape, weight, eps)
-    wide = x.float()  # cast once: two casts would each be kept for backward (an fp32 copy of h per norm)
+    if recompute and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(_rms_norm_wide, x, weight, eps, use_reentrant=False)
+    return _rms_norm_wide(x, weight, eps)
+
+
+def _rms_norm_wide(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    wide = x.float()  # cast once: two casts would each be kept for backward
     normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
     return weight * normed.to(x.dtype)
 
@@ -238,17 +247,19 @@ def decoder_stack(
     dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     eps = cfg.rms_norm_eps
 
+    norm = functools.partial(rms_norm, eps=eps, recompute=not checkpoint)  # a checkpointed layer recomputes all
+
     def run_layer(layer: nn.Module, h: torch.Tensor, pieces: Pieces | None = None) -> torch.Tensor:
         w = fused_weights(layer, pieces)
-        x = rms_norm(h, layer.input_layernorm.weight, eps)
+        x = norm(h, layer.input_layernorm.weight)
         qkv = linear(x, w["qkv_w"], w["qkv_b"])
         qk = qkv[:, : (heads + kv) * dim].view(-1, heads + kv, dim)
         if w["q_norm"] is not None:
-            qk = torch.cat([rms_norm(qk[:, :heads], w["q_norm"], eps), rms_norm(qk[:, heads:], w["k_norm"], eps)], 1)
+            qk = torch.cat([norm(qk[:, :heads], w["q_norm"]), norm(qk[:, heads:], w["k_norm"])], 1)
         qk = rotate(qk, cos, sin)
         v = qkv[:, (heads + kv) * dim :].view(-1, kv, dim)
         h = h + linear(attend(qk[:, :heads], qk[:, heads:], v), w["o_w"], w["o_b"])
-        x = rms_norm(h, layer.post_attention_layernorm.weight, eps)
+        x = norm(h, layer.post_attention_layernorm.weight)
         gate, up = linear(x, w["gate_up_w"], w["gate_up_b"]).chunk(2, dim=-1)
         return h + linear(SwiGLU.apply(gate, up), w["down_w"], w["down_b"])
 
@@ -269,7 +280,7 @@ def decoder_stack(
         layer_call = run_layer
     for layer in inner.layers:
         h = through(layer, functools.partial(layer_call, layer), h)
-    return rms_norm(h, inner.norm.weight, eps)
+    return rms_norm(h, inner.norm.weight, eps, recompute=True)  # outside the layers' checkpoints
 
 
 def shared_prompt_logits(

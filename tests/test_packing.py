@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -113,8 +114,9 @@ def layer_bytes(model, one_layer, batch, plan, monkeypatch) -> int:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_swiglu_and_rms_norm_keep_less_for_the_same_bits(dtype):
     """The fused layers' SwiGLU keeps gate and up (not silu(gate) too) and the bf16 RMSNorm one fp32 copy
-    of its input (it kept two before, transformers' Qwen2RMSNorm keeps one): values and gradients are the
-    bits of autograd's operators / Qwen2RMSNorm's, and SwiGLU keeps exactly silu(gate) less."""
+    of its input (it kept two before, transformers' Qwen2RMSNorm keeps one), or with `recompute` only its
+    input: values and gradients are the bits of autograd's operators / Qwen2RMSNorm's, and what they
+    keep is smaller by exactly those tensors."""
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
     gen = torch.Generator().manual_seed(0)
@@ -141,10 +143,15 @@ def test_swiglu_and_rms_norm_keep_less_for_the_same_bits(dtype):
     norm = Qwen2RMSNorm(96, eps=1e-6).to(dtype)
     with torch.no_grad():
         norm.weight.copy_(torch.rand(96, generator=gen) + 0.5)
-    ours, ours_grads, ours_kept = kept(lambda x: llama.rms_norm(x, norm.weight, 1e-6), gate)
     ref, ref_grads, ref_kept = kept(norm, gate)
-    assert torch.equal(ours, ref) and torch.equal(ours_grads[0], ref_grads[0])
-    assert ours_kept <= ref_kept
+    for recompute in (False, True):
+        ours, ours_grads, ours_kept = kept(functools.partial(llama.rms_norm, weight=norm.weight, eps=1e-6,
+                                                             recompute=recompute), gate)  # fmt: skip
+        assert torch.equal(ours, ref) and torch.equal(ours_grads[0], ref_grads[0])
+        if dtype == torch.float32 or not recompute:  # as Qwen2RMSNorm (in fp32 either way one fused operator)
+            assert ours_kept == ref_kept
+        else:  # the input alone, not its fp32 copy, the statistics and the normalised values
+            assert ref_kept - ours_kept == gate.numel() * (4 + 2 - 2) + gate.shape[0] * 4
 
 
 def test_concatenated_weights_are_kept_as_their_parts(model, tiny_tokenizer, monkeypatch):
