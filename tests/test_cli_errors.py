@@ -153,6 +153,7 @@ def test_train_with_a_folder_that_is_not_a_model(tmp_path, synthetic_parquet):
     )
 
 
+@pytest.mark.slow  # a process that asks the Hub (offline: ~6 s); the missing-folder case stays quick
 def test_train_with_a_hub_id_that_cannot_be_fetched(tmp_path, synthetic_parquet):
     """No network (HF_HUB_OFFLINE=1 here; a typo'd id or a firewall elsewhere): one line naming the key."""
     train_files = f"data.train_files=[{synthetic_parquet['train']}]"
