@@ -35,16 +35,35 @@ def token_stats(
     with_sum_pi_squared: bool,
 ) -> TokenStats:
     """Log-probs (entropies, sums of squared probabilities) of `targets` under temperature-scaled
-    `logits`, one per target."""
-    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
-    logprobs = core_algos.logprobs_from_logits(logits, targets)
+    `logits`, one per target.
+
+    The log-probs' backward needs the fp32 logits; from bf16 logits (a card) it keeps the bf16 ones
+    instead and recomputes the fp32 copy (a checkpoint of the same operations: the same bits), half
+    the head's memory for backward (Qwen2.5: 0.6 -> 0.3 MB per predicted token). Not when the entropy
+    is in the loss: its own backward keeps the fp32 logits anyway."""
+    entropy_in_loss = with_entropy and entropy_grad and torch.is_grad_enabled()
+    if logits.dtype != torch.float32 and logits.requires_grad and torch.is_grad_enabled() and not entropy_in_loss:
+        logprobs = torch.utils.checkpoint.checkpoint(_logprobs, logits, targets, temperature, use_reentrant=False)
+        with torch.no_grad():
+            scaled = _scaled(logits, temperature) if with_entropy or with_sum_pi_squared else logits
+    else:
+        scaled = _scaled(logits, temperature)
+        logprobs = core_algos.logprobs_from_logits(scaled, targets)
     entropy = sum_pi_squared = None
     if with_entropy:
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = core_algos.entropy_from_logits(logits if entropy_grad else logits.detach())
+        with torch.set_grad_enabled(entropy_in_loss):
+            entropy = core_algos.entropy_from_logits(scaled if entropy_grad else scaled.detach())
     if with_sum_pi_squared:
-        sum_pi_squared = core_algos.sum_pi_squared_from_logits(logits.detach())
+        sum_pi_squared = core_algos.sum_pi_squared_from_logits(scaled.detach())
     return TokenStats(logprobs, entropy, sum_pi_squared)
+
+
+def _scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits.float() if temperature == 1.0 else logits.float() / temperature
+
+
+def _logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    return core_algos.logprobs_from_logits(_scaled(logits, temperature), targets)
 
 
 def on_grid(stats: TokenStats, layout: packing.PackedLayout, width: int) -> TokenStats:

@@ -14,9 +14,10 @@ import pytest
 import torch
 from _arch_models import rollout_batch, sharp_model
 
-from npu_rl import actor, llama, packing
+from npu_rl import actor, core_algos, llama, packing
 from npu_rl.compute import REFERENCE_PLAN, ComputeError, build_plan
 from npu_rl.device import Accelerator
+from npu_rl.token_stats import token_stats
 
 CPU = Accelerator("cpu")
 PROMPTS = [[5, 17, 42, 99, 7, 301], [12, 250], [64, 65, 66, 67]]
@@ -111,6 +112,48 @@ def layer_bytes(model, one_layer, batch, plan, monkeypatch) -> int:
     return saved_bytes(model, batch, plan, monkeypatch) - saved_bytes(one_layer, batch, plan, monkeypatch)
 
 
+def kept_for_backward(fn, *inputs, grad):
+    """fn's output, its inputs' gradients for `grad` (cut to the output's width) and the bytes autograd
+    kept for backward in between, each storage once."""
+    sizes = {}
+
+    def keep(t):
+        sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        out = fn(*leaves)
+    out.backward(grad[..., : out.shape[-1]] if out.dim() > 1 else grad)
+    return out, [t.grad for t in leaves], sum(sizes.values())
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_bf16_logits_are_kept_for_the_head_not_their_fp32_copy(temperature):
+    """token_stats' log-probs from bf16 logits keep the bf16 logits for backward and recompute the fp32
+    copy (half the head's memory); values and gradients are the bits of the fp32-copy formula."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(48, 500, generator=gen).to(torch.bfloat16)
+    targets, grad = torch.randint(0, 500, (48,), generator=gen), torch.randn(48, generator=gen)
+    kept = functools.partial(kept_for_backward, grad=grad)
+
+    def before(x):
+        scaled = x.float() if temperature == 1.0 else x.float() / temperature
+        return core_algos.logprobs_from_logits(scaled, targets)
+
+    ref, ref_grads, ref_kept = kept(before, logits)
+    for extras in ((False, False, False), (True, False, True)):  # the metrics' entropy and sum pi^2 beside
+
+        def logprobs(x, extras=extras):
+            return token_stats(x, targets, temperature, *extras).logprobs
+
+        ours, ours_grads, ours_kept = kept(logprobs, logits)
+        assert torch.equal(ours, ref) and torch.equal(ours_grads[0], ref_grads[0])
+        assert ref_kept - ours_kept == logits.numel() * (4 - 2) + len(logits) * 4  # fp32 copy and logsumexp
+    entropy_loss = kept(lambda x: token_stats(x, targets, temperature, True, True, False).logprobs, logits)
+    assert torch.equal(entropy_loss[1][0], ref_grads[0])  # the entropy in the loss: the fp32 path as before
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_swiglu_and_rms_norm_keep_less_for_the_same_bits(dtype):
     """The fused layers' SwiGLU keeps gate and up (not silu(gate) too) and the bf16 RMSNorm one fp32 copy
@@ -121,19 +164,7 @@ def test_swiglu_and_rms_norm_keep_less_for_the_same_bits(dtype):
 
     gen = torch.Generator().manual_seed(0)
     gate, up, grad = (torch.randn(64, 96, generator=gen).to(dtype) for _ in range(3))
-
-    def kept(fn, *inputs):
-        sizes = {}
-
-        def keep(t):
-            sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        leaves = [t.clone().requires_grad_() for t in inputs]
-        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-            out = fn(*leaves)
-        out.backward(grad[:, : out.shape[1]])
-        return out, [t.grad for t in leaves], sum(sizes.values())
+    kept = functools.partial(kept_for_backward, grad=grad)
 
     ours, ours_grads, ours_kept = kept(llama.SwiGLU.apply, gate, up)
     ref, ref_grads, ref_kept = kept(lambda g, u: torch.nn.functional.silu(g) * u, gate, up)
