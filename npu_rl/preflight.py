@@ -13,6 +13,7 @@ plan it reports is then the CPU's; `trainer.device` / NPU_RL_DEVICE pick another
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -39,6 +40,7 @@ def _meta_model(cfg: Config) -> torch.nn.Module:
 def check_run(cfg: Config) -> list[str]:
     """The summary lines of a run's checks; raises the run's own user errors on the first problem."""
     acc = device.select(cfg.trainer.device)
+    acc.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # under torchrun: this rank's own card
     tokenizer = load_tokenizer(cfg.model)
     train, val = build_datasets(cfg.data, tokenizer, **dataset_options(cfg))
     sampler = BatchSampler.for_training(train.records, cfg.data)
@@ -82,8 +84,11 @@ def _device_line(acc: device.Accelerator, cfg: Config) -> str:
 
 
 def report(cfg: Config) -> dict[str, Any]:
-    """Print the checks' summary (the `--check` mode of npu_rl.train); returns no metrics."""
-    for line in check_run(cfg):
-        print(f"[npu_rl check] {line}")
-    print("[npu_rl check] ok: nothing was loaded onto a device or written; drop --check to train")
+    """Print the checks' summary (the `--check` mode of npu_rl.train; under torchrun every rank checks
+    its own device, the first prints); returns no metrics."""
+    lines = check_run(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for line in lines:
+            print(f"[npu_rl check] {line}")
+        print("[npu_rl check] ok: nothing was loaded onto a device or written; drop --check to train")
     return {}
