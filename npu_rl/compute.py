@@ -32,7 +32,7 @@ import functools
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ from torch.nn import functional as F
 
 from npu_rl import llama
 from npu_rl.device import Accelerator
+
+if TYPE_CHECKING:
+    from npu_rl.config import Config
 
 FORWARD_MODES = ("auto", "plain", "shared_prefix", "fused", "packed")
 FUSED_FORWARDS = ("fused", "packed")  # the modes that run npu_rl.llama's layers
@@ -179,3 +182,12 @@ def build_plan(
 
 # The plan of the straightforward reference path, against which the fast paths are tested.
 REFERENCE_PLAN = ComputePlan("plain", "plain", TORCH_LINEARS)
+
+
+def policy_plan(model: nn.Module, acc: Accelerator, cfg: Config) -> ComputePlan:
+    """The policy's plan as the run's config asks for it: what the trainer runs and `--check` reports."""
+    m, actor = cfg.model, cfg.actor
+    return build_plan(
+        model, acc, actor.forward, cfg.rollout.decoder, m.gradient_checkpointing, actor.head_chunk_tokens,
+        m.activation_offload,
+    )  # fmt: skip

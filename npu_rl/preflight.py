@@ -20,7 +20,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from npu_rl import device
-from npu_rl.compute import build_plan
+from npu_rl.compute import policy_plan
 from npu_rl.config import Config
 from npu_rl.data import BatchSampler, build_datasets
 from npu_rl.model import MODEL_FILES, load_tokenizer, num_parameters, pretrained, resolve_dtype
@@ -55,8 +55,7 @@ def check_run(cfg: Config) -> list[str]:
     model_term = " (+ the reward model, not loaded)" if cfg.reward.uses_model else ""
     lines.append(f"reward: {', '.join(terms) or 'the reward model alone (not loaded)'}{model_term if terms else ''}")
     model = _meta_model(cfg)
-    ckpt, offload, chunk = cfg.model.gradient_checkpointing, cfg.model.activation_offload, cfg.actor.head_chunk_tokens
-    plan = build_plan(model, acc, cfg.actor.forward, cfg.rollout.decoder, ckpt, chunk, offload)
+    plan = policy_plan(model, acc, cfg)
     dtype = str(resolve_dtype(cfg.model.dtype, acc)).removeprefix("torch.")
     lines.append(
         f"model: {type(model).__name__}, {_count(num_parameters(model))} parameters, {dtype}; {plan.describe()}"

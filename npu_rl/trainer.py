@@ -21,7 +21,7 @@ from npu_rl.algos import rollout_correction, token_baselines
 from npu_rl.algos.adaptive_entropy import AdaptiveEntropy
 from npu_rl.algos.advantages import AdvantageInputs, place_scores, reward_inputs
 from npu_rl.checkpoint import CheckpointManager
-from npu_rl.compute import build_plan
+from npu_rl.compute import build_plan, policy_plan
 from npu_rl.config import Config, format_path
 from npu_rl.data import BatchSampler, PromptRecord, build_datasets
 from npu_rl.evaluation import EvalConfig, evaluate_records, validation_metrics
@@ -77,15 +77,15 @@ class GRPOTrainer:
             model = lora.wrap(model, cfg.actor.lora.rank, cfg.actor.lora.alpha, cfg.actor.lora.target_modules)
         self.num_params = num_parameters(model)
         self.model = self._place(model, trainable=True)
-        ckpt, offload = cfg.model.gradient_checkpointing, cfg.model.activation_offload
-        chunk = cfg.actor.head_chunk_tokens
-        self.plan = build_plan(self.model, self.acc, cfg.actor.forward, cfg.rollout.decoder, ckpt, chunk, offload)
+        self.plan = policy_plan(self.model, self.acc, cfg)
         self.ref, self.ref_plan = None, None
         if cfg.needs_ref and lora.is_lora(self.model):  # the base under the adapters: no second copy
             self.ref, self.ref_plan = self.model, self.plan
         elif cfg.needs_ref:
             self.ref = self._place(load_model(cfg.model, self.acc, trainable=False), trainable=False)
-            self.ref_plan = build_plan(self.ref, self.acc, cfg.actor.forward, cfg.rollout.decoder, head_chunk=chunk)
+            self.ref_plan = build_plan(
+                self.ref, self.acc, cfg.actor.forward, cfg.rollout.decoder, head_chunk=cfg.actor.head_chunk_tokens
+            )
         self.device = self.acc.torch_device(self.dist.local_rank)
         self.optimizer = optim.build_optimizer(self.model, cfg.actor.optim)
         self.scheduler = optim.build_scheduler(self.optimizer, self.total_steps, cfg.actor.optim)
