@@ -102,6 +102,7 @@ def build_model(root: Path, dry: bool) -> tuple[Path, Path]:
 
 def train_args(args: argparse.Namespace, model: Path, data: Path, work: Path, steps: int) -> list[str]:
     reward = HERE / "_reward.py"
+    score = "compute_vowel_score" if args.dry_run else "compute_score"  # see _reward.vowel_share
     return [
         f"model.path={model}", f"data.train_files=[{data}]", f"data.max_prompt_length={args.max_prompt}",
         f"data.train_batch_size={args.prompts}", f"actor.ppo_mini_batch_size={args.prompts}",
@@ -109,7 +110,7 @@ def train_args(args: argparse.Namespace, model: Path, data: Path, work: Path, st
         f"rollout.max_new_tokens={args.max_new}", f"rollout.micro_batch_size={args.prompts}",
         "actor.use_kl_loss=true", "actor.kl_loss_coef=0.04", "actor.kl_loss_type=low_var_kl", "actor.optim.lr=1e-6",
         "actor.optim.weight_decay=0.0",
-        f"reward.custom_function.path={reward}", "reward.custom_function.name=compute_score", "reward.num_workers=0",
+        f"reward.custom_function.path={reward}", f"reward.custom_function.name={score}", "reward.num_workers=0",
         f"trainer.device={'cpu' if args.dry_run else 'auto'}", "trainer.logger=[jsonl]",
         f"trainer.total_training_steps={steps}", "trainer.val_before_train=false", "trainer.save_freq=-1",
         f"trainer.log_dir={work / 'logs'}", f"trainer.default_local_dir={work / 'ckpt'}",
@@ -245,8 +246,8 @@ def check_same_first_step(
     for key in ("actor/pg_loss", "actor/grad_norm"):
         if abs(row[key] - plain[key]) > 0.02 * abs(plain[key]) + 1e-6:
             sys.exit(f"[gpu_check] {phase}: first-step {key} {row[key]} differs from the plain run's {plain[key]}")
-    log(phase, f"{' '.join(settings)}: first step matches (grad_norm {row['actor/grad_norm']:.4f} vs "
-        f"{plain['actor/grad_norm']:.4f}); memory {memory_of(row)} (plain: {memory_of(plain)}); update_actor "
+    log(phase, f"{' '.join(settings)}: first step matches (grad_norm {row['actor/grad_norm']:.5g} vs "
+        f"{plain['actor/grad_norm']:.5g}); memory {memory_of(row)} (plain: {memory_of(plain)}); update_actor "
         f"{row['timing_s/update_actor']:.2f} s (plain: {plain['timing_s/update_actor']:.2f} s)")  # fmt: skip
 
 
@@ -263,7 +264,7 @@ def check_lora(args: argparse.Namespace, model: Path, data: Path, work: Path, pl
     loss, norm = row["actor/pg_loss"], row["actor/grad_norm"]
     if not (math.isfinite(loss) and math.isfinite(norm)):
         sys.exit(f"[gpu_check] lora: non-finite step (pg_loss {loss}, grad_norm {norm})")
-    log("lora", f"r={rank} all linears: grad_norm {norm:.4f}; memory {memory_of(row)} (full: {memory_of(plain)})")
+    log("lora", f"r={rank} all linears: grad_norm {norm:.5g}; memory {memory_of(row)} (full: {memory_of(plain)})")
 
 
 if __name__ == "__main__":
