@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import nn
 
-from npu_rl import core_algos, distributed, packing, prefix, seqlen
+from npu_rl import core_algos, distributed, optim, packing, prefix, seqlen
 from npu_rl.algos import high_entropy, off_policy_mask, rollout_correction
 from npu_rl.algos.adaptive_entropy import AdaptiveEntropy
 from npu_rl.compute import ComputePlan
@@ -346,7 +346,7 @@ def update_policy(
     if entropy_control is not None:  # equal on every rank
         stats.add_max("actor/entropy_coeff", entropy_control.coef)
     stats.add_max("actor/lr", scheduler.get_last_lr()[0])
-    scheduler.step()
+    optim.advance_schedule(scheduler)
     stats.add_max("actor/nonfinite_skipped", float(sum(not math.isfinite(g) for g in grad_norms)))  # same on all ranks
     if batch.rollout_logprobs is not None:
         stats.add_ratio("rollout/logprob_diff", sums["_diff_sum"], sums["_diff_tokens"])

@@ -131,7 +131,7 @@ def update_critic(
         stats.add_sum(key, value / updates)
     stats.add_max("critic/grad_norm", sum(norms) / updates)
     stats.add_max("critic/lr", scheduler.get_last_lr()[0])
-    scheduler.step()
+    optim.advance_schedule(scheduler)
 
 
 @dataclass

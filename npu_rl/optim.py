@@ -4,6 +4,7 @@ pre-training): AdamW over the trainable parameters with verl's warmup and decay 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -50,3 +51,13 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig, warmup_lead: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, cfg, warmup_lead))
+
+
+def advance_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """One training step's move of the learning-rate schedule, taken whether or not the optimizer
+    stepped: an update skipped for a non-finite gradient still uses up its step, as in verl. torch warns
+    about a scheduler stepped before its optimizer; after a skipped first update that warning would tell
+    the user the code calls them in the wrong order, so it is silenced here and only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -227,11 +228,15 @@ def test_nonfinite_gradients_skip_updates_then_stop_without_a_poisoned_checkpoin
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     # an injected NaN gradient (e.g. an overflow in backward) on one weight
     trainer.model.model.norm.weight.register_hook(lambda grad: grad * float("nan"))
-    with pytest.raises(NonFiniteError, match=r"2 steps in a row \(trainer.max_nonfinite_steps=2\)"):
-        try:
-            trainer.fit()
-        finally:
-            trainer.close()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with pytest.raises(NonFiniteError, match=r"2 steps in a row \(trainer.max_nonfinite_steps=2\)"):
+            try:
+                trainer.fit()
+            finally:
+                trainer.close()
+    # the schedule moves on over a skipped update (as verl's) without torch's misleading ordering warning
+    assert not [w for w in seen if "lr_scheduler.step()" in str(w.message)]
     rows = metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2] and all(r["actor/nonfinite_skipped"] == 2 for r in rows)
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())  # no update applied
