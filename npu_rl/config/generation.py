@@ -104,7 +104,9 @@ class RolloutConfig(Section):
         gt=0,
     )
     max_new_tokens: int = knob(1024, "longest response in tokens", gt=0)
-    micro_batch_size: int = knob(64, "prompts per generate call of the hf backend", gt=0)
+    micro_batch_size: int = knob(
+        64, "prompts per generate call of the hf backend (on a card, fewer where they do not fit)", gt=0
+    )
     log_prob_micro_batch_size_per_device: int = knob(16, "sequences per old-policy logprob forward", gt=0)
     log_prob_use_dynamic_bsz: bool | None = knob(
         None, "old-policy logprob micro-batches by tokens; null: actor.use_dynamic_bsz"

@@ -73,7 +73,8 @@ def _hf(cfg: Config, model: nn.Module | None, tokenizer: Any, acc: Any, dist: An
     if model is None or plan is None:
         raise ValueError("the hf rollout samples from a loaded model and its compute plan")
     eos, pad = eos_and_pad_ids(tokenizer, model)
-    return HFRollout(model, eos, pad, plan, micro_batch_size=cfg.rollout.micro_batch_size)
+    free_memory = acc.memory_free_total if acc is not None else None
+    return HFRollout(model, eos, pad, plan, micro_batch_size=cfg.rollout.micro_batch_size, free_memory=free_memory)
 
 
 @ROLLOUTS.register("vllm")

@@ -14,7 +14,7 @@ Under FSDP the rollout holds the policy's full weights from `wake_up` to `sleep`
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -24,6 +24,8 @@ from npu_rl import distributed
 from npu_rl.compute import ComputePlan
 from npu_rl.rollout.base import RolloutOutput, SamplingParams, grouped
 from npu_rl.rollout.fast_decode import FastDecoder
+from npu_rl.rollout.kv_budget import DecodeShape, prompts_per_call
+from npu_rl.storage import fmt_bytes
 
 
 def sample_next(
@@ -82,12 +84,17 @@ class HFRollout:
         pad_token_id: int,
         plan: ComputePlan,
         micro_batch_size: int = 64,
+        free_memory: Callable[[], tuple[int, int] | None] | None = None,
     ) -> None:
+        """`free_memory`: (free, total) bytes of the device, or None where unknown (the CPU); with it each
+        call takes at most as many prompts as fit (npu_rl.rollout.kv_budget), else `micro_batch_size`."""
         self.model = model
         self.plan = plan
         self.eos_token_ids = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self.pad_token_id = pad_token_id
         self.micro_batch_size = micro_batch_size
+        self.free_memory = free_memory
+        self._told: int | None = None  # the lowered prompts-per-call last reported
         self._awake: contextlib.ExitStack | None = None
 
     @property
@@ -119,16 +126,13 @@ class HFRollout:
         self, prompts: list[list[int]], params: SamplingParams, seeds: list[int] | None = None
     ) -> RolloutOutput:
         uniforms = _uniforms(len(prompts), params, seeds)
+        size = self._prompts_per_call(prompts, params)
         was_training = self.model.training
         self.model.eval()
         try:
             chunks = [
-                self._generate_chunk(
-                    prompts[i : i + self.micro_batch_size],
-                    params,
-                    uniforms[i * params.n : (i + self.micro_batch_size) * params.n],
-                )
-                for i in range(0, len(prompts), self.micro_batch_size)
+                self._generate_chunk(prompts[i : i + size], params, uniforms[i * params.n : (i + size) * params.n])
+                for i in range(0, len(prompts), size)
             ]
         finally:
             self.model.train(was_training)
@@ -142,6 +146,25 @@ class HFRollout:
             group=group,
             sample=sample,
         )
+
+    def _prompts_per_call(self, prompts: list[list[int]], params: SamplingParams) -> int:
+        """`micro_batch_size`, or fewer where the device's free memory cannot hold that many prompts'
+        samples at once (said once per new value); the grouping does not change the samples."""
+        memory = self.free_memory() if self.free_memory is not None and prompts else None
+        if memory is None:
+            return self.micro_batch_size
+        width = max(len(p) for p in prompts)
+        shape = DecodeShape.of(self.model)
+        per_prompt = shape.bytes_per_prompt(params.n, width, params.max_new_tokens, self.plan.decoder == "fast")
+        size = prompts_per_call(self.micro_batch_size, per_prompt, memory[0])
+        if size < self.micro_batch_size and size != self._told:
+            self._told = size
+            print(
+                f"[npu_rl] hf rollout: {size} prompts per generate call instead of rollout.micro_batch_size="
+                f"{self.micro_batch_size}: {params.n} samples x {width + params.max_new_tokens} tokens need about "
+                f"{fmt_bytes(per_prompt)} per prompt and {fmt_bytes(memory[0])} are free"
+            )
+        return size
 
     def _generate_chunk(
         self, prompts: list[list[int]], params: SamplingParams, uniforms: torch.Tensor
@@ -171,6 +194,7 @@ class HFRollout:
         last_logits = out.logits[:, -1].repeat_interleave(n, dim=0)
         steps = positions[:, -1:] + 1 + torch.arange(params.max_new_tokens, device=device)  # rotary positions
         decoder = _Decoder(self.model, out.past_key_values, attention, steps, n, params.max_new_tokens, self.plan)
+        del out  # the prefill's cache lives on only as the decoder's (the fast one copied it into its buffers)
 
         total = batch * n
         tokens_out = torch.full((total, params.max_new_tokens), self.pad_token_id, dtype=torch.long, device=device)
