@@ -65,7 +65,7 @@ def test_kv_bytes_per_token_is_what_the_cache_and_the_decode_buffers_hold(model,
 
 def test_calls_shrink_to_what_fits_and_the_samples_stay_the_same(model, pad_id, monkeypatch, capsys):
     width = max(len(p) for p in PROMPTS)
-    per_prompt = DecodeShape.of(model).bytes_per_prompt(PARAMS.n, width, PARAMS.max_new_tokens, fast=True)
+    per_prompt = DecodeShape.of(model).bytes_per_prompt(PARAMS, width, fast=True)
     free = int(2.5 * per_prompt / kv_budget.HEADROOM)  # room for two prompts' samples, not three
     small = HFRollout(model, [pad_id], pad_id, free_memory=lambda: (free, 10 * free))
     sizes = call_sizes(small, monkeypatch)

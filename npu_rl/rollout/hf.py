@@ -155,7 +155,7 @@ class HFRollout:
             return self.micro_batch_size
         width = max(len(p) for p in prompts)
         shape = DecodeShape.of(self.model)
-        per_prompt = shape.bytes_per_prompt(params.n, width, params.max_new_tokens, self.plan.decoder == "fast")
+        per_prompt = shape.bytes_per_prompt(params, width, self.plan.decoder == "fast")
         size = prompts_per_call(self.micro_batch_size, per_prompt, memory[0])
         if size < self.micro_batch_size and size != self._told:
             self._told = size

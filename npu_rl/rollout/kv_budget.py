@@ -13,7 +13,7 @@ attention workspaces):
 - prefill: the prompts' own KV cache and the MLP activations of one layer over every prompt token;
 - the move into the decode buffers: the prefill cache beside the buffers of every sample (the plain
   decoder grows its cache by concatenation, so it counts the buffers twice);
-- decoding: the buffers beside the sampler's vocabulary-wide fp32 tensors (SAMPLER_COPIES of them).
+- decoding: the buffers beside the sampler's vocabulary-wide fp32 tensors (`sampler_copies` of them).
 """
 
 from __future__ import annotations
@@ -24,11 +24,23 @@ from dataclasses import dataclass
 from torch import nn
 
 from npu_rl.config.fields import ConfigError
+from npu_rl.rollout.base import SamplingParams
 from npu_rl.storage import fmt_bytes
 
 HEADROOM = 0.9  # share of the free memory a call plans to use
-SAMPLER_COPIES = 8  # [rows, vocab] fp32 tensors alive while sampling (logits, scaled, logprobs, probs, cdf, sort)
 MLP_COPIES = 3  # gate, up and their product over the prefill's tokens
+
+
+def sampler_copies(params: SamplingParams) -> int:
+    """fp32 [rows, vocab] tensors `hf.sample_next` holds at its peak for these settings, an upper bound:
+    each processor's measured share added up (`python bench/sampler_memory.py`: 2 greedy, 4 at T=1 without
+    filters, +1 for another temperature, top-k or min-p, +5.5 for top-p's sort, +2.1 for the repetition
+    penalty; 12.1 with all of them, planned 16)."""
+    if params.temperature <= 0:
+        copies = 2
+    else:
+        copies = 4 + (params.temperature != 1.0) + (params.top_k > 0) + 6 * (params.top_p < 1.0) + (params.min_p > 0)
+    return copies + 3 * (params.repetition_penalty != 1.0)
 
 
 @dataclass(frozen=True)
@@ -55,12 +67,12 @@ class DecodeShape:
             element_bytes=element,
         )
 
-    def bytes_per_prompt(self, n: int, prompt_len: int, max_new: int, fast: bool) -> int:
+    def bytes_per_prompt(self, params: SamplingParams, prompt_len: int, fast: bool) -> int:
         """Peak bytes one prompt and its n samples add to a call (see the module docstring)."""
         prefill_cache = prompt_len * self.kv_bytes_per_token
-        buffers = n * (prompt_len + max_new) * self.kv_bytes_per_token * (1 if fast else 2)
+        buffers = params.n * (prompt_len + params.max_new_tokens) * self.kv_bytes_per_token * (1 if fast else 2)
         mlp = prompt_len * self.intermediate * self.element_bytes * MLP_COPIES
-        sampler = n * self.vocab * 4 * SAMPLER_COPIES
+        sampler = params.n * self.vocab * 4 * sampler_copies(params)
         return max(prefill_cache + mlp, prefill_cache + buffers, buffers + sampler)
 
 
