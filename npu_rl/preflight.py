@@ -4,9 +4,10 @@ A mistake in data, reward or model settings otherwise shows only after the weigh
 reference copy made and the vLLM engine started: minutes on a card, and on a shared cluster a
 queue wait first. With `--check` the trainer's own functions read the config, the tokenizer, every
 train and validation row, the tool / interaction files, the reward functions (custom files
-imported), the model's config.json (the model built on the meta device: parameter count and the
-compute plan the run would take) and, on an accelerator, whether vLLM's memory share is free; then
-it prints what it found and exits (0, or 2 with the usual one-line error). Nothing is written, no
+imported), the model's config.json (the model built on the meta device: parameter count, the
+compute plan the run would take and what one hf-rollout generate call holds) and, on an
+accelerator, whether vLLM's memory share is free; then it prints what it found and exits (0, or 2
+with the usual one-line error). Nothing is written, no
 run directory is locked, no weights are read: it runs on a login node without a card too (the
 plan it reports is then the CPU's; `trainer.device` / NPU_RL_DEVICE pick another).
 """
@@ -26,6 +27,9 @@ from npu_rl.data import BatchSampler, build_datasets
 from npu_rl.model import MODEL_FILES, load_tokenizer, num_parameters, pretrained, resolve_dtype
 from npu_rl.reward_manager import spec_from_config
 from npu_rl.rollout import dataset_options
+from npu_rl.rollout.base import SamplingParams
+from npu_rl.rollout.kv_budget import DecodeShape
+from npu_rl.storage import fmt_bytes
 from reward.scoring import Scorer
 
 
@@ -60,8 +64,23 @@ def check_run(cfg: Config) -> list[str]:
     lines.append(
         f"model: {type(model).__name__}, {_count(num_parameters(model))} parameters, {dtype}; {plan.describe()}"
     )
+    if cfg.rollout.name == "hf":
+        lines.append(_hf_rollout_line(cfg, model, resolve_dtype(cfg.model.dtype, acc), plan.decoder == "fast"))
     lines.append(f"device: {_device_line(acc, cfg)}")
     return lines
+
+
+def _hf_rollout_line(cfg: Config, model: torch.nn.Module, dtype: torch.dtype, fast: bool) -> str:
+    """What one generate call of the hf rollout holds at the configured sizes (npu_rl.rollout.kv_budget)."""
+    params = SamplingParams.for_training(cfg.rollout)
+    prompt = cfg.data.max_prompt_length
+    per_prompt = DecodeShape.of(model, dtype).bytes_per_prompt(params, prompt, fast)
+    prompts = cfg.rollout.micro_batch_size
+    return (
+        f"rollout: hf, up to rollout.micro_batch_size={prompts} prompts x {params.n} samples x ({prompt} + "
+        f"{params.max_new_tokens}) tokens per generate call: about {fmt_bytes(prompts * per_prompt)} of KV cache "
+        "and sampler (on a card, fewer prompts per call where that is not free)"
+    )
 
 
 def _count(n: int) -> str:

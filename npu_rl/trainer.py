@@ -129,8 +129,7 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------------------------------
     def sampling_params(self) -> SamplingParams:
-        r = self.cfg.rollout
-        return SamplingParams(r.n, r.temperature, r.top_p, r.top_k, r.max_new_tokens, r.min_p, r.repetition_penalty)
+        return SamplingParams.for_training(self.cfg.rollout)
 
     # ------------------------------------------------------------------------------------------
     def train_step(self, records: list[PromptRecord]) -> dict[str, float]:

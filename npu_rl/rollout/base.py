@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from npu_rl.config import RolloutConfig
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,11 @@ class SamplingParams:
     max_new_tokens: int = 256
     min_p: float = 0.0  # 0: off
     repetition_penalty: float = 1.0  # 1: off
+
+    @classmethod
+    def for_training(cls, r: RolloutConfig) -> SamplingParams:
+        """The training rollouts' sampling, from `rollout.*` (the trainer's and `--check`'s)."""
+        return cls(r.n, r.temperature, r.top_p, r.top_k, r.max_new_tokens, r.min_p, r.repetition_penalty)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from npu_rl.config.fields import ConfigError
@@ -54,12 +55,13 @@ class DecodeShape:
     element_bytes: int
 
     @classmethod
-    def of(cls, model: nn.Module) -> DecodeShape:
+    def of(cls, model: nn.Module, dtype: torch.dtype | None = None) -> DecodeShape:
+        """`dtype`: the run's compute dtype, where the parameters are not in it yet (`--check`'s meta model)."""
         cfg = model.config
         heads = cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-        element = next(model.parameters()).element_size()
+        element = dtype.itemsize if dtype is not None else next(model.parameters()).element_size()
         return cls(
             kv_bytes_per_token=2 * cfg.num_hidden_layers * kv_heads * head_dim * element,
             vocab=cfg.vocab_size,
