@@ -60,12 +60,13 @@ def check_run(cfg: Config) -> list[str]:
     lines.append(f"reward: {', '.join(terms) or 'the reward model alone (not loaded)'}{model_term if terms else ''}")
     model = _meta_model(cfg)
     plan = policy_plan(model, acc, cfg)
-    dtype = str(resolve_dtype(cfg.model.dtype, acc)).removeprefix("torch.")
+    dtype = resolve_dtype(cfg.model.dtype, acc)
     lines.append(
-        f"model: {type(model).__name__}, {_count(num_parameters(model))} parameters, {dtype}; {plan.describe()}"
+        f"model: {type(model).__name__}, {_count(num_parameters(model))} parameters, "
+        f"{str(dtype).removeprefix('torch.')}; {plan.describe()}"
     )
     if cfg.rollout.name == "hf":
-        lines.append(_hf_rollout_line(cfg, model, resolve_dtype(cfg.model.dtype, acc), plan.decoder == "fast"))
+        lines.append(_hf_rollout_line(cfg, model, dtype, plan.decoder == "fast"))
     lines.append(f"device: {_device_line(acc, cfg)}")
     return lines
 
